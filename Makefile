@@ -1,0 +1,60 @@
+# rolebake: `make demo` (the main job, end to end) and `make test` (the whole suite).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+ROLEBAKE := $(BIN)/rolebake
+DEMO_PORT ?= 18080
+PYTEST_FLAGS ?=
+
+.PHONY: install engine qemu base demo lint unit integration vm test parity bench clean-leftovers images.mk
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+engine:
+	@scripts/ensure-host.sh engine
+
+qemu:
+	@scripts/ensure-host.sh qemu
+
+base: install engine
+	$(ROLEBAKE) base debian:bookworm
+
+demo: base
+	$(ROLEBAKE) build web
+	@scripts/demo-run.sh rolebake/web:latest $(DEMO_PORT)
+
+lint: install
+	$(BIN)/ruff check src tests bench
+	$(BIN)/mypy
+
+unit: install
+	$(BIN)/pytest tests/unit $(PYTEST_FLAGS)
+
+integration: install engine base
+	$(BIN)/pytest tests/integration $(PYTEST_FLAGS)
+
+vm: install engine qemu base
+	$(BIN)/pytest tests/vm $(PYTEST_FLAGS)
+
+test: install engine qemu base lint
+	$(BIN)/pytest tests/unit tests/integration tests/vm $(PYTEST_FLAGS)
+
+parity: install engine qemu base
+	$(ROLEBAKE) parity web --vm qemu
+
+bench: install engine base
+	@scripts/ensure-host.sh podman
+	$(BIN)/python bench/run.py
+
+images.mk: install
+	$(ROLEBAKE) makefile -o images.mk
+
+clean-leftovers: install engine
+	$(ROLEBAKE) clean

@@ -1,0 +1,70 @@
+"""Find and remove what interrupted or failed builds left behind (`rolebake clean`)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+from rolebake.engine import LEFTOVER_ROLES, ROLE_LABEL, Engine
+
+
+@dataclass(frozen=True)
+class Leftover:
+    """A container or image rolebake made and nobody needs."""
+
+    kind: str  # container | failed image | dangling image
+    id: str
+    name: str
+    age: str
+
+
+def find_leftovers(engine: Engine, older_than: dt.timedelta) -> list[Leftover]:
+    """Build/verify containers, `:failed-` images and untagged rolebake layers, by age."""
+    now = dt.datetime.now(dt.UTC)
+    found: list[Leftover] = []
+    for role in LEFTOVER_ROLES:
+        for container in engine.containers({ROLE_LABEL: role}):
+            age = now - _parse(container.created)
+            if age >= older_than:
+                found.append(Leftover("container", container.id, container.name, _age(age)))
+    for image in engine.images({ROLE_LABEL: "image"}):
+        age = now - _parse(image.created)
+        failed = [t for t in image.tags if ":failed-" in t]
+        if failed and age >= older_than:
+            found.extend(Leftover("failed image", t, t, _age(age)) for t in failed)
+    for image in engine.dangling_images({ROLE_LABEL: "image"}):
+        age = now - _parse(image.created)
+        if age >= older_than:
+            found.append(Leftover("dangling image", image.id, image.short_id, _age(age)))
+    return found
+
+
+def remove_leftovers(engine: Engine, leftovers: list[Leftover]) -> None:
+    """Remove them; an image still used by a container is left alone."""
+    for item in leftovers:
+        if item.kind == "container":
+            engine.remove_container(item.id)
+        else:
+            engine.remove_image(item.id)
+
+
+def _parse(created: str) -> dt.datetime:
+    # Docker gives RFC 3339 with nanoseconds; Python wants at most microseconds.
+    text = created.rstrip("Z")
+    if "." in text:
+        head, frac = text.split(".", 1)
+        frac = "".join(ch for ch in frac if ch.isdigit())[:6]
+        text = f"{head}.{frac}"
+    try:
+        parsed = dt.datetime.fromisoformat(text)
+    except ValueError:
+        return dt.datetime.now(dt.UTC)
+    return parsed.replace(tzinfo=dt.UTC) if parsed.tzinfo is None else parsed
+
+
+def _age(delta: dt.timedelta) -> str:
+    seconds = int(delta.total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit} old"
+    return f"{seconds}s old"

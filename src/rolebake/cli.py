@@ -1,0 +1,324 @@
+"""The command line: the only module that prints or exits.
+
+Every RolebakeError becomes one clear message and its exit code; a Python
+traceback reaches the user only with --debug (DESIGN.md invariant 4).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import json
+import re
+import signal
+import sys
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from types import FrameType
+from typing import Any, TypeVar
+
+import click
+
+from rolebake import __version__
+from rolebake.errors import InputError, Interrupted, RolebakeError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class _Signals:
+    """Turn the first SIGINT/SIGTERM into Interrupted; ignore the rest while cleaning up."""
+
+    def __init__(self) -> None:
+        self.fired = False
+
+    def install(self) -> None:
+        signal.signal(signal.SIGINT, self._handle)
+        signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum: int, _frame: FrameType | None) -> None:
+        if self.fired:
+            return  # cleanup is under way; a second Ctrl-C must not cut it short
+        self.fired = True
+        raise Interrupted("SIGTERM" if signum == signal.SIGTERM else "SIGINT")
+
+
+def _err(text: str = "") -> None:
+    click.echo(text, err=True)
+
+
+def _fail(exc: RolebakeError, redact: Callable[[str], str] = lambda s: s) -> None:
+    _err(redact(f"error: {exc.message}"))
+    if exc.details:
+        for line in exc.details.rstrip().splitlines():
+            _err(redact(f"  | {line}"))
+    if exc.hint:
+        _err(redact(f"  hint: {exc.hint}"))
+
+
+def _handled(func: F) -> F:
+    """Run a command with rolebake's error handling and exit codes."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        ctx = click.get_current_context()
+        debug = bool(ctx.find_root().params.get("debug"))
+        signals = _Signals()
+        signals.install()
+        try:
+            return func(*args, **kwargs)
+        except RolebakeError as exc:
+            if debug:
+                traceback.print_exc()
+            _fail(exc, ctx.meta.get("redact", lambda s: s))
+            sys.exit(exc.exit_code)
+        except click.exceptions.Exit:
+            raise
+        except Exception as exc:  # a bug: say so plainly, keep the traceback for --debug
+            if debug:
+                traceback.print_exc()
+            _err(f"internal error: {type(exc).__name__}: {exc}")
+            _err("  hint: run again with --debug for the traceback, and please report it")
+            sys.exit(1)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _project(ctx: click.Context) -> Any:
+    from rolebake.spec import Project
+
+    root = Path(ctx.find_root().params.get("project") or ".").resolve()
+    if not (root / "images").is_dir():
+        raise InputError("not a rolebake project: no images/ folder", path=root,
+                         hint="run from the project root, or pass --project DIR")
+    return Project(root)
+
+
+def _progress(ctx: click.Context, redact: Callable[[str], str] = lambda s: s) -> Any:
+    from rolebake.report import LiveProgress, PlainProgress
+
+    if ctx.find_root().params.get("quiet"):
+        return lambda _event: None
+    if sys.stderr.isatty():
+        view = LiveProgress(lambda text: (sys.stderr.write(text), sys.stderr.flush()), redact)
+        ctx.call_on_close(view.close)
+        return view
+    return PlainProgress(lambda line: click.echo(line, err=True), redact)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="rolebake")
+@click.option("--project", type=click.Path(file_okay=False, path_type=Path),
+              help="Project root (default: the current directory).")
+@click.option("--debug", is_flag=True, help="Show Python tracebacks.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress output.")
+def main(project: Path | None, debug: bool, quiet: bool) -> None:
+    """Bake immutable container images from your Ansible roles (or Chef-solo cookbooks).
+
+    \b
+    Exit codes: 0 ok, 1 build failed, 2 bad input, 3 image tests failed,
+    4 no container engine, 5 parity differences, 130/143 interrupted.
+    """
+    del project, debug, quiet
+
+
+@main.command()
+@click.argument("images", nargs=-1)
+@click.option("--no-cache", is_flag=True, help="Rebuild every layer.")
+@click.option("-j", "--jobs", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="Independent layers to build at once.")
+@click.option("--keep-failed", is_flag=True,
+              help="Keep an image that failed after commit as <name>:failed-<id>.")
+@click.option("--idempotence", is_flag=True, help="Apply the roles twice; fail on any change.")
+@click.option("--no-verify", is_flag=True, help="Skip metadata checks and the testinfra suite.")
+@click.option("--secret", "secrets", multiple=True, metavar="id=NAME,src=PATH",
+              help="A file the roles may read during the build only.")
+@click.option("--vault-password-file", type=click.Path(path_type=Path),
+              help="Ansible Vault password (or set ROLEBAKE_VAULT_PASSWORD).")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
+@click.option("--junit", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write the image checks as JUnit XML.")
+@click.pass_context
+@_handled
+def build(ctx: click.Context, images: tuple[str, ...], no_cache: bool, jobs: int,
+          keep_failed: bool, idempotence: bool, no_verify: bool, secrets: tuple[str, ...],
+          vault_password_file: Path | None, as_json: bool, junit: Path | None) -> None:
+    """Build IMAGES (spec names, or name:variant; none means all) and tag them when verified."""
+    from rolebake.build import BuildOptions, Builder
+    from rolebake.engine import Engine
+    from rolebake.plan import plan_build
+    from rolebake.report import build_summary
+    from rolebake.secrets import SecretSet
+    from rolebake.verify import write_junit
+
+    project = _project(ctx)
+    plan = plan_build(project, images)
+    secret_set = SecretSet.from_cli(secrets, vault_password_file)
+    sensitive = {v for layer in plan.layers for v in layer.sensitive_vars}
+    if sensitive:
+        secret_set = secret_set or SecretSet()
+        secret_set.add_values(v for layer in plan.layers for k, v in layer.vars.items()
+                              if k in sensitive)
+    redact = secret_set.redact if secret_set else (lambda s: s)
+    ctx.meta["redact"] = redact
+    engine = Engine.connect()
+    options = BuildOptions(no_cache=no_cache, jobs=jobs, keep_failed=keep_failed,
+                           idempotence=idempotence, verify=not no_verify, secrets=secret_set)
+    builder = Builder(engine, project, _progress(ctx, redact), options)
+    report = builder.build(plan)
+    if junit is not None:
+        write_junit({r.layer: r.verify or _verify_of(r) for r in report.results.values()
+                     if r.verify is not None or _verify_of(r) is not None}, junit)
+    if as_json:
+        click.echo(redact(json.dumps(report.to_dict(), indent=2)))
+    else:
+        for line in build_summary(report):
+            _err(line)
+    if report.error is not None:
+        raise report.error
+
+
+def _verify_of(result: Any) -> Any:
+    return getattr(result.error, "verify", None)
+
+
+@main.command()
+@click.argument("images", nargs=-1)
+@click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
+@click.pass_context
+@_handled
+def plan(ctx: click.Context, images: tuple[str, ...], as_json: bool) -> None:
+    """Show the layers IMAGES need, HIT or MISS, and which input changed. Creates nothing."""
+    from rolebake.build import preview
+    from rolebake.engine import Engine
+    from rolebake.plan import PIPELINE, plan_build
+    from rolebake.report import plan_table
+
+    project = _project(ctx)
+    build_plan = plan_build(project, images)
+    rows = preview(Engine.connect(), project, build_plan)
+    if as_json:
+        click.echo(json.dumps({"steps": [s.value for s in PIPELINE],
+                               "layers": [r.to_dict() for r in rows]}, indent=2))
+        return
+    click.echo("steps per layer: " + " -> ".join(s.value for s in PIPELINE))
+    for line in plan_table(r.to_dict() for r in rows):
+        click.echo(line)
+
+
+@main.command()
+@click.argument("name", default="debian:bookworm")
+@click.option("--mirror", help="Debian mirror URL (default: the one this machine's apt uses).")
+@click.option("--rebuild", is_flag=True, help="Make it again even if it exists.")
+@click.pass_context
+@_handled
+def base(ctx: click.Context, name: str, mirror: str | None, rebuild: bool) -> None:
+    """Make a base image (e.g. debian:bookworm) with debootstrap; no registry needed."""
+    from rolebake.base import ensure_base
+    from rolebake.engine import Engine
+
+    result = ensure_base(Engine.connect(), name, mirror=mirror, events=_progress(ctx),
+                         rebuild=rebuild)
+    click.echo(f"{result.ref} {result.image_id.split(':')[-1][:12]}"
+               f"{' (reused)' if result.reused else ''}")
+
+
+@main.command("test")
+@click.argument("image")
+@click.option("--tests", "tests_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="testinfra folder (default: the spec's).")
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+@click.option("--junit", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write JUnit XML.")
+@click.pass_context
+@_handled
+def test_command(ctx: click.Context, image: str, tests_dir: Path | None, as_json: bool,
+                 junit: Path | None) -> None:
+    """Run an image's testinfra suite against it (IMAGE: a spec name or an image reference)."""
+    from rolebake.engine import Engine
+    from rolebake.errors import TestsFailed
+    from rolebake.plan import plan_build
+    from rolebake.verify import VerifyResult, run_suite, write_junit
+
+    project = _project(ctx)
+    ready = None
+    ref = image
+    if project.has_spec(image.split(":")[0]) and not tests_dir:
+        layer = plan_build(project, [image]).layer(image)
+        ref, tests_dir, ready = layer.tags[0], layer.tests, layer.spec.ready
+    if tests_dir is None or not tests_dir.is_dir():
+        raise InputError(f"no testinfra suite for {image}", hint="pass --tests DIR")
+    engine = Engine.connect()
+    found = engine.image(ref)
+    if found is None:
+        raise InputError(f"image {ref!r} is not on the engine", hint=f"rolebake build {image}")
+    cases = run_suite(engine, found.id, tests_dir, ready=ready, project_root=project.root,
+                      name=image.replace(":", "."))
+    result = VerifyResult(image_id=found.id, cases=tuple(cases))
+    if junit:
+        write_junit({image: result}, junit)
+    if as_json:
+        click.echo(json.dumps(result.to_dict(), indent=2))
+    else:
+        for case in result.cases:
+            click.echo(f"{case.outcome.upper():<7} {case.suite}::{case.name}")
+    if not result.ok:
+        details = "\n".join(f"{c.name}: {_first_line(c.message)}" for c in result.failed)
+        raise TestsFailed(f"{len(result.failed)} of {len(result.cases)} tests failed for {ref}",
+                          details=details)
+
+
+def _first_line(text: str) -> str:
+    return text.strip().splitlines()[0] if text.strip() else ""
+
+
+_AGE = re.compile(r"^(\d+)([smhd])$")
+
+
+@main.command()
+@click.option("--older-than", default="0s", show_default=True,
+              help="Only leftovers at least this old (30m, 2h, 1d).")
+@click.option("--dry-run", is_flag=True, help="List what would be removed.")
+@click.pass_context
+@_handled
+def clean(ctx: click.Context, older_than: str, dry_run: bool) -> None:
+    """Remove leftovers with rolebake's labels: build/verify containers, failed images."""
+    from rolebake.cleanup import find_leftovers, remove_leftovers
+    from rolebake.engine import Engine
+
+    del ctx
+    match = _AGE.match(older_than)
+    if not match:
+        raise InputError(f"--older-than {older_than!r}: expected a number and s, m, h or d")
+    seconds = int(match.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
+    engine = Engine.connect()
+    leftovers = find_leftovers(engine, dt.timedelta(seconds=seconds))
+    for item in leftovers:
+        click.echo(f"{'would remove' if dry_run else 'removing'} {item.kind} {item.name}"
+                   f" ({item.age})")
+    if not dry_run:
+        remove_leftovers(engine, leftovers)
+    click.echo(f"{len(leftovers)} leftover(s){' found' if dry_run else ' removed'}")
+
+
+@main.command()
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write to a file instead of stdout.")
+@click.pass_context
+@_handled
+def makefile(ctx: click.Context, output: Path | None) -> None:
+    """Write Make targets per image with their dependencies, for `make -j` or a CI matrix."""
+    from rolebake.makefile import render_makefile
+    from rolebake.plan import plan_build
+
+    project = _project(ctx)
+    text = render_makefile(plan_build(project))
+    if output:
+        output.write_text(text, encoding="utf-8")
+        _err(f"wrote {output}")
+    else:
+        click.echo(text, nl=False)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

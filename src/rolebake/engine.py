@@ -1,0 +1,439 @@
+"""The container engine, wrapped once. The only module that imports `docker`.
+
+Everything else speaks in rolebake's own records (ContainerHandle, ImageInfo,
+ExecResult). Containers made here are always removed by a context manager
+(DESIGN.md invariant 1).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import tarfile
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import docker
+import docker.errors
+import requests.exceptions
+
+from rolebake.errors import BuildFailed, EngineUnavailable, InputError
+from rolebake.spec import ImageConfig
+
+LABEL_PREFIX = "rolebake."
+ROLE_LABEL = "rolebake.role"  # build | verify | image: what a container or image is for
+BUILD_ID_LABEL = "rolebake.build-id"
+LEFTOVER_ROLES = ("build", "verify", "scan")
+
+
+@dataclass(frozen=True)
+class ContainerHandle:
+    """A container rolebake created."""
+
+    id: str
+    name: str
+
+    @property
+    def short_id(self) -> str:
+        """The first 12 hex digits of the id."""
+        return self.id[:12]
+
+
+@dataclass(frozen=True)
+class ExecResult:
+    """What one command run inside a container returned."""
+
+    rc: int
+    output: str
+
+    def tail(self, lines: int = 15) -> str:
+        """The last lines of the output, for error messages."""
+        return "\n".join(self.output.rstrip().splitlines()[-lines:])
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """An image the engine holds."""
+
+    id: str
+    tags: tuple[str, ...]
+    labels: Mapping[str, str]
+    created: str
+    config: Mapping[str, Any] = field(default_factory=dict)
+    size: int = 0
+
+    @property
+    def short_id(self) -> str:
+        """The id without its algorithm, first 12 hex digits."""
+        return self.id.split(":")[-1][:12]
+
+
+@dataclass(frozen=True)
+class ContainerInfo:
+    """A container the engine holds, as `rolebake clean` and the tests see it."""
+
+    id: str
+    name: str
+    labels: Mapping[str, str]
+    created: str
+    status: str
+
+
+class Engine:
+    """rolebake's view of a Docker engine."""
+
+    def __init__(self, client: Any) -> None:
+        """Wrap a docker SDK client (a fake one in unit tests)."""
+        self.client = client
+
+    @classmethod
+    def connect(cls, timeout: int = 600) -> Engine:
+        """Connect to the engine DOCKER_HOST names (or the default socket) and check it answers.
+
+        Raises:
+            EngineUnavailable: no engine answers.
+        """
+        where = os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+        try:
+            client = docker.from_env(timeout=timeout)
+            client.ping()
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+            raise EngineUnavailable(
+                f"no container engine answers at {where}",
+                details=str(exc),
+                hint="start one with `make engine`, or point DOCKER_HOST at a running engine",
+            ) from None
+        return cls(client)
+
+    def version(self) -> str:
+        """The engine's version, for provenance."""
+        return str(self.client.version().get("Version", "unknown"))
+
+    # Images ---------------------------------------------------------------------------
+
+    def image(self, ref: str) -> ImageInfo | None:
+        """Look an image up by id or reference; None when the engine does not have it."""
+        try:
+            image = self.client.images.get(ref)
+        except docker.errors.ImageNotFound:
+            return None
+        except docker.errors.APIError as exc:
+            if exc.status_code in (400, 404):
+                return None
+            raise
+        return _image_info(image)
+
+    def pull(self, ref: str) -> ImageInfo:
+        """Pull an image reference as usual (where a registry is reachable)."""
+        try:
+            self.client.images.pull(ref)
+        except docker.errors.DockerException as exc:
+            raise InputError(
+                f"base image {ref!r} is not on this engine and could not be pulled: "
+                f"{_api_message(exc)}",
+                hint="make one with `rolebake base debian:bookworm`, or fix `from:`",
+            ) from None
+        found = self.image(ref)
+        if found is None:
+            raise InputError(f"base image {ref!r} could not be found after pulling")
+        return found
+
+    def images(self, labels: Mapping[str, str | None]) -> list[ImageInfo]:
+        """Images carrying every label given (value None: any value), newest first."""
+        filters = [k if v is None else f"{k}={v}" for k, v in labels.items()]
+        found = [_image_info(i) for i in self.client.images.list(filters={"label": filters})]
+        return sorted(found, key=lambda i: i.created, reverse=True)
+
+    def dangling_images(self, labels: Mapping[str, str | None]) -> list[ImageInfo]:
+        """Untagged images carrying the labels (the remains of interrupted builds)."""
+        filters = [k if v is None else f"{k}={v}" for k, v in labels.items()]
+        found = self.client.images.list(filters={"label": filters, "dangling": True})
+        return [_image_info(i) for i in found]
+
+    def tag(self, image_id: str, ref: str) -> None:
+        """Point `ref` at an image."""
+        repository, _, tag = ref.rpartition(":") if _has_tag(ref) else (ref, "", "latest")
+        try:
+            ok = self.client.api.tag(image_id, repository, tag or "latest", force=True)
+        except docker.errors.APIError as exc:
+            raise InputError(f"the engine refused tag {ref!r}: {_api_message(exc)}") from None
+        if not ok:
+            raise InputError(f"the engine refused tag {ref!r}")
+
+    def remove_image(self, ref: str, *, force: bool = False) -> bool:
+        """Remove an image or one tag of it; False when it was not there or is in use."""
+        try:
+            self.client.images.remove(ref, force=force, noprune=False)
+        except docker.errors.ImageNotFound:
+            return False
+        except docker.errors.APIError as exc:
+            if exc.status_code in (404, 409):
+                return False
+            raise
+        return True
+
+    def import_rootfs(self, tarball: Path, ref: str, changes: Sequence[str]) -> ImageInfo:
+        """Make an image from a root filesystem tarball (`docker import`)."""
+        repository, _, tag = ref.rpartition(":")
+        # From a file: the SDK then sends a Content-Length, which every engine accepts.
+        self.client.api.import_image_from_file(
+            str(tarball), repository=repository, tag=tag, changes=list(changes)
+        )
+        found = self.image(ref)
+        if found is None:
+            raise BuildFailed(f"importing {tarball} did not produce {ref}")
+        return found
+
+    def save(self, image_id: str) -> Iterator[bytes]:
+        """Stream `docker save` of one image (used to scan layers for secrets)."""
+        image = self.client.images.get(image_id)
+        yield from image.save(named=False)
+
+    def history(self, image_id: str) -> list[dict[str, Any]]:
+        """`docker history` of an image."""
+        return list(self.client.api.history(image_id))
+
+    # Containers -----------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def container(
+        self,
+        image_id: str,
+        *,
+        name: str,
+        labels: Mapping[str, str],
+        keep_alive: bool = True,
+        mounts: Sequence[Mapping[str, Any]] = (),
+        tmpfs: Mapping[str, str] | None = None,
+        volumes_from: Sequence[str] = (),
+        ports: Mapping[str, Any] | None = None,
+        environment: Mapping[str, str] | None = None,
+    ) -> Iterator[ContainerHandle]:
+        """Run a container for the length of a `with` block and always remove it.
+
+        With `keep_alive` the image's own command is replaced by a sleeping
+        entrypoint, so a build container stays up whatever the image runs.
+        """
+        kwargs: dict[str, Any] = {
+            "name": name,
+            "labels": dict(labels),
+            "detach": True,
+            "mounts": [docker.types.Mount(**m) for m in mounts],
+            "tmpfs": dict(tmpfs or {}),
+            "volumes_from": list(volumes_from),
+            "ports": dict(ports or {}),
+            "environment": dict(environment or {}),
+        }
+        if keep_alive:
+            # An entrypoint (not a cmd) keeps the commit from inheriting it: the
+            # daemon only copies the container's Cmd into an image when the
+            # committed config names no entrypoint and no cmd.
+            kwargs["entrypoint"] = ["sleep", "infinity"]
+            kwargs["command"] = []
+        handle: ContainerHandle | None = None
+        try:
+            created = self.client.containers.create(image_id, **kwargs)
+            handle = ContainerHandle(id=created.id, name=name)
+            created.start()
+            yield handle
+        except docker.errors.APIError as exc:
+            raise BuildFailed(f"the engine failed on container {name}: {_api_message(exc)}") from None
+        finally:
+            # Created may have failed half-way; find the container by name then.
+            self.remove_container(handle.id if handle else name)
+
+    def remove_container(self, ref: str) -> None:
+        """Force-remove a container, ignoring one that is already gone."""
+        for attempt in range(5):
+            try:
+                self.client.api.remove_container(ref, force=True, v=True)
+                return
+            except docker.errors.NotFound:
+                return
+            except docker.errors.APIError as exc:
+                # "removal already in progress" and busy mounts clear within a second.
+                if attempt == 4:
+                    raise BuildFailed(f"could not remove container {ref}: {_api_message(exc)}") from None
+                time.sleep(0.5)
+            except requests.exceptions.RequestException:
+                if attempt == 4:
+                    raise
+                time.sleep(0.5)
+
+    def kill(self, ref: str) -> None:
+        """Kill a container (to stop a blocking exec from another thread)."""
+        with contextlib.suppress(docker.errors.DockerException):
+            self.client.api.kill(ref)
+
+    def containers(self, labels: Mapping[str, str | None]) -> list[ContainerInfo]:
+        """Every container, running or not, carrying all the labels given."""
+        filters = [k if v is None else f"{k}={v}" for k, v in labels.items()]
+        found = self.client.containers.list(all=True, filters={"label": filters})
+        return [
+            ContainerInfo(
+                id=c.id,
+                name=c.name,
+                labels=c.labels,
+                created=c.attrs.get("Created", ""),
+                status=c.status,
+            )
+            for c in found
+        ]
+
+    def create_stopped(self, image_id: str, *, name: str, labels: Mapping[str, str]) -> str:
+        """Create, without starting, a container (a volume source, as kitchen-dokken does)."""
+        created = self.client.containers.create(
+            image_id, name=name, labels=dict(labels), entrypoint=["/bin/true"], command=[]
+        )
+        return str(created.id)
+
+    def exec(
+        self,
+        container: ContainerHandle,
+        argv: Sequence[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        user: str = "root",
+    ) -> ExecResult:
+        """Run a command in a container and wait for it."""
+        try:
+            rc, output = self.client.containers.get(container.id).exec_run(
+                list(argv), environment=dict(env or {}), user=user, demux=False
+            )
+        except docker.errors.APIError as exc:
+            raise BuildFailed(
+                f"could not run {argv[0]} in container {container.name}: {_api_message(exc)}"
+            ) from None
+        return ExecResult(rc=int(rc if rc is not None else -1),
+                          output=(output or b"").decode("utf-8", "replace"))
+
+    def shell(self, container: ContainerHandle, script: str, *args: str,
+              env: Mapping[str, str] | None = None) -> ExecResult:
+        """Run a POSIX shell script inside a container; the script is one argv item."""
+        return self.exec(container, ["/bin/sh", "-c", script, "rolebake", *args], env=env)
+
+    def put_file(self, container: ContainerHandle, path: str, data: bytes, mode: int = 0o644) -> None:
+        """Write one file into a container."""
+        directory, _, filename = path.rpartition("/")
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w") as tar:
+            info = tarfile.TarInfo(filename)
+            info.size = len(data)
+            info.mode = mode
+            info.mtime = int(time.time())
+            tar.addfile(info, io.BytesIO(data))
+        self.client.api.put_archive(container.id, directory or "/", buffer.getvalue())
+
+    def container_state(self, container: ContainerHandle) -> Mapping[str, Any]:
+        """The State block of a container (running, health, exit code)."""
+        return dict(self.client.api.inspect_container(container.id).get("State", {}))
+
+    def container_ip(self, container: ContainerHandle) -> str | None:
+        """The container's address on the default bridge, if it has one."""
+        settings = self.client.api.inspect_container(container.id).get("NetworkSettings", {})
+        for network in (settings.get("Networks") or {}).values():
+            if network.get("IPAddress"):
+                return str(network["IPAddress"])
+        return settings.get("IPAddress") or None
+
+    def logs(self, container: ContainerHandle, tail: int = 30) -> str:
+        """The last lines a container printed."""
+        with contextlib.suppress(docker.errors.DockerException):
+            raw = self.client.api.logs(container.id, tail=tail)
+            return bytes(raw).decode("utf-8", "replace")
+        return ""
+
+    def commit(
+        self,
+        container: ContainerHandle,
+        config: Mapping[str, Any],
+    ) -> str:
+        """Commit a container's filesystem with the given image config; returns the image id.
+
+        The image is not tagged here: tags move only after verification.
+        """
+        try:
+            result = self.client.api.commit(container.id, conf=dict(config), pause=True)
+        except docker.errors.APIError as exc:
+            raise BuildFailed(f"commit failed: {_api_message(exc)}") from None
+        return str(result["Id"])
+
+
+def commit_config(parent: Mapping[str, Any], config: ImageConfig,
+                  labels: Mapping[str, str]) -> dict[str, Any]:
+    """The image config to commit: the parent's config with the spec's settings over it.
+
+    Cmd and Entrypoint are always given explicitly: left empty, the daemon would
+    fill them from the build container (whose entrypoint only sleeps).
+    """
+    entrypoint = list(config.entrypoint) if config.entrypoint is not None else list(
+        parent.get("Entrypoint") or [])
+    if config.cmd is not None:
+        cmd = list(config.cmd)
+    elif config.entrypoint is not None:
+        cmd = []  # as a Dockerfile ENTRYPOINT does, a new entrypoint drops the inherited cmd
+    else:
+        cmd = list(parent.get("Cmd") or [])
+    env = dict(e.split("=", 1) for e in parent.get("Env") or [] if "=" in e)
+    env.update(config.env)
+    ports = dict.fromkeys(parent.get("ExposedPorts") or {}, {})
+    ports.update(dict.fromkeys(config.expose, {}))
+    volumes = dict.fromkeys(parent.get("Volumes") or {}, {})
+    volumes.update(dict.fromkeys(config.volumes, {}))
+    all_labels = {k: v for k, v in (parent.get("Labels") or {}).items()
+                  if not k.startswith(LABEL_PREFIX)}
+    all_labels.update(config.labels)
+    all_labels.update(labels)
+    result: dict[str, Any] = {
+        "Cmd": cmd,
+        "Entrypoint": entrypoint,
+        "Env": [f"{k}={v}" for k, v in env.items()],
+        "User": config.user if config.user is not None else parent.get("User", ""),
+        "WorkingDir": config.workdir if config.workdir is not None else parent.get(
+            "WorkingDir", ""),
+        "ExposedPorts": ports,
+        "Volumes": volumes,
+        "Labels": all_labels,
+    }
+    health = config.healthcheck
+    if health is not None:
+        result["Healthcheck"] = {
+            "Test": list(health.test),
+            **({"Interval": _ns(health.interval_s)} if health.interval_s else {}),
+            **({"Timeout": _ns(health.timeout_s)} if health.timeout_s else {}),
+            **({"Retries": health.retries} if health.retries is not None else {}),
+            **({"StartPeriod": _ns(health.start_period_s)} if health.start_period_s else {}),
+        }
+    elif parent.get("Healthcheck"):
+        result["Healthcheck"] = parent["Healthcheck"]
+    return result
+
+
+def _ns(seconds: float) -> int:
+    return int(seconds * 1_000_000_000)
+
+
+def _has_tag(ref: str) -> bool:
+    return ":" in ref.rsplit("/", 1)[-1]
+
+
+def _image_info(image: Any) -> ImageInfo:
+    attrs = image.attrs
+    config = attrs.get("Config") or {}
+    return ImageInfo(
+        id=image.id,
+        tags=tuple(image.tags),
+        labels=dict(config.get("Labels") or {}),
+        created=attrs.get("Created", ""),
+        config=config,
+        size=int(attrs.get("Size") or 0),
+    )
+
+
+def _api_message(exc: Exception) -> str:
+    explanation = getattr(exc, "explanation", None)
+    return str(explanation or exc).strip()

@@ -1,0 +1,427 @@
+"""Ansible roles and playbooks, applied with ansible-runner over community.docker.docker_api.
+
+Ansible stays on the host: the container only needs a python3, which is
+bootstrapped when missing and removed again unless the roles need it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import sys
+import tempfile
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from rolebake.errors import BuildFailed, InputError
+from rolebake.events import LogEvent, TaskEvent
+from rolebake.plan import tree_files
+from rolebake.provision.base import ProvisionContext, ProvisionResult, Provisioner, TaskResult
+from rolebake.spec import ImageSpec, Project
+from rolebake.yamlfile import load_yaml
+
+REMOTE_TMP = "/tmp/.rolebake-ansible"
+IDEMPOTENCE_SKIP_TAGS = "molecule-notest,molecule-idempotence-notest"
+_ERROR_LOCATION = re.compile(r"The error appears to be in '([^']+)': line (\d+)")
+_OFFENDING = re.compile(r"(?:Origin|origin): ([^\s:]+):(\d+)")
+
+
+def script(name: str) -> str:
+    """The text of one of rolebake's container scripts."""
+    return resources.files("rolebake.scripts").joinpath(name).read_text(encoding="utf-8")
+
+
+class AnsibleProvisioner(Provisioner):
+    """Applies Ansible roles (or a playbook) to a build container."""
+
+    name = "ansible"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        """Bind to a layer; see Provisioner."""
+        super().__init__(*args, **kwargs)
+        self.bootstrapped: tuple[str, ...] = ()
+
+    @classmethod
+    def version(cls) -> str:
+        """ansible-core's version (and community.docker's, whose connection is used)."""
+        from ansible.release import __version__ as core
+
+        return f"ansible-core {core}"
+
+    @classmethod
+    def validate(cls, spec: ImageSpec, project: Project) -> None:
+        """Roles and playbooks must exist inside the project; one of them must be given."""
+        if spec.roles and spec.playbook:
+            raise InputError("give either `roles:` or `playbook:`, not both",
+                             path=spec.path, line=spec.line_of("playbook"))
+        if not spec.roles and not spec.playbook:
+            raise InputError("nothing to apply: give `roles:` or `playbook:`",
+                             path=spec.path, line=1)
+        for role in spec.roles + tuple(r for v in spec.variants for r in v.roles_append):
+            _role_dir(project, role, spec)
+        if spec.playbook is not None:
+            if not spec.playbook.is_file():
+                raise InputError(f"playbook {project.relative(spec.playbook)} does not exist",
+                                 path=spec.path, line=spec.line_of("playbook"))
+            plays = load_yaml(spec.playbook)
+            if not isinstance(plays, list) or not plays:
+                raise InputError("a playbook must be a list of plays", path=spec.playbook,
+                                 line=1)
+            for index, play in enumerate(plays):
+                line = plays.line_of(index) if hasattr(plays, "line_of") else 1
+                if not isinstance(play, dict):
+                    raise InputError(f"play {index + 1} is not a mapping", path=spec.playbook,
+                                     line=line)
+                if "import_playbook" not in play and "hosts" not in play:
+                    raise InputError(f"play {index + 1} has no `hosts:`", path=spec.playbook,
+                                     line=line)
+
+    def input_files(self) -> list[Path]:
+        """The role trees (with meta dependencies) and the playbook the layer applies."""
+        files: list[Path] = []
+        roles = list(self.layer.roles)
+        if self.layer.playbook is not None:
+            files.append(self.layer.playbook)
+            roles.extend(_playbook_roles(self.layer.playbook))
+        for role in _role_closure(self.project, roles, self.layer.spec):
+            files.extend(tree_files(_role_dir(self.project, role, self.layer.spec)))
+        return files
+
+    def bootstrap(self, ctx: ProvisionContext) -> None:
+        """Install python3 when the image has none; mark it removable for `clean`."""
+        result = ctx.engine.shell(ctx.container, script("bootstrap-python.sh"))
+        if result.rc != 0:
+            raise BuildFailed(
+                "could not bootstrap python3 for Ansible in the build container",
+                details=result.tail(),
+                hint="use a base image with python3 or apt-get (e.g. `rolebake base debian:bookworm`)",
+            )
+        lines = result.output.strip().splitlines()
+        added = next((line.split(":", 1)[1].split() for line in lines
+                      if line.startswith("added:")), [])
+        self.bootstrapped = tuple(added)
+        summary = next((line for line in lines if line.startswith(("installed", "python3"))),
+                       "python3 checked")
+        ctx.events(LogEvent(ctx.layer.id, summary))
+
+    def provision(self, ctx: ProvisionContext, *, idempotence: bool = False) -> ProvisionResult:
+        """Run the roles with ansible-runner and report each task as it goes."""
+        with _private_data_dir(ctx) as data_dir:
+            playbook = self._write_run_files(ctx, data_dir)
+            watcher = _EventWatcher(ctx)
+            thread, runner = _runner_async(
+                private_data_dir=str(data_dir),
+                playbook=playbook,
+                inventory=str(data_dir / "inventory" / "hosts.yml"),
+                envvars=self._envvars(ctx, data_dir),
+                event_handler=watcher,
+                cancel_callback=ctx.cancel.is_set,
+                quiet=True,
+                ident="idempotence" if idempotence else "provision",
+                skip_tags=IDEMPOTENCE_SKIP_TAGS if idempotence else None,
+                settings={"suppress_ansible_output": True},
+            )
+            while thread.is_alive():
+                thread.join(0.2)
+            stdout = _artifact_stdout(data_dir, "idempotence" if idempotence else "provision")
+            if ctx.secrets is not None:
+                stdout = ctx.secrets.redact(stdout)
+            _append_log(ctx.log_path, "idempotence check" if idempotence else "provision",
+                        stdout)
+            status = runner.status
+        if ctx.cancel.is_set() or status == "canceled":
+            raise BuildFailed("provisioning was cancelled")
+        result = ProvisionResult(tasks=tuple(watcher.results))
+        if status != "successful":
+            raise _failure(ctx, watcher, stdout)
+        return result
+
+    def clean(self, ctx: ProvisionContext) -> None:
+        """Remove the bootstrap python (unless needed) and Ansible's remote files."""
+        if self.bootstrapped:
+            result = ctx.engine.shell(ctx.container, script("unbootstrap-python.sh"),
+                                      *self.bootstrapped)
+            if result.rc != 0:
+                raise BuildFailed("could not remove the bootstrap python", details=result.tail())
+            ctx.events(LogEvent(ctx.layer.id, result.output.strip()))
+        ctx.engine.shell(
+            ctx.container,
+            'rm -rf "$1" /root/.ansible /root/.ansible_async; '
+            "for h in /home/*; do rm -rf \"$h/.ansible\" \"$h/.ansible_async\"; done; "
+            "rm -rf /tmp/ansible_* /var/tmp/ansible_*",
+            REMOTE_TMP,
+        )
+
+    # ----------------------------------------------------------------------------------
+
+    def _write_run_files(self, ctx: ProvisionContext, data_dir: Path) -> str:
+        layer = self.layer
+        host = "rolebake-build"
+        host_vars: dict[str, Any] = {
+            "ansible_connection": "community.docker.docker_api",
+            "ansible_host": ctx.container.id,
+            "ansible_user": "root",
+            "ansible_python_interpreter": "/usr/bin/python3",
+            # Enable systemd units offline: there is no systemd running in a
+            # build container; start/restart requests are skipped with a warning.
+            "ansible_docker_extra_env": {"SYSTEMD_OFFLINE": "1"},
+        }
+        if ctx.secrets is not None:
+            host_vars.update(ctx.secrets.ansible_vars())
+        groups = _playbook_groups(layer.playbook) if layer.playbook else set()
+        inventory: dict[str, Any] = {"all": {"hosts": {host: host_vars}}}
+        if groups:
+            inventory["all"]["children"] = {g: {"hosts": {host: {}}} for g in sorted(groups)}
+        _write(data_dir / "inventory" / "hosts.yml", yaml.safe_dump(inventory))
+        # Vars go in a file, not on ansible-playbook's command line where `ps` shows them.
+        _write(data_dir / "env" / "extravars", json.dumps(dict(layer.vars)))
+        if layer.playbook is not None:
+            return str(layer.playbook.resolve())
+        play = [{
+            "name": f"rolebake {layer.id}",
+            "hosts": "all",
+            "gather_facts": True,
+            "roles": list(layer.roles),
+        }]
+        _write(data_dir / "project" / "rolebake.yml", yaml.safe_dump(play, sort_keys=False))
+        return "rolebake.yml"
+
+    def _envvars(self, ctx: ProvisionContext, data_dir: Path) -> dict[str, str]:
+        roles_path = [str(self.project.roles_dir.resolve())]
+        if self.layer.playbook is not None:
+            roles_path.insert(0, str((self.layer.playbook.parent / "roles").resolve()))
+        env = {
+            # ansible-runner finds ansible-playbook on PATH: put ours first.
+            "PATH": os.pathsep.join([str(Path(_ansible_playbook()).parent),
+                                     os.environ.get("PATH", "/usr/bin:/bin")]),
+            "ANSIBLE_ROLES_PATH": os.pathsep.join(roles_path),
+            "ANSIBLE_REMOTE_TMP": REMOTE_TMP,
+            "ANSIBLE_LOCAL_TEMP": str(data_dir / "tmp"),
+            "ANSIBLE_PIPELINING": "True",
+            "ANSIBLE_HOST_KEY_CHECKING": "False",
+            "ANSIBLE_RETRY_FILES_ENABLED": "False",
+            "ANSIBLE_NOCOLOR": "1",
+            "ANSIBLE_FORCE_COLOR": "0",
+            "ANSIBLE_STDOUT_CALLBACK": "default",
+            "ANSIBLE_CALLBACK_RESULT_FORMAT": "yaml",
+            "ANSIBLE_DEPRECATION_WARNINGS": "False",
+            "ANSIBLE_SYSTEM_WARNINGS": "False",
+        }
+        if "DOCKER_HOST" in os.environ:
+            env["DOCKER_HOST"] = os.environ["DOCKER_HOST"]
+        if ctx.secrets is not None:
+            password_file = ctx.secrets.write_vault_password(data_dir)
+            if password_file is not None:
+                env["ANSIBLE_VAULT_PASSWORD_FILE"] = str(password_file)
+        return env
+
+
+@dataclass
+class _EventWatcher:
+    """Turns ansible-runner events into rolebake events and task results."""
+
+    ctx: ProvisionContext
+    results: list[TaskResult] = field(default_factory=list)
+    failures: list[TaskResult] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=lambda: {"ok": 0, "changed": 0, "failed": 0})
+
+    def __call__(self, event: Mapping[str, Any]) -> bool:
+        kind = event.get("event", "")
+        data = event.get("event_data") or {}
+        if kind == "playbook_on_task_start":
+            self._emit(data, "started")
+        elif kind in ("runner_on_ok", "runner_on_failed", "runner_on_skipped",
+                      "runner_on_unreachable"):
+            res = data.get("res") or {}
+            if kind == "runner_on_ok":
+                status = "changed" if res.get("changed") else "ok"
+            elif kind == "runner_on_skipped":
+                status = "skipped"
+            elif data.get("ignore_errors"):
+                status = "ignored"
+            else:
+                status = "failed"
+            if status in self.counts:
+                self.counts[status] += 1
+            if status == "changed":
+                self.counts["ok"] += 1
+            task = TaskResult(
+                name=str(data.get("task") or ""),
+                role=data.get("role") or None,
+                action=str(data.get("task_action") or ""),
+                status=status,
+                args=(res.get("invocation") or {}).get("module_args") or {},
+                result=_trim(res),
+            )
+            self.results.append(task)
+            if status == "failed":
+                self.failures.append(task)
+            self._emit(data, status)
+        return True
+
+    def _emit(self, data: Mapping[str, Any], status: str) -> None:
+        self.ctx.events(TaskEvent(
+            layer=self.ctx.layer.id,
+            task=str(data.get("task") or ""),
+            role=data.get("role") or None,
+            status=status,
+            ok=self.counts["ok"],
+            changed=self.counts["changed"],
+            failed=self.counts["failed"],
+        ))
+
+
+def _failure(ctx: ProvisionContext, watcher: _EventWatcher, stdout: str) -> Exception:
+    if watcher.failures:
+        task = watcher.failures[0]
+        res = task.result
+        message = str(res.get("msg") or "").strip() or "the task failed"
+        evidence = "\n".join(
+            str(res[key]).rstrip() for key in ("stderr", "module_stderr", "stdout")
+            if res.get(key)
+        )
+        where = f"role {task.role}, " if task.role else ""
+        return BuildFailed(
+            f"task {task.name!r} ({where}module {task.action}) failed: {_first_line(message)}",
+            details=_tail(evidence or message, 15),
+            hint=f"full Ansible log: {ctx.log_path}",
+        )
+    # No task ran into trouble, so Ansible refused the input itself: a YAML
+    # error, a missing role or template, a bad play. That is an input error.
+    error = next((line for line in stdout.splitlines() if line.startswith(("ERROR!", "[ERROR]"))),
+                 "")
+    location = _ERROR_LOCATION.search(stdout) or _OFFENDING.search(stdout)
+    if error:
+        message = error.removeprefix("ERROR!").removeprefix("[ERROR]").strip()
+        if location:
+            return InputError(message, path=location.group(1), line=int(location.group(2)))
+        return InputError(message, hint=f"full Ansible log: {ctx.log_path}")
+    return BuildFailed("ansible-playbook failed", details=_tail(stdout, 20),
+                       hint=f"full Ansible log: {ctx.log_path}")
+
+
+def _runner_async(**kwargs: Any) -> Any:
+    import ansible_runner
+
+    return ansible_runner.run_async(**kwargs)
+
+
+def _ansible_playbook() -> str:
+    # Use the ansible-playbook installed beside this python, activated or not.
+    beside = Path(sys.executable).parent / "ansible-playbook"
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("ansible-playbook")
+    if found is None:
+        raise BuildFailed("ansible-playbook is not installed", hint="pip install ansible")
+    return found
+
+
+@contextlib.contextmanager
+def _private_data_dir(ctx: ProvisionContext) -> Iterator[Path]:
+    # Private: it may hold vault passwords and secret paths; removed afterwards.
+    base = ctx.project.state_dir / "tmp"
+    base.mkdir(parents=True, exist_ok=True)
+    path = Path(tempfile.mkdtemp(prefix="ansible-", dir=base))
+    try:
+        (path / "tmp").mkdir()
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _artifact_stdout(data_dir: Path, ident: str) -> str:
+    stdout = data_dir / "artifacts" / ident / "stdout"
+    return stdout.read_text(encoding="utf-8", errors="replace") if stdout.exists() else ""
+
+
+def _append_log(log_path: Path, title: str, text: str) -> None:
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("a", encoding="utf-8") as log:
+        log.write(f"===== {title} =====\n{text}\n")
+
+
+def _write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    path.chmod(0o600)
+
+
+def _role_dir(project: Project, role: str, spec: ImageSpec) -> Path:
+    path = project.roles_dir / role
+    if not project.inside(path):
+        raise InputError(f"role {role!r} is outside the project's roles/",
+                         path=spec.path, line=spec.line_of("roles"))
+    if not path.is_dir():
+        known = sorted(p.name for p in project.roles_dir.iterdir()) if project.roles_dir.is_dir() \
+            else []
+        raise InputError(f"role {role!r} not found in roles/ (known: {', '.join(known) or 'none'})",
+                         path=spec.path, line=spec.line_of("roles") or spec.line_of("variants"))
+    return path
+
+
+def _role_closure(project: Project, roles: list[str], spec: ImageSpec) -> list[str]:
+    """The roles plus every role they depend on through meta/main.yml."""
+    seen: list[str] = []
+    stack = list(reversed(roles))
+    while stack:
+        role = stack.pop()
+        if role in seen:
+            continue
+        seen.append(role)
+        meta = _role_dir(project, role, spec) / "meta" / "main.yml"
+        if not meta.is_file():
+            continue
+        data = load_yaml(meta) or {}
+        for dep in (data.get("dependencies") or []) if isinstance(data, dict) else []:
+            name = dep.get("role") or dep.get("name") if isinstance(dep, dict) else dep
+            if isinstance(name, str) and "/" not in name and "." not in name:
+                stack.append(name)
+    return seen
+
+
+def _playbook_roles(playbook: Path) -> list[str]:
+    plays = load_yaml(playbook) or []
+    names: list[str] = []
+    for play in plays if isinstance(plays, list) else []:
+        for entry in (play.get("roles") or []) if isinstance(play, dict) else []:
+            name = entry.get("role") or entry.get("name") if isinstance(entry, dict) else entry
+            if isinstance(name, str):
+                names.append(name)
+    return names
+
+
+def _playbook_groups(playbook: Path) -> set[str]:
+    plays = load_yaml(playbook) or []
+    groups: set[str] = set()
+    for play in plays if isinstance(plays, list) else []:
+        hosts = play.get("hosts") if isinstance(play, dict) else None
+        patterns = hosts if isinstance(hosts, list) else str(hosts or "").split(",")
+        for pattern in patterns:
+            name = str(pattern).strip().lstrip("&!")
+            if name and name != "all" and re.match(r"^[A-Za-z_][A-Za-z0-9_-]*$", name):
+                groups.add(name)
+    return groups
+
+
+def _trim(res: Mapping[str, Any]) -> dict[str, Any]:
+    keep = ("msg", "stderr", "stdout", "module_stderr", "rc", "changed", "path", "dest", "state",
+            "name", "mode", "owner", "group", "uid", "gid", "home", "shell", "enabled", "src",
+            "status", "cache_updated", "diff", "results")
+    return {k: res[k] for k in keep if k in res}
+
+
+def _first_line(text: str) -> str:
+    return text.strip().splitlines()[0] if text.strip() else text
+
+
+def _tail(text: str, lines: int) -> str:
+    return "\n".join(text.rstrip().splitlines()[-lines:])

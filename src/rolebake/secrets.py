@@ -1,0 +1,225 @@
+"""Build secrets: given to the roles during the build only, never in a layer (invariant 6).
+
+Secret files live on a tmpfs inside the build container (the engine never
+commits a tmpfs), the vault password stays on the host, and after the commit
+the new layer, the image config and its history are scanned for every secret
+value before the image may be tagged.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import re
+import tarfile
+import tempfile
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from rolebake.engine import ContainerHandle, Engine
+from rolebake.errors import BuildFailed, InputError
+
+SECRETS_DIR = "/run/rolebake-secrets"
+SECRET_ID_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+MIN_SCAN_LENGTH = 4  # shorter values would match by chance everywhere
+REDACTED = "********"
+
+
+@dataclass(frozen=True)
+class Secret:
+    """One `--secret id=NAME,src=PATH` file."""
+
+    id: str
+    src: Path
+
+    @classmethod
+    def parse(cls, text: str) -> Secret:
+        """Parse `id=NAME,src=PATH`, as `docker build --secret` takes it."""
+        fields: dict[str, str] = {}
+        for part in text.split(","):
+            key, sep, value = part.partition("=")
+            if not sep or key not in ("id", "src", "source") or not value:
+                raise InputError(f"--secret {text!r}: expected id=NAME,src=PATH")
+            fields["src" if key == "source" else key] = value
+        if "id" not in fields or "src" not in fields:
+            raise InputError(f"--secret {text!r}: expected id=NAME,src=PATH")
+        if not SECRET_ID_RE.match(fields["id"]):
+            raise InputError(f"--secret {text!r}: {fields['id']!r} is not a valid secret id")
+        src = Path(fields["src"]).expanduser()
+        if not src.is_file():
+            raise InputError(f"--secret {fields['id']}: file not found", path=src)
+        return cls(id=fields["id"], src=src)
+
+
+@dataclass
+class SecretSet:
+    """The secrets of one build."""
+
+    files: tuple[Secret, ...] = ()
+    vault_password: str | None = None
+    sensitive_values: tuple[str, ...] = ()
+    _extra_values: list[str] = field(default_factory=list)
+
+    @classmethod
+    def from_cli(cls, secrets: Iterable[str], vault_password_file: Path | None,
+                 env: Mapping[str, str] | None = None) -> SecretSet | None:
+        """Build the set from CLI flags and ROLEBAKE_VAULT_PASSWORD; None when there is none."""
+        env = os.environ if env is None else env
+        files = tuple(Secret.parse(s) for s in secrets)
+        ids = [s.id for s in files]
+        duplicate = next((i for i in ids if ids.count(i) > 1), None)
+        if duplicate:
+            raise InputError(f"--secret id {duplicate!r} is given twice")
+        password = None
+        if vault_password_file is not None:
+            if not vault_password_file.is_file():
+                raise InputError("vault password file not found", path=vault_password_file)
+            password = vault_password_file.read_text(encoding="utf-8").strip()
+        elif env.get("ROLEBAKE_VAULT_PASSWORD"):
+            password = env["ROLEBAKE_VAULT_PASSWORD"]
+        if not files and password is None:
+            return None
+        return cls(files=files, vault_password=password)
+
+    def add_values(self, values: Iterable[Any]) -> None:
+        """Also treat these values as secret (sensitive vars, decrypted vault values)."""
+        for value in values:
+            for text in _strings(value):
+                if len(text) >= MIN_SCAN_LENGTH and text not in self._extra_values:
+                    self._extra_values.append(text)
+
+    def values(self) -> list[str]:
+        """Every secret value to keep out of the image and out of logs."""
+        found: list[str] = []
+        for secret in self.files:
+            text = secret.src.read_text(encoding="utf-8", errors="replace").strip()
+            if len(text) >= MIN_SCAN_LENGTH:
+                found.append(text)
+        if self.vault_password and len(self.vault_password) >= MIN_SCAN_LENGTH:
+            found.append(self.vault_password)
+        found.extend(self._extra_values)
+        return list(dict.fromkeys(found))
+
+    def redact(self, text: str) -> str:
+        """Replace every secret value in `text` (logs, error messages, reports)."""
+        for value in sorted(self.values(), key=len, reverse=True):
+            text = text.replace(value, REDACTED)
+        return text
+
+    def tmpfs(self) -> dict[str, str]:
+        """The tmpfs mount that holds secret files in the build container."""
+        return {SECRETS_DIR: "mode=0700,size=16m"} if self.files else {}
+
+    def install(self, engine: Engine, container: ContainerHandle) -> None:
+        """Write the secret files onto the tmpfs.
+
+        Through an exec, not the archive API: the archive API writes below a
+        tmpfs mount, into the layer that gets committed.
+        """
+        for secret in self.files:
+            encoded = base64.b64encode(secret.src.read_bytes()).decode("ascii")
+            result = engine.exec(container, [
+                "/bin/sh", "-c",
+                'umask 077 && printf %s "$ROLEBAKE_SECRET" | base64 -d > "$1/$2"',
+                "rolebake", SECRETS_DIR, secret.id,
+            ], env={"ROLEBAKE_SECRET": encoded})
+            if result.rc != 0:
+                raise BuildFailed(f"could not provide secret {secret.id!r} to the build",
+                                  details=result.tail())
+
+    def remove(self, engine: Engine, container: ContainerHandle) -> None:
+        """Empty the secrets tmpfs before commit (it is not committed either way)."""
+        if self.files:
+            engine.exec(container, ["/bin/sh", "-c", f"rm -rf {SECRETS_DIR}/* || true"])
+
+    def ansible_vars(self) -> dict[str, str]:
+        """Variables that tell roles where the secret files are."""
+        return {"rolebake_secrets_dir": SECRETS_DIR} if self.files else {}
+
+    def write_vault_password(self, directory: Path) -> Path | None:
+        """Write the vault password into a private file for ansible; None without one."""
+        if self.vault_password is None:
+            return None
+        path = directory / "vault-password"
+        path.write_text(self.vault_password + "\n", encoding="utf-8")
+        path.chmod(0o600)
+        return path
+
+
+def _strings(value: Any) -> Iterable[str]:
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, Mapping):
+        for item in value.values():
+            yield from _strings(item)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            yield from _strings(item)
+    elif value is not None and not isinstance(value, bool):
+        yield str(value)
+
+
+def scan_image(engine: Engine, image_id: str, secrets: SecretSet) -> None:
+    """Fail the build when any secret value is in the new layer, the config or the history.
+
+    Raises:
+        BuildFailed: naming the secret-bearing file or field (never the value).
+    """
+    needles = [v.encode("utf-8") for v in secrets.values()]
+    if not needles:
+        return
+    with tempfile.TemporaryFile() as spool:
+        for chunk in engine.save(image_id):
+            spool.write(chunk)
+        spool.seek(0)
+        hits = _scan_saved_image(spool, needles)
+    for entry in engine.history(image_id):
+        text = json.dumps(entry).encode("utf-8")
+        if any(n in text for n in needles):
+            hits.append("docker history")
+    if hits:
+        raise BuildFailed(
+            f"a build secret was found in the image ({', '.join(sorted(set(hits))[:5])}); "
+            "the image was not tagged",
+            hint="a role copied a secret into the image: keep secrets in "
+                 f"{SECRETS_DIR} and out of files the image keeps",
+        )
+
+
+def _scan_saved_image(stream: IO[bytes], needles: list[bytes]) -> list[str]:
+    hits: list[str] = []
+    with tarfile.open(fileobj=stream, mode="r:") as saved:
+        manifest_member = saved.extractfile("manifest.json")
+        if manifest_member is None:
+            raise BuildFailed("docker save produced no manifest")
+        manifest = json.load(manifest_member)[0]
+        config = saved.extractfile(manifest["Config"])
+        if config is not None and any(n in config.read() for n in needles):
+            hits.append("image config")
+        top = saved.extractfile(manifest["Layers"][-1])
+        if top is None:
+            return hits
+        with tarfile.open(fileobj=io.BufferedReader(top), mode="r|") as layer:  # type: ignore[arg-type]
+            for member in layer:
+                if any(n in member.name.encode() for n in needles):
+                    hits.append(f"path name /{member.name}")
+                if member.isfile():
+                    handle = layer.extractfile(member)
+                    if handle is not None and _contains(handle, needles):
+                        hits.append(f"/{member.name}")
+    return hits
+
+
+def _contains(handle: IO[bytes], needles: list[bytes]) -> bool:
+    overlap = max(len(n) for n in needles) - 1
+    tail = b""
+    while chunk := handle.read(1 << 20):
+        window = tail + chunk
+        if any(n in window for n in needles):
+            return True
+        tail = window[-overlap:] if overlap else b""
+    return False

@@ -1,0 +1,626 @@
+"""Image specs: images/<name>.yml turned into frozen records, validated once, here.
+
+Every problem is reported as one InputError naming the file and line
+(DESIGN.md invariant 4), before any container exists.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from rolebake.errors import InputError
+from rolebake.yamlfile import YamlList, YamlMap, load_yaml, plain
+
+SPEC_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
+VARIANT_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
+ROLE_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+VAR_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+PORT_RE = re.compile(r"^(\d{1,5})(?:/(tcp|udp|sctp))?$")
+
+# The image reference grammar of distribution/reference, kept strict so a bad
+# tag is caught here rather than by the engine after a long build.
+_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_HOST = (
+    r"(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*"
+    r"(?::[0-9]+)?/)"
+)
+_TAG = r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}"
+REFERENCE_RE = re.compile(
+    rf"^{_HOST}?{_COMPONENT}(?:/{_COMPONENT})*(?::{_TAG})?(?:@sha256:[a-f0-9]{{64}})?$"
+)
+
+DEFAULT_PROVISIONER = "ansible"
+DEFAULT_READY_TIMEOUT = 60.0
+
+
+def is_image_reference(value: str) -> bool:
+    """Tell whether `value` is a valid image reference (name[:tag][@digest])."""
+    return len(value) <= 255 and bool(REFERENCE_RE.match(value))
+
+
+@dataclass(frozen=True)
+class HealthCheck:
+    """A HEALTHCHECK for the image config, as Docker stores it."""
+
+    test: tuple[str, ...]
+    interval_s: float | None = None
+    timeout_s: float | None = None
+    retries: int | None = None
+    start_period_s: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the canonical form used for hashing and reports."""
+        return {
+            "test": list(self.test),
+            "interval_s": self.interval_s,
+            "timeout_s": self.timeout_s,
+            "retries": self.retries,
+            "start_period_s": self.start_period_s,
+        }
+
+
+@dataclass(frozen=True)
+class ImageConfig:
+    """The runtime config committed with an image. None means "inherit from the parent"."""
+
+    cmd: tuple[str, ...] | None = None
+    entrypoint: tuple[str, ...] | None = None
+    env: Mapping[str, str] = field(default_factory=dict)
+    user: str | None = None
+    workdir: str | None = None
+    expose: tuple[str, ...] = ()
+    volumes: tuple[str, ...] = ()
+    labels: Mapping[str, str] = field(default_factory=dict)
+    healthcheck: HealthCheck | None = None
+
+    def overlay(self, top: ImageConfig) -> ImageConfig:
+        """Return this config with every setting `top` makes applied over it."""
+        return ImageConfig(
+            cmd=top.cmd if top.cmd is not None else self.cmd,
+            entrypoint=top.entrypoint if top.entrypoint is not None else self.entrypoint,
+            env={**self.env, **top.env},
+            user=top.user if top.user is not None else self.user,
+            workdir=top.workdir if top.workdir is not None else self.workdir,
+            expose=tuple(dict.fromkeys(self.expose + top.expose)),
+            volumes=tuple(dict.fromkeys(self.volumes + top.volumes)),
+            labels={**self.labels, **top.labels},
+            healthcheck=top.healthcheck if top.healthcheck is not None else self.healthcheck,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the canonical form used for hashing and reports."""
+        return {
+            "cmd": list(self.cmd) if self.cmd is not None else None,
+            "entrypoint": list(self.entrypoint) if self.entrypoint is not None else None,
+            "env": dict(sorted(self.env.items())),
+            "user": self.user,
+            "workdir": self.workdir,
+            "expose": sorted(self.expose),
+            "volumes": sorted(self.volumes),
+            "labels": dict(sorted(self.labels.items())),
+            "healthcheck": self.healthcheck.to_dict() if self.healthcheck else None,
+        }
+
+
+@dataclass(frozen=True)
+class ReadyCheck:
+    """How verification knows a container from the image is ready for its tests."""
+
+    port: int | None = None
+    command: tuple[str, ...] | None = None
+    timeout_s: float = DEFAULT_READY_TIMEOUT
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One more image from the same spec: extra roles as a layer on top of it."""
+
+    name: str
+    roles_append: tuple[str, ...]
+    vars: Mapping[str, Any]
+    config: ImageConfig
+    tags: tuple[str, ...]
+    line: int
+
+
+@dataclass(frozen=True)
+class ImageSpec:
+    """A validated images/<name>.yml."""
+
+    name: str
+    path: Path
+    parent: str
+    parent_is_spec: bool
+    provisioner: str
+    roles: tuple[str, ...]
+    playbook: Path | None
+    vars: Mapping[str, Any]
+    config: ImageConfig
+    tags: tuple[str, ...]
+    tests: Path
+    tests_explicit: bool
+    ready: ReadyCheck | None
+    idempotence: bool
+    variants: tuple[Variant, ...]
+    sensitive_vars: tuple[str, ...]
+    provisioner_options: Mapping[str, Any]
+    lines: Mapping[str, int]
+
+    def line_of(self, key: str) -> int | None:
+        """The line of a top-level key in the spec file, when it is there."""
+        return self.lines.get(key)
+
+
+@dataclass(frozen=True)
+class Project:
+    """A rolebake project: the folder holding images/, roles/, playbooks/, tests/."""
+
+    root: Path
+
+    @property
+    def images_dir(self) -> Path:
+        """Folder of image specs."""
+        return self.root / "images"
+
+    @property
+    def roles_dir(self) -> Path:
+        """Folder of Ansible roles."""
+        return self.root / "roles"
+
+    @property
+    def state_dir(self) -> Path:
+        """Folder for logs and locks (kept out of git)."""
+        return self.root / ".rolebake"
+
+    def spec_path(self, name: str) -> Path:
+        """Path of the spec file for image `name`."""
+        return self.images_dir / f"{name}.yml"
+
+    def has_spec(self, name: str) -> bool:
+        """Tell whether images/<name>.yml exists."""
+        return bool(SPEC_NAME_RE.match(name)) and self.spec_path(name).is_file()
+
+    def spec_names(self) -> list[str]:
+        """Every image spec in the project, sorted."""
+        if not self.images_dir.is_dir():
+            return []
+        return sorted(p.stem for p in self.images_dir.glob("*.yml"))
+
+    def inside(self, path: Path) -> bool:
+        """Tell whether `path` (resolved, links followed) stays inside the project."""
+        try:
+            path.resolve().relative_to(self.root.resolve())
+        except ValueError:
+            return False
+        return True
+
+    def relative(self, path: Path) -> str:
+        """Path relative to the project root, as shown in reports and labels."""
+        try:
+            return str(path.resolve().relative_to(self.root.resolve()))
+        except ValueError:
+            return str(path)
+
+
+class Fields:
+    """Typed access to one YAML mapping, failing with file and line."""
+
+    def __init__(self, data: Any, path: Path, where: str, line: int) -> None:
+        if not isinstance(data, dict):
+            raise InputError(
+                f"{where}: expected a mapping, got {_kind(data)}", path=path, line=line
+            )
+        self.data: dict[Any, Any] = data
+        self.path = path
+        self.where = where
+        self.line = getattr(data, "line", line)
+
+    def line_of(self, key: str) -> int:
+        return self.data.line_of(key) if isinstance(self.data, YamlMap) else self.line
+
+    def fail(self, key: str, message: str) -> InputError:
+        label = f"{self.where}.{key}" if self.where else key
+        return InputError(f"{label}: {message}", path=self.path, line=self.line_of(key))
+
+    def reject_unknown(self, allowed: set[str]) -> None:
+        for key in self.data:
+            if not isinstance(key, str) or key not in allowed:
+                close = difflib.get_close_matches(str(key), sorted(allowed), n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                where = f" in {self.where}" if self.where else ""
+                raise InputError(
+                    f"unknown key {key!r}{where}{hint}; allowed: {', '.join(sorted(allowed))}",
+                    path=self.path,
+                    line=self.line_of(key),
+                )
+
+    def has(self, key: str) -> bool:
+        return key in self.data and self.data[key] is not None
+
+    def str(self, key: str, *, required: bool = False, pattern: re.Pattern[str] | None = None,
+            what: str = "a string") -> str | None:
+        if not self.has(key):
+            if required:
+                raise InputError(
+                    f"missing required key {key!r}", path=self.path, line=self.line
+                )
+            return None
+        value = self.data[key]
+        if not isinstance(value, str) or not value.strip():
+            raise self.fail(key, f"expected {what}, got {_kind(value)}")
+        if pattern is not None and not pattern.match(value):
+            raise self.fail(key, f"{value!r} is not {what}")
+        return value
+
+    def bool(self, key: str, default: bool) -> bool:
+        if not self.has(key):
+            return default
+        value = self.data[key]
+        if not isinstance(value, bool):
+            raise self.fail(key, f"expected true or false, got {_kind(value)}")
+        return value
+
+    def number(self, key: str, *, minimum: float = 0) -> float | None:
+        if not self.has(key):
+            return None
+        value = self.data[key]
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise self.fail(key, f"expected a number, got {_kind(value)}")
+        if value < minimum:
+            raise self.fail(key, f"must be at least {minimum}, got {value}")
+        return float(value)
+
+    def str_list(self, key: str, *, pattern: re.Pattern[str] | None = None,
+                 what: str = "a string", check: Callable[[str], bool] | None = None,
+                 ) -> tuple[str, ...]:
+        if not self.has(key):
+            return ()
+        value = self.data[key]
+        if not isinstance(value, list):
+            raise self.fail(key, f"expected a list of {what}s, got {_kind(value)}")
+        items: list[str] = []
+        for index, item in enumerate(value):
+            line = value.line_of(index) if isinstance(value, YamlList) else self.line_of(key)
+            if not isinstance(item, str) or not item:
+                raise InputError(
+                    f"{self._label(key)}[{index}]: expected {what}, got {_kind(item)}",
+                    path=self.path, line=line,
+                )
+            if (pattern is not None and not pattern.match(item)) or (
+                check is not None and not check(item)
+            ):
+                raise InputError(
+                    f"{self._label(key)}[{index}]: {item!r} is not {what}",
+                    path=self.path, line=line,
+                )
+            if item in items:
+                raise InputError(
+                    f"{self._label(key)}[{index}]: {item!r} is listed twice",
+                    path=self.path, line=line,
+                )
+            items.append(item)
+        return tuple(items)
+
+    def command(self, key: str) -> tuple[str, ...] | None:
+        """A cmd/entrypoint: an argv list, or a string run by /bin/sh -c as Docker does."""
+        if key not in self.data:
+            return None
+        value = self.data[key]
+        if isinstance(value, str) and value.strip():
+            return ("/bin/sh", "-c", value)
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return tuple(value)
+        raise self.fail(key, f"expected a list of strings or a string, got {_kind(value)}")
+
+    def mapping(self, key: str) -> Fields | None:
+        if not self.has(key):
+            return None
+        return Fields(self.data[key], self.path, self._label(key), self.line_of(key))
+
+    def _label(self, key: str) -> str:
+        return f"{self.where}.{key}" if self.where else key
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "nothing"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, str):
+        return "an empty string" if not value.strip() else "a string"
+    if isinstance(value, int | float):
+        return "a number"
+    return type(value).__name__
+
+
+TOP_LEVEL_KEYS = {
+    "from", "provisioner", "roles", "playbook", "vars", "sensitive_vars", "config", "tags",
+    "tests", "ready", "idempotence", "variants",
+}
+CONFIG_KEYS = {
+    "cmd", "entrypoint", "env", "user", "workdir", "expose", "volumes", "labels", "healthcheck",
+}
+VARIANT_KEYS = {"roles_append", "vars", "config", "tags"}
+
+
+def load_spec(project: Project, name: str) -> ImageSpec:
+    """Read and validate images/<name>.yml.
+
+    Args:
+        project: the project holding the spec.
+        name: the spec's name (its file name without .yml).
+
+    Returns:
+        The validated spec.
+
+    Raises:
+        InputError: anything wrong with the spec, naming file and line.
+    """
+    if not SPEC_NAME_RE.match(name):
+        raise InputError(
+            f"{name!r} is not an image name: use lowercase letters, digits, '.', '_', '-'"
+        )
+    path = project.spec_path(name)
+    if not path.is_file():
+        known = project.spec_names()
+        close = difflib.get_close_matches(name, known, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise InputError(
+            f"no image spec {name!r}{hint}; known: {', '.join(known) or 'none'}",
+            path=path,
+        )
+    data = load_yaml(path)
+    if data is None:
+        raise InputError("the spec is empty", path=path, line=1)
+    top = Fields(data, path, "", 1)
+    top.reject_unknown(TOP_LEVEL_KEYS | _provisioner_sections())
+
+    parent = top.str("from", required=True, what="a spec name or an image reference")
+    assert parent is not None
+    parent_is_spec = project.has_spec(parent)
+    if parent == name:
+        raise top.fail("from", "an image cannot be built from itself")
+    if not parent_is_spec and not is_image_reference(parent):
+        raise top.fail("from", f"{parent!r} is neither a spec in images/ nor an image reference")
+
+    provisioner = top.str("provisioner") or DEFAULT_PROVISIONER
+    provisioner_cls = _provisioner_class(provisioner, top)
+
+    roles = top.str_list("roles", pattern=ROLE_NAME_RE, what="a role name")
+    playbook = _project_path(project, top, "playbook")
+    config = _config(top.mapping("config"))
+    tags = top.str_list("tags", check=is_image_reference, what="an image reference")
+    if not tags:
+        tags = (f"rolebake/{name}:latest",)
+    tests_path = _project_path(project, top, "tests")
+    tests_explicit = tests_path is not None
+    tests = tests_path or project.root / "tests" / "images" / name
+    if tests_explicit and not tests.exists():
+        raise top.fail("tests", f"{top.data['tests']!r} does not exist")
+
+    vars_ = _vars(top, "vars")
+    sensitive = top.str_list("sensitive_vars", pattern=VAR_NAME_RE, what="a variable name")
+
+    spec = ImageSpec(
+        name=name,
+        path=path,
+        parent=parent,
+        parent_is_spec=parent_is_spec,
+        provisioner=provisioner,
+        roles=roles,
+        playbook=playbook,
+        vars=vars_,
+        config=config,
+        tags=tags,
+        tests=tests,
+        tests_explicit=tests_explicit,
+        ready=_ready(top.mapping("ready")),
+        idempotence=top.bool("idempotence", False),
+        variants=_variants(top, name),
+        sensitive_vars=sensitive,
+        provisioner_options={},
+        lines={k: top.line_of(k) for k in top.data if isinstance(k, str)},
+    )
+    options = provisioner_cls.parse_options(spec, project, top.mapping(provisioner_cls.section)
+                                            if provisioner_cls.section else None)
+    spec = replace(spec, provisioner_options=options)
+    provisioner_cls.validate(spec, project)
+    _check_tags_unique(spec)
+    return spec
+
+
+def _provisioner_sections() -> set[str]:
+    from rolebake.provision import sections
+
+    return sections()
+
+
+def _provisioner_class(name: str, top: Fields) -> Any:
+    from rolebake.provision import names, provisioner_class
+
+    if name not in names():
+        raise top.fail("provisioner", f"unknown provisioner {name!r}; known: {', '.join(names())}")
+    return provisioner_class(name)
+
+
+def _project_path(project: Project, fields: Fields, key: str) -> Path | None:
+    raw = fields.str(key, what="a path inside the project")
+    if raw is None:
+        return None
+    candidate = Path(raw)
+    path = candidate if candidate.is_absolute() else project.root / candidate
+    if not project.inside(path):
+        raise fields.fail(key, f"{raw!r} is outside the project")
+    return path
+
+
+def _vars(fields: Fields, key: str) -> dict[str, Any]:
+    section = fields.mapping(key)
+    if section is None:
+        return {}
+    for var in section.data:
+        if not isinstance(var, str) or not VAR_NAME_RE.match(var):
+            raise InputError(
+                f"{section.where}: {var!r} is not a valid variable name",
+                path=section.path, line=section.line_of(str(var)),
+            )
+    return plain(section.data)  # type: ignore[no-any-return]
+
+
+def _config(section: Fields | None) -> ImageConfig:
+    if section is None:
+        return ImageConfig()
+    section.reject_unknown(CONFIG_KEYS)
+    env: dict[str, str] = {}
+    env_fields = section.mapping("env")
+    if env_fields is not None:
+        for key, value in env_fields.data.items():
+            if not isinstance(key, str) or not ENV_NAME_RE.match(key):
+                raise InputError(f"config.env: {key!r} is not a valid variable name",
+                                 path=section.path, line=env_fields.line_of(str(key)))
+            if isinstance(value, bool) or not isinstance(value, str | int | float):
+                raise env_fields.fail(key, f"expected a string, got {_kind(value)}")
+            env[key] = str(value)
+    labels: dict[str, str] = {}
+    label_fields = section.mapping("labels")
+    if label_fields is not None:
+        for key, value in label_fields.data.items():
+            if not isinstance(key, str) or not key or key.startswith("rolebake."):
+                raise InputError(
+                    f"config.labels: {key!r} is not allowed (the rolebake.* labels are the tool's)",
+                    path=section.path, line=label_fields.line_of(str(key)),
+                )
+            if isinstance(value, bool) or not isinstance(value, str | int | float):
+                raise label_fields.fail(key, f"expected a string, got {_kind(value)}")
+            labels[key] = str(value)
+    expose = _ports(section)
+    for key in ("user", "workdir"):
+        value = section.str(key)
+        if key == "workdir" and value is not None and not value.startswith("/"):
+            raise section.fail(key, f"{value!r} must be an absolute path")
+    volumes = section.str_list("volumes", check=lambda v: v.startswith("/"),
+                               what="an absolute path")
+    return ImageConfig(
+        cmd=section.command("cmd"),
+        entrypoint=section.command("entrypoint"),
+        env=env,
+        user=section.str("user"),
+        workdir=section.str("workdir"),
+        expose=expose,
+        volumes=volumes,
+        labels=labels,
+        healthcheck=_healthcheck(section.mapping("healthcheck")),
+    )
+
+
+def _ports(section: Fields) -> tuple[str, ...]:
+    if not section.has("expose"):
+        return ()
+    value = section.data["expose"]
+    if not isinstance(value, list):
+        raise section.fail("expose", f"expected a list of ports, got {_kind(value)}")
+    ports: list[str] = []
+    for index, item in enumerate(value):
+        line = value.line_of(index) if isinstance(value, YamlList) else section.line
+        match = PORT_RE.match(str(item)) if isinstance(item, int | str) else None
+        if isinstance(item, bool) or match is None or not 0 < int(match.group(1)) < 65536:
+            raise InputError(f"config.expose[{index}]: {item!r} is not a port (1-65535[/tcp|udp])",
+                             path=section.path, line=line)
+        ports.append(f"{int(match.group(1))}/{match.group(2) or 'tcp'}")
+    return tuple(dict.fromkeys(ports))
+
+
+def _healthcheck(section: Fields | None) -> HealthCheck | None:
+    if section is None:
+        return None
+    section.reject_unknown({"test", "interval", "timeout", "retries", "start_period"})
+    test = section.command("test")
+    if test is None:
+        raise InputError("config.healthcheck: missing required key 'test'",
+                         path=section.path, line=section.line)
+    if test[:2] == ("/bin/sh", "-c"):
+        test = ("CMD-SHELL", test[2])
+    elif test[0] not in ("CMD", "CMD-SHELL", "NONE"):
+        test = ("CMD", *test)
+    retries = section.number("retries", minimum=0)
+    return HealthCheck(
+        test=test,
+        interval_s=section.number("interval", minimum=0.001),
+        timeout_s=section.number("timeout", minimum=0.001),
+        retries=int(retries) if retries is not None else None,
+        start_period_s=section.number("start_period"),
+    )
+
+
+def _ready(section: Fields | None) -> ReadyCheck | None:
+    if section is None:
+        return None
+    section.reject_unknown({"port", "command", "timeout"})
+    port = section.number("port", minimum=1)
+    command = section.command("command")
+    if (port is None) == (command is None):
+        raise InputError("ready: give exactly one of 'port' or 'command'",
+                         path=section.path, line=section.line)
+    if port is not None and (port != int(port) or port > 65535):
+        raise section.fail("port", f"{port} is not a port")
+    timeout = section.number("timeout", minimum=1)
+    return ReadyCheck(
+        port=int(port) if port is not None else None,
+        command=command,
+        timeout_s=timeout if timeout is not None else DEFAULT_READY_TIMEOUT,
+    )
+
+
+def _variants(top: Fields, name: str) -> tuple[Variant, ...]:
+    section = top.mapping("variants")
+    if section is None:
+        return ()
+    variants: list[Variant] = []
+    for variant_name in section.data:
+        line = section.line_of(str(variant_name))
+        if not isinstance(variant_name, str) or not VARIANT_NAME_RE.match(variant_name):
+            raise InputError(f"variants: {variant_name!r} is not a variant name",
+                             path=section.path, line=line)
+        body = Fields(section.data[variant_name] or {}, section.path,
+                       f"variants.{variant_name}", line)
+        body.reject_unknown(VARIANT_KEYS)
+        roles = body.str_list("roles_append", pattern=ROLE_NAME_RE, what="a role name")
+        if not roles:
+            raise InputError(
+                f"variants.{variant_name}: needs roles_append (a variant is a layer of extra roles)",
+                path=section.path, line=line,
+            )
+        tags = body.str_list("tags", check=is_image_reference, what="an image reference")
+        variants.append(Variant(
+            name=variant_name,
+            roles_append=roles,
+            vars=_vars(body, "vars"),
+            config=_config(body.mapping("config")),
+            tags=tags or (f"rolebake/{name}:{variant_name}",),
+            line=line,
+        ))
+    return tuple(variants)
+
+
+def _check_tags_unique(spec: ImageSpec) -> None:
+    seen: dict[str, str] = {}
+    for owner, tags in [(spec.name, spec.tags)] + [
+        (f"{spec.name}:{v.name}", v.tags) for v in spec.variants
+    ]:
+        for tag in tags:
+            if tag in seen:
+                raise InputError(
+                    f"tag {tag!r} is given to both {seen[tag]} and {owner}",
+                    path=spec.path, line=spec.line_of("tags"),
+                )
+            seen[tag] = owner

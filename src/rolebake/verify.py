@@ -1,0 +1,250 @@
+"""Check an image before it gets its name: metadata checks and its testinfra suite.
+
+A container is started from the new image id (never the tag), running its own
+command so services are up; rolebake waits until it is ready, then runs
+pytest-testinfra against it over the `docker://` backend. The container is
+removed afterwards, whatever happens.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+import xml.etree.ElementTree as ET
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rolebake.engine import BUILD_ID_LABEL, ROLE_LABEL, ContainerHandle, Engine
+from rolebake.errors import TestsFailed
+from rolebake.spec import ReadyCheck
+
+
+@dataclass(frozen=True)
+class TestCase:
+    """One check and its outcome."""
+
+    __test__ = False  # not a pytest class
+
+    suite: str  # "metadata" or the testinfra file
+    name: str
+    outcome: str  # passed | failed | error | skipped
+    message: str = ""
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON form."""
+        return {"suite": self.suite, "name": self.name, "outcome": self.outcome,
+                "message": self.message, "seconds": round(self.seconds, 3)}
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    """Everything verification found for one image."""
+
+    image_id: str
+    cases: tuple[TestCase, ...]
+
+    @property
+    def failed(self) -> tuple[TestCase, ...]:
+        """Cases that failed or errored."""
+        return tuple(c for c in self.cases if c.outcome in ("failed", "error"))
+
+    @property
+    def ok(self) -> bool:
+        """True when nothing failed."""
+        return not self.failed
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON form."""
+        return {"image_id": self.image_id, "ok": self.ok,
+                "cases": [c.to_dict() for c in self.cases]}
+
+
+def check_metadata(expected: Mapping[str, Any], actual: Mapping[str, Any]) -> list[TestCase]:
+    """Compare a committed image config with what the spec asked for, as CST's metadataTest.
+
+    Args:
+        expected: the config rolebake committed (see engine.commit_config).
+        actual: the config the engine reports for the image.
+
+    Returns:
+        One case per setting checked.
+    """
+    cases = []
+    for key in ("Cmd", "Entrypoint", "User", "WorkingDir"):
+        want = expected.get(key) or ([] if key in ("Cmd", "Entrypoint") else "")
+        got = actual.get(key) or ([] if key in ("Cmd", "Entrypoint") else "")
+        cases.append(_case(key, want == got, f"expected {want!r}, image has {got!r}"))
+    want_env = set(expected.get("Env") or [])
+    missing = sorted(want_env - set(actual.get("Env") or []))
+    cases.append(_case("Env", not missing, f"missing {missing}"))
+    for key in ("ExposedPorts", "Volumes"):
+        want_keys = set(expected.get(key) or {})
+        got_keys = set(actual.get(key) or {})
+        cases.append(_case(key, want_keys == got_keys,
+                           f"expected {sorted(want_keys)}, image has {sorted(got_keys)}"))
+    want_labels = dict(expected.get("Labels") or {})
+    got_labels = dict(actual.get("Labels") or {})
+    wrong = {k: got_labels.get(k) for k, v in want_labels.items() if got_labels.get(k) != v}
+    cases.append(_case("Labels", not wrong, f"differing labels: {sorted(wrong)}"))
+    if expected.get("Healthcheck"):
+        same = expected["Healthcheck"].get("Test") == (actual.get("Healthcheck") or {}).get("Test")
+        cases.append(_case("Healthcheck", same,
+                           f"expected {expected['Healthcheck'].get('Test')!r}, image has "
+                           f"{(actual.get('Healthcheck') or {}).get('Test')!r}"))
+    return cases
+
+
+def _case(key: str, ok: bool, message: str) -> TestCase:
+    return TestCase(suite="metadata", name=key, outcome="passed" if ok else "failed",
+                    message="" if ok else f"{key}: {message}")
+
+
+def run_suite(
+    engine: Engine,
+    image_id: str,
+    tests: Path,
+    *,
+    ready: ReadyCheck | None,
+    project_root: Path,
+    name: str,
+) -> list[TestCase]:
+    """Start a container from `image_id`, wait for it, run the testinfra suite, remove it.
+
+    Raises:
+        TestsFailed: the container never became ready (exit 3, with its logs).
+    """
+    run_id = uuid.uuid4().hex[:8]
+    labels = {ROLE_LABEL: "verify", BUILD_ID_LABEL: run_id}
+    with engine.container(image_id, name=f"rolebake-verify-{name}-{run_id}", labels=labels,
+                          keep_alive=False) as container:
+        if _wait_ready(engine, container, ready):
+            return _pytest(tests, f"docker://{container.id}", project_root)
+    # The image's command finished on its own (a shell, a one-shot tool): such an
+    # image has nothing to wait for, so its files are tested in an idle container.
+    with engine.container(image_id, name=f"rolebake-verify-{name}-{run_id}-idle",
+                          labels=labels, keep_alive=True) as container:
+        return _pytest(tests, f"docker://{container.id}", project_root)
+
+
+def suite_for_host(tests: Path, host_url: str, project_root: Path,
+                   extra_args: tuple[str, ...] = ()) -> list[TestCase]:
+    """Run a testinfra suite against any host URL testinfra knows (docker://, ssh://)."""
+    return _pytest(tests, host_url, project_root, extra_args)
+
+
+def _wait_ready(engine: Engine, container: ContainerHandle, ready: ReadyCheck | None) -> bool:
+    """Wait until the container is ready; False when its command ended cleanly by itself."""
+    timeout = ready.timeout_s if ready else 60.0
+    deadline = time.monotonic() + timeout
+    settle_until = time.monotonic() + 1.0
+    while True:
+        state = engine.container_state(container)
+        if not state.get("Running"):
+            if state.get("ExitCode") == 0 and ready is None and not state.get("Health"):
+                return False
+            raise TestsFailed(
+                f"the image's command exited (code {state.get('ExitCode')}) before its tests ran",
+                details=engine.logs(container),
+            )
+        health = (state.get("Health") or {}).get("Status")
+        if ready is not None and ready.port is not None:
+            if _port_open(engine.container_ip(container), ready.port):
+                return True
+        elif ready is not None and ready.command is not None:
+            if engine.exec(container, list(ready.command)).rc == 0:
+                return True
+        elif health is not None:
+            if health == "healthy":
+                return True
+            if health == "unhealthy":
+                raise TestsFailed("the image's HEALTHCHECK reports unhealthy",
+                                  details=engine.logs(container))
+        elif time.monotonic() >= settle_until:
+            return True  # no readiness signal: a command still running after a second will do
+        if time.monotonic() > deadline:
+            raise TestsFailed(f"the container was not ready within {timeout:.0f} s",
+                              details=engine.logs(container))
+        time.sleep(0.25)
+
+
+def _port_open(address: str | None, port: int) -> bool:
+    if not address:
+        return False
+    try:
+        with socket.create_connection((address, port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def _pytest(tests: Path, host_url: str, project_root: Path,
+            extra_args: tuple[str, ...] = ()) -> list[TestCase]:
+    with tempfile.TemporaryDirectory(prefix="rolebake-verify-") as tmp:
+        junit = Path(tmp) / "junit.xml"
+        argv = [sys.executable, "-m", "pytest", str(tests), f"--hosts={host_url}",
+                f"--junitxml={junit}", "-p", "no:cacheprovider", "-q", "--tb=short",
+                "-o", "addopts=", "--rootdir", str(tests), *extra_args]
+        env = dict(os.environ)
+        env.pop("PYTEST_ADDOPTS", None)
+        proc = subprocess.run(argv, cwd=project_root, capture_output=True, text=True,
+                              env=env, check=False)
+        if not junit.exists():
+            return [TestCase(suite=str(tests), name="pytest", outcome="error",
+                             message=(proc.stdout + proc.stderr)[-2000:])]
+        cases = parse_junit(junit, project_root)
+    if proc.returncode == 5 or not cases:
+        return [TestCase(suite=str(tests), name="pytest", outcome="error",
+                         message=f"no tests collected in {tests}")]
+    return cases
+
+
+def parse_junit(path: Path, project_root: Path) -> list[TestCase]:
+    """Read pytest's JUnit XML into test cases."""
+    del project_root
+    cases = []
+    for case in ET.parse(path).getroot().iter("testcase"):
+        outcome, message = "passed", ""
+        for child in case:
+            if child.tag in ("failure", "error"):
+                outcome = "failed" if child.tag == "failure" else "error"
+                message = (child.get("message") or "") + "\n" + (child.text or "")
+            elif child.tag == "skipped":
+                outcome, message = "skipped", child.get("message") or ""
+        cases.append(TestCase(
+            suite=case.get("classname", ""),
+            name=case.get("name", ""),
+            outcome=outcome,
+            message=message.strip()[-1500:],
+            seconds=float(case.get("time") or 0),
+        ))
+    return cases
+
+
+def write_junit(results: Mapping[str, VerifyResult], path: Path) -> None:
+    """Write every image's cases as JUnit XML, one testsuite per image."""
+    root = ET.Element("testsuites")
+    for image, result in results.items():
+        suite = ET.SubElement(root, "testsuite", name=image, tests=str(len(result.cases)),
+                              failures=str(sum(c.outcome == "failed" for c in result.cases)),
+                              errors=str(sum(c.outcome == "error" for c in result.cases)),
+                              skipped=str(sum(c.outcome == "skipped" for c in result.cases)))
+        for case in result.cases:
+            element = ET.SubElement(suite, "testcase", classname=f"{image}.{case.suite}",
+                                    name=case.name, time=f"{case.seconds:.3f}")
+            if case.outcome in ("failed", "error"):
+                tag = "failure" if case.outcome == "failed" else "error"
+                child = ET.SubElement(element, tag, message=case.message.splitlines()[0]
+                                      if case.message else case.outcome)
+                child.text = case.message
+            elif case.outcome == "skipped":
+                ET.SubElement(element, "skipped", message=case.message)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ET.ElementTree(root).write(path, encoding="utf-8", xml_declaration=True)
