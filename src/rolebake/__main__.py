@@ -1,0 +1,5 @@
+"""`python -m rolebake`."""
+
+from rolebake.cli import main
+
+main()

@@ -1,0 +1,123 @@
+"""Integration tests run against a real Docker engine and remove all they create.
+
+Each test works in its own copy of the example project whose tags are renamed
+into a namespace of its own, so no test moves the repository's real tags and
+leftovers can be told apart from other builds running at the same time.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import docker
+import pytest
+import yaml
+
+from tests.conftest import REPO
+
+BASE_IMAGE = "rolebake/debian:bookworm"
+
+
+def _engine() -> docker.DockerClient:
+    try:
+        client = docker.from_env()
+        client.ping()
+    except Exception as exc:  # noqa: BLE001 - any failure means "no engine"
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI needs a Docker engine and none answers: {exc}")
+        pytest.skip(f"no Docker engine: {exc}")
+    return client
+
+
+@pytest.fixture(scope="session")
+def engine() -> docker.DockerClient:
+    """The Docker engine; missing in CI is a failure, never a skip."""
+    client = _engine()
+    try:
+        client.images.get(BASE_IMAGE)
+    except docker.errors.ImageNotFound:
+        pytest.fail(f"{BASE_IMAGE} is missing: run `make base` first")
+    return client
+
+
+@dataclass
+class TestProject:
+    """A throwaway copy of the example project with its own tag namespace."""
+
+    __test__ = False
+
+    root: Path
+    token: str
+    client: docker.DockerClient
+
+    def tag(self, image: str, variant: str = "latest") -> str:
+        """The renamed tag of an example image, e.g. tag('web') -> rbt-ab12/web:latest."""
+        return f"rbt-{self.token}/{image}:{variant}"
+
+    def spec(self, name: str) -> Path:
+        return self.root / "images" / f"{name}.yml"
+
+    def edit_spec(self, name: str, **changes: object) -> None:
+        data = yaml.safe_load(self.spec(name).read_text())
+        data.update(changes)
+        self.spec(name).write_text(yaml.safe_dump(data, sort_keys=False))
+
+    def image_id(self, ref: str) -> str | None:
+        try:
+            return str(self.client.images.get(ref).id)
+        except docker.errors.ImageNotFound:
+            return None
+
+    def build_containers(self) -> list[str]:
+        """Containers rolebake made for builds or checks of this project, still present."""
+        found = []
+        for role in ("build", "verify", "scan"):
+            for container in self.client.containers.list(
+                    all=True, filters={"label": f"rolebake.role={role}"}):
+                labels = container.labels
+                if self.token in container.name or self.token in labels.get("rolebake.layer", ""):
+                    found.append(container.name)
+        return found
+
+
+def copy_project(dest: Path, token: str) -> None:
+    """Copy the example project, renaming every tag into rbt-<token>/."""
+    for part in ("roles", "images", "playbooks", "cookbooks"):
+        if (REPO / part).exists():
+            shutil.copytree(REPO / part, dest / part, symlinks=True)
+    shutil.copytree(REPO / "tests" / "images", dest / "tests" / "images",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    for spec in (dest / "images").glob("*.yml"):
+        data = yaml.safe_load(spec.read_text())
+        data["tags"] = [_rename(t, token) for t in data.get("tags") or
+                        [f"rolebake/{spec.stem}:latest"]]
+        for variant in (data.get("variants") or {}).values():
+            variant["tags"] = [_rename(t, token) for t in variant.get("tags") or []]
+        spec.write_text(yaml.safe_dump(data, sort_keys=False))
+
+
+def _rename(tag: str, token: str) -> str:
+    name = tag.split("/", 1)[-1]
+    return f"rbt-{token}/{name}"
+
+
+@pytest.fixture
+def project(tmp_path: Path, engine: docker.DockerClient) -> Iterator[TestProject]:
+    """A copy of the example project; every image tagged into its namespace is removed after."""
+    token = uuid.uuid4().hex[:8]
+    root = tmp_path / "project"
+    root.mkdir()
+    copy_project(root, token)
+    yield TestProject(root=root, token=token, client=engine)
+    for image in engine.images.list():
+        for tag in image.tags:
+            if tag.startswith(f"rbt-{token}/"):
+                try:
+                    engine.images.remove(tag, force=True)
+                except docker.errors.APIError:
+                    pass
