@@ -122,7 +122,7 @@ def ensure_base(engine: Engine, name: str = "debian:bookworm", *, mirror: str | 
 
 def make_rootfs(rootfs: Path, suite: str, mirror: str, events: EventSink, *,
                 replace: bool = False) -> Path:
-    """debootstrap a minbase rootfs; a half-made one is never left where it would be used."""
+    """Debootstrap a minbase rootfs; a half-made one is never left where it would be used."""
     if shutil.which("debootstrap") is None:
         raise BuildFailed("debootstrap is not installed", hint="apt-get install debootstrap")
     rootfs.parent.mkdir(parents=True, exist_ok=True)

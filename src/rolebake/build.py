@@ -36,7 +36,7 @@ from rolebake.plan import (
 )
 from rolebake.provision import provisioner_class
 from rolebake.provision.ansible import script
-from rolebake.provision.base import ProvisionContext, ProvisionResult, Provisioner
+from rolebake.provision.base import ProvisionContext, Provisioner, ProvisionResult
 from rolebake.secrets import SecretSet, scan_image
 from rolebake.spec import Project
 from rolebake.verify import VerifyResult, check_metadata, run_suite
@@ -139,7 +139,7 @@ class Cache:
     @staticmethod
     def tag_for(layer: Layer, key: str) -> str:
         """The internal tag that marks a verified build of `layer` with `key`."""
-        return f"{layer.cache_repository}:{key.split(':')[-1][:40]}"
+        return f"{layer.cache_repository}:{key.rsplit(':', maxsplit=1)[-1][:40]}"
 
     def decide(self, layer: Layer, inputs: LayerInputs) -> CacheDecision:
         """HIT with the image id, or MISS with the inputs that changed since the last build."""
@@ -391,7 +391,7 @@ class Builder:
     def _discard(self, layer: Layer, image_id: str, result: LayerResult, *, keep: bool) -> None:
         if keep and self.options.keep_failed:
             repository = layer.tags[0].rsplit(":", 1)[0] if layer.tags else "rolebake/failed"
-            failed = f"{repository}:failed-{image_id.split(':')[-1][:12]}"
+            failed = f"{repository}:failed-{image_id.rsplit(':', maxsplit=1)[-1][:12]}"
             self.engine.tag(image_id, failed)
             result.failed_tag = failed
             self.events(LogEvent(layer.id, f"kept for inspection as {failed}"))

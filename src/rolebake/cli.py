@@ -144,7 +144,7 @@ def build(ctx: click.Context, images: tuple[str, ...], no_cache: bool, jobs: int
           keep_failed: bool, idempotence: bool, no_verify: bool, secrets: tuple[str, ...],
           vault_password_file: Path | None, as_json: bool, junit: Path | None) -> None:
     """Build IMAGES (spec names, or name:variant; none means all) and tag them when verified."""
-    from rolebake.build import BuildOptions, Builder
+    from rolebake.build import Builder, BuildOptions
     from rolebake.engine import Engine
     from rolebake.plan import plan_build
     from rolebake.report import build_summary
@@ -243,7 +243,7 @@ def test_command(ctx: click.Context, image: str, tests_dir: Path | None, as_json
     project = _project(ctx)
     ready = None
     ref = image
-    if project.has_spec(image.split(":")[0]) and not tests_dir:
+    if project.has_spec(image.split(":", maxsplit=1)[0]) and not tests_dir:
         layer = plan_build(project, [image]).layer(image)
         ref, tests_dir, ready = layer.tags[0], layer.tests, layer.spec.ready
     if tests_dir is None or not tests_dir.is_dir():

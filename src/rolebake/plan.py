@@ -374,7 +374,7 @@ def _sha(text: str) -> str:
 
 def _short(value: Any) -> str:
     text = str(value)
-    return text.split(":")[-1][:12] if text.startswith("sha256:") else text
+    return text.rsplit(":", maxsplit=1)[-1][:12] if text.startswith("sha256:") else text
 
 
 def _show(value: Any) -> str:

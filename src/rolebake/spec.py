@@ -213,9 +213,9 @@ class Fields:
 
     def __init__(self, data: Any, path: Path, where: str, line: int) -> None:
         if not isinstance(data, dict):
-            raise InputError(
-                f"{where}: expected a mapping, got {_kind(data)}", path=path, line=line
-            )
+            prefix = f"{where}: " if where else ""
+            raise InputError(f"{prefix}expected a mapping, got {_kind(data)}", path=path,
+                             line=getattr(data, "line", line))
         self.data: dict[Any, Any] = data
         self.path = path
         self.where = where
@@ -283,7 +283,8 @@ class Fields:
             return ()
         value = self.data[key]
         if not isinstance(value, list):
-            raise self.fail(key, f"expected a list of {what}s, got {_kind(value)}")
+            plural = re.sub(r"^an? ", "", what) + "s"
+            raise self.fail(key, f"expected a list of {plural}, got {_kind(value)}")
         items: list[str] = []
         for index, item in enumerate(value):
             line = value.line_of(index) if isinstance(value, YamlList) else self.line_of(key)

@@ -90,7 +90,7 @@ def load_yaml(path: Path) -> Any:
     except (OSError, UnicodeDecodeError) as exc:
         raise InputError(f"cannot read: {exc}", path=path) from None
     try:
-        return yaml.load(text, Loader=_LineLoader)  # noqa: S506 - SafeLoader subclass
+        return yaml.load(text, Loader=_LineLoader)
     except _DuplicateKey as exc:
         raise InputError(f"duplicate key {exc.key!r}", path=path, line=exc.line) from None
     except yaml.MarkedYAMLError as exc:

@@ -24,7 +24,7 @@ import yaml
 from rolebake.errors import BuildFailed, InputError
 from rolebake.events import LogEvent, TaskEvent
 from rolebake.plan import tree_files
-from rolebake.provision.base import ProvisionContext, ProvisionResult, Provisioner, TaskResult
+from rolebake.provision.base import ProvisionContext, Provisioner, ProvisionResult, TaskResult
 from rolebake.spec import ImageSpec, Project
 from rolebake.yamlfile import load_yaml
 
@@ -65,8 +65,11 @@ class AnsibleProvisioner(Provisioner):
         if not spec.roles and not spec.playbook:
             raise InputError("nothing to apply: give `roles:` or `playbook:`",
                              path=spec.path, line=1)
-        for role in spec.roles + tuple(r for v in spec.variants for r in v.roles_append):
+        for role in spec.roles:
             _role_dir(project, role, spec)
+        for variant in spec.variants:
+            for role in variant.roles_append:
+                _role_dir(project, role, spec, line=variant.line)
         if spec.playbook is not None:
             if not spec.playbook.is_file():
                 raise InputError(f"playbook {project.relative(spec.playbook)} does not exist",
@@ -355,16 +358,17 @@ def _write(path: Path, text: str) -> None:
     path.chmod(0o600)
 
 
-def _role_dir(project: Project, role: str, spec: ImageSpec) -> Path:
+def _role_dir(project: Project, role: str, spec: ImageSpec, line: int | None = None) -> Path:
     path = project.roles_dir / role
+    line = line or spec.line_of("roles")
     if not project.inside(path):
-        raise InputError(f"role {role!r} is outside the project's roles/",
-                         path=spec.path, line=spec.line_of("roles"))
+        raise InputError(f"role {role!r} is outside the project's roles/", path=spec.path,
+                         line=line)
     if not path.is_dir():
         known = sorted(p.name for p in project.roles_dir.iterdir()) if project.roles_dir.is_dir() \
             else []
         raise InputError(f"role {role!r} not found in roles/ (known: {', '.join(known) or 'none'})",
-                         path=spec.path, line=spec.line_of("roles") or spec.line_of("variants"))
+                         path=spec.path, line=line)
     return path
 
 

@@ -96,7 +96,7 @@ class Provisioner(abc.ABC):
         return {}
 
     @classmethod
-    def validate(cls, spec: ImageSpec, project: Project) -> None:  # noqa: B027 - optional hook
+    def validate(cls, spec: ImageSpec, project: Project) -> None:
         """Check that what the spec names exists, before any container is made."""
 
     @classmethod

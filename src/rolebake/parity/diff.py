@@ -1,0 +1,439 @@
+"""Compare a container's snapshot with a VM's and explain every difference.
+
+Every compared item ends up in the report as `equal`, `expected` (with the reason it is
+explainable: a VM boots a kernel, runs an init, has a hostname) or `different`. Nothing is
+dropped; the CLI decides how much of it to show.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from rolebake.parity.snapshot import Group, PathState, Service, Snapshot, User
+
+__all__ = [
+    "Category",
+    "ParityItem",
+    "ParityReport",
+    "Status",
+    "diff_snapshots",
+    "render_table",
+]
+
+
+class Status(enum.StrEnum):
+    """How one compared item came out."""
+
+    EQUAL = "equal"
+    EXPECTED = "expected"
+    DIFFERENT = "different"
+
+
+class Category(enum.StrEnum):
+    """What kind of state an item is, in report order."""
+
+    FACT = "fact"
+    PACKAGE = "package"
+    USER = "user"
+    GROUP = "group"
+    SERVICE = "service"
+    RUNNING = "running"
+    PATH = "path"
+
+
+@dataclass(frozen=True)
+class ParityItem:
+    """One compared resource.
+
+    Attributes:
+        category: What kind of state this is.
+        key: Its name (package, user, unit, path, fact).
+        container: The container's value rendered as text, or None when absent there.
+        vm: The VM's value, or None when absent there.
+        status: equal, expected or different.
+        reason: Why it is expected or how it differs; empty when equal.
+    """
+
+    category: Category
+    key: str
+    container: str | None
+    vm: str | None
+    status: Status
+    reason: str = ""
+
+    @property
+    def resource(self) -> str:
+        """`category key`, the first column of the table."""
+        return f"{self.category.value} {self.key}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return {
+            "category": self.category.value,
+            "key": self.key,
+            "container": self.container,
+            "vm": self.vm,
+            "status": self.status.value,
+            "reason": self.reason,
+        }
+
+
+@dataclass(frozen=True)
+class ParityReport:
+    """All compared items of one parity run."""
+
+    items: tuple[ParityItem, ...]
+
+    @property
+    def differences(self) -> tuple[ParityItem, ...]:
+        """Items that differ without an explanation: these make parity fail (exit 5)."""
+        return tuple(i for i in self.items if i.status is Status.DIFFERENT)
+
+    @property
+    def expected(self) -> tuple[ParityItem, ...]:
+        """Items that differ for a known reason."""
+        return tuple(i for i in self.items if i.status is Status.EXPECTED)
+
+    @property
+    def equal_count(self) -> int:
+        """How many items are the same on both sides."""
+        return sum(1 for i in self.items if i.status is Status.EQUAL)
+
+    @property
+    def ok(self) -> bool:
+        """True when nothing differs unexpectedly."""
+        return not self.differences
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form for `--json`: a summary and every item, equal ones included."""
+        return {
+            "ok": self.ok,
+            "summary": {
+                "equal": self.equal_count,
+                "expected": len(self.expected),
+                "different": len(self.differences),
+            },
+            "items": [i.to_dict() for i in self.items],
+        }
+
+
+# --------------------------------------------------------------------------- rules
+
+# Paths a booted machine has and a container never does.
+VM_ONLY_PATHS: tuple[str, ...] = (
+    "/boot",
+    "/lib/modules",
+    "/usr/lib/modules",
+    "/etc/fstab",
+    "/etc/machine-id",
+)
+# Files a container engine bind-mounts over at run time: whatever the image holds there,
+# a running container shows the engine's version.
+ENGINE_MANAGED_PATHS: tuple[str, ...] = ("/etc/hosts", "/etc/hostname", "/etc/resolv.conf")
+
+_FACT_REASONS: Mapping[str, str] = {
+    "kernel": "the container shares the host's kernel",
+    "hostname": "per-machine hostname",
+    "machine_id": "per-machine id, made at first boot",
+    "init": "a container runs no init",
+}
+
+_NO_INIT = "unknown (no init)"
+
+_T = TypeVar("_T")
+
+
+def _under(path: str, prefixes: Iterable[str]) -> bool:
+    return any(path == p or path.startswith(p.rstrip("/") + "/") for p in prefixes)
+
+
+def diff_snapshots(
+    container: Snapshot,
+    vm: Snapshot,
+    *,
+    vm_only_packages: Iterable[str] = (),
+    vm_only_users: Iterable[str] = (),
+    vm_only_groups: Iterable[str] = (),
+) -> ParityReport:
+    """Compare the two snapshots item by item.
+
+    Args:
+        container: Snapshot of a container from the built image.
+        vm: Snapshot of the VM the same roles were applied to.
+        vm_only_packages: Packages the VM has only because it boots (kernel, init, sshd and
+            their dependencies): `VMImage.added_packages` for a local VM.
+        vm_only_users: Users those packages created (`VMImage.added_users`).
+        vm_only_groups: Groups those packages created (`VMImage.added_groups`).
+
+    Returns:
+        The report, items ordered by category then key.
+    """
+    boot_pkgs = frozenset(vm_only_packages)
+    items: list[ParityItem] = []
+    items += _facts(container, vm)
+    items += _compare(
+        Category.PACKAGE,
+        container.packages,
+        vm.packages,
+        render=str,
+        vm_only=lambda name, _v: (
+            "VM boot package (kernel, init, sshd, deps)" if name in boot_pkgs else None
+        ),
+    )
+    items += _compare(
+        Category.USER,
+        container.users,
+        vm.users,
+        render=_render_user,
+        vm_only=_created_by(frozenset(vm_only_users), "user"),
+    )
+    items += _compare(
+        Category.GROUP,
+        container.groups,
+        vm.groups,
+        render=_render_group,
+        vm_only=_created_by(frozenset(vm_only_groups), "group"),
+    )
+    items += _compare(
+        Category.SERVICE,
+        container.services,
+        vm.services,
+        render=_render_service,
+        vm_only=lambda _name, svc: (
+            f"enabled by VM boot package {svc.package}" if svc.package in boot_pkgs else None
+        ),
+    )
+    items += _running(container, vm)
+    items += _compare(
+        Category.PATH,
+        container.paths,
+        vm.paths,
+        render=_render_path,
+        vm_only=lambda path, _s: (
+            "only a booted machine has it" if _under(path, VM_ONLY_PATHS) else None
+        ),
+        explain=lambda path: (
+            "bind-mounted by the container engine" if _under(path, ENGINE_MANAGED_PATHS) else None
+        ),
+    )
+    return ParityReport(items=tuple(items))
+
+
+def _created_by(names: frozenset[str], kind: str) -> Callable[[str, object], str | None]:
+    def reason(name: str, _value: object) -> str | None:
+        if name in names:
+            return f"{kind} made by a VM boot package"
+        return None
+
+    return reason
+
+
+def _compare(
+    category: Category,
+    container: Mapping[str, _T],
+    vm: Mapping[str, _T],
+    *,
+    render: Callable[[_T], str],
+    vm_only: Callable[[str, _T], str | None],
+    explain: Callable[[str], str | None] = lambda _key: None,
+) -> list[ParityItem]:
+    """Compare two keyed collections; `vm_only` explains what only the VM has."""
+    items = []
+    for key in sorted(set(container) | set(vm)):
+        c, v = container.get(key), vm.get(key)
+        c_text = None if c is None else render(c)
+        v_text = None if v is None else render(v)
+        if c_text == v_text:
+            items.append(ParityItem(category, key, c_text, v_text, Status.EQUAL))
+            continue
+        reason = explain(key)
+        if reason is None and _missing(c) and v is not None and not _missing(v):
+            reason = vm_only(key, v)
+        if reason is not None:
+            items.append(ParityItem(category, key, c_text, v_text, Status.EXPECTED, reason))
+        else:
+            items.append(ParityItem(category, key, c_text, v_text, Status.DIFFERENT, _how(c, v)))
+    return items
+
+
+def _missing(value: object) -> bool:
+    """Not there: no such key, or a managed path snapshotted as absent."""
+    return value is None or (isinstance(value, PathState) and not value.exists)
+
+
+def _how(container: object, vm: object) -> str:
+    """Say which side lacks it, or which fields differ."""
+    if container is None:
+        return "only on the VM"
+    if vm is None:
+        return "only in the container"
+    if isinstance(container, PathState) and isinstance(vm, PathState):
+        if not container.exists:
+            return "absent in the container"
+        if not vm.exists:
+            return "absent on the VM"
+    if dataclasses.is_dataclass(container) and dataclasses.is_dataclass(vm):
+        names = [
+            f.name
+            for f in dataclasses.fields(container)
+            if getattr(container, f.name) != getattr(vm, f.name)
+        ]
+        return f"{', '.join(names)} differ" if len(names) > 1 else f"{names[0]} differs"
+    return "differs"
+
+
+def _facts(container: Snapshot, vm: Snapshot) -> list[ParityItem]:
+    items = []
+    for key in sorted(set(container.facts) | set(vm.facts)):
+        c, v = container.facts.get(key), vm.facts.get(key)
+        if c == v:
+            items.append(ParityItem(Category.FACT, key, c, v, Status.EQUAL))
+        elif key in _FACT_REASONS:
+            items.append(ParityItem(Category.FACT, key, c, v, Status.EXPECTED, _FACT_REASONS[key]))
+        else:
+            items.append(ParityItem(Category.FACT, key, c, v, Status.DIFFERENT, _how(c, v)))
+    return items
+
+
+def _running(container: Snapshot, vm: Snapshot) -> list[ParityItem]:
+    """Run-time state of the services enabled in the container (the image's own services).
+
+    A container normally runs no init, so "unknown" against "running" is expected; whether a
+    service is *enabled* is compared under services. A service that failed on one side is a
+    difference: the roles left it unable to start. What else the VM runs or has failed
+    (systemd's own units, sshd) gets one item each, not one row per unit.
+    """
+    units = sorted(name for name in container.services if name.endswith(".service"))
+    items = []
+    for unit in units:
+        c, v = _service_state(container, unit), _service_state(vm, unit)
+        if c == v:
+            items.append(ParityItem(Category.RUNNING, unit, c, v, Status.EQUAL))
+        elif "failed" in (c, v):
+            where = "on the VM" if v == "failed" else "in the container"
+            items.append(
+                ParityItem(Category.RUNNING, unit, c, v, Status.DIFFERENT, f"failed {where}")
+            )
+        else:
+            reason = (
+                "the container runs no init"
+                if container.running_services is None
+                else "running state varies; enabled state is compared"
+            )
+            items.append(ParityItem(Category.RUNNING, unit, c, v, Status.EXPECTED, reason))
+    c_text, v_text = _others(container.running_services, units), _others(vm.running_services, units)
+    status = Status.EQUAL if c_text == v_text else Status.EXPECTED
+    reason = "" if status is Status.EQUAL else "started by the init or VM boot packages"
+    items.append(
+        ParityItem(Category.RUNNING, "(other running services)", c_text, v_text, status, reason)
+    )
+    c_text, v_text = _others(container.failed_units, units), _others(vm.failed_units, units)
+    if c_text == v_text:
+        status, reason = Status.EQUAL, ""
+    elif {c_text, v_text} <= {"none", _NO_INIT}:
+        status, reason = Status.EXPECTED, "the container runs no init"
+    else:
+        # A unit failing on the VM alone points at a role that breaks on a booted machine.
+        status, reason = Status.DIFFERENT, "units failed"
+    items.append(
+        ParityItem(Category.RUNNING, "(other failed units)", c_text, v_text, status, reason)
+    )
+    return items
+
+
+def _service_state(snapshot: Snapshot, unit: str) -> str:
+    if snapshot.running_services is None:
+        return _NO_INIT
+    if unit in (snapshot.failed_units or ()):
+        return "failed"
+    # Templates (getty@.service) run as instances (getty@tty1.service).
+    base = unit.removesuffix(".service")
+    for running in snapshot.running_services:
+        if running == unit or (base.endswith("@") and running.startswith(base)):
+            return "running"
+    return "not running"
+
+
+def _others(units: tuple[str, ...] | None, listed: list[str]) -> str:
+    if units is None:
+        return _NO_INIT
+    others = [u for u in units if u not in listed]
+    return ", ".join(others) if others else "none"
+
+
+def _render_user(u: User) -> str:
+    return f"uid={u.uid} gid={u.gid} home={u.home} shell={u.shell}"
+
+
+def _render_group(g: Group) -> str:
+    return f"gid={g.gid} members={','.join(g.members) or '-'}"
+
+
+def _render_service(s: Service) -> str:
+    return f"enabled ({', '.join(s.enabled_by)})"
+
+
+def _render_path(p: PathState) -> str:
+    if not p.exists:
+        return "absent"
+    text = f"{p.type} {p.mode} {p.owner}:{p.group}"
+    if p.sha256:
+        text += f" sha256:{p.sha256}"
+    if p.link_target is not None:
+        text += f" -> {p.link_target}"
+    return text
+
+
+# --------------------------------------------------------------------------- table
+
+
+def render_table(report: ParityReport, *, show_equal: bool = False, width: int = 120) -> str:
+    """Render the report as a side-by-side text table for a terminal.
+
+    Args:
+        report: The parity report.
+        show_equal: Also list equal items (they are always counted in the summary line).
+        width: Target line width; long values are shortened with an ellipsis, the status
+            and its reason never are.
+
+    Returns:
+        The table and a summary line, without a trailing newline.
+    """
+    shown = [i for i in report.items if show_equal or i.status is not Status.EQUAL]
+    header = ("RESOURCE", "CONTAINER", "VM", "STATUS")
+    rows = [(i.resource, _cell(i.container), _cell(i.vm), _status_cell(i)) for i in shown]
+    lines = []
+    if rows:
+        # RESOURCE and STATUS (with its reason) are never cut; the two values share the rest.
+        first = max(len(header[0]), *(len(r[0]) for r in rows))
+        cap = max((width - first - 40) // 2, 12)
+        widths = [first] + [
+            min(cap, max(len(header[col]), *(len(r[col]) for r in rows))) for col in (1, 2)
+        ]
+        for row in (header, *rows):
+            cells = [_fit(text, w).ljust(w) for text, w in zip(row, widths, strict=False)]
+            lines.append("  ".join([*cells, row[3]]).rstrip())
+    summary = (
+        f"{report.equal_count} equal, {len(report.expected)} expected, "
+        f"{len(report.differences)} different"
+    )
+    lines.append(("parity OK: " if report.ok else "parity FAILED: ") + summary)
+    return "\n".join(lines)
+
+
+def _cell(value: str | None) -> str:
+    if value is None:
+        return "-"
+    return value or "(empty)"
+
+
+def _status_cell(item: ParityItem) -> str:
+    return f"{item.status.value}: {item.reason}" if item.reason else item.status.value
+
+
+def _fit(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: max(width - 1, 0)] + "…"
