@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import fcntl
+import os
 import subprocess
 import threading
 import time
@@ -22,7 +23,7 @@ from typing import Any
 
 from rolebake import __version__
 from rolebake.engine import BUILD_ID_LABEL, ROLE_LABEL, Engine, ImageInfo, commit_config
-from rolebake.errors import BuildFailed, Interrupted, RolebakeError, TestsFailed
+from rolebake.errors import BuildFailed, InputError, Interrupted, RolebakeError, TestsFailed
 from rolebake.events import EventSink, LogEvent, StepEvent
 from rolebake.plan import (
     BuildPlan,
@@ -45,6 +46,10 @@ LAYER_LABEL = "rolebake.layer"
 SPEC_LABEL = "rolebake.spec"
 CACHE_KEY_LABEL = "rolebake.cache-key"
 INPUTS_LABEL = "rolebake.inputs"
+# Test hook, for the fault-injection tests only: ROLEBAKE_TEST_PAUSE=<step> makes
+# every layer wait (up to ROLEBAKE_TEST_PAUSE_SECONDS, default 60) at the start
+# of that step, so a signal can be sent at a step too short to hit otherwise.
+TEST_PAUSE_ENV = "ROLEBAKE_TEST_PAUSE"
 
 
 @dataclass(frozen=True)
@@ -182,6 +187,9 @@ class Builder:
                 flight are cancelled and cleaned up before it propagates.
         """
         started = time.monotonic()
+        for layer in plan.layers:
+            # Missing toolchains are bad input: say so before any container exists.
+            provisioner_class(layer.provisioner)(self.project, layer).preflight(self.engine)
         results = {layer.id: LayerResult(layer=layer.id) for layer in plan.layers}
         images: dict[str, ImageInfo] = {}
         pending = list(plan.layers)
@@ -230,6 +238,11 @@ class Builder:
         # A long exec (apt-get in a task) only returns when its container dies.
         for container in self.engine.containers({BUILD_ID_LABEL: self.build_id}):
             self.engine.kill(container.id)
+        # A testinfra suite only stops early when its container dies; verify
+        # containers carry this build's id in their name (see _verify).
+        for container in self.engine.containers({ROLE_LABEL: "verify"}):
+            if f"-{self.build_id}-" in container.name:
+                self.engine.kill(container.id)
 
     # One layer ------------------------------------------------------------------------
 
@@ -292,8 +305,8 @@ class Builder:
             volumes_from=options.volumes_from,
             tmpfs=secrets.tmpfs() if secrets else None,
         ) as container:
-            self.events(StepEvent(layer.id, Step.CREATE, StepStatus.OK, container.name))
-            result.steps[Step.CREATE.value] = StepStatus.OK.value
+            self._step(layer, result, Step.CREATE, lambda: container.name,
+                       message_of=lambda created: created)
             ctx = ProvisionContext(project=self.project, layer=layer, engine=self.engine,
                                    container=container, events=self.events, cancel=self.cancel,
                                    log_path=log_path, secrets=secrets)
@@ -346,21 +359,30 @@ class Builder:
                 layer, inputs, provisioner_class(layer.provisioner)(self.project, layer)))
             expected["Labels"] = {k: v for k, v in expected["Labels"].items()
                                   if k != "org.opencontainers.image.created"}
-            verified = self._step(layer, result, Step.VERIFY,
-                                  lambda: self._verify(layer, image, expected),
-                                  message_of=lambda v: f"{len(v.cases)} checks passed")
+            try:
+                verified = self._step(layer, result, Step.VERIFY,
+                                      lambda: self._verify(layer, image, expected),
+                                      message_of=lambda v: f"{len(v.cases)} checks passed")
+            except TestsFailed as exc:
+                # --json and --junit list the failing cases too, not only passing runs.
+                result.verify = getattr(exc, "verify", None)
+                raise
             result.verify = verified
         else:
             self._skip(layer, result, Step.VERIFY)
         self._check_cancel()
-        self._step(layer, result, Step.TAG, lambda: self._tag(layer, image_id, inputs.key))
+        # Only a verified image becomes a cache hit: a --no-verify build (or a
+        # scaffold-tests run) must not hand a later `rolebake build` an untested image.
+        key = inputs.key if self.options.verify else None
+        self._step(layer, result, Step.TAG, lambda: self._tag(layer, image_id, key))
         result.tags = layer.tags
 
     def _verify(self, layer: Layer, image: ImageInfo, expected: dict[str, Any]) -> VerifyResult:
         cases = check_metadata(expected, image.config)
         if layer.tests is not None:
             cases += run_suite(self.engine, image.id, layer.tests, ready=layer.spec.ready,
-                               project_root=self.project.root, name=layer.id.replace(":", "."))
+                               project_root=self.project.root,
+                               name=f"{layer.id.replace(':', '.')}-{self.build_id}")
         verified = VerifyResult(image_id=image.id, cases=tuple(cases))
         if not verified.ok:
             lines = [f"{c.suite}::{c.name}: {c.message.splitlines()[0] if c.message else ''}"
@@ -383,10 +405,35 @@ class Builder:
         return second
 
     def _tag(self, layer: Layer, image_id: str, key: str | None = None) -> None:
-        if key is not None:
-            self.engine.tag(image_id, Cache.tag_for(layer, key))
-        for tag in layer.tags:
-            self.engine.tag(image_id, tag)
+        """Move the layer's tags (and its cache tag last); all of them or none.
+
+        A tag the engine refuses, or a signal, half-way through would leave some
+        tags moved and the image about to be removed: put each one back.
+        """
+        refs = [*layer.tags, *([Cache.tag_for(layer, key)] if key is not None else [])]
+        previous = {ref: self._image_id(ref) for ref in refs}
+        moved: list[str] = []
+        try:
+            for ref in refs:
+                try:
+                    self.engine.tag(image_id, ref)
+                except InputError as exc:
+                    raise InputError(exc.message, path=layer.spec.path,
+                                     line=layer.spec.line_of("tags")) from None
+                moved.append(ref)
+            self._check_cancel()
+        except BaseException:
+            for ref in moved:
+                before = previous[ref]
+                if before is not None:
+                    self.engine.tag(before, ref)
+                else:
+                    self.engine.remove_image(ref)
+            raise
+
+    def _image_id(self, ref: str) -> str | None:
+        found = self.engine.image(ref)
+        return found.id if found is not None else None
 
     def _discard(self, layer: Layer, image_id: str, result: LayerResult, *, keep: bool) -> None:
         if keep and self.options.keep_failed:
@@ -404,7 +451,11 @@ class Builder:
         found = self.engine.image(layer.parent)
         if found is None:
             self.events(LogEvent(layer.id, f"pulling {layer.parent}"))
-            found = self.engine.pull(layer.parent)
+            try:
+                found = self.engine.pull(layer.parent)
+            except InputError as exc:
+                raise InputError(exc.message, path=layer.spec.path,
+                                 line=layer.spec.line_of("from"), hint=exc.hint) from None
         return found
 
     def _labels(self, layer: Layer, inputs: LayerInputs, provisioner: Provisioner) -> dict[str,
@@ -463,6 +514,9 @@ class Builder:
         self.events(StepEvent(layer.id, step, StepStatus.RUNNING))
         result.steps[step.value] = StepStatus.RUNNING.value
         try:
+            if os.environ.get(TEST_PAUSE_ENV) == step.value:
+                self.cancel.wait(float(os.environ.get(TEST_PAUSE_ENV + "_SECONDS", "60")))
+                self._check_cancel()
             value = action()
         except BaseException as exc:
             result.steps[step.value] = StepStatus.FAILED.value

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from rolebake.engine import LEFTOVER_ROLES, ROLE_LABEL, Engine
@@ -18,21 +19,27 @@ class Leftover:
     age: str
 
 
-def find_leftovers(engine: Engine, older_than: dt.timedelta) -> list[Leftover]:
-    """Build/verify containers, `:failed-` images and untagged rolebake layers, by age."""
+def find_leftovers(engine: Engine, older_than: dt.timedelta,
+                   labels: Mapping[str, str] | None = None) -> list[Leftover]:
+    """Build/verify containers, `:failed-` images and untagged rolebake layers, by age.
+
+    With `labels`, only those that also carry every one of them (a shared
+    engine: one CI job cleans up after its own builds, not its neighbours').
+    """
     now = dt.datetime.now(dt.UTC)
+    extra = dict(labels or {})
     found: list[Leftover] = []
     for role in LEFTOVER_ROLES:
-        for container in engine.containers({ROLE_LABEL: role}):
+        for container in engine.containers({ROLE_LABEL: role, **extra}):
             age = now - _parse(container.created)
             if age >= older_than:
                 found.append(Leftover("container", container.id, container.name, _age(age)))
-    for image in engine.images({ROLE_LABEL: "image"}):
+    for image in engine.images({ROLE_LABEL: "image", **extra}):
         age = now - _parse(image.created)
         failed = [t for t in image.tags if ":failed-" in t]
         if failed and age >= older_than:
             found.extend(Leftover("failed image", t, t, _age(age)) for t in failed)
-    for image in engine.dangling_images({ROLE_LABEL: "image"}):
+    for image in engine.dangling_images({ROLE_LABEL: "image", **extra}):
         age = now - _parse(image.created)
         if age >= older_than:
             found.append(Leftover("dangling image", image.id, image.short_id, _age(age)))

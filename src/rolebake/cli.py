@@ -100,7 +100,11 @@ def _progress(ctx: click.Context, redact: Callable[[str], str] = lambda s: s) ->
     if ctx.find_root().params.get("quiet"):
         return lambda _event: None
     if sys.stderr.isatty():
-        view = LiveProgress(lambda text: (sys.stderr.write(text), sys.stderr.flush()), redact)
+        def write(text: str) -> None:
+            sys.stderr.write(text)
+            sys.stderr.flush()
+
+        view = LiveProgress(write, redact)
         ctx.call_on_close(view.close)
         return view
     return PlainProgress(lambda line: click.echo(line, err=True), redact)
@@ -234,26 +238,59 @@ def base(ctx: click.Context, name: str, mirror: str | None, rebuild: bool) -> No
 @_handled
 def test_command(ctx: click.Context, image: str, tests_dir: Path | None, as_json: bool,
                  junit: Path | None) -> None:
-    """Run an image's testinfra suite against it (IMAGE: a spec name or an image reference)."""
+    """Check an image against its spec's metadata and its testinfra suite.
+
+    For a spec name (`web`, `web:dev`) the image its first tag names is checked,
+    metadata included; any other IMAGE is an image reference and needs --tests.
+    """
     from rolebake.engine import Engine
     from rolebake.errors import TestsFailed
     from rolebake.plan import plan_build
-    from rolebake.verify import VerifyResult, run_suite, write_junit
+    from rolebake.verify import (
+        TestCase,
+        VerifyResult,
+        check_metadata,
+        run_suite,
+        spec_expectations,
+        write_junit,
+    )
 
     project = _project(ctx)
     ready = None
     ref = image
-    if project.has_spec(image.split(":", maxsplit=1)[0]) and not tests_dir:
-        layer = plan_build(project, [image]).layer(image)
-        ref, tests_dir, ready = layer.tags[0], layer.tests, layer.spec.ready
-    if tests_dir is None or not tests_dir.is_dir():
+    layer = None
+    if project.has_spec(image.split(":", maxsplit=1)[0]):
+        test_plan = plan_build(project, [image])
+        layer = test_plan.layer(image)
+        if not layer.tags:
+            raise InputError(f"image {image} has no tags to find it by",
+                             path=layer.spec.path, line=layer.spec.line_of("tags"))
+        ref, ready = layer.tags[0], layer.spec.ready
+        tests_dir = tests_dir or layer.tests
+    if layer is None and (tests_dir is None or not tests_dir.is_dir()):
         raise InputError(f"no testinfra suite for {image}", hint="pass --tests DIR")
+    if tests_dir is not None and not tests_dir.is_dir():
+        raise InputError(f"{tests_dir} is not a folder", hint="pass --tests DIR")
     engine = Engine.connect()
     found = engine.image(ref)
     if found is None:
         raise InputError(f"image {ref!r} is not on the engine", hint=f"rolebake build {image}")
-    cases = run_suite(engine, found.id, tests_dir, ready=ready, project_root=project.root,
-                      name=image.replace(":", "."))
+    cases: list[TestCase] = []
+    if layer is not None:
+        parent_ref: str | None = layer.parent
+        if layer.parent_is_layer:
+            parent_tags = test_plan.layer(layer.parent).tags
+            parent_ref = parent_tags[0] if parent_tags else None
+        parent = engine.image(parent_ref) if parent_ref else None
+        if parent is None:
+            cases.append(TestCase(suite="metadata", name="config", outcome="skipped",
+                                  message=f"parent image {parent_ref} is not on the engine"))
+        else:
+            cases += check_metadata(spec_expectations(parent.config, layer.config),
+                                    found.config)
+    if tests_dir is not None:
+        cases += run_suite(engine, found.id, tests_dir, ready=ready, project_root=project.root,
+                           name=image.replace(":", "."))
     result = VerifyResult(image_id=found.id, cases=tuple(cases))
     if junit:
         write_junit({image: result}, junit)
@@ -263,9 +300,46 @@ def test_command(ctx: click.Context, image: str, tests_dir: Path | None, as_json
         for case in result.cases:
             click.echo(f"{case.outcome.upper():<7} {case.suite}::{case.name}")
     if not result.ok:
-        details = "\n".join(f"{c.name}: {_first_line(c.message)}" for c in result.failed)
-        raise TestsFailed(f"{len(result.failed)} of {len(result.cases)} tests failed for {ref}",
+        details = "\n".join(f"{c.suite}::{c.name}: {_first_line(c.message)}"
+                            for c in result.failed)
+        raise TestsFailed(f"{len(result.failed)} of {len(result.cases)} checks failed for {ref}",
                           details=details)
+
+
+@main.command("scaffold-tests")
+@click.argument("image")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
+              help="Where to write (default: tests/images/<name>/test_scaffold.py).")
+@click.option("--force", is_flag=True, help="Overwrite the file if it exists.")
+@click.pass_context
+@_handled
+def scaffold_tests(ctx: click.Context, image: str, output: Path | None, force: bool) -> None:
+    """Write a starting testinfra file for IMAGE from what its roles did.
+
+    The layer is provisioned once more (as with --no-cache, without verifying,
+    tagging or keeping the image) and the provisioner's task results become
+    checks: packages, files, users and groups, services enabled.
+    """
+    from rolebake.engine import Engine
+    from rolebake.plan import plan_build
+    from rolebake.scaffold import record, render, save
+
+    project = _project(ctx)
+    if not project.has_spec(image.split(":", maxsplit=1)[0]):
+        raise InputError(f"no image spec named {image.split(':', maxsplit=1)[0]!r}",
+                         hint=f"known: {', '.join(project.spec_names()) or 'none'}")
+    layer = plan_build(project, [image]).layer(image)
+    folder = image.replace(":", "-")
+    target = output or project.root / "tests" / "images" / folder / "test_scaffold.py"
+    if target.exists() and not force:
+        raise InputError(f"{target} exists; not overwriting it", hint="pass --force, or -o PATH")
+    recording = record(Engine.connect(), project, layer.id, _progress(ctx))
+    kept = project.state_dir / "scaffold" / f"{folder}.json"
+    save(recording, kept)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(render(recording), encoding="utf-8")
+    _err(f"wrote {target} from {len(recording.tasks)} task results "
+         f"(kept in {project.relative(kept)})")
 
 
 def _first_line(text: str) -> str:

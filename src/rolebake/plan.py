@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import secrets
 import stat
+import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
@@ -272,10 +275,11 @@ def layer_inputs(
         The inputs; `.key` is the cache key.
     """
     sensitive = set(layer.sensitive_vars)
+    salt = sensitive_salt(project) if sensitive & set(layer.vars) else b""
     return LayerInputs({
         "parent": parent_image_id,
         "files": {project.relative(p): file_digest(p) for p in sorted(set(files))},
-        "vars": {k: _digest_value(v, salt=k if k in sensitive else "")
+        "vars": {k: _digest_value(v, salt=salt + b"\0" + k.encode() if k in sensitive else b"")
                  for k, v in sorted(layer.vars.items())},
         "config": {k: _digest_value(v) for k, v in layer.config.to_dict().items()},
         "roles": list(layer.roles),
@@ -354,13 +358,44 @@ def tree_files(root: Path) -> list[Path]:
     return found
 
 
-def _digest_value(value: Any, salt: str = "") -> str:
-    # A salted digest for sensitive vars still changes with the value (so the
-    # cache stays correct) but is not the plain sha256 of a guessable secret.
+SALT_ENV = "ROLEBAKE_SENSITIVE_SALT"
+
+
+def sensitive_salt(project: Project) -> bytes:
+    """The secret key for digests of sensitive vars.
+
+    $ROLEBAKE_SENSITIVE_SALT, else a random one kept in the project's state
+    folder (.rolebake/sensitive-salt, mode 0600, out of git like the logs).
+
+    The digest sits in an image label; keyed with anything public (the var's
+    name, the other inputs) a guessable secret could be found by trying
+    guesses against it. A checkout with a new salt misses the cache for layers
+    with sensitive vars once; CI fleets sharing a cache share the salt by env.
+    """
+    if os.environ.get(SALT_ENV):
+        return os.environ[SALT_ENV].encode("utf-8")
+    path = project.state_dir / "sensitive-salt"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".salt-")
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(secrets.token_hex(32).encode("ascii"))
+        try:
+            os.link(tmp, path)  # atomic: two builds started at once agree on one salt
+        except FileExistsError:
+            pass
+        finally:
+            os.unlink(tmp)
+    return path.read_bytes()
+
+
+def _digest_value(value: Any, salt: bytes = b"") -> str:
+    # A keyed digest for sensitive vars still changes with the value (so the
+    # cache stays correct) but cannot be checked against guesses without the key.
     text = _canonical(value)
     if salt:
-        return "sensitive:" + hashlib.blake2b(text.encode(), key=salt.encode()[:64],
-                                              digest_size=16).hexdigest()
+        key = hashlib.sha256(salt).digest()
+        return "sensitive:" + hashlib.blake2b(text.encode(), key=key, digest_size=16).hexdigest()
     return _sha(text)[:32]
 
 

@@ -9,7 +9,6 @@ value before the image may be tagged.
 from __future__ import annotations
 
 import base64
-import io
 import json
 import os
 import re
@@ -19,6 +18,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
+
+import yaml
 
 from rolebake.engine import ContainerHandle, Engine
 from rolebake.errors import BuildFailed, InputError
@@ -150,6 +151,67 @@ class SecretSet:
         return path
 
 
+VAULT_HEADER = b"$ANSIBLE_VAULT;"
+_INLINE_VAULT = re.compile(r"!vault\s*\|[-+]?[ \t]*\n")
+
+
+def vault_values(files: Iterable[Path], password: str | None) -> list[str]:
+    """Decrypt the vaulted vars and files among `files`, on the host, before any container.
+
+    The plain values become secrets too: redacted from output, and scanned for
+    in the committed layer. A wrong or missing password is bad input, found
+    here rather than by Ansible half-way through a build.
+
+    Raises:
+        InputError: naming the vaulted file (and line), never a value.
+    """
+    found: list[str] = []
+    for path in files:
+        try:
+            data = path.read_bytes()
+        except OSError:
+            continue
+        if VAULT_HEADER not in data:
+            continue
+        text = data.decode("utf-8", errors="replace")
+        if text.lstrip().startswith(VAULT_HEADER.decode()):
+            plain = _decrypt(text, password, path, 1)
+            try:
+                loaded = yaml.safe_load(plain)
+            except yaml.YAMLError:
+                loaded = None
+            if isinstance(loaded, Mapping | list):
+                found.extend(_strings(loaded))
+            else:
+                found.append(plain.strip())
+            continue
+        for match in _INLINE_VAULT.finditer(text):
+            line = text.count("\n", 0, match.start()) + 1
+            block: list[str] = []
+            for raw in text[match.end():].splitlines():
+                if not raw.strip() or not raw[:1].isspace():
+                    break
+                block.append(raw.strip())
+            found.append(_decrypt("\n".join(block), password, path, line))
+    return found
+
+
+def _decrypt(vaulted: str, password: str | None, path: Path, line: int) -> str:
+    if password is None:
+        raise InputError("is vault-encrypted and no vault password was given", path=path,
+                         line=line, hint="pass --vault-password-file FILE or set "
+                                         "ROLEBAKE_VAULT_PASSWORD")
+    from ansible.errors import AnsibleError
+    from ansible.parsing.vault import VaultLib, VaultSecret
+
+    vault = VaultLib([("default", VaultSecret(password.encode("utf-8")))])
+    try:
+        return vault.decrypt(vaulted.encode("utf-8")).decode("utf-8", errors="replace")
+    except AnsibleError:
+        raise InputError("could not be decrypted with the vault password given "
+                         "(wrong password?)", path=path, line=line) from None
+
+
 def _strings(value: Any) -> Iterable[str]:
     if isinstance(value, str):
         yield value
@@ -203,7 +265,7 @@ def _scan_saved_image(stream: IO[bytes], needles: list[bytes]) -> list[str]:
         top = saved.extractfile(manifest["Layers"][-1])
         if top is None:
             return hits
-        with tarfile.open(fileobj=io.BufferedReader(top), mode="r|") as layer:  # type: ignore[arg-type]
+        with tarfile.open(fileobj=top, mode="r|") as layer:
             for member in layer:
                 if any(n in member.name.encode() for n in needles):
                     hits.append(f"path name /{member.name}")

@@ -21,9 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rolebake.engine import BUILD_ID_LABEL, ROLE_LABEL, ContainerHandle, Engine
+from rolebake.engine import BUILD_ID_LABEL, ROLE_LABEL, ContainerHandle, Engine, commit_config
 from rolebake.errors import TestsFailed
-from rolebake.spec import ReadyCheck
+from rolebake.spec import ImageConfig, ReadyCheck
 
 
 @dataclass(frozen=True)
@@ -100,6 +100,18 @@ def check_metadata(expected: Mapping[str, Any], actual: Mapping[str, Any]) -> li
                            f"expected {expected['Healthcheck'].get('Test')!r}, image has "
                            f"{(actual.get('Healthcheck') or {}).get('Test')!r}"))
     return cases
+
+
+def spec_expectations(parent: Mapping[str, Any], config: ImageConfig) -> dict[str, Any]:
+    """What an image built from `config` on `parent` must show, build provenance left out.
+
+    `rolebake test SPEC` checks an existing image against its spec as it is now:
+    the labels a build stamps (build id, cache key, creation time) cannot be
+    known then, so only the labels the spec names are expected.
+    """
+    expected = commit_config(parent, config, {})
+    expected["Labels"] = dict(config.labels)
+    return expected
 
 
 def _case(key: str, ok: bool, message: str) -> TestCase:
@@ -191,7 +203,10 @@ def _pytest(tests: Path, host_url: str, project_root: Path,
         junit = Path(tmp) / "junit.xml"
         argv = [sys.executable, "-m", "pytest", str(tests), f"--hosts={host_url}",
                 f"--junitxml={junit}", "-p", "no:cacheprovider", "-q", "--tb=short",
-                "-o", "addopts=", "--rootdir", str(tests), *extra_args]
+                # The project's conftest.py files (tests/images/conftest.py) apply;
+                # its own pytest addopts do not.
+                "-o", "addopts=", "--rootdir", str(project_root),
+                "--confcutdir", str(project_root), *extra_args]
         env = dict(os.environ)
         env.pop("PYTEST_ADDOPTS", None)
         proc = subprocess.run(argv, cwd=project_root, capture_output=True, text=True,

@@ -48,7 +48,7 @@ def test_corpus_is_large_enough() -> None:
 def test_bad_spec_is_one_clear_line_and_exit_2(spec: Path, project: Path) -> None:
     message, line = _expectation(spec)
     shutil.copy(spec, project / "images" / spec.name)
-    result = run_cli("build", spec.stem, cwd=project, env=NO_ENGINE, timeout=60)
+    result = run_cli("build", spec.stem, cwd=project, env=NO_ENGINE, timeout=180)
     assert result.rc == 2, result.output
     assert "Traceback" not in result.output
     errors = [x for x in result.stderr.splitlines() if x.startswith("error:")]
@@ -71,7 +71,7 @@ def test_cycle_in_from_names_the_chain(project: Path) -> None:
     (project / "images" / "a.yml").write_text("from: b\nroles: [common]\n")
     (project / "images" / "b.yml").write_text("from: c\nroles: [common]\n")
     (project / "images" / "c.yml").write_text("from: a\nroles: [common]\n")
-    result = run_cli("build", "a", cwd=project, env=NO_ENGINE, timeout=60)
+    result = run_cli("build", "a", cwd=project, env=NO_ENGINE, timeout=180)
     assert result.rc == 2
     assert "`from:` makes a cycle: a -> b -> c -> a" in result.stderr
     assert "images/a.yml:1:" in result.stderr
@@ -79,7 +79,7 @@ def test_cycle_in_from_names_the_chain(project: Path) -> None:
 
 def test_unknown_image_suggests_a_name(project: Path) -> None:
     (project / "images" / "web.yml").write_text("from: rolebake/debian:bookworm\nroles: [web]\n")
-    result = run_cli("build", "wbe", cwd=project, env=NO_ENGINE, timeout=60)
+    result = run_cli("build", "wbe", cwd=project, env=NO_ENGINE, timeout=180)
     assert result.rc == 2
     assert "no image spec 'wbe' (did you mean 'web'?)" in result.stderr
 
@@ -87,14 +87,14 @@ def test_unknown_image_suggests_a_name(project: Path) -> None:
 def test_unknown_variant(project: Path) -> None:
     (project / "images" / "web.yml").write_text(
         "from: rolebake/debian:bookworm\nroles: [web]\nvariants:\n  dev: {roles_append: [devtools]}\n")
-    result = run_cli("build", "web:prod", cwd=project, env=NO_ENGINE, timeout=60)
+    result = run_cli("build", "web:prod", cwd=project, env=NO_ENGINE, timeout=180)
     assert result.rc == 2
     assert "image 'web' has no variant 'prod'; variants: dev" in result.stderr
 
 
 def test_good_spec_reaches_the_engine_and_exits_4_without_one(project: Path) -> None:
     (project / "images" / "base.yml").write_text("from: rolebake/debian:bookworm\nroles: [common]\n")
-    result = run_cli("build", "base", cwd=project, env=NO_ENGINE, timeout=60)
+    result = run_cli("build", "base", cwd=project, env=NO_ENGINE, timeout=180)
     assert result.rc == 4, result.output
     assert "no container engine answers at unix:///nonexistent/rolebake-test.sock" in result.stderr
     assert "Traceback" not in result.output

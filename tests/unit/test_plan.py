@@ -15,8 +15,10 @@ from tests.conftest import REPO
 
 
 @pytest.fixture
-def project(tmp_path: Path) -> Project:
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Project:
     root = tmp_path / "project"
+    monkeypatch.setenv("ROLEBAKE_CHEF_IMAGE", "example/chef-toolchain:18")
+    shutil.copytree(REPO / "cookbooks", root / "cookbooks")
     shutil.copytree(REPO / "roles", root / "roles")
     shutil.copytree(REPO / "images", root / "images")
     shutil.copytree(REPO / "playbooks", root / "playbooks")

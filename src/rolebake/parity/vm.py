@@ -480,7 +480,8 @@ def _configure_system(root: Path) -> None:
         # Under TCG a reverse DNS lookup on every login costs seconds.
         "UseDNS no\n"
     )
-    # Empty, not absent: systemd then generates a fresh id at first boot of every run.
+    # Empty, not absent: systemd fills it in at boot (from qemu's SMBIOS UUID), the way a
+    # freshly installed machine gets its id; a copied-in id would be the base rootfs's.
     (root / "etc/machine-id").write_text("")
 
 
@@ -753,9 +754,10 @@ class QemuVM:
     """A throwaway local VM for one parity run; use as a context manager.
 
     `with QemuVM(image) as vm:` boots the image on a fresh qcow2 overlay and returns once
-    root can log in over SSH with the image's key. Leaving the block (normally, by an
-    exception, Ctrl-C or the CLI's SIGTERM exception) powers the VM off, makes sure the qemu
-    process is gone and removes the overlay and everything else in the run's temp dir.
+    root can log in over SSH with the image's key. Leaving the block stops the VM (a
+    `poweroff` first when the block ended normally; straight to SIGTERM/SIGKILL on an
+    exception, Ctrl-C or the CLI's SIGTERM exception), makes sure the qemu process is gone
+    and removes the overlay and everything else in the run's temp dir.
 
     qemu runs in its own session so a terminal Ctrl-C reaches rolebake, not qemu, and the
     cleanup below decides how it ends; it is also tied to rolebake's lifetime with
@@ -803,9 +805,10 @@ class QemuVM:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        # On Ctrl-C or SIGTERM the user wants out now; a clean guest shutdown buys nothing
-        # for a disk that is about to be deleted.
-        self._stop(graceful=exc_type is None or issubclass(exc_type, Exception))
+        # Only a normal exit powers the guest off politely. After a failure, Ctrl-C or the
+        # CLI's SIGTERM exception the user wants out now, and a clean guest shutdown buys
+        # nothing for a disk that is about to be deleted.
+        self._stop(graceful=exc_type is None)
 
     @property
     def ssh_target(self) -> SSHTarget:

@@ -303,7 +303,7 @@ def _failure(ctx: ProvisionContext, watcher: _EventWatcher, stdout: str) -> Exce
                  "")
     location = _ERROR_LOCATION.search(stdout) or _OFFENDING.search(stdout)
     if error:
-        message = error.removeprefix("ERROR!").removeprefix("[ERROR]").strip()
+        message = error.removeprefix("ERROR!").removeprefix("[ERROR]").lstrip(": ").strip()
         if location:
             return InputError(message, path=location.group(1), line=int(location.group(2)))
         return InputError(message, hint=f"full Ansible log: {ctx.log_path}")

@@ -108,6 +108,9 @@ class Provisioner(abc.ABC):
     def input_files(self) -> list[Path]:
         """Every file the provisioner will read for this layer (hashed into the cache key)."""
 
+    def preflight(self, engine: Engine) -> None:  # noqa: B027 - optional hook
+        """Check what the build needs from the engine, before any container is made."""
+
     @contextlib.contextmanager
     def toolchain(self, engine: Engine) -> Iterator[ContainerOptions]:
         """Make the provisioner's toolchain available to build containers for a while."""

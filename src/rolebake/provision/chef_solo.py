@@ -20,7 +20,6 @@ import re
 import shutil
 import tempfile
 import threading
-import time
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -34,12 +33,12 @@ from rolebake.plan import tree_files
 from rolebake.provision.base import (
     ContainerOptions,
     ProvisionContext,
-    ProvisionResult,
     Provisioner,
+    ProvisionResult,
     TaskResult,
 )
 from rolebake.spec import Fields, ImageSpec, Project, is_image_reference
-from rolebake.yamlfile import plain
+from rolebake.yamlfile import YamlList, plain
 
 TOOLCHAIN_ENV = "ROLEBAKE_CHEF_IMAGE"
 # The omnibus packages hard-code their prefix, so the volume must be mounted
@@ -156,8 +155,7 @@ def parse_section(section: Fields | None, spec: ImageSpec, project: Project,
         raise InputError("chef: missing `run_list:` (e.g. [\"role[web]\"])",
                          path=section.path, line=section.line)
     attributes = _attributes(section)
-    image = section.str("image", check_pattern=None) if False else section.str(
-        "image", what="an image reference")
+    image = section.str("image", what="an image reference")
     if image is not None and not is_image_reference(image):
         raise section.fail("image", f"{image!r} is not an image reference")
     path = section.str("path", what="an absolute path to chef-solo in the parent image")
@@ -299,7 +297,8 @@ def cookbook_depends(folder: Path) -> list[tuple[str, Path, int]]:
 
 
 def resolve(project: Project, options: ChefOptions, run_list: Sequence[str],
-            where: tuple[Path, Sequence[int]] | None = None) -> Resolved:
+            where: tuple[Path, Sequence[int]] | None = None,
+            environment_line: int | None = None) -> Resolved:
     """Expand a run list into the cookbooks (plus dependencies) and role files it uses.
 
     Args:
@@ -307,6 +306,7 @@ def resolve(project: Project, options: ChefOptions, run_list: Sequence[str],
         options: the chef settings (folders, environment).
         run_list: items like recipe[web], web::server, role[web].
         where: the spec file and the line of each run-list item, for errors.
+        environment_line: the line of `environment:` in the spec, for errors.
 
     Raises:
         InputError: a cookbook, recipe, role or environment that is not there,
@@ -324,7 +324,7 @@ def resolve(project: Project, options: ChefOptions, run_list: Sequence[str],
             raise InputError(
                 f"environment {options.environment!r} not found: no "
                 f"{options.environments}/{options.environment}.json or .rb",
-                path=where[0] if where else None, line=None)
+                path=where[0] if where else None, line=environment_line)
 
     def need_cookbook(name: str, path: Path | None, line: int | None) -> Path:
         if name not in index:
@@ -590,10 +590,10 @@ class DocOutputParser:
                            recipe=self.recipe, indent=indent,
                            parent=self._open[-1].name if self._open else None)
             self._open.append(opened)
-            rest = m.group("rest").strip()
-            if self._peeked != line.rstrip():
+            if not (self._peeked and line.startswith(self._peeked)):
                 events.append(ResourceEvent("started", self._task(opened, "started")))
             self._peeked = None
+            rest = m.group("rest").strip()
             if rest:
                 events += self._status(rest)
             return events
@@ -739,10 +739,14 @@ def find_error(text: str) -> ChefError | None:
 
 
 def _fatal_line(lines: Sequence[str]) -> str | None:
+    # The line naming the resource is the best; past it, chef's last word.
     found = None
     for line in lines:
         if m := _FATAL.search(line):
-            found = m.group("message").strip()
+            if _FATAL_RESOURCE.search(line):
+                return m.group("message").strip()
+            if "ChildConvergeError" not in line or found is None:
+                found = m.group("message").strip()
     return found
 
 
@@ -762,12 +766,15 @@ def _error_block(lines: Sequence[str], start: int, *,
     while block and not block[0]:
         block.pop(0)
     exception = None
-    body = block
-    if heads and len(block) >= 2 and set(block[1]) == {"-"}:
-        exception, body = block[0], block[2:]
-    elif not heads:
-        body = [b for b in block if b and set(b) != {"-"}]
-    message = next((b for b in body if b and set(b) != {"-"}), "")
+    body = [b for b in block if b and set(b) != {"-"}]
+    if heads and len(block) >= 2 and block[1] and set(block[1]) == {"-"}:
+        exception, body = block[0], body[1:]
+    # Sub-headings ("Missing Cookbooks:") are not the message; the line under them is.
+    message = next((b for b in body if not b.endswith(":")), body[0] if body else "")
+    stderr = next((b[7:].strip() for b in body if b.startswith("STDERR:") and b[7:].strip()),
+                  None)
+    if stderr and stderr not in message:
+        message = f"{message} (STDERR: {stderr})"
     return exception, message, tuple(block)
 
 
@@ -788,12 +795,14 @@ def _recipe_before(lines: Sequence[str], index: int) -> str | None:
 
 
 def failure_from_output(text: str, *, host_paths: Mapping[str, Path] | None = None,
-                        log_path: Path | None = None, rc: int | None = None) -> RolebakeError:
+                        root: Path | None = None, log_path: Path | None = None,
+                        rc: int | None = None) -> RolebakeError:
     """Turn a failed chef-solo run into one error naming the resource, recipe and chef's words.
 
     Args:
         text: everything chef-solo printed.
         host_paths: container folder -> project folder, to name files as the user knows them.
+        root: the project root; file names in messages are shown relative to it.
         log_path: where the full output was written (for the hint).
         rc: chef-solo's exit status.
 
@@ -809,7 +818,11 @@ def failure_from_output(text: str, *, host_paths: Mapping[str, Path] | None = No
     path = _host_path(error.path, host_paths or {})
     where = ""
     if path is not None:
-        where = f", {path}:{error.line}" if error.line else f", {path}"
+        shown = path
+        if root is not None:
+            with contextlib.suppress(ValueError):
+                shown = str(Path(path).relative_to(root))
+        where = f", {shown}:{error.line}" if error.line else f", {shown}"
     said = f"{error.exception}: {error.message}" if error.exception else error.message
     if error.kind == "resource":
         recipe = f"recipe {error.recipe}" if error.recipe else "an unknown recipe"
@@ -878,19 +891,14 @@ class ChefSoloProvisioner(Provisioner):
                                  path=spec.path, line=variant.line)
         options = parse_section(section, spec, project)
         items = section.data.get("run_list") if section is not None else None
-        lines = [items.line_of(i) for i in range(len(items))] if hasattr(
-            items, "line_of") and isinstance(items, list) else []
-        resolve(project, options, options.run_list, (spec.path, lines))
+        lines = [items.line_of(i) for i in range(len(items))] if isinstance(
+            items, YamlList) else []
+        resolve(project, options, options.run_list, (spec.path, lines),
+                environment_line=section.line_of("environment") if section else None)
         for variant in spec.variants:
             resolve(project, options, [f"role[{r}]" for r in variant.roles_append],
                     (spec.path, [variant.line] * len(variant.roles_append)))
         return options.to_dict()
-
-    @classmethod
-    def validate(cls, spec: ImageSpec, project: Project) -> None:
-        """A toolchain must be named: chef.image, ROLEBAKE_CHEF_IMAGE or chef.path."""
-        del project
-        require_toolchain(ChefOptions.from_dict(spec.provisioner_options), spec)
 
     # Inputs --------------------------------------------------------------------------------
 
@@ -907,6 +915,12 @@ class ChefSoloProvisioner(Provisioner):
         return self.resolved().files()
 
     # Lifecycle -----------------------------------------------------------------------------
+
+    def preflight(self, engine: Engine) -> None:
+        """Check the toolchain is named and on the engine, without making anything."""
+        require_toolchain(self.options, self.layer.spec)
+        if self.options.image is not None:
+            self._toolchain_image(engine)
 
     @contextlib.contextmanager
     def toolchain(self, engine: Engine) -> Iterator[ContainerOptions]:
@@ -1017,7 +1031,8 @@ class ChefSoloProvisioner(Provisioner):
             raise BuildFailed("provisioning was cancelled")
         if result.rc != 0:
             raise failure_from_output(output, host_paths=self._host_paths(),
-                                      log_path=ctx.log_path, rc=result.rc)
+                                      root=self.project.root, log_path=ctx.log_path,
+                                      rc=result.rc)
         return ProvisionResult(tasks=tuple(parser.results))
 
     def clean(self, ctx: ProvisionContext) -> None:
@@ -1088,9 +1103,9 @@ def _run_streaming(ctx: ProvisionContext, argv: Sequence[str], env: Mapping[str,
                                       str(consumed + 1), OUTPUT_FILE)
         except RolebakeError:
             continue
-        complete, _, partial = polled.output.rpartition("\n")
-        if complete or polled.output.endswith("\n"):
-            for line in complete.split("\n") if complete else [""]:
+        complete, newline, partial = polled.output.rpartition("\n")
+        if newline:
+            for line in complete.split("\n"):
                 progress(parser.feed(line))
                 consumed += 1
         progress(parser.peek(partial))
@@ -1123,8 +1138,8 @@ __all__ = [
     "ChefOptions",
     "ChefSoloProvisioner",
     "DocOutputParser",
-    "ResourceEvent",
     "Resolved",
+    "ResourceEvent",
     "chef_argv",
     "chef_env",
     "container_options",
@@ -1142,5 +1157,3 @@ __all__ = [
     "solo_rb",
     "toolchain_dir",
 ]
-
-_ = time  # keep the import: poll timing may move here from the engine

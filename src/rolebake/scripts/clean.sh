@@ -21,6 +21,10 @@ if [ -e /usr/sbin/.rolebake-policy-rc.d ]; then
     rm -f /usr/sbin/policy-rc.d /usr/sbin/.rolebake-policy-rc.d
 fi
 rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin /var/cache/apt/archives/*.deb \
-       /var/cache/apt/archives/partial/* /var/cache/debconf/*-old /var/lib/dpkg/*-old
+       /var/cache/apt/archives/partial/* /var/cache/debconf/*-old /var/lib/dpkg/*-old \
+       /var/lib/apt/periodic/update-success-stamp
+# Emptying the lists makes their folder look freshly updated, and Ansible's
+# `apt: cache_valid_time` would then skip the update a child layer needs.
+[ -d /var/lib/apt/lists ] && touch -d @0 /var/lib/apt/lists
 rm -rf /tmp/.rolebake* /var/tmp/.rolebake*
 exit 0

@@ -1,0 +1,8 @@
+name             'web'
+maintainer       'ops team'
+maintainer_email 'ops@example.internal'
+license          'MIT'
+description      'nginx serving a static site from a templated server block'
+version          '0.1.0'
+chef_version     '>= 17.0'
+supports         'debian', '>= 12.0'

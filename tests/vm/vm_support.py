@@ -1,0 +1,26 @@
+"""Where the VM tier finds its rootfs and image cache, and how it reports missing tools."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+ROOTFS = Path(os.environ.get("ROLEBAKE_VM_TEST_ROOTFS", "/var/cache/rolebake/probe-rootfs"))
+IMAGE_DIR = Path(os.environ.get("ROLEBAKE_VM_TEST_DIR", "/var/cache/rolebake/vm-test"))
+MIRROR = os.environ.get("ROLEBAKE_VM_TEST_MIRROR", "http://deb.debian.org/debian")
+
+
+def missing(reason: str) -> None:
+    """Skip locally, fail in CI: a CI job without qemu must not pass by testing nothing."""
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"VM tests need {reason} (CI=true, so this is a failure, not a skip)")
+    pytest.skip(f"needs {reason}")
+
+
+def require_tools(*tools: str) -> None:
+    absent = [t for t in tools if shutil.which(t) is None]
+    if absent:
+        missing(", ".join(absent))
