@@ -117,7 +117,7 @@ def _progress(ctx: click.Context, redact: Callable[[str], str] = lambda s: s) ->
 @click.option("--debug", is_flag=True, help="Show Python tracebacks.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress output.")
 def main(project: Path | None, debug: bool, quiet: bool) -> None:
-    """Bake immutable container images from your Ansible roles (or Chef-solo cookbooks).
+    r"""Bake immutable container images from your Ansible roles (or Chef-solo cookbooks).
 
     \b
     Exit codes: 0 ok, 1 build failed, 2 bad input, 3 image tests failed,
@@ -344,6 +344,43 @@ def scaffold_tests(ctx: click.Context, image: str, output: Path | None, force: b
 
 def _first_line(text: str) -> str:
     return text.strip().splitlines()[0] if text.strip() else ""
+
+
+@main.command()
+@click.argument("image")
+@click.option("--vm", "vm", default="qemu", show_default=True,
+              help="qemu (a throwaway local VM) or ssh://user@host:port (an existing one).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option("--all", "show_equal", is_flag=True, help="Also list resources that agree.")
+@click.pass_context
+@_handled
+def parity(ctx: click.Context, image: str, vm: str, as_json: bool, show_equal: bool) -> None:
+    """Apply IMAGE's roles to a VM too; run its suite on both and diff their state (exit 5)."""
+    from rolebake.engine import Engine
+    from rolebake.errors import ParityDifferent
+    from rolebake.parity.diff import render_table
+    from rolebake.parity.run import run_parity, tests_side_by_side
+
+    project = _project(ctx)
+    result = run_parity(Engine.connect(), project, image, vm, events=_progress(ctx))
+    if as_json:
+        click.echo(json.dumps(result.to_dict(), indent=2))
+    else:
+        click.echo(f"parity of {image} ({result.image_id.split(':')[-1][:12]}) and {vm}")
+        click.echo(render_table(result.report, show_equal=show_equal))
+        click.echo("")
+        for line in tests_side_by_side(result):
+            click.echo(line)
+        timing = ", ".join(f"{k} {v:.0f}s" for k, v in result.timings.items())
+        click.echo(f"\n{len(result.report.differences)} difference(s), "
+                   f"{len(result.report.expected)} expected, {result.report.equal_count} equal; "
+                   f"{timing}")
+    if not result.ok:
+        names = [item.resource for item in result.report.differences][:10]
+        raise ParityDifferent(
+            f"{image} and the VM differ: {len(result.report.differences)} resource(s), "
+            f"{len(result.tests_differ)} test(s)",
+            details="\n".join(names + [f"test {t}" for t in result.tests_differ]))
 
 
 _AGE = re.compile(r"^(\d+)([smhd])$")

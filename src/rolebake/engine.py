@@ -241,7 +241,8 @@ class Engine:
             created.start()
             yield handle
         except docker.errors.APIError as exc:
-            raise BuildFailed(f"the engine failed on container {name}: {_api_message(exc)}") from None
+            raise BuildFailed(
+                f"the engine failed on container {name}: {_api_message(exc)}") from None
         finally:
             # Created may have failed half-way; find the container by name then.
             self.remove_container(handle.id if handle else name)
@@ -257,7 +258,8 @@ class Engine:
             except docker.errors.APIError as exc:
                 # "removal already in progress" and busy mounts clear within a second.
                 if attempt == 4:
-                    raise BuildFailed(f"could not remove container {ref}: {_api_message(exc)}") from None
+                    raise BuildFailed(
+                        f"could not remove container {ref}: {_api_message(exc)}") from None
                 time.sleep(0.5)
             except requests.exceptions.RequestException:
                 if attempt == 4:
@@ -316,7 +318,8 @@ class Engine:
         """Run a POSIX shell script inside a container; the script is one argv item."""
         return self.exec(container, ["/bin/sh", "-c", script, "rolebake", *args], env=env)
 
-    def put_file(self, container: ContainerHandle, path: str, data: bytes, mode: int = 0o644) -> None:
+    def put_file(self, container: ContainerHandle, path: str, data: bytes,
+                 mode: int = 0o644) -> None:
         """Write one file into a container."""
         directory, _, filename = path.rpartition("/")
         buffer = io.BytesIO()
@@ -380,10 +383,10 @@ def commit_config(parent: Mapping[str, Any], config: ImageConfig,
         cmd = list(parent.get("Cmd") or [])
     env = dict(e.split("=", 1) for e in parent.get("Env") or [] if "=" in e)
     env.update(config.env)
-    ports = dict.fromkeys(parent.get("ExposedPorts") or {}, {})
-    ports.update(dict.fromkeys(config.expose, {}))
-    volumes = dict.fromkeys(parent.get("Volumes") or {}, {})
-    volumes.update(dict.fromkeys(config.volumes, {}))
+    ports: dict[str, dict[str, Any]] = {p: {} for p in parent.get("ExposedPorts") or {}}
+    ports.update({p: {} for p in config.expose})
+    volumes: dict[str, dict[str, Any]] = {v: {} for v in parent.get("Volumes") or {}}
+    volumes.update({v: {} for v in config.volumes})
     all_labels = {k: v for k, v in (parent.get("Labels") or {}).items()
                   if not k.startswith(LABEL_PREFIX)}
     all_labels.update(config.labels)

@@ -6,6 +6,7 @@ answers (parent image ids, what is cached) are passed in by the caller.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -14,7 +15,8 @@ import stat
 import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +25,7 @@ from rolebake.errors import InputError
 from rolebake.spec import ImageConfig, ImageSpec, Project, load_spec
 
 
-class Step(str, Enum):
+class Step(StrEnum):
     """The ordered steps of one layer's build (the pipeline as data)."""
 
     CACHE = "cache"
@@ -41,7 +43,7 @@ class Step(str, Enum):
 PIPELINE: tuple[Step, ...] = tuple(Step)
 
 
-class StepStatus(str, Enum):
+class StepStatus(StrEnum):
     """The status every step reports."""
 
     PENDING = "pending"
@@ -286,8 +288,23 @@ def layer_inputs(
         "playbook": project.relative(layer.playbook) if layer.playbook else None,
         "provisioner": f"{layer.provisioner} {provisioner_version}",
         "options": _digest_value(options or {}),
-        "rolebake": __version__,
+        "rolebake": rolebake_fingerprint(),
     })
+
+
+@functools.cache
+def rolebake_fingerprint() -> str:
+    """Rolebake's version plus a digest of the scripts it runs in build containers.
+
+    The scripts shape every image (bootstrap, clean), so changing them must
+    invalidate the cache even when the version number stays the same.
+    """
+    scripts = resources.files("rolebake.scripts")
+    digest = hashlib.sha256()
+    for entry in sorted(scripts.iterdir(), key=lambda e: e.name):
+        if entry.name.endswith(".sh"):
+            digest.update(entry.name.encode() + b"\0" + entry.read_bytes() + b"\0")
+    return f"{__version__}+scripts.{digest.hexdigest()[:12]}"
 
 
 def explain_miss(current: LayerInputs, previous: LayerInputs | None) -> tuple[str, ...]:

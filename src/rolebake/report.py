@@ -53,7 +53,7 @@ class LiveProgress:
 
     def __init__(self, write_raw: Callable[[str], None],
                  redact: Callable[[str], str] = lambda s: s) -> None:
-        """`write_raw` writes without a newline (the status line is redrawn with \\r)."""
+        """`write_raw` writes without a newline: the status line is redrawn in place."""
         self.write_raw = write_raw
         self.redact = redact
         self.started = time.monotonic()

@@ -320,14 +320,13 @@ def render(recording: Recording) -> str:
     facts = facts_from(recording.tasks, recording.provisioner)
     names = _Names()
     out: list[str] = [
-        f'"""Image `{recording.image}`: tests written by `rolebake scaffold-tests '
+        f'"""Image `{recording.image}`: checks written by `rolebake scaffold-tests '
         f'{recording.image}`.',
         "",
-        f"Generated from the {recording.provisioner} provisioner's own task results, "
-        "as `goss autoadd`",
-        "does for a host: a starting point. Keep what matters, add what the roles are "
-        "for (the",
-        "service answering, the site served), and delete what is incidental.",
+        f"Generated from the {recording.provisioner} provisioner's own task results, as",
+        "`goss autoadd` does for a live host. A starting point: keep what matters, add",
+        "what the roles are for (the service answering, the site served), and delete",
+        "what is incidental.",
         '"""',
         "",
         "import pytest",
@@ -377,12 +376,12 @@ def render(recording: Recording) -> str:
             out += [f"    assert user.home == {_py(user.home)}"]
         out += [""]
     if facts.services:
-        out += ["", *_SERVICE_HELPER.splitlines()]
+        out += ["", "", *_SERVICE_HELPER.strip().splitlines(), ""]
         out += ["", "@pytest.mark.parametrize(\"name\", ["]
         out += [f"    {_py(n)},  # task: {_comment(t)}" for n, t in facts.services.items()]
         out += ["])", "def test_service_enabled(host, name):",
                 "    assert _enabled_at_boot(host, name)", ""]
-    if len(out) == 9:
+    if not (facts.packages or facts.files or facts.users or facts.groups or facts.services):
         out += ["", "def test_nothing_recorded():",
                 '    pytest.skip("the roles reported no packages, files, users or services")',
                 ""]

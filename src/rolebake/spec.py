@@ -222,13 +222,16 @@ class Fields:
         self.line = getattr(data, "line", line)
 
     def line_of(self, key: str) -> int:
+        """The line of `key`, or of the mapping when the key is absent."""
         return self.data.line_of(key) if isinstance(self.data, YamlMap) else self.line
 
     def fail(self, key: str, message: str) -> InputError:
+        """An InputError about `key`, at its line."""
         label = f"{self.where}.{key}" if self.where else key
         return InputError(f"{label}: {message}", path=self.path, line=self.line_of(key))
 
     def reject_unknown(self, allowed: set[str]) -> None:
+        """Fail on the first key not in `allowed`, suggesting the closest one."""
         for key in self.data:
             if not isinstance(key, str) or key not in allowed:
                 close = difflib.get_close_matches(str(key), sorted(allowed), n=1)
@@ -241,10 +244,12 @@ class Fields:
                 )
 
     def has(self, key: str) -> bool:
+        """True when `key` is given and not null."""
         return key in self.data and self.data[key] is not None
 
-    def str(self, key: str, *, required: bool = False, pattern: re.Pattern[str] | None = None,
+    def text(self, key: str, *, required: bool = False, pattern: re.Pattern[str] | None = None,
             what: str = "a string") -> str | None:
+        """A non-empty string, optionally matching `pattern`."""
         if not self.has(key):
             if required:
                 raise InputError(
@@ -258,7 +263,8 @@ class Fields:
             raise self.fail(key, f"{value!r} is not {what}")
         return value
 
-    def bool(self, key: str, default: bool) -> bool:
+    def flag(self, key: str, default: bool) -> bool:
+        """A true/false setting."""
         if not self.has(key):
             return default
         value = self.data[key]
@@ -267,6 +273,7 @@ class Fields:
         return value
 
     def number(self, key: str, *, minimum: float = 0) -> float | None:
+        """A number of at least `minimum`, or None when absent."""
         if not self.has(key):
             return None
         value = self.data[key]
@@ -276,9 +283,10 @@ class Fields:
             raise self.fail(key, f"must be at least {minimum}, got {value}")
         return float(value)
 
-    def str_list(self, key: str, *, pattern: re.Pattern[str] | None = None,
+    def text_list(self, key: str, *, pattern: re.Pattern[str] | None = None,
                  what: str = "a string", check: Callable[[str], bool] | None = None,
                  ) -> tuple[str, ...]:
+        """A list of distinct non-empty strings, each checked by `pattern` or `check`."""
         if not self.has(key):
             return ()
         value = self.data[key]
@@ -320,6 +328,7 @@ class Fields:
         raise self.fail(key, f"expected a list of strings or a string, got {_kind(value)}")
 
     def mapping(self, key: str) -> Fields | None:
+        """A nested mapping as Fields, or None when absent."""
         if not self.has(key):
             return None
         return Fields(self.data[key], self.path, self._label(key), self.line_of(key))
@@ -386,7 +395,7 @@ def load_spec(project: Project, name: str) -> ImageSpec:
     top = Fields(data, path, "", 1)
     top.reject_unknown(TOP_LEVEL_KEYS | _provisioner_sections())
 
-    parent = top.str("from", required=True, what="a spec name or an image reference")
+    parent = top.text("from", required=True, what="a spec name or an image reference")
     assert parent is not None
     parent_is_spec = project.has_spec(parent)
     if parent == name:
@@ -394,13 +403,13 @@ def load_spec(project: Project, name: str) -> ImageSpec:
     if not parent_is_spec and not is_image_reference(parent):
         raise top.fail("from", f"{parent!r} is neither a spec in images/ nor an image reference")
 
-    provisioner = top.str("provisioner") or DEFAULT_PROVISIONER
+    provisioner = top.text("provisioner") or DEFAULT_PROVISIONER
     provisioner_cls = _provisioner_class(provisioner, top)
 
-    roles = top.str_list("roles", pattern=ROLE_NAME_RE, what="a role name")
+    roles = top.text_list("roles", pattern=ROLE_NAME_RE, what="a role name")
     playbook = _project_path(project, top, "playbook")
     config = _config(top.mapping("config"))
-    tags = top.str_list("tags", check=is_image_reference, what="an image reference")
+    tags = top.text_list("tags", check=is_image_reference, what="an image reference")
     if not tags:
         tags = (f"rolebake/{name}:latest",)
     tests_path = _project_path(project, top, "tests")
@@ -410,7 +419,7 @@ def load_spec(project: Project, name: str) -> ImageSpec:
         raise top.fail("tests", f"{top.data['tests']!r} does not exist")
 
     vars_ = _vars(top, "vars")
-    sensitive = top.str_list("sensitive_vars", pattern=VAR_NAME_RE, what="a variable name")
+    sensitive = top.text_list("sensitive_vars", pattern=VAR_NAME_RE, what="a variable name")
 
     spec = ImageSpec(
         name=name,
@@ -426,7 +435,7 @@ def load_spec(project: Project, name: str) -> ImageSpec:
         tests=tests,
         tests_explicit=tests_explicit,
         ready=_ready(top.mapping("ready")),
-        idempotence=top.bool("idempotence", False),
+        idempotence=top.flag("idempotence", False),
         variants=_variants(top, name),
         sensitive_vars=sensitive,
         provisioner_options={},
@@ -455,7 +464,7 @@ def _provisioner_class(name: str, top: Fields) -> Any:
 
 
 def _project_path(project: Project, fields: Fields, key: str) -> Path | None:
-    raw = fields.str(key, what="a path inside the project")
+    raw = fields.text(key, what="a path inside the project")
     if raw is None:
         return None
     candidate = Path(raw)
@@ -475,7 +484,7 @@ def _vars(fields: Fields, key: str) -> dict[str, Any]:
                 f"{section.where}: {var!r} is not a valid variable name",
                 path=section.path, line=section.line_of(str(var)),
             )
-    return plain(section.data)  # type: ignore[no-any-return]
+    return dict(plain(section.data))
 
 
 def _config(section: Fields | None) -> ImageConfig:
@@ -506,17 +515,17 @@ def _config(section: Fields | None) -> ImageConfig:
             labels[key] = str(value)
     expose = _ports(section)
     for key in ("user", "workdir"):
-        value = section.str(key)
+        value = section.text(key)
         if key == "workdir" and value is not None and not value.startswith("/"):
             raise section.fail(key, f"{value!r} must be an absolute path")
-    volumes = section.str_list("volumes", check=lambda v: v.startswith("/"),
+    volumes = section.text_list("volumes", check=lambda v: v.startswith("/"),
                                what="an absolute path")
     return ImageConfig(
         cmd=section.command("cmd"),
         entrypoint=section.command("entrypoint"),
         env=env,
-        user=section.str("user"),
-        workdir=section.str("workdir"),
+        user=section.text("user"),
+        workdir=section.text("workdir"),
         expose=expose,
         volumes=volumes,
         labels=labels,
@@ -595,13 +604,14 @@ def _variants(top: Fields, name: str) -> tuple[Variant, ...]:
         body = Fields(section.data[variant_name] or {}, section.path,
                        f"variants.{variant_name}", line)
         body.reject_unknown(VARIANT_KEYS)
-        roles = body.str_list("roles_append", pattern=ROLE_NAME_RE, what="a role name")
+        roles = body.text_list("roles_append", pattern=ROLE_NAME_RE, what="a role name")
         if not roles:
             raise InputError(
-                f"variants.{variant_name}: needs roles_append (a variant is a layer of extra roles)",
+                f"variants.{variant_name}: needs roles_append "
+                "(a variant is a layer of extra roles)",
                 path=section.path, line=line,
             )
-        tags = body.str_list("tags", check=is_image_reference, what="an image reference")
+        tags = body.text_list("tags", check=is_image_reference, what="an image reference")
         variants.append(Variant(
             name=variant_name,
             roles_append=roles,

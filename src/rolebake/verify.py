@@ -9,6 +9,7 @@ removed afterwards, whatever happens.
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -135,9 +136,12 @@ def run_suite(
     """
     run_id = uuid.uuid4().hex[:8]
     labels = {ROLE_LABEL: "verify", BUILD_ID_LABEL: run_id}
+    # `name` may be an image reference (rolebake test registry/app:1.0): the engine
+    # only takes [a-zA-Z0-9][a-zA-Z0-9_.-] in container names.
+    name = re.sub(r"[^a-zA-Z0-9_.-]+", ".", name).strip(".") or "image"
     with engine.container(image_id, name=f"rolebake-verify-{name}-{run_id}", labels=labels,
                           keep_alive=False) as container:
-        if _wait_ready(engine, container, ready):
+        if wait_ready(engine, container, ready):
             return _pytest(tests, f"docker://{container.id}", project_root)
     # The image's command finished on its own (a shell, a one-shot tool): such an
     # image has nothing to wait for, so its files are tested in an idle container.
@@ -152,7 +156,7 @@ def suite_for_host(tests: Path, host_url: str, project_root: Path,
     return _pytest(tests, host_url, project_root, extra_args)
 
 
-def _wait_ready(engine: Engine, container: ContainerHandle, ready: ReadyCheck | None) -> bool:
+def wait_ready(engine: Engine, container: ContainerHandle, ready: ReadyCheck | None) -> bool:
     """Wait until the container is ready; False when its command ended cleanly by itself."""
     timeout = ready.timeout_s if ready else 60.0
     deadline = time.monotonic() + timeout
@@ -214,16 +218,22 @@ def _pytest(tests: Path, host_url: str, project_root: Path,
         if not junit.exists():
             return [TestCase(suite=str(tests), name="pytest", outcome="error",
                              message=(proc.stdout + proc.stderr)[-2000:])]
-        cases = parse_junit(junit, project_root)
+        cases = parse_junit(junit, host_url)
     if proc.returncode == 5 or not cases:
         return [TestCase(suite=str(tests), name="pytest", outcome="error",
                          message=f"no tests collected in {tests}")]
     return cases
 
 
-def parse_junit(path: Path, project_root: Path) -> list[TestCase]:
-    """Read pytest's JUnit XML into test cases."""
-    del project_root
+def parse_junit(path: Path, host_url: str | None = None) -> list[TestCase]:
+    """Read pytest's JUnit XML into test cases.
+
+    Args:
+        path: the file `pytest --junitxml` wrote.
+        host_url: the `--hosts` URL the suite ran against; testinfra puts it in
+            every test id (`test_x[docker://<id>-nginx]`), and it is dropped so
+            case names stay the same from one run (and container) to the next.
+    """
     cases = []
     for case in ET.parse(path).getroot().iter("testcase"):
         outcome, message = "passed", ""
@@ -235,12 +245,26 @@ def parse_junit(path: Path, project_root: Path) -> list[TestCase]:
                 outcome, message = "skipped", child.get("message") or ""
         cases.append(TestCase(
             suite=case.get("classname", ""),
-            name=case.get("name", ""),
+            name=_without_host(case.get("name", ""), host_url),
             outcome=outcome,
-            message=message.strip()[-1500:],
+            message=_shorten(message.strip()),
             seconds=float(case.get("time") or 0),
         ))
     return cases
+
+
+def _shorten(message: str, limit: int = 1500) -> str:
+    """Keep the assertion (the first line) and the end of the traceback."""
+    if len(message) <= limit:
+        return message
+    first, _, rest = message.partition("\n")
+    return f"{first[:300]}\n...\n{rest[-(limit - 300):]}"
+
+
+def _without_host(name: str, host_url: str | None) -> str:
+    if not host_url:
+        return name
+    return name.replace(f"[{host_url}-", "[").replace(f"[{host_url}]", "")
 
 
 def write_junit(results: Mapping[str, VerifyResult], path: Path) -> None:

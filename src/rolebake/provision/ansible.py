@@ -24,7 +24,13 @@ import yaml
 from rolebake.errors import BuildFailed, InputError
 from rolebake.events import LogEvent, TaskEvent
 from rolebake.plan import tree_files
-from rolebake.provision.base import ProvisionContext, Provisioner, ProvisionResult, TaskResult
+from rolebake.provision.base import (
+    ProvisionContext,
+    Provisioner,
+    ProvisionResult,
+    RunContext,
+    TaskResult,
+)
 from rolebake.spec import ImageSpec, Project
 from rolebake.yamlfile import load_yaml
 
@@ -105,7 +111,8 @@ class AnsibleProvisioner(Provisioner):
             raise BuildFailed(
                 "could not bootstrap python3 for Ansible in the build container",
                 details=result.tail(),
-                hint="use a base image with python3 or apt-get (e.g. `rolebake base debian:bookworm`)",
+                hint="use a base image with python3 or apt-get "
+                     "(e.g. `rolebake base debian:bookworm`)",
             )
         lines = result.output.strip().splitlines()
         added = next((line.split(":", 1)[1].split() for line in lines
@@ -116,9 +123,32 @@ class AnsibleProvisioner(Provisioner):
         ctx.events(LogEvent(ctx.layer.id, summary))
 
     def provision(self, ctx: ProvisionContext, *, idempotence: bool = False) -> ProvisionResult:
-        """Run the roles with ansible-runner and report each task as it goes."""
+        """Run the roles in the build container and report each task as it goes."""
+        host_vars: dict[str, Any] = {
+            "ansible_connection": "community.docker.docker_api",
+            "ansible_host": ctx.container.id,
+            "ansible_user": "root",
+            "ansible_python_interpreter": "/usr/bin/python3",
+            # Enable systemd units offline: there is no systemd running in a
+            # build container; start/restart requests are skipped with a warning.
+            "ansible_docker_extra_env": {"SYSTEMD_OFFLINE": "1"},
+        }
+        return self.apply(ctx, host_vars, idempotence=idempotence)
+
+    def apply(self, ctx: RunContext, host_vars: Mapping[str, Any], *,
+              idempotence: bool = False) -> ProvisionResult:
+        """Apply the layer's roles with ansible-runner to one host (a container, a VM).
+
+        Args:
+            ctx: the run's context.
+            host_vars: how Ansible reaches the host (connection, address, user).
+            idempotence: this is the second, checking pass.
+
+        Returns:
+            Every task's result.
+        """
         with _private_data_dir(ctx) as data_dir:
-            playbook = self._write_run_files(ctx, data_dir)
+            playbook = self._write_run_files(ctx, data_dir, host_vars)
             watcher = _EventWatcher(ctx)
             thread, runner = _runner_async(
                 private_data_dir=str(data_dir),
@@ -165,18 +195,11 @@ class AnsibleProvisioner(Provisioner):
 
     # ----------------------------------------------------------------------------------
 
-    def _write_run_files(self, ctx: ProvisionContext, data_dir: Path) -> str:
+    def _write_run_files(self, ctx: RunContext, data_dir: Path,
+                         target_vars: Mapping[str, Any]) -> str:
         layer = self.layer
         host = "rolebake-build"
-        host_vars: dict[str, Any] = {
-            "ansible_connection": "community.docker.docker_api",
-            "ansible_host": ctx.container.id,
-            "ansible_user": "root",
-            "ansible_python_interpreter": "/usr/bin/python3",
-            # Enable systemd units offline: there is no systemd running in a
-            # build container; start/restart requests are skipped with a warning.
-            "ansible_docker_extra_env": {"SYSTEMD_OFFLINE": "1"},
-        }
+        host_vars = dict(target_vars)
         if ctx.secrets is not None:
             host_vars.update(ctx.secrets.ansible_vars())
         groups = _playbook_groups(layer.playbook) if layer.playbook else set()
@@ -197,7 +220,7 @@ class AnsibleProvisioner(Provisioner):
         _write(data_dir / "project" / "rolebake.yml", yaml.safe_dump(play, sort_keys=False))
         return "rolebake.yml"
 
-    def _envvars(self, ctx: ProvisionContext, data_dir: Path) -> dict[str, str]:
+    def _envvars(self, ctx: RunContext, data_dir: Path) -> dict[str, str]:
         roles_path = [str(self.project.roles_dir.resolve())]
         if self.layer.playbook is not None:
             roles_path.insert(0, str((self.layer.playbook.parent / "roles").resolve()))
@@ -231,7 +254,7 @@ class AnsibleProvisioner(Provisioner):
 class _EventWatcher:
     """Turns ansible-runner events into rolebake events and task results."""
 
-    ctx: ProvisionContext
+    ctx: RunContext
     results: list[TaskResult] = field(default_factory=list)
     failures: list[TaskResult] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=lambda: {"ok": 0, "changed": 0, "failed": 0})
@@ -282,7 +305,7 @@ class _EventWatcher:
         ))
 
 
-def _failure(ctx: ProvisionContext, watcher: _EventWatcher, stdout: str) -> Exception:
+def _failure(ctx: RunContext, watcher: _EventWatcher, stdout: str) -> Exception:
     if watcher.failures:
         task = watcher.failures[0]
         res = task.result
@@ -329,7 +352,7 @@ def _ansible_playbook() -> str:
 
 
 @contextlib.contextmanager
-def _private_data_dir(ctx: ProvisionContext) -> Iterator[Path]:
+def _private_data_dir(ctx: RunContext) -> Iterator[Path]:
     # Private: it may hold vault passwords and secret paths; removed afterwards.
     base = ctx.project.state_dir / "tmp"
     base.mkdir(parents=True, exist_ok=True)

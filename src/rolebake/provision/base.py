@@ -32,18 +32,24 @@ class ContainerOptions:
     volumes_from: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True)
-class ProvisionContext:
-    """Everything one provisioning pass may use."""
+@dataclass(frozen=True, kw_only=True)
+class RunContext:
+    """What applying a layer needs, whatever the target (a build container, a VM)."""
 
     project: Project
     layer: Layer
-    engine: Engine
-    container: ContainerHandle
     events: EventSink
     cancel: threading.Event
     log_path: Path
     secrets: SecretSet | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class ProvisionContext(RunContext):
+    """Everything one provisioning pass in a build container may use."""
+
+    engine: Engine
+    container: ContainerHandle
 
 
 @dataclass(frozen=True)
@@ -108,7 +114,7 @@ class Provisioner(abc.ABC):
     def input_files(self) -> list[Path]:
         """Every file the provisioner will read for this layer (hashed into the cache key)."""
 
-    def preflight(self, engine: Engine) -> None:  # noqa: B027 - optional hook
+    def preflight(self, engine: Engine) -> None:
         """Check what the build needs from the engine, before any container is made."""
 
     @contextlib.contextmanager

@@ -149,16 +149,16 @@ def parse_section(section: Fields | None, spec: ImageSpec, project: Project,
         raise InputError("provisioner chef-solo needs a `chef:` section with a `run_list:`",
                          path=spec.path, line=spec.line_of("provisioner") or 1)
     section.reject_unknown(SECTION_KEYS)
-    run_list = section.str_list("run_list", pattern=RUN_LIST_RE,
+    run_list = section.text_list("run_list", pattern=RUN_LIST_RE,
                                 what="a run-list item (recipe[name], role[name])")
     if not run_list:
         raise InputError("chef: missing `run_list:` (e.g. [\"role[web]\"])",
                          path=section.path, line=section.line)
     attributes = _attributes(section)
-    image = section.str("image", what="an image reference")
+    image = section.text("image", what="an image reference")
     if image is not None and not is_image_reference(image):
         raise section.fail("image", f"{image!r} is not an image reference")
-    path = section.str("path", what="an absolute path to chef-solo in the parent image")
+    path = section.text("path", what="an absolute path to chef-solo in the parent image")
     if path is not None and not path.startswith("/"):
         raise section.fail("path", f"{path!r} must be an absolute path (e.g. "
                                    "/opt/cinc/bin/cinc-solo)")
@@ -173,7 +173,7 @@ def parse_section(section: Fields | None, spec: ImageSpec, project: Project,
             raise InputError(f"{TOOLCHAIN_ENV}={image!r} is not an image reference",
                              path=spec.path, line=spec.line_of("chef"))
     dirs = {key: _project_dir(project, section, key) for key in DEFAULTS}
-    environment = section.str("environment", pattern=NAME_RE, what="an environment name")
+    environment = section.text("environment", pattern=NAME_RE, what="an environment name")
     return ChefOptions(
         run_list=run_list,
         attributes=attributes,
@@ -202,7 +202,7 @@ def _attributes(section: Fields) -> dict[str, Any]:
 
 
 def _project_dir(project: Project, section: Fields, key: str) -> str:
-    raw = section.str(key, what="a folder inside the project") or DEFAULTS[key]
+    raw = section.text(key, what="a folder inside the project") or DEFAULTS[key]
     path = Path(raw) if Path(raw).is_absolute() else project.root / raw
     if not project.inside(path):
         raise section.fail(key, f"{raw!r} is outside the project")

@@ -1,0 +1,251 @@
+"""`rolebake parity`: the same roles on a VM and in the image, then one suite and one diff.
+
+The image is built (or reused from the cache) as usual. A VM, either a
+throwaway local qemu VM booted from the very rootfs the base image was made
+from or an existing host over SSH, gets every layer's roles with the same vars,
+in the same order, through the same Ansible provisioner. Then the image's
+testinfra suite runs against both, and a state snapshot of both is diffed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import testinfra
+
+from rolebake.base import cache_dir, default_mirror, make_rootfs, parse_base_name
+from rolebake.build import Builder, BuildOptions
+from rolebake.engine import BUILD_ID_LABEL, ROLE_LABEL, Engine
+from rolebake.errors import BuildFailed, InputError
+from rolebake.events import EventSink, LogEvent
+from rolebake.parity.diff import ParityReport, diff_snapshots
+from rolebake.parity.snapshot import SnapshotError, take_snapshot
+from rolebake.parity.vm import QemuVM, SSHTarget, VMError, VMImage, prepare_vm_image
+from rolebake.plan import BuildPlan, Layer, plan_build
+from rolebake.provision.ansible import AnsibleProvisioner
+from rolebake.provision.base import RunContext, TaskResult
+from rolebake.spec import Project
+from rolebake.verify import TestCase, suite_for_host, wait_ready
+
+# Modules whose `path`/`dest` is a file the roles manage.
+_FILE_MODULES = {"copy", "template", "file", "lineinfile", "blockinfile", "replace",
+                 "ini_file", "get_url", "unarchive"}
+_ALWAYS_DIFFERENT = {"/etc/passwd", "/etc/group", "/etc/shadow", "/etc/gshadow"}
+
+
+@dataclass
+class ParityResult:
+    """Everything `rolebake parity` found."""
+
+    image: str
+    image_id: str
+    vm: str
+    report: ParityReport
+    container_tests: list[TestCase]
+    vm_tests: list[TestCase]
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def tests_differ(self) -> list[str]:
+        """Names of tests whose outcome is not the same on both targets."""
+        outcome_c = {c.name.split("[")[0]: c.outcome for c in self.container_tests}
+        outcome_v = {c.name.split("[")[0]: c.outcome for c in self.vm_tests}
+        return sorted(n for n in set(outcome_c) | set(outcome_v)
+                      if outcome_c.get(n) != outcome_v.get(n)
+                      or outcome_c.get(n) in ("failed", "error"))
+
+    @property
+    def ok(self) -> bool:
+        """True when the states agree and the suite passes on both."""
+        return self.report.ok and not self.tests_differ
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON form."""
+        return {
+            "image": self.image,
+            "image_id": self.image_id,
+            "vm": self.vm,
+            "ok": self.ok,
+            "state": self.report.to_dict(),
+            "tests": {
+                "container": [c.to_dict() for c in self.container_tests],
+                "vm": [c.to_dict() for c in self.vm_tests],
+                "differ": self.tests_differ,
+            },
+            "seconds": {k: round(v, 1) for k, v in self.timings.items()},
+        }
+
+
+def run_parity(engine: Engine, project: Project, image: str, vm: str, *,
+               events: EventSink) -> ParityResult:
+    """Build `image`, apply the same layers to a VM, run one suite on both and diff them.
+
+    Args:
+        engine: the container engine.
+        project: the project.
+        image: a spec name (or name:variant).
+        vm: `qemu` for a throwaway local VM, or `ssh://user@host:port` for an existing one.
+        events: progress sink.
+
+    Raises:
+        InputError: a bad --vm value, or an image built with a provisioner other than Ansible.
+        BuildFailed: the build, the VM or the provisioning of the VM failed.
+    """
+    timings: dict[str, float] = {}
+    target = None if vm == "qemu" else _parse_vm(vm)
+    plan = plan_build(project, [image])
+    for layer in plan.layers:
+        if layer.provisioner != "ansible":
+            raise InputError(f"parity applies Ansible roles; layer {layer.id} uses "
+                             f"{layer.provisioner}", path=layer.spec.path)
+    started = time.monotonic()
+    report = Builder(engine, project, events, BuildOptions()).build(plan)
+    if report.error is not None:
+        raise report.error
+    timings["build"] = time.monotonic() - started
+    final = plan.layer(image)
+    image_id = report.results[image].image_id
+    assert image_id is not None
+    with _vm(plan, target, events, timings) as (ssh, vm_image):
+        started = time.monotonic()
+        tasks = _apply_to_vm(project, plan, ssh, events)
+        timings["provision_vm"] = time.monotonic() - started
+        managed = managed_paths(tasks)
+        started = time.monotonic()
+        container_tests, container_snapshot = _container_side(engine, project, final, image_id,
+                                                              managed)
+        timings["container_checks"] = time.monotonic() - started
+        started = time.monotonic()
+        vm_tests = (suite_for_host(final.tests, ssh.url, project.root,
+                                   tuple(a for a in ssh.pytest_args()
+                                         if not a.startswith("--hosts=")))
+                    if final.tests else [])
+        try:
+            vm_snapshot = take_snapshot(testinfra.get_host(ssh.url, **ssh.testinfra_kwargs()),
+                                        managed)
+        except SnapshotError as exc:
+            raise BuildFailed(f"could not take the VM's state snapshot: {exc}") from None
+        timings["vm_checks"] = time.monotonic() - started
+    diff = diff_snapshots(
+        container_snapshot, vm_snapshot,
+        vm_only_packages=vm_image.added_packages if vm_image else (),
+        vm_only_users=vm_image.added_users if vm_image else (),
+        vm_only_groups=vm_image.added_groups if vm_image else (),
+    )
+    return ParityResult(image=image, image_id=image_id, vm=vm, report=diff,
+                        container_tests=container_tests, vm_tests=vm_tests, timings=timings)
+
+
+def managed_paths(tasks: list[TaskResult]) -> list[str]:
+    """Files and directories the roles manage, from the provisioner's own results."""
+    paths: list[str] = []
+    for task in tasks:
+        module = task.action.rsplit(".", 1)[-1]
+        if module not in _FILE_MODULES or task.status in ("skipped", "failed"):
+            continue
+        for key in ("dest", "path"):
+            value = task.args.get(key) or task.result.get(key)
+            if isinstance(value, str) and value.startswith("/") and value not in paths \
+                    and value not in _ALWAYS_DIFFERENT:
+                paths.append(value)
+                break
+    return paths
+
+
+def _parse_vm(vm: str) -> SSHTarget:
+    try:
+        return SSHTarget.parse(vm)
+    except ValueError as exc:
+        raise InputError(f"--vm {vm!r}: {exc}",
+                         hint="use --vm qemu or --vm ssh://user@host:port") from None
+
+
+@contextlib.contextmanager
+def _vm(plan: BuildPlan, target: SSHTarget | None, events: EventSink,
+        timings: dict[str, float]) -> Iterator[tuple[SSHTarget, VMImage | None]]:
+    if target is not None:
+        yield target, None
+        return
+    base = plan.layers[0]
+    image = _prepare_local_vm(base, events)
+    started = time.monotonic()
+    try:
+        with QemuVM(image, log=lambda line: events(LogEvent("vm", line))) as machine:
+            timings["vm_boot"] = time.monotonic() - started
+            events(LogEvent("vm", f"up in {timings['vm_boot']:.0f} s at {machine.ssh_target.url}"))
+            yield machine.ssh_target, image
+    except VMError as exc:
+        raise BuildFailed(f"the parity VM failed: {exc}",
+                          details=getattr(exc, "details", "") or "") from None
+
+
+def _prepare_local_vm(base: Layer, events: EventSink) -> VMImage:
+    """The VM disk made from the rootfs the base image came from."""
+    parent = base.parent
+    repository, _, suite = parent.partition(":")
+    if repository != "rolebake/debian":
+        raise InputError(
+            f"--vm qemu boots the rootfs of a `rolebake base` image; {base.id} is built on "
+            f"{parent}", path=base.spec.path, line=base.spec.line_of("from"),
+            hint="use --vm ssh://user@host:port for other bases")
+    _, suite = parse_base_name(f"debian:{suite}")
+    mirror = default_mirror()
+    rootfs = cache_dir() / "rootfs" / f"debian-{suite}"
+    if not (rootfs / ".rolebake-rootfs-complete").exists():
+        make_rootfs(rootfs, suite, mirror, events)
+    events(LogEvent("vm", "preparing the VM disk (kernel, systemd, sshd) from the base rootfs"))
+    try:
+        return prepare_vm_image(rootfs, cache_dir() / "vm" / f"debian-{suite}", mirror=mirror,
+                                log=lambda line: events(LogEvent("vm", line)))
+    except VMError as exc:
+        raise BuildFailed(f"could not prepare the parity VM: {exc}") from None
+
+
+def _apply_to_vm(project: Project, plan: BuildPlan, ssh: SSHTarget,
+                 events: EventSink) -> list[TaskResult]:
+    """Every layer's roles, parents first, with the same vars, over SSH."""
+    tasks: list[TaskResult] = []
+    run_id = uuid.uuid4().hex[:12]
+    for layer in plan.layers:
+        ctx = RunContext(project=project, layer=layer, events=events, cancel=threading.Event(),
+                         log_path=project.state_dir / "logs" /
+                         f"parity-{layer.id.replace(':', '.')}-{run_id}.log")
+        events(LogEvent(layer.id, f"applying to the VM (log: {ctx.log_path})"))
+        result = AnsibleProvisioner(project, layer).apply(ctx, ssh.ansible_host_vars())
+        tasks.extend(result.tasks)
+    return tasks
+
+
+def _container_side(engine: Engine, project: Project, layer: Layer, image_id: str,
+                    managed: list[str]) -> tuple[list[TestCase], Any]:
+    labels = {ROLE_LABEL: "verify", BUILD_ID_LABEL: uuid.uuid4().hex[:12]}
+    name = f"rolebake-parity-{layer.id.replace(':', '.')}-{labels[BUILD_ID_LABEL]}"
+    with engine.container(image_id, name=name, labels=labels, keep_alive=False) as container:
+        running = wait_ready(engine, container, layer.spec.ready)
+        if not running:
+            raise BuildFailed("the image's command exits at once; parity needs a running "
+                              "container (give the image a long-running cmd)")
+        tests = (suite_for_host(layer.tests, f"docker://{container.id}", project.root)
+                 if layer.tests else [])
+        try:
+            snapshot = take_snapshot(testinfra.get_host(f"docker://root@{container.id}"),
+                                     managed)
+        except SnapshotError as exc:
+            raise BuildFailed(f"could not take the container's state snapshot: {exc}") from None
+    return tests, snapshot
+
+
+def tests_side_by_side(result: ParityResult) -> list[str]:
+    """The suite's outcome on each target, one line per test."""
+    vm = {c.name.split("[")[0]: c.outcome for c in result.vm_tests}
+    lines = [f"{'test':<48} {'container':<10} {'vm':<10}"]
+    for case in result.container_tests:
+        name = case.name.split("[")[0]
+        lines.append(f"{name[:48]:<48} {case.outcome:<10} {vm.get(name, '-'):<10}")
+    return lines
