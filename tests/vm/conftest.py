@@ -1,8 +1,8 @@
 """The VM tier: real qemu boots of the parity VM image.
 
 The image is built once per machine from a debootstrap rootfs and reused (a few minutes the
-first time, nothing after). Set ROLEBAKE_VM_TEST_ROOTFS to a rootfs made with
-`debootstrap --variant=minbase bookworm DIR` and ROLEBAKE_VM_TEST_DIR to move the cache.
+first time, nothing after) from the rootfs `make base` keeps; ROLEBAKE_VM_TEST_ROOTFS and
+ROLEBAKE_VM_TEST_DIR move them.
 With CI=true a missing prerequisite fails the run instead of skipping it (STYLE.md).
 """
 

@@ -8,9 +8,14 @@ from pathlib import Path
 
 import pytest
 
-ROOTFS = Path(os.environ.get("ROLEBAKE_VM_TEST_ROOTFS", "/var/cache/rolebake/probe-rootfs"))
-IMAGE_DIR = Path(os.environ.get("ROLEBAKE_VM_TEST_DIR", "/var/cache/rolebake/vm-test"))
-MIRROR = os.environ.get("ROLEBAKE_VM_TEST_MIRROR", "http://deb.debian.org/debian")
+from rolebake.base import cache_dir, default_mirror
+
+# The rootfs `rolebake base debian:bookworm` (make base) keeps, and the VM image
+# `rolebake parity --vm qemu` makes from it: the tests share both with the tool.
+ROOTFS = Path(os.environ.get("ROLEBAKE_VM_TEST_ROOTFS",
+                             cache_dir() / "rootfs" / "debian-bookworm"))
+IMAGE_DIR = Path(os.environ.get("ROLEBAKE_VM_TEST_DIR", cache_dir() / "vm" / "debian-bookworm"))
+MIRROR = os.environ.get("ROLEBAKE_VM_TEST_MIRROR") or default_mirror()
 
 
 def missing(reason: str) -> None:

@@ -191,7 +191,7 @@ def test_complete_image_with_same_inputs_is_reused(tmp_path: Path) -> None:
     out = tmp_path / "vm"
     out.mkdir()
     expected = _fake_image(out)
-    mirror = "http://deb.debian.org/debian"
+    mirror = "http://mirror.example.invalid/debian"
     manifest = json.loads((out / "manifest.json").read_text())
     manifest["inputs"] = vm._inputs_key(rootfs.resolve(), mirror)
     (out / "manifest.json").write_text(json.dumps(manifest))
