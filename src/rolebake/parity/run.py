@@ -116,7 +116,12 @@ def run_parity(engine: Engine, project: Project, image: str, vm: str, *,
         started = time.monotonic()
         tasks = _apply_to_vm(project, plan, ssh, events)
         timings["provision_vm"] = time.monotonic() - started
-        managed = managed_paths(tasks)
+        # What the roles managed on either side: a task that ran only in the
+        # container (a container-only branch) names its file here too. Layers
+        # reused from the cache add only the VM's view.
+        built = [task for result in report.results.values() if result.provision
+                 for task in result.provision.tasks]
+        managed = managed_paths(built + tasks)
         started = time.monotonic()
         container_tests, container_snapshot = _container_side(engine, project, final, image_id,
                                                               managed)
@@ -227,17 +232,22 @@ def _container_side(engine: Engine, project: Project, layer: Layer, image_id: st
     labels = {ROLE_LABEL: "verify", BUILD_ID_LABEL: uuid.uuid4().hex[:12]}
     name = f"rolebake-parity-{layer.id.replace(':', '.')}-{labels[BUILD_ID_LABEL]}"
     with engine.container(image_id, name=name, labels=labels, keep_alive=False) as container:
-        running = wait_ready(engine, container, layer.spec.ready)
-        if not running:
-            raise BuildFailed("the image's command exits at once; parity needs a running "
-                              "container (give the image a long-running cmd)")
-        tests = (suite_for_host(layer.tests, f"docker://{container.id}", project.root)
-                 if layer.tests else [])
-        try:
-            snapshot = take_snapshot(testinfra.get_host(f"docker://root@{container.id}"),
-                                     managed)
-        except SnapshotError as exc:
-            raise BuildFailed(f"could not take the container's state snapshot: {exc}") from None
+        if wait_ready(engine, container, layer.spec.ready):
+            return _check_container(project, layer, container.id, managed)
+    # The image's command ends at once (a shell): its files are checked in an
+    # idle container, as verification does.
+    with engine.container(image_id, name=name + "-idle", labels=labels) as container:
+        return _check_container(project, layer, container.id, managed)
+
+
+def _check_container(project: Project, layer: Layer, container_id: str,
+                     managed: list[str]) -> tuple[list[TestCase], Any]:
+    tests = (suite_for_host(layer.tests, f"docker://{container_id}", project.root)
+             if layer.tests else [])
+    try:
+        snapshot = take_snapshot(testinfra.get_host(f"docker://root@{container_id}"), managed)
+    except SnapshotError as exc:
+        raise BuildFailed(f"could not take the container's state snapshot: {exc}") from None
     return tests, snapshot
 
 
