@@ -22,7 +22,14 @@ from pathlib import Path
 from typing import Any
 
 from rolebake import __version__
-from rolebake.engine import BUILD_ID_LABEL, ROLE_LABEL, Engine, ImageInfo, commit_config
+from rolebake.engine import (
+    BUILD_ID_LABEL,
+    ROLE_LABEL,
+    ContainerHandle,
+    Engine,
+    ImageInfo,
+    commit_config,
+)
 from rolebake.errors import BuildFailed, InputError, Interrupted, RolebakeError, TestsFailed
 from rolebake.events import EventSink, LogEvent, StepEvent
 from rolebake.plan import (
@@ -304,7 +311,7 @@ class Builder:
             parent.id, name=name, labels=labels, mounts=options.mounts,
             volumes_from=options.volumes_from,
             tmpfs=secrets.tmpfs() if secrets else None,
-        ) as container:
+        ) as container, self._watched(container, result):
             self._step(layer, result, Step.CREATE, lambda: container.name,
                        message_of=lambda created: created)
             ctx = ProvisionContext(project=self.project, layer=layer, engine=self.engine,
@@ -343,6 +350,26 @@ class Builder:
             return self._step(layer, result, Step.COMMIT,
                               lambda: self.engine.commit(container, config),
                               message_of=lambda image_id: image_id.split(":")[-1][:12])
+
+    @contextlib.contextmanager
+    def _watched(self, container: ContainerHandle, result: LayerResult) -> Iterator[None]:
+        """Say so plainly when a step failed because the build container itself stopped."""
+        try:
+            yield
+        except RolebakeError as exc:
+            if self.cancel.is_set() or isinstance(exc, Interrupted) or self._running(container):
+                raise
+            step = next((k for k, v in result.steps.items() if v == StepStatus.FAILED.value),
+                        "the build")
+            raise BuildFailed(f"the build container {container.name} stopped during {step} "
+                              "(killed from outside, or the engine restarted)",
+                              details=exc.message, hint=exc.hint) from None
+
+    def _running(self, container: ContainerHandle) -> bool:
+        try:
+            return bool(self.engine.container_state(container).get("Running"))
+        except Exception:  # gone, or no engine to ask: not running either way
+            return False
 
     def _after_commit(self, layer: Layer, image_id: str, parent: ImageInfo, inputs: LayerInputs,
                       result: LayerResult) -> None:

@@ -151,13 +151,21 @@ def build(ctx: click.Context, images: tuple[str, ...], no_cache: bool, jobs: int
     from rolebake.build import Builder, BuildOptions
     from rolebake.engine import Engine
     from rolebake.plan import plan_build
+    from rolebake.provision import provisioner_class
     from rolebake.report import build_summary
-    from rolebake.secrets import SecretSet
+    from rolebake.secrets import SecretSet, vault_values
     from rolebake.verify import write_junit
 
     project = _project(ctx)
     plan = plan_build(project, images)
     secret_set = SecretSet.from_cli(secrets, vault_password_file)
+    # Vaulted values are secrets too; a wrong password is found here, before any container.
+    files = {f for layer in plan.layers
+             for f in provisioner_class(layer.provisioner)(project, layer).input_files()}
+    vaulted = vault_values(sorted(files), secret_set.vault_password if secret_set else None)
+    if vaulted:
+        secret_set = secret_set or SecretSet()
+        secret_set.add_values(vaulted)
     sensitive = {v for layer in plan.layers for v in layer.sensitive_vars}
     if sensitive:
         secret_set = secret_set or SecretSet()
@@ -390,9 +398,12 @@ _AGE = re.compile(r"^(\d+)([smhd])$")
 @click.option("--older-than", default="0s", show_default=True,
               help="Only leftovers at least this old (30m, 2h, 1d).")
 @click.option("--dry-run", is_flag=True, help="List what would be removed.")
+@click.option("--label", "labels", multiple=True, metavar="KEY=VALUE",
+              help="Only leftovers carrying this label too (e.g. rolebake.build-id=ID); "
+                   "on a shared engine, keeps `clean` to your own builds.")
 @click.pass_context
 @_handled
-def clean(ctx: click.Context, older_than: str, dry_run: bool) -> None:
+def clean(ctx: click.Context, older_than: str, dry_run: bool, labels: tuple[str, ...]) -> None:
     """Remove leftovers with rolebake's labels: build/verify containers, failed images."""
     from rolebake.cleanup import find_leftovers, remove_leftovers
     from rolebake.engine import Engine
@@ -402,8 +413,14 @@ def clean(ctx: click.Context, older_than: str, dry_run: bool) -> None:
     if not match:
         raise InputError(f"--older-than {older_than!r}: expected a number and s, m, h or d")
     seconds = int(match.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
+    wanted: dict[str, str] = {}
+    for label in labels:
+        key, sep, value = label.partition("=")
+        if not sep or not key or not value:
+            raise InputError(f"--label {label!r}: expected KEY=VALUE")
+        wanted[key] = value
     engine = Engine.connect()
-    leftovers = find_leftovers(engine, dt.timedelta(seconds=seconds))
+    leftovers = find_leftovers(engine, dt.timedelta(seconds=seconds), wanted)
     for item in leftovers:
         click.echo(f"{'would remove' if dry_run else 'removing'} {item.kind} {item.name}"
                    f" ({item.age})")

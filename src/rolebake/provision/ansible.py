@@ -37,6 +37,7 @@ from rolebake.yamlfile import load_yaml
 REMOTE_TMP = "/tmp/.rolebake-ansible"
 IDEMPOTENCE_SKIP_TAGS = "molecule-notest,molecule-idempotence-notest"
 _ERROR_LOCATION = re.compile(r"The error appears to be in '([^']+)': line (\d+)")
+_INPUT_FAULT = re.compile(r"Could not find or access '[^']+'|'[^']+' is undefined")
 _OFFENDING = re.compile(r"(?:Origin|origin): ([^\s:]+):(\d+)")
 
 
@@ -257,6 +258,7 @@ class _EventWatcher:
     ctx: RunContext
     results: list[TaskResult] = field(default_factory=list)
     failures: list[TaskResult] = field(default_factory=list)
+    failure_paths: list[str] = field(default_factory=list)  # "file:line" of each failed task
     counts: dict[str, int] = field(default_factory=lambda: {"ok": 0, "changed": 0, "failed": 0})
 
     def __call__(self, event: Mapping[str, Any]) -> bool:
@@ -290,6 +292,7 @@ class _EventWatcher:
             self.results.append(task)
             if status == "failed":
                 self.failures.append(task)
+                self.failure_paths.append(str(data.get("task_path") or ""))
             self._emit(data, status)
         return True
 
@@ -314,6 +317,15 @@ def _failure(ctx: RunContext, watcher: _EventWatcher, stdout: str) -> Exception:
             str(res[key]).rstrip() for key in ("stderr", "module_stderr", "stdout")
             if res.get(key)
         )
+        # A task that names a file or variable that is not there is bad input in
+        # the role, not a failed build: exit 2, at the task's file and line.
+        fault = _INPUT_FAULT.search(message)
+        task_path = watcher.failure_paths[0] if watcher.failure_paths else ""
+        if fault and task_path:
+            path, _, line = task_path.rpartition(":")
+            return InputError(f"task {task.name!r}: {fault.group(0)}", path=path or task_path,
+                              line=int(line) if line.isdigit() else None,
+                              hint=f"full Ansible log: {ctx.log_path}")
         where = f"role {task.role}, " if task.role else ""
         return BuildFailed(
             f"task {task.name!r} ({where}module {task.action}) failed: {_first_line(message)}",
