@@ -45,6 +45,9 @@ __all__ = [
 #: dependencies come too; `VMImage.added_packages` holds the full list actually installed.
 #: dbus is here because hostnamectl/timedatectl (and Ansible modules built on them) fail
 #: without it on a real server, and parity should compare against a realistic server.
+#: python3-apt is what Ansible's apt module needs: in a build container rolebake's
+#: bootstrap adds and removes it; on the VM it would otherwise be installed by the
+#: module itself and show up as a difference the roles never asked for.
 BOOT_PACKAGES: tuple[str, ...] = (
     "linux-image-cloud-amd64",
     "systemd-sysv",
@@ -52,6 +55,7 @@ BOOT_PACKAGES: tuple[str, ...] = (
     "dbus",
     "openssh-server",
     "python3",
+    "python3-apt",
 )
 
 VM_HOSTNAME = "rolebake-vm"
