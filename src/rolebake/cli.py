@@ -395,7 +395,7 @@ _AGE = re.compile(r"^(\d+)([smhd])$")
 
 
 @main.command()
-@click.option("--older-than", default="0s", show_default=True,
+@click.option("--older-than", default="1h", show_default=True,
               help="Only leftovers at least this old (30m, 2h, 1d).")
 @click.option("--dry-run", is_flag=True, help="List what would be removed.")
 @click.option("--label", "labels", multiple=True, metavar="KEY=VALUE",

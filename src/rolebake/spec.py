@@ -44,6 +44,11 @@ def is_image_reference(value: str) -> bool:
     return len(value) <= 255 and bool(REFERENCE_RE.match(value))
 
 
+def is_tag(value: str) -> bool:
+    """Tell whether `value` can name an image: a reference without a digest."""
+    return "@" not in value and is_image_reference(value)
+
+
 @dataclass(frozen=True)
 class HealthCheck:
     """A HEALTHCHECK for the image config, as Docker stores it."""
@@ -409,7 +414,7 @@ def load_spec(project: Project, name: str) -> ImageSpec:
     roles = top.text_list("roles", pattern=ROLE_NAME_RE, what="a role name")
     playbook = _project_path(project, top, "playbook")
     config = _config(top.mapping("config"))
-    tags = top.text_list("tags", check=is_image_reference, what="an image reference")
+    tags = top.text_list("tags", check=is_tag, what="a tag (name:tag, no digest)")
     if not tags:
         tags = (f"rolebake/{name}:latest",)
     tests_path = _project_path(project, top, "tests")
@@ -611,7 +616,7 @@ def _variants(top: Fields, name: str) -> tuple[Variant, ...]:
                 "(a variant is a layer of extra roles)",
                 path=section.path, line=line,
             )
-        tags = body.text_list("tags", check=is_image_reference, what="an image reference")
+        tags = body.text_list("tags", check=is_tag, what="a tag (name:tag, no digest)")
         variants.append(Variant(
             name=variant_name,
             roles_append=roles,

@@ -189,7 +189,11 @@ def test_clean_lists_then_removes_a_leftover(bad: Bad, engine: docker.DockerClie
         BASE_IMAGE, [], entrypoint=["sleep", "infinity"], detach=True, name=name,
         labels={"rolebake.role": "build", "rolebake.build-id": build_id})
     try:
-        listed = run_cli("clean", "--dry-run", cwd=bad.project.root)
+        # By default only leftovers older than an hour go (a running build is younger).
+        default = run_cli("clean", "--dry-run", "--label", f"rolebake.build-id={build_id}",
+                          cwd=bad.project.root)
+        assert default.rc == 0 and name not in default.stdout, default.output
+        listed = run_cli("clean", "--dry-run", "--older-than", "0s", cwd=bad.project.root)
         assert listed.rc == 0, listed.output
         assert re.search(rf"^would remove container {name} \(\d+s old\)$", listed.stdout,
                          re.M), listed.stdout
@@ -197,7 +201,7 @@ def test_clean_lists_then_removes_a_leftover(bad: Bad, engine: docker.DockerClie
         label = f"rolebake.build-id={build_id}"
         young = run_cli("clean", "--older-than", "1d", "--label", label, cwd=bad.project.root)
         assert young.rc == 0 and young.stdout.strip() == "0 leftover(s) removed", young.output
-        removed = run_cli("clean", "--label", label, cwd=bad.project.root)
+        removed = run_cli("clean", "--older-than", "0s", "--label", label, cwd=bad.project.root)
         assert removed.rc == 0, removed.output
         assert removed.stdout.splitlines() == [
             f"removing container {name} ({removed.stdout.split('(')[1].split(')')[0]})",
