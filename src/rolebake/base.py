@@ -6,21 +6,19 @@ made from, so the VM and the container start from the very same bytes.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
-import fcntl
 import os
 import re
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from rolebake.engine import ROLE_LABEL, Engine, ImageInfo
 from rolebake.errors import BuildFailed, InputError
 from rolebake.events import EventSink, LogEvent
+from rolebake.locks import exclusive
 
 SUPPORTED = {"debian": ("bookworm", "trixie", "bullseye")}
 BASE_REPOSITORY = "rolebake/debian"
@@ -113,7 +111,7 @@ def ensure_base(engine: Engine, name: str = "debian:bookworm", *, mirror: str | 
             make_rootfs(rootfs, suite, mirror, events)
         return BaseImage(ref, existing.id, rootfs, suite, existing.labels.get(
             "rolebake.base.mirror", mirror), reused=True)
-    with _locked(rootfs.parent / f".{rootfs.name}.lock"):
+    with exclusive(rootfs.parent / f".{rootfs.name}.lock"):
         if rebuild or not (rootfs / COMPLETE_STAMP).exists():
             make_rootfs(rootfs, suite, mirror, events, replace=rebuild)
         image = _import(engine, rootfs, ref, suite, mirror, events)
@@ -175,17 +173,6 @@ def _import(engine: Engine, rootfs: Path, ref: str, suite: str, mirror: str,
         image = engine.import_rootfs(tarball, ref, changes)
     events(LogEvent("base", f"{ref} is {image.short_id}"))
     return image
-
-
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _now() -> str:

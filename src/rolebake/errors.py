@@ -19,6 +19,9 @@ class RolebakeError(Exception):
         self.details = details
         self.hint = hint
 
+    def __str__(self) -> str:
+        return f"{self.message}\n{self.details}" if self.details else self.message
+
 
 class InputError(RolebakeError):
     """Bad input: a spec, role, playbook, vars file, tag or base image (exit 2)."""

@@ -17,6 +17,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
+from rolebake.errors import BuildFailed
+
 __all__ = [
     "ACCOUNTS_SCRIPT",
     "FACTS_SCRIPT",
@@ -41,20 +43,8 @@ __all__ = [
 SNAPSHOT_FORMAT = 1
 
 
-class SnapshotError(Exception):
-    """A snapshot command failed or printed something we cannot parse.
-
-    Local to the parity package for now; the lead maps it into rolebake's error tree
-    (exit code 1).
-    """
-
-    def __init__(self, message: str, *, details: str = "") -> None:
-        super().__init__(message)
-        self.message = message
-        self.details = details
-
-    def __str__(self) -> str:
-        return f"{self.message}\n{self.details}" if self.details else self.message
+class SnapshotError(BuildFailed):
+    """A snapshot command failed or printed something we cannot parse (exit 1)."""
 
 
 class CommandResult(Protocol):

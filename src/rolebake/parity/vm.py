@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import fcntl
 import hashlib
 import json
 import os
@@ -29,6 +28,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 from urllib.parse import urlsplit
+
+from rolebake.errors import BuildFailed
+from rolebake.locks import exclusive
 
 __all__ = [
     "BOOT_PACKAGES",
@@ -78,25 +80,12 @@ _POWEROFF = "(sleep 1; systemctl poweroff) >/dev/null 2>&1 &"
 Log = Callable[[str], None]
 
 
-class VMError(Exception):
-    """Preparing, booting or reaching a parity VM failed.
+class VMError(BuildFailed):
+    """Preparing, booting or reaching a parity VM failed (exit 1).
 
-    Local to the parity package for now; the lead maps it into rolebake's error tree
-    (`errors.RolebakeError`, exit code 1; an interrupt still surfaces as KeyboardInterrupt
-    or the CLI's SIGTERM exception and becomes 130/143 there).
-
-    Attributes:
-        message: One line saying what failed.
-        details: Evidence for the user: the tail of a command's output or of the serial console.
+    `details` carries the evidence: the tail of a command's output or of the
+    serial console. An interrupt still surfaces as the CLI's Interrupted.
     """
-
-    def __init__(self, message: str, *, details: str = "") -> None:
-        super().__init__(message)
-        self.message = message
-        self.details = details
-
-    def __str__(self) -> str:
-        return f"{self.message}\n{self.details}" if self.details else self.message
 
 
 # --------------------------------------------------------------------------- SSH target
@@ -339,7 +328,7 @@ def prepare_vm_image(
         raise VMError(f"{rootfs} is not a Debian rootfs (no var/lib/dpkg/status)")
     out_dir.mkdir(parents=True, exist_ok=True)
     inputs_key = _inputs_key(rootfs, mirror)
-    with _locked(out_dir / ".lock"):
+    with exclusive(out_dir / ".lock"):
         image = VMImage.load(out_dir)
         if image is not None and _manifest_key(out_dir) == inputs_key:
             say(f"reusing VM image in {out_dir}")
@@ -549,17 +538,6 @@ def _tree_bytes(root: Path) -> int:
             st = os.lstat(os.path.join(dirpath, name))
             total += max(st.st_size, 4096)
     return total
-
-
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """Serialise builds of one out_dir (two parity runs at once would clobber each other)."""
-    with path.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 @contextlib.contextmanager
