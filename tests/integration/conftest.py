@@ -74,13 +74,20 @@ class TestProject:
             return None
 
     def build_containers(self) -> list[str]:
-        """Containers rolebake made for builds or checks of this project, still present."""
+        """Containers rolebake made for builds or checks of this project, still present.
+
+        In CI the tests run one at a time, so every build, verify or scan
+        container counts; on a shared development engine only those whose name
+        or layer carries this project's token do.
+        """
+        strict = os.environ.get("CI") == "true"
         found = []
         for role in ("build", "verify", "scan"):
             for container in self.client.containers.list(
                     all=True, filters={"label": f"rolebake.role={role}"}):
                 labels = container.labels
-                if self.token in container.name or self.token in labels.get("rolebake.layer", ""):
+                if strict or self.token in container.name \
+                        or self.token in labels.get("rolebake.layer", ""):
                     found.append(container.name)
         return found
 

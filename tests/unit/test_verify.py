@@ -100,7 +100,7 @@ PYTEST_JUNIT = """<?xml version="1.0" encoding="utf-8"?>
 <testsuites><testsuite name="pytest" errors="1" failures="1" skipped="1" tests="5" time="1.2">
 <testcase classname="tests.images.web.test_web" name="test_pkg[docker://abc123-nginx]" time="0.5"/>
 <testcase classname="tests.images.web.test_web" name="test_conf[docker://abc123]" time="0.25">
-<failure message="assert 420 == 384&#10; +  where 420 = &lt;file&gt;.mode">host = x
+<failure message="AssertionError: assert 420 == 384&#10; +  where 420 = &lt;file&gt;.mode">host = x
     def test_conf(host):
 &gt;       assert host.file("/etc/x").mode == 0o600
 E       assert 420 == 384</failure></testcase>
@@ -121,7 +121,7 @@ def test_parse_junit_reads_outcomes_and_drops_the_host(tmp_path: Path) -> None:
         ("test_pkg[nginx]", "passed"), ("test_conf", "failed"), ("test_later", "skipped"),
         ("test_fixture", "error"), ("test_ids", "passed")]
     conf = cases[1]
-    assert conf.message.splitlines()[0] == "assert 420 == 384"  # the assertion first
+    assert conf.message.splitlines()[0] == "AssertionError: assert 420 == 384"  # first
     assert "E       assert 420 == 384" in conf.message
     assert conf.seconds == 0.25 and conf.suite == "tests.images.web.test_web"
     assert parse_junit(path)[0].name == "test_pkg[docker://abc123-nginx]"
@@ -132,7 +132,7 @@ def test_long_tracebacks_keep_the_assertion(tmp_path: Path) -> None:
     path.write_text(PYTEST_JUNIT.replace("host = x", "host = x\n" + "frame\n" * 800))
     message = parse_junit(path, "docker://abc123")[1].message
     assert len(message) <= 1510
-    assert message.startswith("assert 420 == 384")
+    assert message.startswith("AssertionError: assert 420 == 384")
     assert message.endswith("E       assert 420 == 384")
 
 
@@ -163,7 +163,7 @@ def test_write_junit_round_trip_lists_every_case(tmp_path: Path) -> None:
     assert failure is not None
     assert failure.get("message") == "User: expected 'www-data', image has 'root'"
     conf = web.find("testcase[@name='test_conf']/failure")
-    assert conf is not None and conf.get("message") == "assert 420 == 384"
+    assert conf is not None and conf.get("message") == "AssertionError: assert 420 == 384"
     assert web.find("testcase[@name='test_fixture']/error") is not None
     assert web.find("testcase[@name='test_later']/skipped") is not None
 
