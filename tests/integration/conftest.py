@@ -7,6 +7,7 @@ leftovers can be told apart from other builds running at the same time.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import uuid
@@ -27,7 +28,7 @@ def _engine() -> docker.DockerClient:
     try:
         client = docker.from_env()
         client.ping()
-    except Exception as exc:  # noqa: BLE001 - any failure means "no engine"
+    except Exception as exc:
         if os.environ.get("CI") == "true":
             pytest.fail(f"CI needs a Docker engine and none answers: {exc}")
         pytest.skip(f"no Docker engine: {exc}")
@@ -124,7 +125,5 @@ def project(tmp_path: Path, engine: docker.DockerClient) -> Iterator[TestProject
     for image in engine.images.list():
         for tag in image.tags:
             if tag.startswith(f"rbt-{token}/"):
-                try:
+                with contextlib.suppress(docker.errors.APIError):
                     engine.images.remove(tag, force=True)
-                except docker.errors.APIError:
-                    pass

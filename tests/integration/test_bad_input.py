@@ -19,6 +19,7 @@ from pathlib import Path
 
 import docker
 import pytest
+
 from tests.conftest import Run, run_cli
 from tests.integration.conftest import BASE_IMAGE, TestProject
 from tests.integration.tinyproject import (

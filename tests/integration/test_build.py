@@ -6,6 +6,7 @@ Invariants 1 (no container left, no tag moved on failure or interrupt) and 3
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import subprocess
@@ -37,8 +38,9 @@ def add_task(project: TestProject, role: str, task: str) -> None:
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory, engine: docker.DockerClient):
     """The web and app images, built once for the module's content checks."""
-    from tests.integration.conftest import copy_project
     import uuid
+
+    from tests.integration.conftest import copy_project
 
     token = uuid.uuid4().hex[:8]
     root = tmp_path_factory.mktemp("built") / "project"
@@ -49,10 +51,8 @@ def built(tmp_path_factory: pytest.TempPathFactory, engine: docker.DockerClient)
     assert result.rc == 0, result.output
     yield project, json.loads(result.stdout)
     for tag in (project.tag("base"), project.tag("web"), project.tag("app")):
-        try:
+        with contextlib.suppress(docker.errors.APIError):
             engine.images.remove(tag)
-        except docker.errors.APIError:
-            pass
 
 
 def test_image_has_what_the_roles_put_there(built) -> None:

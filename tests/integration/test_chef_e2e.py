@@ -26,6 +26,7 @@ from pathlib import Path
 
 import docker
 import pytest
+
 from tests.conftest import REPO, run_cli
 from tests.integration.conftest import TestProject
 

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import docker
 import pytest
+
 from tests.conftest import run_cli
 from tests.integration.conftest import TestProject
 from tests.integration.tinyproject import (

@@ -22,6 +22,7 @@ from typing import Any
 
 import docker
 import pytest
+
 from tests.conftest import REPO, Run, run_cli
 from tests.integration.conftest import TestProject
 from tests.integration.tinyproject import add_role, add_spec, new_project, remove_project_images

@@ -22,6 +22,7 @@ from pathlib import Path
 import docker
 import pytest
 import yaml
+
 from tests.conftest import run_cli
 from tests.integration.conftest import BASE_IMAGE, TestProject, copy_project
 

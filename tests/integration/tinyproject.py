@@ -24,6 +24,7 @@ from typing import Any
 
 import docker
 import yaml
+
 from tests.conftest import REPO, Run
 from tests.integration.conftest import BASE_IMAGE, TestProject, copy_project
 

@@ -86,14 +86,16 @@ def test_unknown_image_suggests_a_name(project: Path) -> None:
 
 def test_unknown_variant(project: Path) -> None:
     (project / "images" / "web.yml").write_text(
-        "from: rolebake/debian:bookworm\nroles: [web]\nvariants:\n  dev: {roles_append: [devtools]}\n")
+        "from: rolebake/debian:bookworm\nroles: [web]\n"
+        "variants:\n  dev: {roles_append: [devtools]}\n")
     result = run_cli("build", "web:prod", cwd=project, env=NO_ENGINE, timeout=180)
     assert result.rc == 2
     assert "image 'web' has no variant 'prod'; variants: dev" in result.stderr
 
 
 def test_good_spec_reaches_the_engine_and_exits_4_without_one(project: Path) -> None:
-    (project / "images" / "base.yml").write_text("from: rolebake/debian:bookworm\nroles: [common]\n")
+    (project / "images" / "base.yml").write_text(
+        "from: rolebake/debian:bookworm\nroles: [common]\n")
     result = run_cli("build", "base", cwd=project, env=NO_ENGINE, timeout=180)
     assert result.rc == 4, result.output
     assert "no container engine answers at unix:///nonexistent/rolebake-test.sock" in result.stderr

@@ -15,9 +15,10 @@ from pathlib import Path
 
 import docker
 import pytest
+from vm_support import require_tools
+
 from tests.conftest import run_cli
 from tests.integration.conftest import BASE_IMAGE, TestProject, copy_project
-from vm_support import require_tools
 
 pytestmark = [pytest.mark.vm, pytest.mark.integration]
 
