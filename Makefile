@@ -31,7 +31,7 @@ demo: base
 	@scripts/demo-run.sh rolebake/web:latest $(DEMO_PORT)
 
 lint: install
-	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff check src tests $(wildcard bench)
 	$(BIN)/mypy
 
 unit: install
