@@ -134,6 +134,10 @@ class AnsibleProvisioner(Provisioner):
             # build container; start/restart requests are skipped with a warning.
             "ansible_docker_extra_env": {"SYSTEMD_OFFLINE": "1"},
         }
+        if os.environ.get("DOCKER_HOST"):
+            # The connection plugin does not read DOCKER_HOST by itself: name the
+            # engine, or Ansible would look for the container on the default socket.
+            host_vars["ansible_docker_docker_host"] = os.environ["DOCKER_HOST"]
         return self.apply(ctx, host_vars, idempotence=idempotence)
 
     def apply(self, ctx: RunContext, host_vars: Mapping[str, Any], *,
