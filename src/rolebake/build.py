@@ -159,6 +159,11 @@ class Cache:
         found = self.engine.image(self.tag_for(layer, key))
         if found is not None and found.labels.get(CACHE_KEY_LABEL) == key:
             return CacheDecision(hit=True, key=key, image_id=found.id)
+        if self.engine.images({CACHE_KEY_LABEL: key, ROLE_LABEL: "image"}):
+            # Same inputs, but that image never passed verification: it is not reused.
+            return CacheDecision(hit=False, key=key, reasons=(
+                "inputs unchanged, but the last image was never verified (--no-verify, "
+                "failed checks or an interrupted build); it is not reused",))
         return CacheDecision(hit=False, key=key, reasons=explain_miss(inputs, self.previous(layer)))
 
     def previous(self, layer: Layer) -> LayerInputs | None:
