@@ -100,7 +100,9 @@ def python_base(client: docker.DockerClient, project: TestProject) -> str:
         detach=True, name=f"rbt-{project.token}-pybase", labels={"rbt": project.token})
     try:
         assert container.wait(timeout=600)["StatusCode"] == 0, container.logs().decode()
-        container.commit(repository=ref.split(":")[0], tag="1")
+        # The install command must not become the image's CMD: containers of it
+        # would run apt for seconds and then stop under the suite's feet.
+        container.commit(repository=ref.split(":")[0], tag="1", changes=['CMD ["bash"]'])
     finally:
         container.remove(force=True)
     return ref
