@@ -117,9 +117,8 @@ def _progress(ctx: click.Context, redact: Callable[[str], str] = lambda s: s) ->
 @click.option("--debug", is_flag=True, help="Show Python tracebacks.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress output.")
 def main(project: Path | None, debug: bool, quiet: bool) -> None:
-    r"""Bake immutable container images from your Ansible roles (or Chef-solo cookbooks).
+    """Bake immutable container images from your Ansible roles (or Chef-solo cookbooks).
 
-    \b
     Exit codes: 0 ok, 1 build failed, 2 bad input, 3 image tests failed,
     4 no container engine, 5 parity differences, 130/143 interrupted.
     """

@@ -140,7 +140,7 @@ def plan_table(rows: Iterable[dict[str, Any]]) -> list[str]:
     for row in rows:
         indent = "  " * row["depth"]
         status = row["status"]
-        image = f" {row['image'][:12]}" if row.get("image") else ""
+        image = f" {row['image'].split(':')[-1][:12]}" if row.get("image") else ""
         lines.append(f"{indent}{row['layer']}  [{status}]{image}  <- {row['parent']}")
         for reason in row.get("reasons", []):
             lines.append(f"{indent}    - {reason}")
