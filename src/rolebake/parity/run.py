@@ -135,7 +135,8 @@ def run_parity(engine: Engine, project: Project, image: str, vm: str, *,
             vm_snapshot = take_snapshot(testinfra.get_host(ssh.url, **ssh.testinfra_kwargs()),
                                         managed)
         except SnapshotError as exc:
-            raise BuildFailed(f"could not take the VM's state snapshot: {exc}") from None
+            raise BuildFailed(f"could not take the VM's state snapshot: {exc.message}",
+                              details=exc.details) from None
         timings["vm_checks"] = time.monotonic() - started
     diff = diff_snapshots(
         container_snapshot, vm_snapshot,
@@ -186,8 +187,7 @@ def _vm(plan: BuildPlan, target: SSHTarget | None, events: EventSink,
             events(LogEvent("vm", f"up in {timings['vm_boot']:.0f} s at {machine.ssh_target.url}"))
             yield machine.ssh_target, image
     except VMError as exc:
-        raise BuildFailed(f"the parity VM failed: {exc}",
-                          details=getattr(exc, "details", "") or "") from None
+        raise BuildFailed(f"the parity VM failed: {exc.message}", details=exc.details) from None
 
 
 def _prepare_local_vm(base: Layer, events: EventSink) -> VMImage:
@@ -209,7 +209,8 @@ def _prepare_local_vm(base: Layer, events: EventSink) -> VMImage:
         return prepare_vm_image(rootfs, cache_dir() / "vm" / f"debian-{suite}", mirror=mirror,
                                 log=lambda line: events(LogEvent("vm", line)))
     except VMError as exc:
-        raise BuildFailed(f"could not prepare the parity VM: {exc}") from None
+        raise BuildFailed(f"could not prepare the parity VM: {exc.message}",
+                          details=exc.details) from None
 
 
 def _apply_to_vm(project: Project, plan: BuildPlan, ssh: SSHTarget,
@@ -247,7 +248,8 @@ def _check_container(project: Project, layer: Layer, container_id: str,
     try:
         snapshot = take_snapshot(testinfra.get_host(f"docker://root@{container_id}"), managed)
     except SnapshotError as exc:
-        raise BuildFailed(f"could not take the container's state snapshot: {exc}") from None
+        raise BuildFailed(f"could not take the container's state snapshot: {exc.message}",
+                          details=exc.details) from None
     return tests, snapshot
 
 
