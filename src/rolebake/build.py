@@ -167,7 +167,15 @@ class Cache:
         return CacheDecision(hit=False, key=key, reasons=explain_miss(inputs, self.previous(layer)))
 
     def previous(self, layer: Layer) -> LayerInputs | None:
-        """Inputs of the most recent verified build of the same layer."""
+        """Inputs of the last build of this layer, to explain a miss.
+
+        The image the layer's own tag names comes first; otherwise the most recent
+        verified build of a layer of that name on the engine.
+        """
+        for tag in layer.tags:
+            tagged = self.engine.image(tag)
+            if tagged is not None and tagged.labels.get(LAYER_LABEL) == layer.id:
+                return LayerInputs.from_label(tagged.labels.get(INPUTS_LABEL))
         for image in self.engine.images({LAYER_LABEL: layer.id, ROLE_LABEL: "image"}):
             if any(t.startswith(layer.cache_repository + ":") for t in image.tags):
                 return LayerInputs.from_label(image.labels.get(INPUTS_LABEL))
@@ -270,9 +278,7 @@ class Builder:
     def _layer_pipeline(self, layer: Layer, parent: ImageInfo | None,
                         result: LayerResult) -> ImageInfo:
         parent = parent or self._base_image(layer)
-        provisioner = provisioner_class(layer.provisioner)(self.project, layer)
-        inputs = layer_inputs(self.project, layer, parent.id, provisioner.input_files(),
-                              provisioner.version(), layer.spec.provisioner_options)
+        provisioner, inputs = layer_provisioner_and_inputs(self.project, layer, parent.id)
         result.cache_key = inputs.key
         with self._lock(layer):
             decision = self._step(layer, result, Step.CACHE, lambda: self.cache.decide(
@@ -289,10 +295,12 @@ class Builder:
                 assert found is not None
                 return found
             result.reasons = decision.reasons if not self.options.no_cache else ("--no-cache",)
-            image_id = self._run_container_steps(layer, parent, provisioner, inputs, result)
+            config = commit_config(parent.config, layer.config,
+                                   self._labels(layer, inputs, provisioner))
+            image_id = self._run_container_steps(layer, parent, provisioner, config, result)
             result.image_id = image_id
             try:
-                self._after_commit(layer, image_id, parent, inputs, result)
+                self._after_commit(layer, image_id, config, inputs, result)
             except BaseException as exc:
                 self._discard(layer, image_id, result, keep=isinstance(exc, RolebakeError)
                               and not isinstance(exc, Interrupted))
@@ -303,7 +311,7 @@ class Builder:
         return found
 
     def _run_container_steps(self, layer: Layer, parent: ImageInfo, provisioner: Provisioner,
-                             inputs: LayerInputs, result: LayerResult) -> str:
+                             config: Mapping[str, Any], result: LayerResult) -> str:
         log_path = self.project.state_dir / "logs" / (
             f"{layer.id.replace(':', '.')}-{self.build_id}.log")
         result.log_path = str(log_path)
@@ -350,8 +358,6 @@ class Builder:
                     raise BuildFailed("clean step failed", details=cleaned.tail())
 
             self._step(layer, result, Step.CLEAN, clean)
-            config = commit_config(parent.config, layer.config,
-                                   self._labels(layer, inputs, provisioner))
             return self._step(layer, result, Step.COMMIT,
                               lambda: self.engine.commit(container, config),
                               message_of=lambda image_id: image_id.split(":")[-1][:12])
@@ -376,8 +382,8 @@ class Builder:
         except Exception:  # gone, or no engine to ask: not running either way
             return False
 
-    def _after_commit(self, layer: Layer, image_id: str, parent: ImageInfo, inputs: LayerInputs,
-                      result: LayerResult) -> None:
+    def _after_commit(self, layer: Layer, image_id: str, expected: Mapping[str, Any],
+                      inputs: LayerInputs, result: LayerResult) -> None:
         image = self.engine.image(image_id)
         assert image is not None
         secrets = self.options.secrets
@@ -387,10 +393,6 @@ class Builder:
         else:
             self._skip(layer, result, Step.SCAN)
         if self.options.verify:
-            expected = commit_config(parent.config, layer.config, self._labels(
-                layer, inputs, provisioner_class(layer.provisioner)(self.project, layer)))
-            expected["Labels"] = {k: v for k, v in expected["Labels"].items()
-                                  if k != "org.opencontainers.image.created"}
             try:
                 verified = self._step(layer, result, Step.VERIFY,
                                       lambda: self._verify(layer, image, expected),
@@ -409,7 +411,8 @@ class Builder:
         self._step(layer, result, Step.TAG, lambda: self._tag(layer, image_id, key))
         result.tags = layer.tags
 
-    def _verify(self, layer: Layer, image: ImageInfo, expected: dict[str, Any]) -> VerifyResult:
+    def _verify(self, layer: Layer, image: ImageInfo,
+                expected: Mapping[str, Any]) -> VerifyResult:
         cases = check_metadata(expected, image.config)
         if layer.tests is not None:
             cases += run_suite(self.engine, image.id, layer.tests, ready=layer.spec.ready,
@@ -578,6 +581,15 @@ def image_summary(image: ImageInfo) -> Mapping[str, Any]:
             INPUTS_LABEL}
 
 
+def layer_provisioner_and_inputs(project: Project, layer: Layer,
+                                 parent_id: str) -> tuple[Provisioner, LayerInputs]:
+    """The layer's provisioner and the inputs that make its cache key (build and plan alike)."""
+    provisioner = provisioner_class(layer.provisioner)(project, layer)
+    inputs = layer_inputs(project, layer, parent_id, provisioner.input_files(),
+                          provisioner.version(), layer.spec.provisioner_options)
+    return provisioner, inputs
+
+
 @dataclass(frozen=True)
 class PlanRow:
     """One layer of `rolebake plan`: would it be reused, and if not, why."""
@@ -624,9 +636,7 @@ def preview(engine: Engine, project: Project, plan: BuildPlan) -> list[PlanRow]:
                                 layer.tags))
             images[layer.id] = None
             continue
-        provisioner = provisioner_class(layer.provisioner)(project, layer)
-        inputs = layer_inputs(project, layer, parent_id, provisioner.input_files(),
-                              provisioner.version(), layer.spec.provisioner_options)
+        _, inputs = layer_provisioner_and_inputs(project, layer, parent_id)
         decision = cache.decide(layer, inputs)
         images[layer.id] = decision.image_id
         rows.append(PlanRow(layer.id, layer.parent, depth, decision.hit, decision.image_id,

@@ -133,7 +133,9 @@ def test_parent_image_is_an_input(built: TestProject, engine: docker.DockerClien
 
 def test_rebuild_after_a_change_reruns_only_the_layers_above(built: TestProject) -> None:
     template = built.root / "roles/web/templates/index.html.j2"
-    original = edit(template, "</body>", "<!-- rebuilt --></body>")
+    # A mark no earlier run used, so the engine cannot already hold this build.
+    mark = f"<!-- rebuilt {uuid.uuid4().hex} -->"
+    original = edit(template, "</body>", mark + "</body>")
     try:
         result = run_cli("build", "web", "--json", cwd=built.root)
         assert result.rc == 0, result.output
@@ -143,6 +145,6 @@ def test_rebuild_after_a_change_reruns_only_the_layers_above(built: TestProject)
         assert "roles/web/templates/index.html.j2 changed" in layers["web"]["reasons"]
         page = built.client.containers.run(built.tag("web"), ["cat", "/var/www/site/index.html"],
                                            entrypoint=[], remove=True).decode()
-        assert "<!-- rebuilt -->" in page
+        assert mark in page
     finally:
         template.write_text(original)
