@@ -76,10 +76,10 @@ def test_container_only_branch_is_caught(project: TestProject) -> None:
 - name: Quieter shells in containers only
   ansible.builtin.copy:
     dest: /etc/profile.d/container-only.sh
-    content: "export HISTFILE=/dev/null\\n"
+    content: "export HISTFILE=/dev/null  # TOKEN\\n"
     mode: "0644"
   when: ansible_virtualization_type == 'docker'
-""")
+""".replace("TOKEN", project.token))  # unique: the layer must be built in this run
     result = run_cli("parity", "base", "--vm", "qemu", cwd=project.root, timeout=2400)
     assert result.rc == 5, result.output
     assert "/etc/profile.d/container-only.sh" in result.stdout
