@@ -33,6 +33,7 @@ demo: base
 lint: install
 	$(BIN)/ruff check src tests $(wildcard bench)
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 unit: install
 	$(BIN)/pytest tests/unit $(PYTEST_FLAGS)

@@ -6,6 +6,7 @@ traceback reaches the user only with --debug (DESIGN.md invariant 4).
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import functools
 import json
@@ -13,7 +14,7 @@ import re
 import signal
 import sys
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import FrameType
 from typing import Any, TypeVar
@@ -32,9 +33,16 @@ class _Signals:
     def __init__(self) -> None:
         self.fired = False
 
-    def install(self) -> None:
-        signal.signal(signal.SIGINT, self._handle)
-        signal.signal(signal.SIGTERM, self._handle)
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[None]:
+        """Handle the signals for a `with` block; the previous handlers come back after."""
+        previous = {sig: signal.signal(sig, self._handle)
+                    for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
     def _handle(self, signum: int, _frame: FrameType | None) -> None:
         if self.fired:
@@ -63,10 +71,9 @@ def _handled(func: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         ctx = click.get_current_context()
         debug = bool(ctx.find_root().params.get("debug"))
-        signals = _Signals()
-        signals.install()
         try:
-            return func(*args, **kwargs)
+            with _Signals().installed():
+                return func(*args, **kwargs)
         except RolebakeError as exc:
             if debug:
                 traceback.print_exc()
@@ -95,19 +102,13 @@ def _project(ctx: click.Context) -> Any:
 
 
 def _progress(ctx: click.Context, redact: Callable[[str], str] = lambda s: s) -> Any:
-    from rolebake.report import LiveProgress, PlainProgress
+    from rolebake.report import progress_for
 
     if ctx.find_root().params.get("quiet"):
         return lambda _event: None
-    if sys.stderr.isatty():
-        def write(text: str) -> None:
-            sys.stderr.write(text)
-            sys.stderr.flush()
-
-        view = LiveProgress(write, redact)
-        ctx.call_on_close(view.close)
-        return view
-    return PlainProgress(lambda line: click.echo(line, err=True), redact)
+    view = progress_for(sys.stderr, redact)
+    ctx.call_on_close(view.close)
+    return view
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -149,7 +150,7 @@ def build(ctx: click.Context, images: tuple[str, ...], no_cache: bool, jobs: int
     """Build IMAGES (spec names, or name:variant; none means all) and tag them when verified."""
     from rolebake.build import Builder, BuildOptions
     from rolebake.engine import Engine
-    from rolebake.plan import plan_build
+    from rolebake.load import plan_build
     from rolebake.provision import provisioner_class
     from rolebake.report import build_summary
     from rolebake.secrets import SecretSet, vault_values
@@ -183,7 +184,7 @@ def build(ctx: click.Context, images: tuple[str, ...], no_cache: bool, jobs: int
     if as_json:
         click.echo(redact(json.dumps(report.to_dict(), indent=2)))
     else:
-        for line in build_summary(report):
+        for line in build_summary(report, redact=redact, color=sys.stderr.isatty()):
             _err(line)
     if report.error is not None:
         raise report.error
@@ -200,9 +201,10 @@ def _verify_of(result: Any) -> Any:
 @_handled
 def plan(ctx: click.Context, images: tuple[str, ...], as_json: bool) -> None:
     """Show the layers IMAGES need, HIT or MISS, and which input changed. Creates nothing."""
-    from rolebake.build import preview
+    from rolebake.cache import preview
     from rolebake.engine import Engine
-    from rolebake.plan import PIPELINE, plan_build
+    from rolebake.events import PIPELINE
+    from rolebake.load import plan_build
     from rolebake.report import plan_table
 
     project = _project(ctx)
@@ -213,7 +215,7 @@ def plan(ctx: click.Context, images: tuple[str, ...], as_json: bool) -> None:
                                "layers": [r.to_dict() for r in rows]}, indent=2))
         return
     click.echo("steps per layer: " + " -> ".join(s.value for s in PIPELINE))
-    for line in plan_table(r.to_dict() for r in rows):
+    for line in plan_table((r.to_dict() for r in rows), color=sys.stdout.isatty()):
         click.echo(line)
 
 
@@ -225,8 +227,8 @@ def plan(ctx: click.Context, images: tuple[str, ...], as_json: bool) -> None:
 @_handled
 def base(ctx: click.Context, name: str, mirror: str | None, rebuild: bool) -> None:
     """Make a base image (e.g. debian:bookworm) with debootstrap; no registry needed."""
-    from rolebake.base import ensure_base
     from rolebake.engine import Engine
+    from rolebake.rootfs import ensure_base
 
     result = ensure_base(Engine.connect(), name, mirror=mirror, events=_progress(ctx),
                          rebuild=rebuild)
@@ -252,7 +254,7 @@ def test_command(ctx: click.Context, image: str, tests_dir: Path | None, as_json
     """
     from rolebake.engine import Engine
     from rolebake.errors import TestsFailed
-    from rolebake.plan import plan_build
+    from rolebake.load import plan_build
     from rolebake.verify import (
         TestCase,
         VerifyResult,
@@ -328,7 +330,7 @@ def scaffold_tests(ctx: click.Context, image: str, output: Path | None, force: b
     checks: packages, files, users and groups, services enabled.
     """
     from rolebake.engine import Engine
-    from rolebake.plan import plan_build
+    from rolebake.load import plan_build
     from rolebake.scaffold import record, render, save
 
     project = _project(ctx)
@@ -365,8 +367,8 @@ def parity(ctx: click.Context, image: str, vm: str, as_json: bool, show_equal: b
     """Apply IMAGE's roles to a VM too; run its suite on both and diff their state (exit 5)."""
     from rolebake.engine import Engine
     from rolebake.errors import ParityDifferent
-    from rolebake.parity.diff import render_table
-    from rolebake.parity.run import run_parity, tests_side_by_side
+    from rolebake.parity.run import run_parity
+    from rolebake.report import parity_table, tests_side_by_side
 
     project = _project(ctx)
     result = run_parity(Engine.connect(), project, image, vm, events=_progress(ctx))
@@ -374,9 +376,11 @@ def parity(ctx: click.Context, image: str, vm: str, as_json: bool, show_equal: b
         click.echo(json.dumps(result.to_dict(), indent=2))
     else:
         click.echo(f"parity of {image} ({result.image_id.split(':')[-1][:12]}) and {vm}")
-        click.echo(render_table(result.report, show_equal=show_equal))
+        click.echo(parity_table(result.report, show_equal=show_equal,
+                                color=sys.stdout.isatty()))
         click.echo("")
-        for line in tests_side_by_side(result):
+        for line in tests_side_by_side(result.container_tests, result.vm_tests,
+                                       color=sys.stdout.isatty()):
             click.echo(line)
         timing = ", ".join(f"{k} {v:.0f}s" for k, v in result.timings.items())
         click.echo(f"\n{len(result.report.differences)} difference(s), "
@@ -435,8 +439,8 @@ def clean(ctx: click.Context, older_than: str, dry_run: bool, labels: tuple[str,
 @_handled
 def makefile(ctx: click.Context, output: Path | None) -> None:
     """Write Make targets per image with their dependencies, for `make -j` or a CI matrix."""
+    from rolebake.load import plan_build
     from rolebake.makefile import render_makefile
-    from rolebake.plan import plan_build
 
     project = _project(ctx)
     text = render_makefile(plan_build(project))

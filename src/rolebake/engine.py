@@ -1,4 +1,4 @@
-"""The container engine, wrapped once. The only module that imports `docker`.
+"""The container engine, wrapped once: the only module that imports `docker`.
 
 Everything else speaks in rolebake's own records (ContainerHandle, ImageInfo,
 ExecResult). Containers made here are always removed by a context manager
@@ -22,7 +22,6 @@ import docker.errors
 import requests.exceptions
 
 from rolebake.errors import BuildFailed, EngineUnavailable, InputError
-from rolebake.spec import ImageConfig
 
 LABEL_PREFIX = "rolebake."
 ROLE_LABEL = "rolebake.role"  # build | verify | image: what a container or image is for
@@ -364,60 +363,6 @@ class Engine:
         except docker.errors.APIError as exc:
             raise BuildFailed(f"commit failed: {_api_message(exc)}") from None
         return str(result["Id"])
-
-
-def commit_config(parent: Mapping[str, Any], config: ImageConfig,
-                  labels: Mapping[str, str]) -> dict[str, Any]:
-    """The image config to commit: the parent's config with the spec's settings over it.
-
-    Cmd and Entrypoint are always given explicitly: left empty, the daemon would
-    fill them from the build container (whose entrypoint only sleeps).
-    """
-    entrypoint = list(config.entrypoint) if config.entrypoint is not None else list(
-        parent.get("Entrypoint") or [])
-    if config.cmd is not None:
-        cmd = list(config.cmd)
-    elif config.entrypoint is not None:
-        cmd = []  # as a Dockerfile ENTRYPOINT does, a new entrypoint drops the inherited cmd
-    else:
-        cmd = list(parent.get("Cmd") or [])
-    env = dict(e.split("=", 1) for e in parent.get("Env") or [] if "=" in e)
-    env.update(config.env)
-    ports: dict[str, dict[str, Any]] = {p: {} for p in parent.get("ExposedPorts") or {}}
-    ports.update({p: {} for p in config.expose})
-    volumes: dict[str, dict[str, Any]] = {v: {} for v in parent.get("Volumes") or {}}
-    volumes.update({v: {} for v in config.volumes})
-    all_labels = {k: v for k, v in (parent.get("Labels") or {}).items()
-                  if not k.startswith(LABEL_PREFIX)}
-    all_labels.update(config.labels)
-    all_labels.update(labels)
-    result: dict[str, Any] = {
-        "Cmd": cmd,
-        "Entrypoint": entrypoint,
-        "Env": [f"{k}={v}" for k, v in env.items()],
-        "User": config.user if config.user is not None else parent.get("User", ""),
-        "WorkingDir": config.workdir if config.workdir is not None else parent.get(
-            "WorkingDir", ""),
-        "ExposedPorts": ports,
-        "Volumes": volumes,
-        "Labels": all_labels,
-    }
-    health = config.healthcheck
-    if health is not None:
-        result["Healthcheck"] = {
-            "Test": list(health.test),
-            **({"Interval": _ns(health.interval_s)} if health.interval_s else {}),
-            **({"Timeout": _ns(health.timeout_s)} if health.timeout_s else {}),
-            **({"Retries": health.retries} if health.retries is not None else {}),
-            **({"StartPeriod": _ns(health.start_period_s)} if health.start_period_s else {}),
-        }
-    elif parent.get("Healthcheck"):
-        result["Healthcheck"] = parent["Healthcheck"]
-    return result
-
-
-def _ns(seconds: float) -> int:
-    return int(seconds * 1_000_000_000)
 
 
 def _has_tag(ref: str) -> bool:

@@ -50,6 +50,18 @@ class BuildFailed(RolebakeError):
     exit_code = 1
 
 
+class VMError(BuildFailed):
+    """Preparing, booting or reaching a parity VM failed (exit 1).
+
+    `details` carries the evidence: the tail of a command's output or of the
+    serial console. An interrupt still surfaces as the CLI's Interrupted.
+    """
+
+
+class SnapshotError(BuildFailed):
+    """A snapshot command failed or printed something we cannot parse (exit 1)."""
+
+
 class TestsFailed(RolebakeError):
     """The image's testinfra suite or metadata checks failed (exit 3)."""
 

@@ -1,5 +1,7 @@
-"""What a build tells whoever is watching it: step changes and provisioner tasks.
+"""The pipeline as data, and what a build tells whoever is watching it.
 
+`PIPELINE` is the ordered list of steps one layer goes through; the builder
+iterates it, `rolebake plan` prints it, and every step reports a `StepStatus`.
 The core only emits these records; the CLI decides how they look.
 """
 
@@ -8,8 +10,40 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import StrEnum
 
-from rolebake.plan import Step, StepStatus
+
+class Step(StrEnum):
+    """The ordered steps of one layer's build."""
+
+    CACHE = "cache"
+    CREATE = "create"
+    BOOTSTRAP = "bootstrap"
+    PROVISION = "provision"
+    IDEMPOTENCE = "idempotence"
+    CLEAN = "clean"
+    COMMIT = "commit"
+    SCAN = "scan"
+    VERIFY = "verify"
+    TAG = "tag"
+
+
+PIPELINE: tuple[Step, ...] = tuple(Step)
+
+# The steps that run inside the build container, from its creation to its commit.
+CONTAINER_STEPS: tuple[Step, ...] = PIPELINE[PIPELINE.index(Step.CREATE):
+                                              PIPELINE.index(Step.COMMIT) + 1]
+
+
+class StepStatus(StrEnum):
+    """The status every step reports."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    OK = "ok"
+    CACHED = "cached"
+    SKIPPED = "skipped"
+    FAILED = "failed"
 
 
 @dataclass(frozen=True)

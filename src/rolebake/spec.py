@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from rolebake.errors import InputError
-from rolebake.yamlfile import YamlList, YamlMap, load_yaml, plain
+from rolebake.yamlfile import Fields, YamlList, kind, load_yaml, plain
 
 SPEC_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
 VARIANT_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
@@ -155,11 +155,18 @@ class ImageSpec:
     variants: tuple[Variant, ...]
     sensitive_vars: tuple[str, ...]
     provisioner_options: Mapping[str, Any]
+    sections: Mapping[str, Any]  # provisioner sections, raw, until the provisioner parses them
     lines: Mapping[str, int]
 
     def line_of(self, key: str) -> int | None:
         """The line of a top-level key in the spec file, when it is there."""
         return self.lines.get(key)
+
+    def section(self, key: str | None) -> Fields | None:
+        """A provisioner's raw section as typed fields, or None when the spec has none."""
+        if key is None or self.sections.get(key) is None:
+            return None
+        return Fields(self.sections[key], self.path, key, self.line_of(key) or 1)
 
 
 @dataclass(frozen=True)
@@ -213,151 +220,6 @@ class Project:
             return str(path)
 
 
-class Fields:
-    """Typed access to one YAML mapping, failing with file and line."""
-
-    def __init__(self, data: Any, path: Path, where: str, line: int) -> None:
-        if not isinstance(data, dict):
-            prefix = f"{where}: " if where else ""
-            raise InputError(f"{prefix}expected a mapping, got {_kind(data)}", path=path,
-                             line=getattr(data, "line", line))
-        self.data: dict[Any, Any] = data
-        self.path = path
-        self.where = where
-        self.line = getattr(data, "line", line)
-
-    def line_of(self, key: str) -> int:
-        """The line of `key`, or of the mapping when the key is absent."""
-        return self.data.line_of(key) if isinstance(self.data, YamlMap) else self.line
-
-    def fail(self, key: str, message: str) -> InputError:
-        """An InputError about `key`, at its line."""
-        label = f"{self.where}.{key}" if self.where else key
-        return InputError(f"{label}: {message}", path=self.path, line=self.line_of(key))
-
-    def reject_unknown(self, allowed: set[str]) -> None:
-        """Fail on the first key not in `allowed`, suggesting the closest one."""
-        for key in self.data:
-            if not isinstance(key, str) or key not in allowed:
-                close = difflib.get_close_matches(str(key), sorted(allowed), n=1)
-                hint = f" (did you mean {close[0]!r}?)" if close else ""
-                where = f" in {self.where}" if self.where else ""
-                raise InputError(
-                    f"unknown key {key!r}{where}{hint}; allowed: {', '.join(sorted(allowed))}",
-                    path=self.path,
-                    line=self.line_of(key),
-                )
-
-    def has(self, key: str) -> bool:
-        """True when `key` is given and not null."""
-        return key in self.data and self.data[key] is not None
-
-    def text(self, key: str, *, required: bool = False, pattern: re.Pattern[str] | None = None,
-            what: str = "a string") -> str | None:
-        """A non-empty string, optionally matching `pattern`."""
-        if not self.has(key):
-            if required:
-                raise InputError(
-                    f"missing required key {key!r}", path=self.path, line=self.line
-                )
-            return None
-        value = self.data[key]
-        if not isinstance(value, str) or not value.strip():
-            raise self.fail(key, f"expected {what}, got {_kind(value)}")
-        if pattern is not None and not pattern.match(value):
-            raise self.fail(key, f"{value!r} is not {what}")
-        return value
-
-    def flag(self, key: str, default: bool) -> bool:
-        """A true/false setting."""
-        if not self.has(key):
-            return default
-        value = self.data[key]
-        if not isinstance(value, bool):
-            raise self.fail(key, f"expected true or false, got {_kind(value)}")
-        return value
-
-    def number(self, key: str, *, minimum: float = 0) -> float | None:
-        """A number of at least `minimum`, or None when absent."""
-        if not self.has(key):
-            return None
-        value = self.data[key]
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise self.fail(key, f"expected a number, got {_kind(value)}")
-        if value < minimum:
-            raise self.fail(key, f"must be at least {minimum}, got {value}")
-        return float(value)
-
-    def text_list(self, key: str, *, pattern: re.Pattern[str] | None = None,
-                 what: str = "a string", check: Callable[[str], bool] | None = None,
-                 ) -> tuple[str, ...]:
-        """A list of distinct non-empty strings, each checked by `pattern` or `check`."""
-        if not self.has(key):
-            return ()
-        value = self.data[key]
-        if not isinstance(value, list):
-            plural = re.sub(r"^an? ", "", what) + "s"
-            raise self.fail(key, f"expected a list of {plural}, got {_kind(value)}")
-        items: list[str] = []
-        for index, item in enumerate(value):
-            line = value.line_of(index) if isinstance(value, YamlList) else self.line_of(key)
-            if not isinstance(item, str) or not item:
-                raise InputError(
-                    f"{self._label(key)}[{index}]: expected {what}, got {_kind(item)}",
-                    path=self.path, line=line,
-                )
-            if (pattern is not None and not pattern.match(item)) or (
-                check is not None and not check(item)
-            ):
-                raise InputError(
-                    f"{self._label(key)}[{index}]: {item!r} is not {what}",
-                    path=self.path, line=line,
-                )
-            if item in items:
-                raise InputError(
-                    f"{self._label(key)}[{index}]: {item!r} is listed twice",
-                    path=self.path, line=line,
-                )
-            items.append(item)
-        return tuple(items)
-
-    def command(self, key: str) -> tuple[str, ...] | None:
-        """A cmd/entrypoint: an argv list, or a string run by /bin/sh -c as Docker does."""
-        if key not in self.data:
-            return None
-        value = self.data[key]
-        if isinstance(value, str) and value.strip():
-            return ("/bin/sh", "-c", value)
-        if isinstance(value, list) and all(isinstance(v, str) for v in value):
-            return tuple(value)
-        raise self.fail(key, f"expected a list of strings or a string, got {_kind(value)}")
-
-    def mapping(self, key: str) -> Fields | None:
-        """A nested mapping as Fields, or None when absent."""
-        if not self.has(key):
-            return None
-        return Fields(self.data[key], self.path, self._label(key), self.line_of(key))
-
-    def _label(self, key: str) -> str:
-        return f"{self.where}.{key}" if self.where else key
-
-
-def _kind(value: Any) -> str:
-    if value is None:
-        return "nothing"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, dict):
-        return "a mapping"
-    if isinstance(value, list):
-        return "a list"
-    if isinstance(value, str):
-        return "an empty string" if not value.strip() else "a string"
-    if isinstance(value, int | float):
-        return "a number"
-    return type(value).__name__
-
-
 TOP_LEVEL_KEYS = {
     "from", "provisioner", "roles", "playbook", "vars", "sensitive_vars", "config", "tags",
     "tests", "ready", "idempotence", "variants",
@@ -368,12 +230,16 @@ CONFIG_KEYS = {
 VARIANT_KEYS = {"roles_append", "vars", "config", "tags"}
 
 
-def load_spec(project: Project, name: str) -> ImageSpec:
-    """Read and validate images/<name>.yml.
+def load_spec(project: Project, name: str, *, sections: Collection[str] = ()) -> ImageSpec:
+    """Read and validate images/<name>.yml, keeping provisioner sections raw.
+
+    The provisioner named by the spec validates its own section and what the
+    spec names (roles, cookbooks): `load.load_spec` does both in one call.
 
     Args:
         project: the project holding the spec.
         name: the spec's name (its file name without .yml).
+        sections: top-level keys that belong to a provisioner (e.g. `chef`).
 
     Returns:
         The validated spec.
@@ -398,7 +264,7 @@ def load_spec(project: Project, name: str) -> ImageSpec:
     if data is None:
         raise InputError("the spec is empty", path=path, line=1)
     top = Fields(data, path, "", 1)
-    top.reject_unknown(TOP_LEVEL_KEYS | _provisioner_sections())
+    top.reject_unknown(TOP_LEVEL_KEYS | set(sections))
 
     parent = top.text("from", required=True, what="a spec name or an image reference")
     assert parent is not None
@@ -409,7 +275,6 @@ def load_spec(project: Project, name: str) -> ImageSpec:
         raise top.fail("from", f"{parent!r} is neither a spec in images/ nor an image reference")
 
     provisioner = top.text("provisioner") or DEFAULT_PROVISIONER
-    provisioner_cls = _provisioner_class(provisioner, top)
 
     roles = top.text_list("roles", pattern=ROLE_NAME_RE, what="a role name")
     playbook = _project_path(project, top, "playbook")
@@ -444,28 +309,11 @@ def load_spec(project: Project, name: str) -> ImageSpec:
         variants=_variants(top, name),
         sensitive_vars=sensitive,
         provisioner_options={},
+        sections={k: top.data[k] for k in sections if k in top.data},
         lines={k: top.line_of(k) for k in top.data if isinstance(k, str)},
     )
-    options = provisioner_cls.parse_options(spec, project, top.mapping(provisioner_cls.section)
-                                            if provisioner_cls.section else None)
-    spec = replace(spec, provisioner_options=options)
-    provisioner_cls.validate(spec, project)
     _check_tags_unique(spec)
     return spec
-
-
-def _provisioner_sections() -> set[str]:
-    from rolebake.provision import sections
-
-    return sections()
-
-
-def _provisioner_class(name: str, top: Fields) -> Any:
-    from rolebake.provision import names, provisioner_class
-
-    if name not in names():
-        raise top.fail("provisioner", f"unknown provisioner {name!r}; known: {', '.join(names())}")
-    return provisioner_class(name)
 
 
 def _project_path(project: Project, fields: Fields, key: str) -> Path | None:
@@ -504,7 +352,7 @@ def _config(section: Fields | None) -> ImageConfig:
                 raise InputError(f"config.env: {key!r} is not a valid variable name",
                                  path=section.path, line=env_fields.line_of(str(key)))
             if isinstance(value, bool) or not isinstance(value, str | int | float):
-                raise env_fields.fail(key, f"expected a string, got {_kind(value)}")
+                raise env_fields.fail(key, f"expected a string, got {kind(value)}")
             env[key] = str(value)
     labels: dict[str, str] = {}
     label_fields = section.mapping("labels")
@@ -516,7 +364,7 @@ def _config(section: Fields | None) -> ImageConfig:
                     path=section.path, line=label_fields.line_of(str(key)),
                 )
             if isinstance(value, bool) or not isinstance(value, str | int | float):
-                raise label_fields.fail(key, f"expected a string, got {_kind(value)}")
+                raise label_fields.fail(key, f"expected a string, got {kind(value)}")
             labels[key] = str(value)
     expose = _ports(section)
     for key in ("user", "workdir"):
@@ -543,7 +391,7 @@ def _ports(section: Fields) -> tuple[str, ...]:
         return ()
     value = section.data["expose"]
     if not isinstance(value, list):
-        raise section.fail("expose", f"expected a list of ports, got {_kind(value)}")
+        raise section.fail("expose", f"expected a list of ports, got {kind(value)}")
     ports: list[str] = []
     for index, item in enumerate(value):
         line = value.line_of(index) if isinstance(value, YamlList) else section.line

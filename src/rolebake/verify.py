@@ -1,4 +1,4 @@
-"""Check an image before it gets its name: metadata checks and its testinfra suite.
+"""Verification: an image's metadata checks and its testinfra suite, before it gets its name.
 
 A container is started from the new image id (never the tag), running its own
 command so services are up; rolebake waits until it is ready, then runs
@@ -22,8 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rolebake.engine import BUILD_ID_LABEL, ROLE_LABEL, ContainerHandle, Engine, commit_config
+from rolebake.engine import BUILD_ID_LABEL, ROLE_LABEL, ContainerHandle, Engine
 from rolebake.errors import TestsFailed
+from rolebake.image import commit_config
 from rolebake.spec import ImageConfig, ReadyCheck
 
 

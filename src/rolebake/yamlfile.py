@@ -1,4 +1,4 @@
-"""YAML loading that remembers where every key and item came from.
+"""YAML that remembers where every key and item came from, and typed access that fails there.
 
 Every error about a spec must name its file and line (DESIGN.md invariant 4),
 so the loader keeps the line of each mapping key and list item.
@@ -6,6 +6,9 @@ so the loader keeps the line of each mapping key and list item.
 
 from __future__ import annotations
 
+import difflib
+import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -108,3 +111,149 @@ def plain(value: Any) -> Any:
     if isinstance(value, list):
         return [plain(v) for v in value]
     return value
+
+
+class Fields:
+    """Typed access to one YAML mapping, failing with file and line."""
+
+    def __init__(self, data: Any, path: Path, where: str, line: int) -> None:
+        if not isinstance(data, dict):
+            prefix = f"{where}: " if where else ""
+            raise InputError(f"{prefix}expected a mapping, got {kind(data)}", path=path,
+                             line=getattr(data, "line", line))
+        self.data: dict[Any, Any] = data
+        self.path = path
+        self.where = where
+        self.line = getattr(data, "line", line)
+
+    def line_of(self, key: str) -> int:
+        """The line of `key`, or of the mapping when the key is absent."""
+        return self.data.line_of(key) if isinstance(self.data, YamlMap) else self.line
+
+    def fail(self, key: str, message: str) -> InputError:
+        """An InputError about `key`, at its line."""
+        label = f"{self.where}.{key}" if self.where else key
+        return InputError(f"{label}: {message}", path=self.path, line=self.line_of(key))
+
+    def reject_unknown(self, allowed: set[str]) -> None:
+        """Fail on the first key not in `allowed`, suggesting the closest one."""
+        for key in self.data:
+            if not isinstance(key, str) or key not in allowed:
+                close = difflib.get_close_matches(str(key), sorted(allowed), n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                where = f" in {self.where}" if self.where else ""
+                raise InputError(
+                    f"unknown key {key!r}{where}{hint}; allowed: {', '.join(sorted(allowed))}",
+                    path=self.path,
+                    line=self.line_of(key),
+                )
+
+    def has(self, key: str) -> bool:
+        """True when `key` is given and not null."""
+        return key in self.data and self.data[key] is not None
+
+    def text(self, key: str, *, required: bool = False, pattern: re.Pattern[str] | None = None,
+            what: str = "a string") -> str | None:
+        """A non-empty string, optionally matching `pattern`."""
+        if not self.has(key):
+            if required:
+                raise InputError(
+                    f"missing required key {key!r}", path=self.path, line=self.line
+                )
+            return None
+        value = self.data[key]
+        if not isinstance(value, str) or not value.strip():
+            raise self.fail(key, f"expected {what}, got {kind(value)}")
+        if pattern is not None and not pattern.match(value):
+            raise self.fail(key, f"{value!r} is not {what}")
+        return value
+
+    def flag(self, key: str, default: bool) -> bool:
+        """A true/false setting."""
+        if not self.has(key):
+            return default
+        value = self.data[key]
+        if not isinstance(value, bool):
+            raise self.fail(key, f"expected true or false, got {kind(value)}")
+        return value
+
+    def number(self, key: str, *, minimum: float = 0) -> float | None:
+        """A number of at least `minimum`, or None when absent."""
+        if not self.has(key):
+            return None
+        value = self.data[key]
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise self.fail(key, f"expected a number, got {kind(value)}")
+        if value < minimum:
+            raise self.fail(key, f"must be at least {minimum}, got {value}")
+        return float(value)
+
+    def text_list(self, key: str, *, pattern: re.Pattern[str] | None = None,
+                 what: str = "a string", check: Callable[[str], bool] | None = None,
+                 ) -> tuple[str, ...]:
+        """A list of distinct non-empty strings, each checked by `pattern` or `check`."""
+        if not self.has(key):
+            return ()
+        value = self.data[key]
+        if not isinstance(value, list):
+            plural = re.sub(r"^an? ", "", what) + "s"
+            raise self.fail(key, f"expected a list of {plural}, got {kind(value)}")
+        items: list[str] = []
+        for index, item in enumerate(value):
+            line = value.line_of(index) if isinstance(value, YamlList) else self.line_of(key)
+            if not isinstance(item, str) or not item:
+                raise InputError(
+                    f"{self._label(key)}[{index}]: expected {what}, got {kind(item)}",
+                    path=self.path, line=line,
+                )
+            if (pattern is not None and not pattern.match(item)) or (
+                check is not None and not check(item)
+            ):
+                raise InputError(
+                    f"{self._label(key)}[{index}]: {item!r} is not {what}",
+                    path=self.path, line=line,
+                )
+            if item in items:
+                raise InputError(
+                    f"{self._label(key)}[{index}]: {item!r} is listed twice",
+                    path=self.path, line=line,
+                )
+            items.append(item)
+        return tuple(items)
+
+    def command(self, key: str) -> tuple[str, ...] | None:
+        """A cmd/entrypoint: an argv list, or a string run by /bin/sh -c as Docker does."""
+        if key not in self.data:
+            return None
+        value = self.data[key]
+        if isinstance(value, str) and value.strip():
+            return ("/bin/sh", "-c", value)
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return tuple(value)
+        raise self.fail(key, f"expected a list of strings or a string, got {kind(value)}")
+
+    def mapping(self, key: str) -> Fields | None:
+        """A nested mapping as Fields, or None when absent."""
+        if not self.has(key):
+            return None
+        return Fields(self.data[key], self.path, self._label(key), self.line_of(key))
+
+    def _label(self, key: str) -> str:
+        return f"{self.where}.{key}" if self.where else key
+
+
+def kind(value: Any) -> str:
+    """How a YAML value reads in an error message (`a mapping`, `an empty string`)."""
+    if value is None:
+        return "nothing"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, str):
+        return "an empty string" if not value.strip() else "a string"
+    if isinstance(value, int | float):
+        return "a number"
+    return type(value).__name__

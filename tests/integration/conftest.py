@@ -36,14 +36,28 @@ def _engine() -> docker.DockerClient:
 
 
 @pytest.fixture(scope="session")
-def engine() -> docker.DockerClient:
-    """The Docker engine; missing in CI is a failure, never a skip."""
+def engine() -> Iterator[docker.DockerClient]:
+    """The Docker engine; missing in CI is a failure, never a skip.
+
+    Layers with the same inputs are cache hits across the tests of one session
+    (that is what keeps the tier fast); the internal cache tags the session
+    made are removed when it ends, so it leaves no `rolebake-cache/*` behind.
+    """
     client = _engine()
     try:
         client.images.get(BASE_IMAGE)
     except docker.errors.ImageNotFound:
         pytest.fail(f"{BASE_IMAGE} is missing: run `make base` first")
-    return client
+    before = _cache_tags(client)
+    yield client
+    for tag in sorted(_cache_tags(client) - before):
+        with contextlib.suppress(docker.errors.APIError):
+            client.images.remove(tag, force=True)
+
+
+def _cache_tags(client: docker.DockerClient) -> set[str]:
+    return {tag for image in client.images.list() for tag in image.tags
+            if tag.startswith("rolebake-cache/")}
 
 
 @dataclass

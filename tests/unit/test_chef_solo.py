@@ -16,11 +16,9 @@ import pytest
 from rolebake.engine import ROLE_LABEL, ContainerHandle, ExecResult, ImageInfo
 from rolebake.errors import BuildFailed, InputError
 from rolebake.events import LogEvent, TaskEvent
-from rolebake.plan import plan_build
-from rolebake.provision import chef_solo
+from rolebake.load import load_spec, plan_build
 from rolebake.provision.base import ProvisionContext
-from rolebake.provision.chef_solo import (
-    COOKBOOKS_DIR,
+from rolebake.provision.chef import (
     ChefOptions,
     ChefSoloProvisioner,
     DocOutputParser,
@@ -32,7 +30,10 @@ from rolebake.provision.chef_solo import (
     solo_rb,
     toolchain_dir,
 )
-from rolebake.spec import Project, load_spec
+from rolebake.provision.chef import provisioner as chef_provisioner
+from rolebake.provision.chef.render import COOKBOOKS_DIR
+from rolebake.provision.target import ContainerTarget
+from rolebake.spec import Project
 
 REPO = Path(__file__).resolve().parents[2]
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "chef"
@@ -741,13 +742,13 @@ def test_toolchain_lends_the_volume_and_is_always_removed(project: Project) -> N
 def context(project: Project, engine: FakeEngine, tmp_path: Path,
             events: list[Any]) -> ProvisionContext:
     return ProvisionContext(project=project, layer=plan_build(project, ["web-chef"]).layer(
-        "web-chef"), engine=engine, container=ContainerHandle("cid", "build"),
+        "web-chef"), target=ContainerTarget(engine, ContainerHandle("cid", "build")),
         events=events.append, cancel=threading.Event(), log_path=tmp_path / "logs" / "b.log")
 
 
 def test_provision_streams_resources_and_returns_results(project: Project, tmp_path: Path,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(chef_solo, "POLL_SECONDS", 0.02)
+    monkeypatch.setattr(chef_provisioner, "POLL_SECONDS", 0.02)
     engine = FakeEngine(images={TOOLCHAIN: toolchain_image()},
                         chef_output=fixture("web-converge.txt"),
                         existing="/etc/chef\n")
@@ -779,7 +780,7 @@ def test_provision_streams_resources_and_returns_results(project: Project, tmp_p
 
 def test_provision_failure_raises_with_the_log(project: Project, tmp_path: Path,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(chef_solo, "POLL_SECONDS", 0.02)
+    monkeypatch.setattr(chef_provisioner, "POLL_SECONDS", 0.02)
     engine = FakeEngine(images={TOOLCHAIN: toolchain_image()},
                         chef_output=fixture("web-package-failed.txt"), chef_rc=1)
     events: list[Any] = []
@@ -801,7 +802,7 @@ def test_provision_failure_raises_with_the_log(project: Project, tmp_path: Path,
 
 def test_idempotence_pass_reports_changes(project: Project, tmp_path: Path,
                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(chef_solo, "POLL_SECONDS", 0.02)
+    monkeypatch.setattr(chef_provisioner, "POLL_SECONDS", 0.02)
     engine = FakeEngine(images={TOOLCHAIN: toolchain_image()},
                         chef_output=fixture("web-idempotent.txt"))
     provisioner = provisioner_for(project)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from rolebake.engine import commit_config
+from rolebake.image import commit_config
 from rolebake.spec import HealthCheck, ImageConfig
 
 PARENT = {

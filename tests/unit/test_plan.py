@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from rolebake.cache import LayerInputs, explain_miss, layer_inputs
+from rolebake.load import plan_build
 from rolebake.makefile import render_makefile
-from rolebake.plan import LayerInputs, explain_miss, layer_inputs, plan_build
 from rolebake.provision import provisioner_class
 from rolebake.spec import Project
 from tests.conftest import REPO

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from rolebake.engine import commit_config
+from rolebake.image import commit_config
 from rolebake.spec import HealthCheck, ImageConfig
 from rolebake.verify import (
     TestCase,

@@ -13,7 +13,7 @@ import os
 import pytest
 from vm_support import IMAGE_DIR, MIRROR, ROOTFS, missing, require_tools
 
-from rolebake.parity.vm import VMImage, prepare_vm_image
+from rolebake.rootfs import VMImage, prepare_vm_image
 
 
 @pytest.fixture(scope="session")

@@ -16,9 +16,11 @@ import pytest
 import testinfra
 from vm_support import ROOTFS, missing, require_tools
 
-from rolebake.parity import vm as vm_module
+from rolebake.errors import VMError
+from rolebake.parity import qemu as qemu_module
+from rolebake.parity.qemu import QemuVM
 from rolebake.parity.snapshot import take_snapshot
-from rolebake.parity.vm import QemuVM, VMError, VMImage, prepare_vm_image
+from rolebake.rootfs import VMImage, prepare_vm_image
 
 pytestmark = pytest.mark.vm
 
@@ -82,8 +84,9 @@ def test_exception_inside_with_stops_qemu(
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         ports = iter([busy.getsockname()[1]])
-        real_free_port = vm_module._free_port
-        monkeypatch.setattr(vm_module, "_free_port", lambda: next(ports, None) or real_free_port())
+        real_free_port = qemu_module._free_port
+        monkeypatch.setattr(qemu_module, "_free_port",
+                            lambda: next(ports, None) or real_free_port())
         with pytest.raises(RuntimeError, match="role failed"), QemuVM(vm_image) as vm:
             pid, run_dir = vm.pid, vm.run_dir
             assert vm.ssh_target.port != busy.getsockname()[1]
@@ -126,7 +129,8 @@ def test_qemu_dies_with_a_killed_rolebake(vm_image: VMImage) -> None:
             sys.executable,
             "-c",
             "import sys, pathlib\n"
-            "from rolebake.parity.vm import QemuVM, VMImage\n"
+            "from rolebake.parity.qemu import QemuVM\n"
+            "from rolebake.rootfs import VMImage\n"
             "image = VMImage.load(pathlib.Path(sys.argv[1]))\n"
             "with QemuVM(image, log=lambda line: print(line, flush=True)):\n"
             "    pass\n",

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from rolebake.base import cache_dir, default_mirror
+from rolebake.rootfs import cache_dir, default_mirror
 
 # The rootfs `rolebake base debian:bookworm` (make base) keeps, and the VM image
 # `rolebake parity --vm qemu` makes from it: the tests share both with the tool.

@@ -21,7 +21,6 @@ __all__ = [
     "ParityReport",
     "Status",
     "diff_snapshots",
-    "render_table",
 ]
 
 
@@ -386,54 +385,3 @@ def _render_path(p: PathState) -> str:
     if p.link_target is not None:
         text += f" -> {p.link_target}"
     return text
-
-
-# --------------------------------------------------------------------------- table
-
-
-def render_table(report: ParityReport, *, show_equal: bool = False, width: int = 120) -> str:
-    """Render the report as a side-by-side text table for a terminal.
-
-    Args:
-        report: The parity report.
-        show_equal: Also list equal items (they are always counted in the summary line).
-        width: Target line width; long values are shortened with an ellipsis, the status
-            and its reason never are.
-
-    Returns:
-        The table and a summary line, without a trailing newline.
-    """
-    shown = [i for i in report.items if show_equal or i.status is not Status.EQUAL]
-    header = ("RESOURCE", "CONTAINER", "VM", "STATUS")
-    rows = [(i.resource, _cell(i.container), _cell(i.vm), _status_cell(i)) for i in shown]
-    lines = []
-    if rows:
-        # RESOURCE and STATUS (with its reason) are never cut; the two values share the rest.
-        first = max(len(header[0]), *(len(r[0]) for r in rows))
-        cap = max((width - first - 40) // 2, 12)
-        widths = [first] + [
-            min(cap, max(len(header[col]), *(len(r[col]) for r in rows))) for col in (1, 2)
-        ]
-        for row in (header, *rows):
-            cells = [_fit(text, w).ljust(w) for text, w in zip(row, widths, strict=False)]
-            lines.append("  ".join([*cells, row[3]]).rstrip())
-    summary = (
-        f"{report.equal_count} equal, {len(report.expected)} expected, "
-        f"{len(report.differences)} different"
-    )
-    lines.append(("parity OK: " if report.ok else "parity FAILED: ") + summary)
-    return "\n".join(lines)
-
-
-def _cell(value: str | None) -> str:
-    if value is None:
-        return "-"
-    return value or "(empty)"
-
-
-def _status_cell(item: ParityItem) -> str:
-    return f"{item.status.value}: {item.reason}" if item.reason else item.status.value
-
-
-def _fit(text: str, width: int) -> str:
-    return text if len(text) <= width else text[: max(width - 1, 0)] + "…"

@@ -19,17 +19,28 @@ from typing import Any
 
 import testinfra
 
-from rolebake.base import cache_dir, default_mirror, make_rootfs, parse_base_name
 from rolebake.build import Builder, BuildOptions
 from rolebake.engine import BUILD_ID_LABEL, ROLE_LABEL, Engine
-from rolebake.errors import BuildFailed, InputError
+from rolebake.errors import BuildFailed, InputError, SnapshotError, VMError
 from rolebake.events import EventSink, LogEvent
+from rolebake.load import plan_build
 from rolebake.parity.diff import ParityReport, diff_snapshots
-from rolebake.parity.snapshot import SnapshotError, take_snapshot
-from rolebake.parity.vm import QemuVM, SSHTarget, VMError, VMImage, prepare_vm_image
-from rolebake.plan import BuildPlan, Layer, plan_build
-from rolebake.provision.ansible import AnsibleProvisioner
-from rolebake.provision.base import RunContext, TaskResult
+from rolebake.parity.qemu import QemuVM
+from rolebake.parity.snapshot import take_snapshot
+from rolebake.plan import BuildPlan, Layer
+from rolebake.provision import provisioner_class
+from rolebake.provision.base import ProvisionContext, TaskResult
+from rolebake.provision.target import SSHTarget
+from rolebake.rootfs import (
+    COMPLETE_STAMP,
+    VMImage,
+    cache_dir,
+    default_mirror,
+    make_rootfs,
+    parse_base_name,
+    prepare_vm_image,
+    rootfs_dir,
+)
 from rolebake.spec import Project
 from rolebake.verify import TestCase, suite_for_host, wait_ready
 
@@ -101,9 +112,9 @@ def run_parity(engine: Engine, project: Project, image: str, vm: str, *,
     target = None if vm == "qemu" else _parse_vm(vm)
     plan = plan_build(project, [image])
     for layer in plan.layers:
-        if layer.provisioner != "ansible":
-            raise InputError(f"parity applies Ansible roles; layer {layer.id} uses "
-                             f"{layer.provisioner}", path=layer.spec.path)
+        if not provisioner_class(layer.provisioner).over_ssh:
+            raise InputError(f"parity needs a provisioner that works over SSH; layer {layer.id} "
+                             f"uses {layer.provisioner}", path=layer.spec.path)
     started = time.monotonic()
     report = Builder(engine, project, events, BuildOptions()).build(plan)
     if report.error is not None:
@@ -201,8 +212,8 @@ def _prepare_local_vm(base: Layer, events: EventSink) -> VMImage:
             hint="use --vm ssh://user@host:port for other bases")
     _, suite = parse_base_name(f"debian:{suite}")
     mirror = default_mirror()
-    rootfs = cache_dir() / "rootfs" / f"debian-{suite}"
-    if not (rootfs / ".rolebake-rootfs-complete").exists():
+    rootfs = rootfs_dir(suite)
+    if not (rootfs / COMPLETE_STAMP).exists():
         make_rootfs(rootfs, suite, mirror, events)
     events(LogEvent("vm", "preparing the VM disk (kernel, systemd, sshd) from the base rootfs"))
     try:
@@ -219,11 +230,11 @@ def _apply_to_vm(project: Project, plan: BuildPlan, ssh: SSHTarget,
     tasks: list[TaskResult] = []
     run_id = uuid.uuid4().hex[:12]
     for layer in plan.layers:
-        ctx = RunContext(project=project, layer=layer, events=events, cancel=threading.Event(),
-                         log_path=project.state_dir / "logs" /
-                         f"parity-{layer.id.replace(':', '.')}-{run_id}.log")
+        ctx = ProvisionContext(project=project, layer=layer, target=ssh, events=events,
+                               cancel=threading.Event(), log_path=project.state_dir / "logs" /
+                               f"parity-{layer.file_stem}-{run_id}.log")
         events(LogEvent(layer.id, f"applying to the VM (log: {ctx.log_path})"))
-        result = AnsibleProvisioner(project, layer).apply(ctx, ssh.ansible_host_vars())
+        result = provisioner_class(layer.provisioner)(project, layer).provision(ctx)
         tasks.extend(result.tasks)
     return tasks
 
@@ -252,12 +263,3 @@ def _check_container(project: Project, layer: Layer, container_id: str,
                           details=exc.details) from None
     return tests, snapshot
 
-
-def tests_side_by_side(result: ParityResult) -> list[str]:
-    """The suite's outcome on each target, one line per test."""
-    vm = {c.name.split("[")[0]: c.outcome for c in result.vm_tests}
-    lines = [f"{'test':<48} {'container':<10} {'vm':<10}"]
-    for case in result.container_tests:
-        name = case.name.split("[")[0]
-        lines.append(f"{name[:48]:<48} {case.outcome:<10} {vm.get(name, '-'):<10}")
-    return lines

@@ -17,7 +17,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
-from rolebake.errors import BuildFailed
+from rolebake.errors import SnapshotError
 
 __all__ = [
     "ACCOUNTS_SCRIPT",
@@ -30,7 +30,6 @@ __all__ = [
     "PathState",
     "Service",
     "Snapshot",
-    "SnapshotError",
     "User",
     "parse_accounts",
     "parse_facts",
@@ -41,10 +40,6 @@ __all__ = [
 ]
 
 SNAPSHOT_FORMAT = 1
-
-
-class SnapshotError(BuildFailed):
-    """A snapshot command failed or printed something we cannot parse (exit 1)."""
 
 
 class CommandResult(Protocol):

@@ -12,7 +12,7 @@ if TYPE_CHECKING:
 
 PROVISIONERS: dict[str, str] = {
     "ansible": "rolebake.provision.ansible.AnsibleProvisioner",
-    "chef-solo": "rolebake.provision.chef_solo.ChefSoloProvisioner",
+    "chef-solo": "rolebake.provision.chef.ChefSoloProvisioner",
 }
 
 

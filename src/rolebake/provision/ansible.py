@@ -1,7 +1,9 @@
-"""Ansible roles and playbooks, applied with ansible-runner over community.docker.docker_api.
+"""The Ansible provisioner: roles and playbooks applied with ansible-runner.
 
-Ansible stays on the host: the container only needs a python3, which is
-bootstrapped when missing and removed again unless the roles need it.
+Ansible stays on the host. A build container is reached over
+community.docker.docker_api and only needs a python3, which is bootstrapped
+when missing and removed again unless the roles need it; a VM (parity) is
+reached over SSH by the very same code.
 """
 
 from __future__ import annotations
@@ -15,22 +17,26 @@ import sys
 import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from rolebake.errors import BuildFailed, InputError
-from rolebake.events import LogEvent, TaskEvent
-from rolebake.plan import tree_files
+from rolebake.events import LogEvent
 from rolebake.provision.base import (
     ProvisionContext,
     Provisioner,
     ProvisionResult,
-    RunContext,
+    TaskCounter,
     TaskResult,
+    append_log,
+    first_line,
+    tail,
+    tree_files,
 )
+from rolebake.provision.target import ContainerTarget, SSHTarget
+from rolebake.scripts import script
 from rolebake.spec import ImageSpec, Project
 from rolebake.yamlfile import load_yaml
 
@@ -41,15 +47,11 @@ _INPUT_FAULT = re.compile(r"Could not find or access '[^']+'|'[^']+' is undefine
 _OFFENDING = re.compile(r"(?:Origin|origin): ([^\s:]+):(\d+)")
 
 
-def script(name: str) -> str:
-    """The text of one of rolebake's container scripts."""
-    return resources.files("rolebake.scripts").joinpath(name).read_text(encoding="utf-8")
-
-
 class AnsibleProvisioner(Provisioner):
     """Applies Ansible roles (or a playbook) to a build container."""
 
     name = "ansible"
+    over_ssh = True
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         """Bind to a layer; see Provisioner."""
@@ -124,37 +126,19 @@ class AnsibleProvisioner(Provisioner):
         ctx.events(LogEvent(ctx.layer.id, summary))
 
     def provision(self, ctx: ProvisionContext, *, idempotence: bool = False) -> ProvisionResult:
-        """Run the roles in the build container and report each task as it goes."""
-        host_vars: dict[str, Any] = {
-            "ansible_connection": "community.docker.docker_api",
-            "ansible_host": ctx.container.id,
-            "ansible_user": "root",
-            "ansible_python_interpreter": "/usr/bin/python3",
-            # Enable systemd units offline: there is no systemd running in a
-            # build container; start/restart requests are skipped with a warning.
-            "ansible_docker_extra_env": {"SYSTEMD_OFFLINE": "1"},
-        }
-        if os.environ.get("DOCKER_HOST"):
-            # The connection plugin does not read DOCKER_HOST by itself: name the
-            # engine, or Ansible would look for the container on the default socket.
-            host_vars["ansible_docker_docker_host"] = os.environ["DOCKER_HOST"]
-        return self.apply(ctx, host_vars, idempotence=idempotence)
-
-    def apply(self, ctx: RunContext, host_vars: Mapping[str, Any], *,
-              idempotence: bool = False) -> ProvisionResult:
-        """Apply the layer's roles with ansible-runner to one host (a container, a VM).
+        """Apply the layer's roles to the target and report each task as it goes.
 
         Args:
-            ctx: the run's context.
-            host_vars: how Ansible reaches the host (connection, address, user).
+            ctx: the pass's context; its target is a build container or an SSH host.
             idempotence: this is the second, checking pass.
 
         Returns:
             Every task's result.
         """
+        host_vars = _host_vars(ctx.target)
         with _private_data_dir(ctx) as data_dir:
             playbook = self._write_run_files(ctx, data_dir, host_vars)
-            watcher = _EventWatcher(ctx)
+            watcher = EventWatcher(ctx)
             thread, runner = _runner_async(
                 private_data_dir=str(data_dir),
                 playbook=playbook,
@@ -172,8 +156,8 @@ class AnsibleProvisioner(Provisioner):
             stdout = _artifact_stdout(data_dir, "idempotence" if idempotence else "provision")
             if ctx.secrets is not None:
                 stdout = ctx.secrets.redact(stdout)
-            _append_log(ctx.log_path, "idempotence check" if idempotence else "provision",
-                        stdout)
+            append_log(ctx.log_path, "idempotence check" if idempotence else "provision",
+                       stdout)
             status = runner.status
         if ctx.cancel.is_set() or status == "canceled":
             raise BuildFailed("provisioning was cancelled")
@@ -200,7 +184,7 @@ class AnsibleProvisioner(Provisioner):
 
     # ----------------------------------------------------------------------------------
 
-    def _write_run_files(self, ctx: RunContext, data_dir: Path,
+    def _write_run_files(self, ctx: ProvisionContext, data_dir: Path,
                          target_vars: Mapping[str, Any]) -> str:
         layer = self.layer
         host = "rolebake-build"
@@ -225,7 +209,7 @@ class AnsibleProvisioner(Provisioner):
         _write(data_dir / "project" / "rolebake.yml", yaml.safe_dump(play, sort_keys=False))
         return "rolebake.yml"
 
-    def _envvars(self, ctx: RunContext, data_dir: Path) -> dict[str, str]:
+    def _envvars(self, ctx: ProvisionContext, data_dir: Path) -> dict[str, str]:
         roles_path = [str(self.project.roles_dir.resolve())]
         if self.layer.playbook is not None:
             roles_path.insert(0, str((self.layer.playbook.parent / "roles").resolve()))
@@ -255,17 +239,42 @@ class AnsibleProvisioner(Provisioner):
         return env
 
 
+def _host_vars(target: ContainerTarget | SSHTarget) -> dict[str, Any]:
+    """How Ansible reaches the target: the engine's API for a container, SSH for a VM."""
+    if isinstance(target, SSHTarget):
+        return dict(target.ansible_host_vars())
+    host_vars: dict[str, Any] = {
+        "ansible_connection": "community.docker.docker_api",
+        "ansible_host": target.container.id,
+        "ansible_user": "root",
+        "ansible_python_interpreter": "/usr/bin/python3",
+        # Enable systemd units offline: there is no systemd running in a
+        # build container; start/restart requests are skipped with a warning.
+        "ansible_docker_extra_env": {"SYSTEMD_OFFLINE": "1"},
+    }
+    if os.environ.get("DOCKER_HOST"):
+        # The connection plugin does not read DOCKER_HOST by itself: name the
+        # engine, or Ansible would look for the container on the default socket.
+        host_vars["ansible_docker_docker_host"] = os.environ["DOCKER_HOST"]
+    return host_vars
+
+
 @dataclass
-class _EventWatcher:
+class EventWatcher:
     """Turns ansible-runner events into rolebake events and task results."""
 
-    ctx: RunContext
+    ctx: ProvisionContext
     results: list[TaskResult] = field(default_factory=list)
     failures: list[TaskResult] = field(default_factory=list)
     failure_paths: list[str] = field(default_factory=list)  # "file:line" of each failed task
-    counts: dict[str, int] = field(default_factory=lambda: {"ok": 0, "changed": 0, "failed": 0})
+    counter: TaskCounter = field(init=False)
+
+    def __post_init__(self) -> None:
+        """Count tasks for the same context the events go to."""
+        self.counter = TaskCounter(self.ctx)
 
     def __call__(self, event: Mapping[str, Any]) -> bool:
+        """Take one ansible-runner event; True keeps it in runner's artifacts."""
         kind = event.get("event", "")
         data = event.get("event_data") or {}
         if kind == "playbook_on_task_start":
@@ -281,10 +290,7 @@ class _EventWatcher:
                 status = "ignored"
             else:
                 status = "failed"
-            if status in self.counts:
-                self.counts[status] += 1
-            if status == "changed":
-                self.counts["ok"] += 1
+            self.counter.count(status)
             task = TaskResult(
                 name=str(data.get("task") or ""),
                 role=data.get("role") or None,
@@ -301,18 +307,10 @@ class _EventWatcher:
         return True
 
     def _emit(self, data: Mapping[str, Any], status: str) -> None:
-        self.ctx.events(TaskEvent(
-            layer=self.ctx.layer.id,
-            task=str(data.get("task") or ""),
-            role=data.get("role") or None,
-            status=status,
-            ok=self.counts["ok"],
-            changed=self.counts["changed"],
-            failed=self.counts["failed"],
-        ))
+        self.counter.emit(str(data.get("task") or ""), data.get("role") or None, status)
 
 
-def _failure(ctx: RunContext, watcher: _EventWatcher, stdout: str) -> Exception:
+def _failure(ctx: ProvisionContext, watcher: EventWatcher, stdout: str) -> Exception:
     if watcher.failures:
         task = watcher.failures[0]
         res = task.result
@@ -332,8 +330,8 @@ def _failure(ctx: RunContext, watcher: _EventWatcher, stdout: str) -> Exception:
                               hint=f"full Ansible log: {ctx.log_path}")
         where = f"role {task.role}, " if task.role else ""
         return BuildFailed(
-            f"task {task.name!r} ({where}module {task.action}) failed: {_first_line(message)}",
-            details=_tail(evidence or message, 15),
+            f"task {task.name!r} ({where}module {task.action}) failed: {first_line(message)}",
+            details=tail(evidence or message, 15),
             hint=f"full Ansible log: {ctx.log_path}",
         )
     # No task ran into trouble, so Ansible refused the input itself: a YAML
@@ -346,7 +344,7 @@ def _failure(ctx: RunContext, watcher: _EventWatcher, stdout: str) -> Exception:
         if location:
             return InputError(message, path=location.group(1), line=int(location.group(2)))
         return InputError(message, hint=f"full Ansible log: {ctx.log_path}")
-    return BuildFailed("ansible-playbook failed", details=_tail(stdout, 20),
+    return BuildFailed("ansible-playbook failed", details=tail(stdout, 20),
                        hint=f"full Ansible log: {ctx.log_path}")
 
 
@@ -368,7 +366,7 @@ def _ansible_playbook() -> str:
 
 
 @contextlib.contextmanager
-def _private_data_dir(ctx: RunContext) -> Iterator[Path]:
+def _private_data_dir(ctx: ProvisionContext) -> Iterator[Path]:
     # Private: it may hold vault passwords and secret paths; removed afterwards.
     base = ctx.project.state_dir / "tmp"
     base.mkdir(parents=True, exist_ok=True)
@@ -383,12 +381,6 @@ def _private_data_dir(ctx: RunContext) -> Iterator[Path]:
 def _artifact_stdout(data_dir: Path, ident: str) -> str:
     stdout = data_dir / "artifacts" / ident / "stdout"
     return stdout.read_text(encoding="utf-8", errors="replace") if stdout.exists() else ""
-
-
-def _append_log(log_path: Path, title: str, text: str) -> None:
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with log_path.open("a", encoding="utf-8") as log:
-        log.write(f"===== {title} =====\n{text}\n")
 
 
 def _write(path: Path, text: str) -> None:
@@ -460,11 +452,3 @@ def _trim(res: Mapping[str, Any]) -> dict[str, Any]:
             "name", "mode", "owner", "group", "uid", "gid", "home", "shell", "enabled", "src",
             "status", "cache_updated", "diff", "results")
     return {k: res[k] for k in keep if k in res}
-
-
-def _first_line(text: str) -> str:
-    return text.strip().splitlines()[0] if text.strip() else text
-
-
-def _tail(text: str, lines: int) -> str:
-    return "\n".join(text.rstrip().splitlines()[-lines:])

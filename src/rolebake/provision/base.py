@@ -1,8 +1,9 @@
-"""The interface every provisioner implements, named after the build lifecycle.
+"""The provisioner interface, named after the build lifecycle, and the helpers provisioners share.
 
-A provisioner turns a layer's configuration-management code into changes
-inside a build container: `bootstrap` what it needs to run, `provision`,
-then `clean` away every trace of itself before the pipeline commits.
+A provisioner turns a layer's configuration-management code into changes on a
+target: `bootstrap` what it needs to run, `provision`, then `clean` away every
+trace of itself before the pipeline commits. The target is a build container
+or (for `rolebake parity`) a machine over SSH; only `provision` runs there.
 """
 
 from __future__ import annotations
@@ -16,9 +17,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from rolebake.engine import ContainerHandle, Engine
-from rolebake.events import EventSink
+from rolebake.errors import InputError
+from rolebake.events import EventSink, TaskEvent
 from rolebake.plan import Layer
-from rolebake.spec import Fields, ImageSpec, Project
+from rolebake.provision.target import ContainerTarget, Target
+from rolebake.spec import ImageSpec, Project
+from rolebake.yamlfile import Fields
 
 if TYPE_CHECKING:
     from rolebake.secrets import SecretSet
@@ -33,23 +37,32 @@ class ContainerOptions:
 
 
 @dataclass(frozen=True, kw_only=True)
-class RunContext:
-    """What applying a layer needs, whatever the target (a build container, a VM)."""
+class ProvisionContext:
+    """Everything one provisioning pass may use, whatever the target."""
 
     project: Project
     layer: Layer
+    target: Target
     events: EventSink
     cancel: threading.Event
     log_path: Path
     secrets: SecretSet | None = None
 
+    @property
+    def engine(self) -> Engine:
+        """The engine of a build-container target."""
+        return self._container_target().engine
 
-@dataclass(frozen=True, kw_only=True)
-class ProvisionContext(RunContext):
-    """Everything one provisioning pass in a build container may use."""
+    @property
+    def container(self) -> ContainerHandle:
+        """The build container of a build-container target."""
+        return self._container_target().container
 
-    engine: Engine
-    container: ContainerHandle
+    def _container_target(self) -> ContainerTarget:
+        if not isinstance(self.target, ContainerTarget):
+            raise InputError(f"layer {self.layer.id}: this step needs a build container, "
+                             f"not {type(self.target).__name__}")
+        return self.target
 
 
 @dataclass(frozen=True)
@@ -84,10 +97,11 @@ class ProvisionResult:
 
 
 class Provisioner(abc.ABC):
-    """Applies one layer's configuration-management code to a build container."""
+    """Applies one layer's configuration-management code to a target."""
 
     name: ClassVar[str]
     section: ClassVar[str | None] = None  # the spec key holding this provisioner's settings
+    over_ssh: ClassVar[bool] = False  # can `provision` apply the layer to an SSHTarget?
 
     def __init__(self, project: Project, layer: Layer) -> None:
         """Bind the provisioner to the layer it will apply."""
@@ -125,12 +139,67 @@ class Provisioner(abc.ABC):
 
     @abc.abstractmethod
     def bootstrap(self, ctx: ProvisionContext) -> None:
-        """Make the container able to run the provisioner (recording what was added)."""
+        """Make the build container able to run the provisioner (recording what was added)."""
 
     @abc.abstractmethod
     def provision(self, ctx: ProvisionContext, *, idempotence: bool = False) -> ProvisionResult:
-        """Apply the layer. With `idempotence`, this is the second, checking pass."""
+        """Apply the layer to the context's target. With `idempotence`, the checking pass."""
 
     @abc.abstractmethod
     def clean(self, ctx: ProvisionContext) -> None:
-        """Remove every trace of the provisioner and its bootstrap from the container."""
+        """Remove every trace of the provisioner and its bootstrap from the build container."""
+
+
+# Helpers every provisioner uses --------------------------------------------------------
+
+
+@dataclass
+class TaskCounter:
+    """Running ok/changed/failed counts, turned into TaskEvents for the progress line."""
+
+    ctx: ProvisionContext
+    counts: dict[str, int] = field(default_factory=lambda: {"ok": 0, "changed": 0, "failed": 0})
+
+    def count(self, status: str) -> None:
+        """Count one finished task (a change is also ok, as Ansible's recap counts it)."""
+        if status in ("ok", "changed"):
+            self.counts["ok"] += 1
+        if status in ("changed", "failed"):
+            self.counts[status] += 1
+
+    def emit(self, task: str, role: str | None, status: str) -> None:
+        """Tell the watcher about a task with the counts so far."""
+        self.ctx.events(TaskEvent(layer=self.ctx.layer.id, task=task, role=role, status=status,
+                                  ok=self.counts["ok"], changed=self.counts["changed"],
+                                  failed=self.counts["failed"]))
+
+
+def tail(text: str, lines: int = 15) -> str:
+    """The last lines of a provisioner's output, for error details."""
+    return "\n".join(text.rstrip().splitlines()[-lines:])
+
+
+def first_line(text: str) -> str:
+    """The first non-empty line of a message."""
+    return text.strip().splitlines()[0] if text.strip() else text
+
+
+def append_log(log_path: Path, title: str, text: str) -> None:
+    """Add one pass's full output to the layer's log file."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("a", encoding="utf-8") as log:
+        log.write(f"===== {title} =====\n{text}\n")
+
+
+def tree_files(root: Path) -> list[Path]:
+    """Every file and link below `root`, skipping editor and VCS litter."""
+    found: list[Path] = []
+    for path in sorted(root.rglob("*")):
+        rel_parts = path.relative_to(root).parts
+        if any(part in {".git", "__pycache__", ".pytest_cache"} for part in rel_parts):
+            continue
+        if path.name.endswith((".pyc", ".swp", "~")) or path.name == ".DS_Store":
+            continue
+        if path.is_symlink() or path.is_file():
+            found.append(path)
+    return found

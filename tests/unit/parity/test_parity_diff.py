@@ -11,9 +11,9 @@ from rolebake.parity.diff import (
     ParityReport,
     Status,
     diff_snapshots,
-    render_table,
 )
 from rolebake.parity.snapshot import Group, PathState, Service, Snapshot, User
+from rolebake.report.tables import parity_table as render_table
 
 
 def _item(report: ParityReport, category: Category, key: str) -> ParityItem:

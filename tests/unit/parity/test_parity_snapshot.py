@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 from parity_recorded import RECORDED_PATHS, RecordedHost, recorded
 
+from rolebake.errors import SnapshotError
 from rolebake.parity import snapshot as snap
-from rolebake.parity.snapshot import PathState, Service, Snapshot, SnapshotError
+from rolebake.parity.snapshot import PathState, Service, Snapshot
 
 
 def test_packages_from_recorded_output() -> None:

@@ -8,8 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from rolebake.parity import vm
-from rolebake.parity.vm import SSHTarget, VMImage, prepare_vm_image, qemu_argv
+from rolebake.errors import VMError
+from rolebake.parity.qemu import qemu_argv
+from rolebake.provision.target import SSHTarget
+from rolebake.rootfs import vm_disk
+from rolebake.rootfs.vm_disk import VMImage, prepare_vm_image
 
 
 @pytest.mark.parametrize(
@@ -116,7 +119,7 @@ def _fake_image(out: Path) -> VMImage:
     ):
         (out / name).write_bytes(data)
     manifest = {
-        "format": vm._IMAGE_FORMAT,
+        "format": vm_disk._IMAGE_FORMAT,
         "kernel": "vmlinuz",
         "initrd": "initrd.img",
         "disk": "disk.img",
@@ -193,7 +196,7 @@ def test_complete_image_with_same_inputs_is_reused(tmp_path: Path) -> None:
     expected = _fake_image(out)
     mirror = "http://mirror.example.invalid/debian"
     manifest = json.loads((out / "manifest.json").read_text())
-    manifest["inputs"] = vm._inputs_key(rootfs.resolve(), mirror)
+    manifest["inputs"] = vm_disk._inputs_key(rootfs.resolve(), mirror)
     (out / "manifest.json").write_text(json.dumps(manifest))
     lines: list[str] = []
     # Reuse must not build: the fake rootfs could not be chrooted into.
@@ -203,25 +206,25 @@ def test_complete_image_with_same_inputs_is_reused(tmp_path: Path) -> None:
 
 def test_inputs_key_follows_rootfs_packages_and_mirror(tmp_path: Path) -> None:
     rootfs = _fake_rootfs(tmp_path / "rootfs")
-    key = vm._inputs_key(rootfs, "http://a/debian")
-    assert key == vm._inputs_key(rootfs, "http://a/debian")
-    assert key != vm._inputs_key(rootfs, "http://b/debian")
+    key = vm_disk._inputs_key(rootfs, "http://a/debian")
+    assert key == vm_disk._inputs_key(rootfs, "http://a/debian")
+    assert key != vm_disk._inputs_key(rootfs, "http://b/debian")
     with (rootfs / "var/lib/dpkg/status").open("a") as status:
         status.write("\nPackage: curl\nStatus: install ok installed\nVersion: 7\n")
-    assert key != vm._inputs_key(rootfs, "http://a/debian")
+    assert key != vm_disk._inputs_key(rootfs, "http://a/debian")
 
 
 def test_installed_packages_reads_dpkg_status(tmp_path: Path) -> None:
     rootfs = _fake_rootfs(tmp_path / "rootfs")
-    assert vm._installed_packages(rootfs) == {"dpkg": "1.21.22"}
+    assert vm_disk._installed_packages(rootfs) == {"dpkg": "1.21.22"}
 
 
 def test_not_a_debian_rootfs(tmp_path: Path) -> None:
-    with pytest.raises(vm.VMError, match="not a Debian rootfs"):
+    with pytest.raises(VMError, match="not a Debian rootfs"):
         prepare_vm_image(tmp_path, tmp_path / "out", mirror="http://x/debian")
 
 
 def test_vm_error_carries_details() -> None:
-    err = vm.VMError("qemu exited", details="console tail")
+    err = VMError("qemu exited", details="console tail")
     assert err.message == "qemu exited" and err.details == "console tail"
     assert str(err) == "qemu exited\nconsole tail"

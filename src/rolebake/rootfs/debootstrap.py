@@ -1,7 +1,8 @@
-"""Base images without a registry: debootstrap a Debian rootfs, `docker import` it.
+"""The debootstrap Debian rootfs and where it is kept: the bytes the base image and VM disk share.
 
-The same rootfs, kept in the cache directory, is what the local parity VM is
-made from, so the VM and the container start from the very same bytes.
+`make_rootfs` debootstraps a minbase tree into the cache directory; a stamp file written last
+marks it complete, so a half-made tree is never used. The base container image is imported
+from it and the parity VM disk is made from a copy of it.
 """
 
 from __future__ import annotations
@@ -12,30 +13,25 @@ import re
 import shutil
 import subprocess
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
-from rolebake.engine import ROLE_LABEL, Engine, ImageInfo
 from rolebake.errors import BuildFailed, InputError
 from rolebake.events import EventSink, LogEvent
-from rolebake.locks import exclusive
+
+__all__ = [
+    "COMPLETE_STAMP",
+    "SUPPORTED",
+    "cache_dir",
+    "default_mirror",
+    "make_rootfs",
+    "parse_base_name",
+    "rootfs_dir",
+    "timestamp",
+]
 
 SUPPORTED = {"debian": ("bookworm", "trixie", "bullseye")}
-BASE_REPOSITORY = "rolebake/debian"
 COMPLETE_STAMP = ".rolebake-rootfs-complete"
 _DEB_LINE = re.compile(r"^\s*deb\s+(?:\[[^\]]*\]\s+)?(\S+)\s+(\S+)")
-
-
-@dataclass(frozen=True)
-class BaseImage:
-    """A base image and the rootfs it was made from."""
-
-    ref: str
-    image_id: str
-    rootfs: Path
-    suite: str
-    mirror: str
-    reused: bool
 
 
 def cache_dir() -> Path:
@@ -44,6 +40,11 @@ def cache_dir() -> Path:
     if configured:
         return Path(configured)
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "rolebake"
+
+
+def rootfs_dir(suite: str) -> Path:
+    """Where the debootstrap rootfs of a Debian suite is kept."""
+    return cache_dir() / "rootfs" / f"debian-{suite}"
 
 
 def parse_base_name(name: str) -> tuple[str, str]:
@@ -86,41 +87,23 @@ def default_mirror(sources: Path = Path("/etc/apt")) -> str:
                      hint="pass one with --mirror URL")
 
 
-def ensure_base(engine: Engine, name: str = "debian:bookworm", *, mirror: str | None = None,
-                events: EventSink, rebuild: bool = False) -> BaseImage:
-    """Make (or reuse) the base image `rolebake/debian:<suite>`.
-
-    Args:
-        engine: the engine to import into.
-        name: `debian:<suite>`.
-        mirror: a Debian mirror URL; the machine's apt mirror by default.
-        events: progress sink (debootstrap is long work).
-        rebuild: make it again even when it exists.
-
-    Returns:
-        The base image and where its rootfs is kept.
-    """
-    _, suite = parse_base_name(name)
-    mirror = mirror or default_mirror()
-    ref = f"{BASE_REPOSITORY}:{suite}"
-    rootfs = cache_dir() / "rootfs" / f"debian-{suite}"
-    existing = engine.image(ref)
-    if existing is not None and not rebuild and existing.labels.get("rolebake.base.suite") == suite:
-        events(LogEvent("base", f"{ref} exists ({existing.short_id}); reusing it"))
-        if not (rootfs / COMPLETE_STAMP).exists():
-            make_rootfs(rootfs, suite, mirror, events)
-        return BaseImage(ref, existing.id, rootfs, suite, existing.labels.get(
-            "rolebake.base.mirror", mirror), reused=True)
-    with exclusive(rootfs.parent / f".{rootfs.name}.lock"):
-        if rebuild or not (rootfs / COMPLETE_STAMP).exists():
-            make_rootfs(rootfs, suite, mirror, events, replace=rebuild)
-        image = _import(engine, rootfs, ref, suite, mirror, events)
-    return BaseImage(ref, image.id, rootfs, suite, mirror, reused=False)
-
-
 def make_rootfs(rootfs: Path, suite: str, mirror: str, events: EventSink, *,
                 replace: bool = False) -> Path:
-    """Debootstrap a minbase rootfs; a half-made one is never left where it would be used."""
+    """Debootstrap a minbase rootfs; a half-made one is never left where it would be used.
+
+    Args:
+        rootfs: Where the finished tree goes (the work happens next to it).
+        suite: The Debian suite, e.g. `bookworm`.
+        mirror: The Debian mirror URL to debootstrap from.
+        events: Progress sink; gets debootstrap's main steps.
+        replace: Accepted for callers that rebuild; an existing tree is always replaced.
+
+    Returns:
+        `rootfs`, now complete (it holds COMPLETE_STAMP).
+
+    Raises:
+        BuildFailed: debootstrap is missing or failed (with the tail of its output).
+    """
     if shutil.which("debootstrap") is None:
         raise BuildFailed("debootstrap is not installed", hint="apt-get install debootstrap")
     rootfs.parent.mkdir(parents=True, exist_ok=True)
@@ -141,7 +124,7 @@ def make_rootfs(rootfs: Path, suite: str, mirror: str, events: EventSink, *,
                 raise BuildFailed(f"debootstrap {suite} from {mirror} failed",
                                   details="\n".join(tail))
         (work / COMPLETE_STAMP).write_text(
-            f"suite={suite}\nmirror={mirror}\ndate={_now()}\n", encoding="utf-8")
+            f"suite={suite}\nmirror={mirror}\ndate={timestamp()}\n", encoding="utf-8")
         if rootfs.exists():
             shutil.rmtree(rootfs)
         work.rename(rootfs)
@@ -151,29 +134,6 @@ def make_rootfs(rootfs: Path, suite: str, mirror: str, events: EventSink, *,
     return rootfs
 
 
-def _import(engine: Engine, rootfs: Path, ref: str, suite: str, mirror: str,
-            events: EventSink) -> ImageInfo:
-    events(LogEvent("base", f"importing {rootfs} as {ref}"))
-    with tempfile.TemporaryDirectory(prefix="rolebake-base-") as tmp:
-        tarball = Path(tmp) / "rootfs.tar"
-        # The downloaded .debs and apt lists are debootstrap's cache, not the system.
-        argv = ["tar", "-C", str(rootfs), "--numeric-owner", "--xattrs",
-                f"--exclude=./{COMPLETE_STAMP}", "--exclude=./var/cache/apt/archives/*.deb",
-                "--exclude=./var/lib/apt/lists/*", "-cf", str(tarball), "."]
-        result = subprocess.run(argv, capture_output=True, text=True, check=False)
-        if result.returncode != 0:
-            raise BuildFailed("could not pack the rootfs", details=result.stderr[-2000:])
-        changes = [
-            'CMD ["bash"]',
-            f"LABEL {ROLE_LABEL}=base",
-            f"LABEL rolebake.base.suite={suite}",
-            f"LABEL rolebake.base.mirror={mirror}",
-            f"LABEL rolebake.base.date={_now()}",
-        ]
-        image = engine.import_rootfs(tarball, ref, changes)
-    events(LogEvent("base", f"{ref} is {image.short_id}"))
-    return image
-
-
-def _now() -> str:
+def timestamp() -> str:
+    """The current UTC time as the stamp file and the base image's labels record it."""
     return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -1,0 +1,64 @@
+"""Loading a project's images: each spec checked by its provisioner, then planned.
+
+Every command starts here, so every spec problem, including those in a
+provisioner's own section (`chef:`) or in what it names (roles, cookbooks),
+is one InputError with file and line before any container exists.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import replace
+
+from rolebake import provision
+from rolebake.errors import InputError
+from rolebake.plan import BuildPlan, make_plan
+from rolebake.spec import ImageSpec, Project
+from rolebake.spec import load_spec as read_spec
+
+
+def load_spec(project: Project, name: str) -> ImageSpec:
+    """Read images/<name>.yml and let its provisioner validate its part.
+
+    Raises:
+        InputError: anything wrong with the spec, naming file and line.
+    """
+    spec = read_spec(project, name, sections=provision.sections())
+    if spec.provisioner not in provision.names():
+        raise InputError(f"provisioner: unknown provisioner {spec.provisioner!r}; known: "
+                         f"{', '.join(provision.names())}", path=spec.path,
+                         line=spec.line_of("provisioner"))
+    cls = provision.provisioner_class(spec.provisioner)
+    for key in spec.sections:
+        if key != cls.section:
+            owner = next(n for n in provision.names()
+                         if provision.provisioner_class(n).section == key)
+            raise InputError(f"`{key}:` is for the {owner} provisioner; this spec uses "
+                             f"{spec.provisioner}", path=spec.path, line=spec.line_of(key))
+    spec = replace(spec, provisioner_options=cls.parse_options(spec, project,
+                                                               spec.section(cls.section)))
+    cls.validate(spec, project)
+    return spec
+
+
+def plan_build(project: Project, targets: Iterable[str] = ()) -> BuildPlan:
+    """Turn image names (`web`, `web:dev`; none means every image and variant) into a plan.
+
+    Raises:
+        InputError: a bad spec, an unknown image or variant, or a cycle in `from:`.
+    """
+    wanted = list(targets) or all_targets(project)
+    return make_plan(project, wanted, lambda name: load_spec(project, name))
+
+
+def all_targets(project: Project) -> list[str]:
+    """Every image in images/ and every variant of each."""
+    names = project.spec_names()
+    if not names:
+        raise InputError("no image specs found", path=project.images_dir)
+    targets: list[str] = []
+    for name in names:
+        spec = load_spec(project, name)
+        targets.append(name)
+        targets.extend(f"{name}:{v.name}" for v in spec.variants)
+    return targets

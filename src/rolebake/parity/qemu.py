@@ -1,0 +1,381 @@
+"""The qemu side of `rolebake parity`: a throwaway local VM booted from the prepared VM disk.
+
+`QemuVM` boots a `rolebake.rootfs.VMImage` under qemu (always TCG: nested KVM is not something
+we can rely on) on a copy-on-write overlay, so every parity run starts from the same clean
+state and the cached disk is never written to; it hands out an `SSHTarget` for the running VM.
+qemu runs in a process group of its own and never outlives rolebake.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+from rolebake.errors import VMError
+from rolebake.procgroup import TAIL_LINES, Log, kill_group, run_logged
+from rolebake.provision.target import SSHTarget
+from rolebake.rootfs.vm_disk import VMImage
+
+__all__ = ["QemuVM", "qemu_argv"]
+
+# Backgrounded so that ssh returns before the guest tears sshd down.
+_POWEROFF = "(sleep 1; systemctl poweroff) >/dev/null 2>&1 &"
+
+
+def qemu_argv(
+    image: VMImage,
+    *,
+    overlay: Path,
+    console_log: Path,
+    ssh_port: int,
+    memory_mb: int = 1024,
+    cpus: int = 2,
+    binary: str = "qemu-system-x86_64",
+) -> list[str]:
+    """The qemu command line for a parity VM (pure; exposed for tests and `--debug`).
+
+    Args:
+        image: The prepared image (kernel, initrd; the disk is reached through the overlay).
+        overlay: qcow2 overlay backed by the image's disk.
+        console_log: File receiving the serial console.
+        ssh_port: Host port on 127.0.0.1 forwarded to the guest's port 22.
+        memory_mb: Guest memory.
+        cpus: Guest vCPUs.
+        binary: The qemu system emulator.
+
+    Returns:
+        The argv.
+    """
+
+    def opt(value: Path | str) -> str:
+        # qemu's option parser splits on commas; a literal comma is written twice.
+        return str(value).replace(",", ",,")
+
+    return [
+        binary,
+        # Nested KVM is not dependable on CI runners; TCG works everywhere.
+        "-accel", "tcg",
+        "-machine", "q35",
+        "-cpu", "max",
+        "-m", str(memory_mb),
+        "-smp", str(cpus),
+        "-nodefaults",
+        "-no-user-config",
+        "-display", "none",
+        "-monitor", "none",
+        "-serial", f"file:{opt(console_log)}",
+        # A guest reboot or poweroff ends qemu: nothing should come back up unnoticed.
+        "-no-reboot",
+        "-kernel", str(image.kernel),
+        "-initrd", str(image.initrd),
+        "-append", "root=/dev/vda rw console=ttyS0 panic=-1",
+        "-drive", f"file={opt(overlay)},if=virtio,format=qcow2,cache=unsafe",
+        "-netdev", f"user,id=n0,hostfwd=tcp:127.0.0.1:{ssh_port}-:22",
+        "-device", "virtio-net-pci,netdev=n0",
+        "-device", "virtio-rng-pci",
+    ]  # fmt: skip
+
+
+def _free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free right now (qemu may still lose it to a race)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the forked child
+    """Have the kernel SIGKILL qemu if rolebake itself dies without running cleanup."""
+    pr_set_pdeathsig = 1
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+
+
+def _tail(path: Path, lines: int = TAIL_LINES) -> str:
+    """The last lines of a log file; empty when it cannot be read (yet)."""
+    try:
+        with path.open(errors="replace") as handle:
+            return "".join(deque(handle, maxlen=lines)).rstrip()
+    except OSError:
+        return ""
+
+
+@dataclass(frozen=True)
+class _Boot:
+    """One running qemu process and the port it forwards."""
+
+    process: subprocess.Popen[bytes]
+    port: int
+
+
+class QemuVM:
+    """A throwaway local VM for one parity run; use as a context manager.
+
+    `with QemuVM(image) as vm:` boots the image on a fresh qcow2 overlay and returns once
+    root can log in over SSH with the image's key. Leaving the block stops the VM (a
+    `poweroff` first when the block ended normally; straight to SIGTERM/SIGKILL on an
+    exception, Ctrl-C or the CLI's SIGTERM exception), makes sure the qemu process is gone
+    and removes the overlay and everything else in the run's temp dir.
+
+    qemu runs in its own session so a terminal Ctrl-C reaches rolebake, not qemu, and the
+    cleanup below decides how it ends; it is also tied to rolebake's lifetime with
+    PR_SET_PDEATHSIG, so even a SIGKILLed rolebake leaves no VM behind. Enter the context
+    from the thread that will also leave it (PDEATHSIG follows the starting thread).
+    """
+
+    def __init__(
+        self,
+        image: VMImage,
+        *,
+        memory_mb: int = 1024,
+        cpus: int = 2,
+        boot_timeout: float = 180.0,
+        poweroff_timeout: float = 15.0,
+        qemu_binary: str = "qemu-system-x86_64",
+        log: Log | None = None,
+    ) -> None:
+        self.image = image
+        self.memory_mb = memory_mb
+        self.cpus = cpus
+        self.boot_timeout = boot_timeout
+        self.poweroff_timeout = poweroff_timeout
+        self.qemu_binary = qemu_binary
+        self._say = log or (lambda _line: None)
+        self._tmp: Path | None = None
+        self._boot: _Boot | None = None
+        self._target: SSHTarget | None = None
+        #: Seconds from starting qemu until SSH accepted the key.
+        self.boot_seconds: float | None = None
+
+    # -- lifecycle
+
+    def __enter__(self) -> QemuVM:
+        try:
+            self._start()
+        except BaseException:
+            self._stop(graceful=False)
+            raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        # Only a normal exit powers the guest off politely. After a failure, Ctrl-C or the
+        # CLI's SIGTERM exception the user wants out now, and a clean guest shutdown buys
+        # nothing for a disk that is about to be deleted.
+        self._stop(graceful=exc_type is None)
+
+    @property
+    def ssh_target(self) -> SSHTarget:
+        """How to reach the running VM (root, key-only, host key not checked)."""
+        if self._target is None:
+            raise VMError("the VM is not running")
+        return self._target
+
+    @property
+    def run_dir(self) -> Path:
+        """This run's temp dir (overlay, console log, ssh_config)."""
+        if self._tmp is None:
+            raise VMError("the VM is not running")
+        return self._tmp
+
+    @property
+    def pid(self) -> int | None:
+        """The qemu process id while it runs."""
+        return self._boot.process.pid if self._boot is not None else None
+
+    def console_tail(self, lines: int = TAIL_LINES) -> str:
+        """The last lines of the serial console (kernel and systemd messages, login prompt)."""
+        return _tail(self.run_dir / "console.log", lines) if self._tmp is not None else ""
+
+    def run(
+        self, command: Sequence[str], *, timeout: float = 600, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
+        """Run a command on the VM as root over SSH.
+
+        Args:
+            command: argv to run remotely.
+            timeout: Seconds before giving up.
+            check: Raise VMError (with the output's tail) on a non-zero exit.
+
+        Returns:
+            The completed process with text stdout/stderr.
+
+        Raises:
+            VMError: The command failed or timed out.
+        """
+        argv = self.ssh_target.ssh_argv(command)
+        try:
+            done = subprocess.run(
+                argv,
+                check=False,
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                stdin=subprocess.DEVNULL,
+            )
+        except subprocess.TimeoutExpired as err:
+            raise VMError(
+                f"{shlex.join(command)} on the VM timed out after {timeout:.0f} s"
+            ) from err
+        if check and done.returncode != 0:
+            output = (done.stdout + done.stderr).splitlines()[-TAIL_LINES:]
+            raise VMError(
+                f"{shlex.join(command)} on the VM failed (exit {done.returncode})",
+                details="\n".join(output),
+            )
+        return done
+
+    # -- internals
+
+    def _start(self) -> None:
+        for path in (self.image.kernel, self.image.initrd, self.image.disk, self.image.private_key):
+            if not path.is_file():
+                raise VMError(f"VM image incomplete: {path} is missing")
+        if shutil.which(self.qemu_binary) is None:
+            raise VMError(f"{self.qemu_binary} not found; install qemu-system-x86")
+        self._tmp = Path(tempfile.mkdtemp(prefix="rolebake-vm-"))
+        overlay = self._tmp / "overlay.qcow2"
+        run_logged(
+            ["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw",
+             "-b", str(self.image.disk.resolve()), str(overlay)],
+            say=None,
+        )  # fmt: skip
+        # ssh refuses keys other users can read; the cached key may have been copied around.
+        key = self._tmp / "id_ed25519"
+        shutil.copyfile(self.image.private_key, key)
+        key.chmod(0o600)
+        started = time.monotonic()
+        deadline = started + self.boot_timeout
+        for _attempt in range(3):
+            port = _free_port()
+            self._launch(overlay, port)
+            if self._wait_for_ssh(key, port, deadline):
+                self.boot_seconds = round(time.monotonic() - started, 1)
+                self._say(f"VM up, SSH on 127.0.0.1:{port} after {self.boot_seconds} s")
+                return
+            # qemu exited early: another process took the port between our probe and
+            # qemu binding it. Anything else is a real failure.
+            if "host forwarding" not in self._qemu_output():
+                break
+        assert self._boot is not None
+        rc = self._boot.process.poll()
+        raise VMError(
+            f"qemu exited with status {rc} before the VM came up",
+            details=(self._qemu_output() + "\n" + self.console_tail()).strip(),
+        )
+
+    def _launch(self, overlay: Path, port: int) -> None:
+        assert self._tmp is not None
+        argv = qemu_argv(
+            self.image,
+            overlay=overlay,
+            console_log=self._tmp / "console.log",
+            ssh_port=port,
+            memory_mb=self.memory_mb,
+            cpus=self.cpus,
+            binary=self.qemu_binary,
+        )
+        self._say(f"starting {shlex.join(argv)}")
+        with (self._tmp / "qemu.log").open("wb") as qemu_log:
+            process = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=qemu_log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                # Not thread-safe in general; it only calls prctl, which is.
+                preexec_fn=_die_with_parent,  # noqa: PLW1509
+            )
+        self._boot = _Boot(process=process, port=port)
+
+    def _wait_for_ssh(self, key: Path, port: int, deadline: float) -> bool:
+        """Poll until SSH accepts the key; False if qemu exits, VMError on timeout."""
+        assert self._tmp is not None and self._boot is not None
+        config = self._tmp / "ssh_config"
+        config.write_text(
+            "Host *\n"
+            f"  User root\n  Port {port}\n  IdentityFile {key}\n  IdentitiesOnly yes\n"
+            "  BatchMode yes\n  StrictHostKeyChecking no\n  UserKnownHostsFile /dev/null\n"
+            "  LogLevel ERROR\n"
+            # Every new SSH handshake costs a second or more under TCG; testinfra and our
+            # own helpers reuse one connection. Ansible brings its own ControlPath.
+            f"  ControlMaster auto\n  ControlPath {self._tmp}/cm-%C\n  ControlPersist 120\n"
+        )
+        target = SSHTarget(
+            host="127.0.0.1",
+            port=port,
+            user="root",
+            identity_file=key,
+            ssh_config=config,
+            check_host_key=False,
+        )
+        probe = target.ssh_argv(["true"], connect_timeout=5)
+        while time.monotonic() < deadline:
+            if self._boot.process.poll() is not None:
+                return False
+            try:
+                done = subprocess.run(
+                    probe, check=False, capture_output=True, timeout=20, stdin=subprocess.DEVNULL
+                )
+                if done.returncode == 0:
+                    self._target = target
+                    return True
+            except subprocess.TimeoutExpired:
+                pass
+            time.sleep(2)
+        raise VMError(
+            f"the VM did not accept SSH within {self.boot_timeout:.0f} s",
+            details="serial console (last lines):\n" + self.console_tail(),
+        )
+
+    def _qemu_output(self) -> str:
+        return _tail(self._tmp / "qemu.log") if self._tmp is not None else ""
+
+    def _stop(self, *, graceful: bool) -> None:
+        """Stop the VM and remove the run's files; qemu is gone when this returns."""
+        boot, self._boot = self._boot, None
+        target, self._target = self._target, None
+        try:
+            if boot is not None and graceful and target is not None and boot.process.poll() is None:
+                with contextlib.suppress(subprocess.TimeoutExpired, OSError):
+                    subprocess.run(
+                        target.ssh_argv(["sh", "-c", _POWEROFF], connect_timeout=5),
+                        check=False,
+                        capture_output=True,
+                        timeout=10,
+                        stdin=subprocess.DEVNULL,
+                    )
+                    boot.process.wait(timeout=self.poweroff_timeout)
+        finally:
+            try:
+                if boot is not None:
+                    kill_group(boot.process)
+            finally:
+                if target is not None and target.ssh_config is not None:
+                    # The ControlPersist master would otherwise linger for its timeout.
+                    with contextlib.suppress(subprocess.TimeoutExpired, OSError):
+                        subprocess.run(
+                            ["ssh", "-F", str(target.ssh_config), "-O", "exit", target.host],
+                            check=False,
+                            capture_output=True,
+                            timeout=5,
+                            stdin=subprocess.DEVNULL,
+                        )
+                tmp, self._tmp = self._tmp, None
+                if tmp is not None:
+                    shutil.rmtree(tmp, ignore_errors=True)

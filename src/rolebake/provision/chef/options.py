@@ -1,0 +1,173 @@
+"""The spec's `chef:` section: its keys, defaults and validation into ChefOptions.
+
+The toolchain is named here (`chef.image`, ROLEBAKE_CHEF_IMAGE or `chef.path`);
+whether a named toolchain image is usable is checked later, by the provisioner.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rolebake.errors import InputError
+from rolebake.spec import ImageSpec, Project, is_image_reference
+from rolebake.yamlfile import Fields, plain
+
+TOOLCHAIN_ENV = "ROLEBAKE_CHEF_IMAGE"
+# The omnibus packages hard-code their prefix, so the volume must be mounted
+# exactly there; the binary follows from which one the image declares.
+TOOLCHAIN_DIRS = {"/opt/chef": "/opt/chef/bin/chef-solo", "/opt/cinc": "/opt/cinc/bin/cinc-solo"}
+
+DEFAULTS = {"cookbooks": "cookbooks", "roles": "cookbooks/roles",
+            "environments": "cookbooks/environments"}
+SECTION_KEYS = {"image", "path", "cookbooks", "roles", "environments", "run_list", "attributes",
+                "environment"}
+NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
+RUN_LIST_RE = re.compile(
+    r"^(?:recipe\[(?P<recipe>[A-Za-z0-9_.-]+(?:::[A-Za-z0-9_.-]+)?)(?:@[0-9][0-9.]*)?\]"
+    r"|role\[(?P<role>[A-Za-z0-9_.-]+)\]"
+    r"|(?P<bare>[A-Za-z0-9_.-]+(?:::[A-Za-z0-9_.-]+)?))$"
+)
+
+
+@dataclass(frozen=True)
+class ChefOptions:
+    """The spec's `chef:` section, validated (stored in the spec as a plain dict)."""
+
+    run_list: tuple[str, ...]
+    attributes: Mapping[str, Any] = field(default_factory=dict)
+    image: str | None = None
+    image_from: str | None = None  # "chef.image" or the environment variable's name
+    path: str | None = None
+    cookbooks: str = DEFAULTS["cookbooks"]
+    roles: str = DEFAULTS["roles"]
+    environments: str = DEFAULTS["environments"]
+    environment: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The plain form kept in ImageSpec.provisioner_options (and hashed into the key)."""
+        return {
+            "run_list": list(self.run_list),
+            "attributes": dict(self.attributes),
+            "image": self.image,
+            "image_from": self.image_from,
+            "path": self.path,
+            "cookbooks": self.cookbooks,
+            "roles": self.roles,
+            "environments": self.environments,
+            "environment": self.environment,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ChefOptions:
+        """Read the plain form back."""
+        return cls(
+            run_list=tuple(data.get("run_list") or ()),
+            attributes=dict(data.get("attributes") or {}),
+            image=data.get("image"),
+            image_from=data.get("image_from"),
+            path=data.get("path"),
+            cookbooks=data.get("cookbooks") or DEFAULTS["cookbooks"],
+            roles=data.get("roles") or DEFAULTS["roles"],
+            environments=data.get("environments") or DEFAULTS["environments"],
+            environment=data.get("environment"),
+        )
+
+
+def parse_section(section: Fields | None, spec: ImageSpec, project: Project,
+                  environ: Mapping[str, str] | None = None) -> ChefOptions:
+    """Validate a spec's `chef:` mapping (InputError with file and line on any problem).
+
+    Args:
+        section: the `chef:` mapping, or None when the spec has none.
+        spec: the spec (for its path and the lines of its top-level keys).
+        project: the project the paths are relative to.
+        environ: where ROLEBAKE_CHEF_IMAGE is looked up (default: os.environ).
+
+    Returns:
+        The options; `image` falls back to ROLEBAKE_CHEF_IMAGE.
+    """
+    environ = os.environ if environ is None else environ
+    if section is None:
+        raise InputError("provisioner chef-solo needs a `chef:` section with a `run_list:`",
+                         path=spec.path, line=spec.line_of("provisioner") or 1)
+    section.reject_unknown(SECTION_KEYS)
+    run_list = section.text_list("run_list", pattern=RUN_LIST_RE,
+                                what="a run-list item (recipe[name], role[name])")
+    if not run_list:
+        raise InputError("chef: missing `run_list:` (e.g. [\"role[web]\"])",
+                         path=section.path, line=section.line)
+    attributes = _attributes(section)
+    image = section.text("image", what="an image reference")
+    if image is not None and not is_image_reference(image):
+        raise section.fail("image", f"{image!r} is not an image reference")
+    path = section.text("path", what="an absolute path to chef-solo in the parent image")
+    if path is not None and not path.startswith("/"):
+        raise section.fail("path", f"{path!r} must be an absolute path (e.g. "
+                                   "/opt/cinc/bin/cinc-solo)")
+    if image is not None and path is not None:
+        raise section.fail("path", "give either `image:` (a toolchain image) or `path:` "
+                                   "(chef-solo in the parent image), not both")
+    image_from = "chef.image" if image is not None else None
+    if image is None and path is None and environ.get(TOOLCHAIN_ENV, "").strip():
+        image = environ[TOOLCHAIN_ENV].strip()
+        image_from = TOOLCHAIN_ENV
+        if not is_image_reference(image):
+            raise InputError(f"{TOOLCHAIN_ENV}={image!r} is not an image reference",
+                             path=spec.path, line=spec.line_of("chef"))
+    dirs = {key: _project_dir(project, section, key) for key in DEFAULTS}
+    environment = section.text("environment", pattern=NAME_RE, what="an environment name")
+    return ChefOptions(
+        run_list=run_list,
+        attributes=attributes,
+        image=image,
+        image_from=image_from,
+        path=path,
+        cookbooks=dirs["cookbooks"],
+        roles=dirs["roles"],
+        environments=dirs["environments"],
+        environment=environment,
+    )
+
+
+def _attributes(section: Fields) -> dict[str, Any]:
+    attrs = section.mapping("attributes")
+    if attrs is None:
+        return {}
+    for key in attrs.data:
+        if not isinstance(key, str) or not key:
+            raise InputError(f"chef.attributes: {key!r} is not an attribute name",
+                             path=attrs.path, line=attrs.line_of(str(key)))
+        if key in ("run_list", "recipes"):
+            raise attrs.fail(key, "is not an attribute: the run list is `chef.run_list`")
+    value: dict[str, Any] = plain(attrs.data)
+    return value
+
+
+def _project_dir(project: Project, section: Fields, key: str) -> str:
+    raw = section.text(key, what="a folder inside the project") or DEFAULTS[key]
+    path = Path(raw) if Path(raw).is_absolute() else project.root / raw
+    if not project.inside(path):
+        raise section.fail(key, f"{raw!r} is outside the project")
+    if section.has(key) and not path.is_dir():
+        raise section.fail(key, f"{raw!r} is not a folder")
+    return project.relative(path)
+
+
+def require_toolchain(options: ChefOptions, spec: ImageSpec) -> None:
+    """Fail (exit 2, one line) when no chef toolchain is named at all.
+
+    Whether a named toolchain image is on the engine is checked when the
+    toolchain is set up, still before any container is made.
+    """
+    if options.image is None and options.path is None:
+        raise InputError(
+            "no chef toolchain: set ROLEBAKE_CHEF_IMAGE or `chef.image:` to a toolchain image "
+            "with /opt/chef or /opt/cinc (e.g. cincproject/cinc), or `chef.path:` to the "
+            "chef-solo the parent image has",
+            path=spec.path, line=spec.line_of("chef") or spec.line_of("provisioner"),
+        )

@@ -1,0 +1,24 @@
+"""How rolebake looks to people: progress while it works, tables when it is done.
+
+`progress` shows build events (plain timestamped lines for logs, a live status
+line on a terminal); `tables` renders the build summary, the plan and the
+parity report; `text` holds what both share: redaction, the palette, rendering
+with rich. Nothing here decides where text goes: the CLI does.
+"""
+
+from __future__ import annotations
+
+from rolebake.report.progress import LiveProgress, PlainProgress, progress_for
+from rolebake.report.tables import build_summary, parity_table, plan_table, tests_side_by_side
+from rolebake.report.text import Redact
+
+__all__ = [
+    "LiveProgress",
+    "PlainProgress",
+    "Redact",
+    "build_summary",
+    "parity_table",
+    "plan_table",
+    "progress_for",
+    "tests_side_by_side",
+]

@@ -1,0 +1,568 @@
+"""Fakes for unit tests of the build pipeline: an in-memory engine and a scriptable provisioner.
+
+`FakeEngine` is a `rolebake.engine.Engine` whose state lives in plain dicts
+(images by id with their tags, labels and config; containers with their
+labels) and which logs every call, so a test can assert "no container left",
+"tag X names image Y" or "image removed". It follows the Docker behaviours
+the builder relies on: a container inherits its image's labels and a commit
+inherits the container's; a tag names one image at a time; removing an
+image's last tag removes the image. Faults are injected per call.
+
+`FakeProvisioner` is registered as the `fake` provisioner by the tests
+(`rolebake.provision.PROVISIONERS["fake"] = FAKE_PROVISIONER`); every
+instance reports to, and takes orders from, the class-wide `control`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import itertools
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from rolebake.engine import ContainerHandle, ContainerInfo, Engine, ExecResult, ImageInfo
+from rolebake.errors import BuildFailed, InputError
+from rolebake.provision.base import (
+    ProvisionContext,
+    Provisioner,
+    ProvisionResult,
+    TaskResult,
+    tree_files,
+)
+from rolebake.spec import ImageSpec, Project
+
+FAKE_PROVISIONER = "tests.unit.fakes.FakeProvisioner"
+
+# The builder's container scripts by text, so the call log can name them.
+_SCRIPTS = {entry.read_text(encoding="utf-8"): entry.name
+            for entry in resources.files("rolebake.scripts").iterdir()
+            if entry.name.endswith(".sh")}
+
+
+def normalize(ref: str) -> str:
+    """A reference as the engine stores it: `name` means `name:latest`."""
+    return ref if ":" in ref.rsplit("/", 1)[-1] else f"{ref}:latest"
+
+
+@dataclass
+class FakeImage:
+    """One image the fake engine holds."""
+
+    id: str
+    tags: list[str]
+    labels: dict[str, str]
+    config: dict[str, Any]
+    created: str
+    parent: str | None = None
+
+    def info(self) -> ImageInfo:
+        """The record the real engine would return."""
+        return ImageInfo(id=self.id, tags=tuple(self.tags), labels=dict(self.labels),
+                         created=self.created, config=copy.deepcopy(self.config))
+
+
+@dataclass
+class FakeContainer:
+    """One container the fake engine holds."""
+
+    id: str
+    name: str
+    image: str
+    labels: dict[str, str]
+    running: bool = True
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def info(self) -> ContainerInfo:
+        """The record the real engine would return."""
+        return ContainerInfo(id=self.id, name=self.name, labels=dict(self.labels),
+                             created="", status="running" if self.running else "exited")
+
+
+@dataclass(frozen=True)
+class Call:
+    """One call the fake engine received."""
+
+    method: str
+    args: tuple[Any, ...]
+
+
+@dataclass
+class _Hook:
+    method: str
+    action: Callable[..., Any]
+    match: Callable[..., bool] | None
+    after: bool
+    times: int | None
+
+
+class FakeEngine(Engine):
+    """An in-memory container engine with a call log and injectable faults."""
+
+    def __init__(self) -> None:
+        super().__init__(client=None)
+        self.images_by_id: dict[str, FakeImage] = {}
+        self.containers_by_id: dict[str, FakeContainer] = {}
+        self.calls: list[Call] = []
+        self.pullable: dict[str, dict[str, Any]] = {}  # ref -> config, for pull()
+        self.shell_result: Callable[[str, tuple[str, ...]], ExecResult | None] = (
+            lambda _script, _args: None)
+        self.commit_config_edit: Callable[[dict[str, Any]], None] | None = None
+        self._hooks: list[_Hook] = []
+        self._lock = threading.RLock()
+        self._ids = itertools.count(1)
+        self._clock = itertools.count(1)
+
+    # Test helpers ----------------------------------------------------------------------
+
+    def add_image(self, *tags: str, config: Mapping[str, Any] | None = None,
+                  labels: Mapping[str, str] | None = None) -> ImageInfo:
+        """Put an image on the engine (a base image, a previous build) and return it."""
+        config = copy.deepcopy(dict(config or {}))
+        all_labels = {**(config.get("Labels") or {}), **(labels or {})}
+        config["Labels"] = all_labels
+        with self._lock:
+            image = FakeImage(id=self._new_id("image"), tags=[], labels=all_labels,
+                              config=config, created=self._created())
+            self.images_by_id[image.id] = image
+            for tag in tags:
+                self._retag(image, normalize(tag))
+            return image.info()
+
+    def on(self, method: str, action: Callable[..., Any], *,
+           match: Callable[..., bool] | None = None, after: bool = False,
+           times: int | None = None) -> None:
+        """Run `action(*args)` when `method` is called with args that `match` accepts.
+
+        Before the call by default (raise from `action` to make the call fail),
+        or `after` it succeeded; `times` limits how often it fires.
+        """
+        with self._lock:
+            self._hooks.append(_Hook(method, action, match, after, times))
+
+    def fail(self, method: str, error: BaseException, *,
+             match: Callable[..., bool] | None = None, times: int | None = None) -> None:
+        """Make `method` raise `error` (when its args match)."""
+        def action(*_args: Any) -> None:
+            raise error
+
+        self.on(method, action, match=match, times=times)
+
+    def refuse_tag(self, ref: str) -> None:
+        """Make the engine refuse to set `ref`, as `Engine.tag` reports it."""
+        wanted = normalize(ref)
+        self.fail("tag", InputError(f"the engine refused tag {ref!r}: repository is read-only"),
+                  match=lambda _image_id, tag: normalize(tag) == wanted)
+
+    def called(self, method: str) -> list[tuple[Any, ...]]:
+        """The args of every call to `method`, in order."""
+        with self._lock:
+            return [c.args for c in self.calls if c.method == method]
+
+    def tagged(self, ref: str) -> str | None:
+        """The id of the image `ref` names, or None."""
+        with self._lock:
+            image = self._by_tag(normalize(ref))
+            return image.id if image else None
+
+    def image_ids(self) -> set[str]:
+        """Ids of every image on the engine."""
+        with self._lock:
+            return set(self.images_by_id)
+
+    def container_names(self) -> list[str]:
+        """Names of every container on the engine, running or not."""
+        with self._lock:
+            return [c.name for c in self.containers_by_id.values()]
+
+    # Images ----------------------------------------------------------------------------
+
+    def version(self) -> str:
+        """A fixed engine version."""
+        self._enter("version")
+        return "fake-27.0"
+
+    def image(self, ref: str) -> ImageInfo | None:
+        """Look an image up by id, short id or tag."""
+        self._enter("image", ref)
+        with self._lock:
+            image = self._resolve(ref)
+            return image.info() if image else None
+
+    def pull(self, ref: str) -> ImageInfo:
+        """Pull only what the test put in `pullable`; anything else is unknown."""
+        self._enter("pull", ref)
+        with self._lock:
+            if ref not in self.pullable:
+                raise InputError(
+                    f"base image {ref!r} is not on this engine and could not be pulled: "
+                    "pull access denied",
+                    hint="make one with `rolebake base debian:bookworm`, or fix `from:`")
+        return self.add_image(ref, config=self.pullable[ref])
+
+    def images(self, labels: Mapping[str, str | None]) -> list[ImageInfo]:
+        """Images carrying every label given (value None: any value), newest first."""
+        self._enter("images", dict(labels))
+        with self._lock:
+            found = [i.info() for i in self.images_by_id.values() if _has(i.labels, labels)]
+        return sorted(found, key=lambda i: i.created, reverse=True)
+
+    def dangling_images(self, labels: Mapping[str, str | None]) -> list[ImageInfo]:
+        """Untagged images carrying the labels."""
+        self._enter("dangling_images", dict(labels))
+        with self._lock:
+            return [i.info() for i in self.images_by_id.values()
+                    if not i.tags and _has(i.labels, labels)]
+
+    def tag(self, image_id: str, ref: str) -> None:
+        """Point `ref` at an image (taking it off any other image)."""
+        self._enter("tag", image_id, ref)
+        with self._lock:
+            image = self._resolve(image_id)
+            if image is None:
+                raise InputError(f"the engine refused tag {ref!r}: No such image: {image_id}")
+            self._retag(image, normalize(ref))
+        self._leave("tag", image_id, ref)
+
+    def remove_image(self, ref: str, *, force: bool = False) -> bool:
+        """Remove a tag (and the image with its last tag) or, by id, the image itself."""
+        self._enter("remove_image", ref, force)
+        with self._lock:
+            tagged = self._by_tag(normalize(ref)) if not ref.startswith("sha256:") else None
+            image = tagged or self._resolve(ref)
+            if image is None:
+                return False
+            in_use = any(c.image == image.id for c in self.containers_by_id.values())
+            if tagged is not None and len(image.tags) > 1:
+                image.tags.remove(normalize(ref))
+                return True
+            if in_use or (tagged is None and len(image.tags) > 1 and not force):
+                return False  # 409: in use, or "referenced in multiple repositories"
+            del self.images_by_id[image.id]
+        self._leave("remove_image", ref, force)
+        return True
+
+    def save(self, image_id: str) -> Iterator[bytes]:
+        """No layers to scan."""
+        self._enter("save", image_id)
+        yield b""
+
+    def history(self, image_id: str) -> list[dict[str, Any]]:
+        """One history entry, the image itself."""
+        self._enter("history", image_id)
+        return [{"Id": image_id, "CreatedBy": "rolebake (fake)"}]
+
+    # Containers ------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def container(
+        self,
+        image_id: str,
+        *,
+        name: str,
+        labels: Mapping[str, str],
+        keep_alive: bool = True,
+        mounts: Sequence[Mapping[str, Any]] = (),
+        tmpfs: Mapping[str, str] | None = None,
+        volumes_from: Sequence[str] = (),
+        ports: Mapping[str, Any] | None = None,
+        environment: Mapping[str, str] | None = None,
+    ) -> Iterator[ContainerHandle]:
+        """Create and start a container for a `with` block; always remove it."""
+        self._enter("container", image_id, name, dict(labels))
+        with self._lock:
+            image = self._resolve(image_id)
+            if image is None:
+                raise BuildFailed(f"the engine failed on container {name}: "
+                                  f"No such image: {image_id}")
+            if any(c.name == name for c in self.containers_by_id.values()):
+                raise BuildFailed(f"the engine failed on container {name}: Conflict. "
+                                  f"The container name {name!r} is already in use")
+            made = FakeContainer(id=self._new_id("container"), name=name, image=image.id,
+                                 labels={**image.labels, **labels}, options={
+                                     "keep_alive": keep_alive, "mounts": list(mounts),
+                                     "tmpfs": dict(tmpfs or {}),
+                                     "volumes_from": list(volumes_from)})
+            self.containers_by_id[made.id] = made
+        try:
+            yield ContainerHandle(id=made.id, name=name)
+        finally:
+            self.remove_container(made.id)
+
+    def remove_container(self, ref: str) -> None:
+        """Force-remove a container by id or name; one already gone is fine."""
+        self._enter("remove_container", ref)
+        with self._lock:
+            for cid, made in list(self.containers_by_id.items()):
+                if ref in (cid, made.name):
+                    del self.containers_by_id[cid]
+
+    def kill(self, ref: str) -> None:
+        """Stop a container (it stays until removed)."""
+        self._enter("kill", ref)
+        with self._lock:
+            for made in self.containers_by_id.values():
+                if ref in (made.id, made.name):
+                    made.running = False
+
+    def containers(self, labels: Mapping[str, str | None]) -> list[ContainerInfo]:
+        """Every container, running or not, carrying all the labels given."""
+        self._enter("containers", dict(labels))
+        with self._lock:
+            return [c.info() for c in self.containers_by_id.values() if _has(c.labels, labels)]
+
+    def create_stopped(self, image_id: str, *, name: str, labels: Mapping[str, str]) -> str:
+        """Create a container that is never started."""
+        self._enter("create_stopped", image_id, name, dict(labels))
+        with self._lock:
+            made = FakeContainer(id=self._new_id("container"), name=name, image=image_id,
+                                 labels=dict(labels), running=False)
+            self.containers_by_id[made.id] = made
+            return made.id
+
+    def exec(self, container: ContainerHandle, argv: Sequence[str], *,
+             env: Mapping[str, str] | None = None, user: str = "root") -> ExecResult:
+        """Run nothing; scripts answer through `shell_result`, anything else succeeds."""
+        self._enter("exec", container.name, tuple(argv))
+        self._alive(container, argv[0])
+        if list(argv[:2]) == ["/bin/sh", "-c"]:
+            name = _SCRIPTS.get(argv[2], argv[2].splitlines()[0] if argv[2] else "")
+            answer = self.shell_result(name, tuple(argv[4:]))
+            if answer is not None:
+                return answer
+        return ExecResult(0, "")
+
+    def shell(self, container: ContainerHandle, script: str, *args: str,
+              env: Mapping[str, str] | None = None) -> ExecResult:
+        """Run a script (logged by its file name when it is one of rolebake's)."""
+        self._enter("shell", container.name, _SCRIPTS.get(script, script), args)
+        return self.exec(container, ["/bin/sh", "-c", script, "rolebake", *args], env=env)
+
+    def put_file(self, container: ContainerHandle, path: str, data: bytes,
+                 mode: int = 0o644) -> None:
+        """Accept the file."""
+        self._enter("put_file", container.name, path)
+        self._alive(container, "put_file")
+
+    def container_state(self, container: ContainerHandle) -> Mapping[str, Any]:
+        """Running or not, as the real State block says it."""
+        self._enter("container_state", container.name)
+        with self._lock:
+            made = self.containers_by_id.get(container.id)
+            if made is None:
+                raise BuildFailed(f"No such container: {container.id}")
+            return {"Running": made.running, "ExitCode": 0 if made.running else 137}
+
+    def container_ip(self, container: ContainerHandle) -> str | None:
+        """No network."""
+        self._enter("container_ip", container.name)
+        return None
+
+    def logs(self, container: ContainerHandle, tail: int = 30) -> str:
+        """No output."""
+        self._enter("logs", container.name)
+        return ""
+
+    def commit(self, container: ContainerHandle, config: Mapping[str, Any]) -> str:
+        """Make an untagged image from the container; its labels carry over, as Docker's do."""
+        self._enter("commit", container.name, copy.deepcopy(dict(config)))
+        with self._lock:
+            made = self.containers_by_id.get(container.id)
+            if made is None:
+                raise BuildFailed(f"commit failed: No such container: {container.id}")
+            committed = copy.deepcopy(dict(config))
+            committed["Labels"] = {**made.labels, **(config.get("Labels") or {})}
+            if self.commit_config_edit is not None:
+                self.commit_config_edit(committed)
+            image = FakeImage(id=self._new_id("image"), tags=[],
+                              labels=dict(committed["Labels"]), config=committed,
+                              created=self._created(), parent=made.image)
+            self.images_by_id[image.id] = image
+        self._leave("commit", container.name, config)
+        return image.id
+
+    # Internals -------------------------------------------------------------------------
+
+    def _enter(self, method: str, *args: Any) -> None:
+        with self._lock:
+            self.calls.append(Call(method, args))
+        self._run_hooks(method, args, after=False)
+
+    def _leave(self, method: str, *args: Any) -> None:
+        self._run_hooks(method, args, after=True)
+
+    def _run_hooks(self, method: str, args: tuple[Any, ...], *, after: bool) -> None:
+        # Hooks run outside the lock: one may block until another thread moves on.
+        with self._lock:
+            due = [h for h in self._hooks if h.method == method and h.after == after
+                   and (h.match is None or h.match(*args))]
+            for hook in due:
+                if hook.times is not None:
+                    hook.times -= 1
+                    if hook.times <= 0:
+                        self._hooks.remove(hook)
+        for hook in due:
+            hook.action(*args)
+
+    def _alive(self, container: ContainerHandle, what: str) -> None:
+        with self._lock:
+            made = self.containers_by_id.get(container.id)
+            if made is None or not made.running:
+                raise BuildFailed(f"could not run {what} in container {container.name}: "
+                                  "container is not running")
+
+    def _new_id(self, kind: str) -> str:
+        digest = hashlib.sha256(f"{kind}-{next(self._ids)}".encode()).hexdigest()
+        return f"sha256:{digest}" if kind == "image" else digest
+
+    def _created(self) -> str:
+        return f"2024-01-01T00:00:00.{next(self._clock):06d}Z"
+
+    def _resolve(self, ref: str) -> FakeImage | None:
+        if ref in self.images_by_id:
+            return self.images_by_id[ref]
+        bare = ref.removeprefix("sha256:")
+        if len(bare) >= 12 and all(ch in "0123456789abcdef" for ch in bare):
+            for image_id, image in self.images_by_id.items():
+                if image_id.removeprefix("sha256:").startswith(bare):
+                    return image
+        return self._by_tag(normalize(ref))
+
+    def _by_tag(self, ref: str) -> FakeImage | None:
+        return next((i for i in self.images_by_id.values() if ref in i.tags), None)
+
+    def _retag(self, image: FakeImage, ref: str) -> None:
+        for other in self.images_by_id.values():
+            if ref in other.tags:
+                other.tags.remove(ref)
+        image.tags.append(ref)
+
+
+def _has(labels: Mapping[str, str], wanted: Mapping[str, str | None]) -> bool:
+    return all(k in labels and (v is None or labels[k] == v) for k, v in wanted.items())
+
+
+# The provisioner ----------------------------------------------------------------------
+
+
+@dataclass
+class Gate:
+    """Holds a provisioner step until released; says when a layer has reached it."""
+
+    entered: threading.Event = field(default_factory=threading.Event)
+    release: threading.Event = field(default_factory=threading.Event)
+    timeout: float = 10.0
+    # False: like a blocking exec, only a release (e.g. the container killed) ends it.
+    stops_on_cancel: bool = True
+
+
+@dataclass
+class ProvisionerControl:
+    """What every FakeProvisioner records and is told to do, by layer id and step."""
+
+    calls: list[tuple[str, str]] = field(default_factory=list)  # (layer, step), in order
+    failures: dict[tuple[str, str], BaseException] = field(default_factory=dict)
+    gates: dict[tuple[str, str], Gate] = field(default_factory=dict)
+    hooks: dict[tuple[str, str], Callable[[ProvisionContext], None]] = field(
+        default_factory=dict)
+    tasks: tuple[TaskResult, ...] = (
+        TaskResult(name="install nginx", role="web", action="ansible.builtin.apt",
+                   status="changed", args={"name": "nginx"}),
+        TaskResult(name="check config", role="web", action="ansible.builtin.stat",
+                   status="ok"),
+    )
+    version: str = "fake 1.0"
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def fail(self, layer: str, step: str, error: BaseException) -> None:
+        """Make `step` (preflight, bootstrap, provision, clean) raise `error` for `layer`."""
+        self.failures[(layer, step)] = error
+
+    def block(self, layer: str, step: str, timeout: float = 10.0, *,
+              stops_on_cancel: bool = True) -> Gate:
+        """Make `step` wait for `layer` until the gate is released (or the build cancelled)."""
+        gate = Gate(timeout=timeout, stops_on_cancel=stops_on_cancel)
+        self.gates[(layer, step)] = gate
+        return gate
+
+    def steps_of(self, layer: str) -> list[str]:
+        """The steps run for `layer`, in order."""
+        with self.lock:
+            return [step for name, step in self.calls if name == layer]
+
+
+class FakeProvisioner(Provisioner):
+    """A provisioner that only records, fails or blocks when the test says so."""
+
+    name = "fake"
+    control = ProvisionerControl()
+
+    @classmethod
+    def validate(cls, spec: ImageSpec, project: Project) -> None:
+        """Anything goes: the fake applies nothing."""
+
+    @classmethod
+    def version(cls) -> str:
+        """Part of every cache key, so a test can change it to force a miss."""
+        return cls.control.version
+
+    def input_files(self) -> list[Path]:
+        """The files of the layer's roles, when the test project has any."""
+        files: list[Path] = []
+        for role in self.layer.roles:
+            folder = self.project.roles_dir / role
+            if folder.is_dir():
+                files.extend(tree_files(folder))
+        return files
+
+    def preflight(self, engine: Engine) -> None:
+        """Record, or fail as told."""
+        self._step("preflight", None)
+
+    def bootstrap(self, ctx: ProvisionContext) -> None:
+        """Record, or fail or block as told."""
+        self._step("bootstrap", ctx)
+
+    def provision(self, ctx: ProvisionContext, *, idempotence: bool = False) -> ProvisionResult:
+        """Record, or fail or block as told; report the control's task results."""
+        self._step("idempotence" if idempotence else "provision", ctx)
+        if idempotence:
+            return ProvisionResult(tasks=tuple(
+                TaskResult(t.name, t.role, t.action, "ok" if t.status == "changed" else t.status)
+                for t in self.control.tasks))
+        return ProvisionResult(tasks=self.control.tasks)
+
+    def clean(self, ctx: ProvisionContext) -> None:
+        """Record, or fail or block as told."""
+        self._step("clean", ctx)
+
+    def _step(self, step: str, ctx: ProvisionContext | None) -> None:
+        control = self.control
+        key = (self.layer.id, step)
+        with control.lock:
+            control.calls.append(key)
+        hook = control.hooks.get(key)
+        if hook is not None and ctx is not None:
+            hook(ctx)
+        gate = control.gates.get(key)
+        if gate is not None:
+            gate.entered.set()
+            waited = 0.0
+            while not gate.release.wait(0.01):
+                waited += 0.01
+                # As ansible-runner's cancel_callback does: a cancelled build stops here.
+                if gate.stops_on_cancel and ctx is not None and ctx.cancel.is_set():
+                    raise BuildFailed(f"{step} was cancelled")
+                if waited > gate.timeout:
+                    raise BuildFailed(f"test gate for {key} was never released")
+            # What ran in the build container fails when the container died meanwhile.
+            if ctx is not None and not ctx.engine.container_state(ctx.container).get("Running"):
+                raise BuildFailed(f"{step}: the build container {ctx.container.name} stopped")
+        error = control.failures.get(key)
+        if error is not None:
+            raise error
