@@ -5,6 +5,7 @@ Only the CLI turns these into text and an exit status (DESIGN.md, "Exit codes").
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 
@@ -90,9 +91,19 @@ class Interrupted(RolebakeError):
 
 
 def _display_path(path: Path | str) -> str:
-    """Show paths relative to the working directory when they are below it."""
+    """Show paths relative to the working directory when they are below it.
+
+    A file name with a line break or another unprintable character is shown
+    quoted and escaped, so an error stays one line.
+    """
     p = Path(path)
-    try:
-        return str(p.resolve().relative_to(Path.cwd().resolve()))
-    except ValueError:
-        return str(p)
+    cwd = Path.cwd()
+    shown = str(p)
+    # Lexically first, so that a link is named as the link, not as what it points to.
+    for base, target in ((os.path.abspath(cwd), os.path.abspath(p)), (cwd.resolve(), p.resolve())):
+        try:
+            shown = str(Path(target).relative_to(base))
+            break
+        except ValueError:
+            continue
+    return shown if shown.isprintable() else repr(shown)
