@@ -7,6 +7,7 @@ Every problem is reported as one InputError naming the file and line
 from __future__ import annotations
 
 import difflib
+import math
 import re
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
@@ -14,39 +15,31 @@ from pathlib import Path
 from typing import Any
 
 from rolebake.errors import InputError
-from rolebake.yamlfile import Fields, YamlList, kind, load_yaml, plain
-
-SPEC_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
-VARIANT_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
-ROLE_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
-VAR_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-PORT_RE = re.compile(r"^(\d{1,5})(?:/(tcp|udp|sctp))?$")
-
-# The image reference grammar of distribution/reference, kept strict so a bad
-# tag is caught here rather than by the engine after a long build.
-_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
-_HOST = (
-    r"(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*"
-    r"(?::[0-9]+)?/)"
+from rolebake.reference import (
+    CACHE_NAMESPACE,
+    in_cache_namespace,
+    is_image_reference,
+    is_tag,
+    normal_tag,
 )
-_TAG = r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}"
-REFERENCE_RE = re.compile(
-    rf"^{_HOST}?{_COMPONENT}(?:/{_COMPONENT})*(?::{_TAG})?(?:@sha256:[a-f0-9]{{64}})?$"
-)
+from rolebake.yamlfile import Fields, YamlList, kind, load_yaml, plain, require_json
+
+# Every pattern is used with fullmatch: `re.match` with a `$` anchor lets a
+# trailing newline through ("web\n"), and that name then reaches the engine.
+SPEC_NAME_RE = re.compile(r"[a-z0-9][a-z0-9_.-]*")
+VARIANT_NAME_RE = re.compile(r"[a-z0-9][a-z0-9_.-]*")
+ROLE_NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+VAR_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+LABEL_NAME_RE = re.compile(r"(?=.*\S)[^\x00-\x1f\x7f]+")
+PORT_RE = re.compile(r"(\d{1,5})(?:/(tcp|udp|sctp))?")
 
 DEFAULT_PROVISIONER = "ansible"
 DEFAULT_READY_TIMEOUT = 60.0
-
-
-def is_image_reference(value: str) -> bool:
-    """Tell whether `value` is a valid image reference (name[:tag][@digest])."""
-    return len(value) <= 255 and bool(REFERENCE_RE.match(value))
-
-
-def is_tag(value: str) -> bool:
-    """Tell whether `value` can name an image: a reference without a digest."""
-    return "@" not in value and is_image_reference(value)
+# Docker keeps durations as int64 nanoseconds; a year is past any sane wait
+# and far inside that range.
+MAX_DURATION_S = 365 * 24 * 3600.0
+MAX_RETRIES = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -140,7 +133,7 @@ class ImageSpec:
 
     name: str
     path: Path
-    parent: str
+    parent: str  # a layer id (`base`, `base:dev`) when parent_is_spec, else an image reference
     parent_is_spec: bool
     provisioner: str
     roles: tuple[str, ...]
@@ -161,6 +154,11 @@ class ImageSpec:
     def line_of(self, key: str) -> int | None:
         """The line of a top-level key in the spec file, when it is there."""
         return self.lines.get(key)
+
+    @property
+    def parent_spec(self) -> str | None:
+        """The spec the parent layer comes from (`base` for `from: base:dev`), if any."""
+        return self.parent.partition(":")[0] if self.parent_is_spec else None
 
     def section(self, key: str | None) -> Fields | None:
         """A provisioner's raw section as typed fields, or None when the spec has none."""
@@ -196,13 +194,18 @@ class Project:
 
     def has_spec(self, name: str) -> bool:
         """Tell whether images/<name>.yml exists."""
-        return bool(SPEC_NAME_RE.match(name)) and self.spec_path(name).is_file()
+        return bool(SPEC_NAME_RE.fullmatch(name)) and self.spec_path(name).is_file()
 
     def spec_names(self) -> list[str]:
-        """Every image spec in the project, sorted."""
+        """Every image spec in the project, sorted (hidden files such as editor locks skipped).
+
+        Entries that are not valid specs (a folder, a bad name) are listed too, so
+        that loading them says what is wrong instead of skipping them silently.
+        """
         if not self.images_dir.is_dir():
             return []
-        return sorted(p.stem for p in self.images_dir.glob("*.yml"))
+        return sorted(p.stem for p in self.images_dir.glob("*.yml")
+                      if not p.name.startswith("."))
 
     def inside(self, path: Path) -> bool:
         """Tell whether `path` (resolved, links followed) stays inside the project."""
@@ -247,19 +250,7 @@ def load_spec(project: Project, name: str, *, sections: Collection[str] = ()) ->
     Raises:
         InputError: anything wrong with the spec, naming file and line.
     """
-    if not SPEC_NAME_RE.match(name):
-        raise InputError(
-            f"{name!r} is not an image name: use lowercase letters, digits, '.', '_', '-'"
-        )
-    path = project.spec_path(name)
-    if not path.is_file():
-        known = project.spec_names()
-        close = difflib.get_close_matches(name, known, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise InputError(
-            f"no image spec {name!r}{hint}; known: {', '.join(known) or 'none'}",
-            path=path,
-        )
+    path = _spec_file(project, name)
     data = load_yaml(path)
     if data is None:
         raise InputError("the spec is empty", path=path, line=1)
@@ -268,25 +259,29 @@ def load_spec(project: Project, name: str, *, sections: Collection[str] = ()) ->
 
     parent = top.text("from", required=True, what="a spec name or an image reference")
     assert parent is not None
-    parent_is_spec = project.has_spec(parent)
-    if parent == name:
-        raise top.fail("from", "an image cannot be built from itself")
+    # `base` and `base:dev` name layers of images/base.yml, as on the command line;
+    # whether base has a variant `dev` is known once base is loaded (plan.make_plan).
+    parent_spec, _, _ = parent.partition(":")
+    parent_is_spec = project.has_spec(parent_spec)
+    if parent_spec == name:
+        raise top.fail("from", "an image cannot be built from itself or one of its variants")
     if not parent_is_spec and not is_image_reference(parent):
         raise top.fail("from", f"{parent!r} is neither a spec in images/ nor an image reference")
 
-    provisioner = top.text("provisioner") or DEFAULT_PROVISIONER
+    provisioner = top.text("provisioner", what="a provisioner name") or DEFAULT_PROVISIONER
 
     roles = top.text_list("roles", pattern=ROLE_NAME_RE, what="a role name")
     playbook = _project_path(project, top, "playbook")
     config = _config(top.mapping("config"))
-    tags = top.text_list("tags", check=is_tag, what="a tag (name:tag, no digest)")
-    if not tags:
-        tags = (f"rolebake/{name}:latest",)
+    tags = _tags(top) or (f"rolebake/{name}:latest",)
     tests_path = _project_path(project, top, "tests")
     tests_explicit = tests_path is not None
     tests = tests_path or project.root / "tests" / "images" / name
     if tests_explicit and not tests.exists():
         raise top.fail("tests", f"{top.data['tests']!r} does not exist")
+    if tests_explicit and not tests.is_dir():
+        # a file here would silently mean "no suite": plan keeps only folders
+        raise top.fail("tests", f"{top.data['tests']!r} is not a folder of testinfra files")
 
     vars_ = _vars(top, "vars")
     sensitive = top.text_list("sensitive_vars", pattern=VAR_NAME_RE, what="a variable name")
@@ -316,6 +311,46 @@ def load_spec(project: Project, name: str, *, sections: Collection[str] = ()) ->
     return spec
 
 
+def _spec_file(project: Project, name: str) -> Path:
+    """The spec file for `name`, or an InputError that says what is there instead."""
+    path = project.spec_path(name)
+    if not SPEC_NAME_RE.fullmatch(name):
+        rule = "use lowercase letters, digits, '.', '_', '-'"
+        if path.is_file() or path.is_symlink():  # found by listing images/: name the file
+            raise InputError(f"{name!r} is not an image name: {rule} (rename the file)",
+                             path=path)
+        raise InputError(f"{name!r} is not an image name: {rule}")
+    if path.is_symlink() and not path.exists():
+        raise InputError("the spec is a link to nothing", path=path)
+    if path.is_dir():
+        raise InputError("a spec must be a file, this is a folder", path=path)
+    if path.exists() and not path.is_file():
+        raise InputError("a spec must be a regular file", path=path)
+    if not path.exists():
+        known = project.spec_names()
+        close = difflib.get_close_matches(name, known, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        other = path.with_suffix(".yaml")
+        if other.is_file():
+            hint += f" ({project.relative(other)} exists: specs end in .yml)"
+        raise InputError(
+            f"no image spec {name!r}{hint}; known: {', '.join(known) or 'none'}",
+            path=path,
+        )
+    if not project.inside(path):
+        raise InputError("the spec is a link out of the project", path=path)
+    return path
+
+
+def _tags(fields: Fields) -> tuple[str, ...]:
+    tags = fields.text_list("tags", check=is_tag, what="a tag (name:tag, no digest)")
+    for index, tag in enumerate(tags):
+        if in_cache_namespace(tag):
+            raise fields.item_fail("tags", index, f"{tag!r} is in {CACHE_NAMESPACE}, the "
+                                                  "namespace of rolebake's cache tags")
+    return tags
+
+
 def _project_path(project: Project, fields: Fields, key: str) -> Path | None:
     raw = fields.text(key, what="a path inside the project")
     if raw is None:
@@ -332,12 +367,34 @@ def _vars(fields: Fields, key: str) -> dict[str, Any]:
     if section is None:
         return {}
     for var in section.data:
-        if not isinstance(var, str) or not VAR_NAME_RE.match(var):
+        if not isinstance(var, str) or not VAR_NAME_RE.fullmatch(var):
             raise InputError(
-                f"{section.where}: {var!r} is not a valid variable name",
-                path=section.path, line=section.line_of(str(var)),
+                f"{section.where}: {_key_text(var)} is not a valid variable name",
+                path=section.path, line=section.line_of(var),
             )
+    # Vars reach Ansible as JSON extra vars: refuse here what JSON cannot carry.
+    require_json(section.data, section.path, section.where, section.line)
     return dict(plain(section.data))
+
+
+def _key_text(key: Any) -> str:
+    """A mapping key in a message; YAML 1.1 turns unquoted yes/no/on/off into booleans."""
+    if isinstance(key, bool):
+        return f"{key!r} (YAML reads an unquoted yes, no, on, off, true or false as a " \
+               "boolean: quote it)"
+    return repr(key)
+
+
+def _scalar_text(fields: Fields, key: Any) -> str:
+    """An env or label value: a string, or a finite number written as one."""
+    value = fields.data[key]
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise fields.fail(key, f"expected a string, got {kind(value)}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise fields.fail(key, f"expected a string, got {value} (quote it)")
+    if isinstance(value, str) and "\x00" in value:
+        raise fields.fail(key, "a value cannot hold a NUL byte")
+    return str(value)
 
 
 def _config(section: Fields | None) -> ImageConfig:
@@ -347,38 +404,37 @@ def _config(section: Fields | None) -> ImageConfig:
     env: dict[str, str] = {}
     env_fields = section.mapping("env")
     if env_fields is not None:
-        for key, value in env_fields.data.items():
-            if not isinstance(key, str) or not ENV_NAME_RE.match(key):
-                raise InputError(f"config.env: {key!r} is not a valid variable name",
-                                 path=section.path, line=env_fields.line_of(str(key)))
-            if isinstance(value, bool) or not isinstance(value, str | int | float):
-                raise env_fields.fail(key, f"expected a string, got {kind(value)}")
-            env[key] = str(value)
+        for key in env_fields.data:
+            if not isinstance(key, str) or not ENV_NAME_RE.fullmatch(key):
+                raise InputError(f"config.env: {_key_text(key)} is not a valid variable name",
+                                 path=section.path, line=env_fields.line_of(key))
+            env[key] = _scalar_text(env_fields, key)
     labels: dict[str, str] = {}
     label_fields = section.mapping("labels")
     if label_fields is not None:
-        for key, value in label_fields.data.items():
-            if not isinstance(key, str) or not key or key.startswith("rolebake."):
-                raise InputError(
-                    f"config.labels: {key!r} is not allowed (the rolebake.* labels are the tool's)",
-                    path=section.path, line=label_fields.line_of(str(key)),
-                )
-            if isinstance(value, bool) or not isinstance(value, str | int | float):
-                raise label_fields.fail(key, f"expected a string, got {kind(value)}")
-            labels[key] = str(value)
+        for key in label_fields.data:
+            line = label_fields.line_of(key)
+            if isinstance(key, str) and key.startswith("rolebake."):
+                raise InputError(f"config.labels: {key!r} is not allowed (the rolebake.* labels "
+                                 "are the tool's)", path=section.path, line=line)
+            if not isinstance(key, str) or not LABEL_NAME_RE.fullmatch(key):
+                raise InputError(f"config.labels: {_key_text(key)} is not a label name "
+                                 "(no line breaks or control characters)",
+                                 path=section.path, line=line)
+            labels[key] = _scalar_text(label_fields, key)
     expose = _ports(section)
-    for key in ("user", "workdir"):
-        value = section.text(key)
-        if key == "workdir" and value is not None and not value.startswith("/"):
-            raise section.fail(key, f"{value!r} must be an absolute path")
+    user = section.text("user", what="a user (name or uid, optionally :group)")
+    workdir = section.text("workdir", what="an absolute path")
+    if workdir is not None and not workdir.startswith("/"):
+        raise section.fail("workdir", f"{workdir!r} must be an absolute path")
     volumes = section.text_list("volumes", check=lambda v: v.startswith("/"),
                                what="an absolute path")
     return ImageConfig(
-        cmd=section.command("cmd"),
-        entrypoint=section.command("entrypoint"),
+        cmd=section.command("cmd", allow_empty=True),
+        entrypoint=section.command("entrypoint", allow_empty=True),
         env=env,
-        user=section.text("user"),
-        workdir=section.text("workdir"),
+        user=user,
+        workdir=workdir,
         expose=expose,
         volumes=volumes,
         labels=labels,
@@ -395,7 +451,7 @@ def _ports(section: Fields) -> tuple[str, ...]:
     ports: list[str] = []
     for index, item in enumerate(value):
         line = value.line_of(index) if isinstance(value, YamlList) else section.line
-        match = PORT_RE.match(str(item)) if isinstance(item, int | str) else None
+        match = PORT_RE.fullmatch(str(item)) if isinstance(item, int | str) else None
         if isinstance(item, bool) or match is None or not 0 < int(match.group(1)) < 65536:
             raise InputError(f"config.expose[{index}]: {item!r} is not a port (1-65535[/tcp|udp])",
                              path=section.path, line=line)
@@ -415,13 +471,20 @@ def _healthcheck(section: Fields | None) -> HealthCheck | None:
         test = ("CMD-SHELL", test[2])
     elif test[0] not in ("CMD", "CMD-SHELL", "NONE"):
         test = ("CMD", *test)
-    retries = section.number("retries", minimum=0)
+    # Docker's forms: [NONE], [CMD, program, args...], [CMD-SHELL, one command line].
+    if test[0] == "NONE" and len(test) > 1:
+        raise section.fail("test", "NONE (no healthcheck) takes nothing after it")
+    if test[0] == "CMD" and (len(test) < 2 or not test[1].strip()):
+        raise section.fail("test", "CMD needs the program to run after it")
+    if test[0] == "CMD-SHELL" and (len(test) != 2 or not test[1].strip()):
+        raise section.fail("test", "CMD-SHELL needs exactly one command line after it")
+    retries = section.number("retries", minimum=0, maximum=MAX_RETRIES, integer=True)
     return HealthCheck(
         test=test,
-        interval_s=section.number("interval", minimum=0.001),
-        timeout_s=section.number("timeout", minimum=0.001),
+        interval_s=section.number("interval", minimum=0.001, maximum=MAX_DURATION_S),
+        timeout_s=section.number("timeout", minimum=0.001, maximum=MAX_DURATION_S),
         retries=int(retries) if retries is not None else None,
-        start_period_s=section.number("start_period"),
+        start_period_s=section.number("start_period", maximum=MAX_DURATION_S),
     )
 
 
@@ -429,14 +492,12 @@ def _ready(section: Fields | None) -> ReadyCheck | None:
     if section is None:
         return None
     section.reject_unknown({"port", "command", "timeout"})
-    port = section.number("port", minimum=1)
+    port = section.number("port", minimum=1, maximum=65535, integer=True)
     command = section.command("command")
     if (port is None) == (command is None):
         raise InputError("ready: give exactly one of 'port' or 'command'",
                          path=section.path, line=section.line)
-    if port is not None and (port != int(port) or port > 65535):
-        raise section.fail("port", f"{port} is not a port")
-    timeout = section.number("timeout", minimum=1)
+    timeout = section.number("timeout", minimum=1, maximum=MAX_DURATION_S)
     return ReadyCheck(
         port=int(port) if port is not None else None,
         command=command,
@@ -450,9 +511,9 @@ def _variants(top: Fields, name: str) -> tuple[Variant, ...]:
         return ()
     variants: list[Variant] = []
     for variant_name in section.data:
-        line = section.line_of(str(variant_name))
-        if not isinstance(variant_name, str) or not VARIANT_NAME_RE.match(variant_name):
-            raise InputError(f"variants: {variant_name!r} is not a variant name",
+        line = section.line_of(variant_name)
+        if not isinstance(variant_name, str) or not VARIANT_NAME_RE.fullmatch(variant_name):
+            raise InputError(f"variants: {_key_text(variant_name)} is not a variant name",
                              path=section.path, line=line)
         body = Fields(section.data[variant_name] or {}, section.path,
                        f"variants.{variant_name}", line)
@@ -464,7 +525,7 @@ def _variants(top: Fields, name: str) -> tuple[Variant, ...]:
                 "(a variant is a layer of extra roles)",
                 path=section.path, line=line,
             )
-        tags = body.text_list("tags", check=is_tag, what="a tag (name:tag, no digest)")
+        tags = _tags(body)
         variants.append(Variant(
             name=variant_name,
             roles_append=roles,
@@ -481,7 +542,7 @@ def _check_tags_unique(spec: ImageSpec) -> None:
     for owner, tags in [(spec.name, spec.tags)] + [
         (f"{spec.name}:{v.name}", v.tags) for v in spec.variants
     ]:
-        for tag in tags:
+        for tag in map(normal_tag, tags):
             if tag in seen:
                 raise InputError(
                     f"tag {tag!r} is given to both {seen[tag]} and {owner}",

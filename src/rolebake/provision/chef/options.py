@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from rolebake.errors import InputError
-from rolebake.spec import ImageSpec, Project, is_image_reference
-from rolebake.yamlfile import Fields, plain
+from rolebake.reference import is_image_reference
+from rolebake.spec import ImageSpec, Project
+from rolebake.yamlfile import Fields, plain, require_json
 
 TOOLCHAIN_ENV = "ROLEBAKE_CHEF_IMAGE"
 # The omnibus packages hard-code their prefix, so the volume must be mounted
@@ -144,6 +145,8 @@ def _attributes(section: Fields) -> dict[str, Any]:
                              path=attrs.path, line=attrs.line_of(str(key)))
         if key in ("run_list", "recipes"):
             raise attrs.fail(key, "is not an attribute: the run list is `chef.run_list`")
+    # chef-solo reads them as JSON: refuse dates, sets, binary and .inf/.nan here.
+    require_json(attrs.data, attrs.path, attrs.where, attrs.line)
     value: dict[str, Any] = plain(attrs.data)
     return value
 
