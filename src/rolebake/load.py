@@ -2,7 +2,9 @@
 
 Every command starts here, so every spec problem, including those in a
 provisioner's own section (`chef:`) or in what it names (roles, cookbooks),
-is one InputError with file and line before any container exists.
+is one InputError with file and line before any container exists. Names
+that are global on an engine (tags, cache repositories) are checked here
+against every spec in the project, not only the planned ones.
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ from dataclasses import replace
 
 from rolebake import provision
 from rolebake.errors import InputError
-from rolebake.plan import BuildPlan, make_plan
+from rolebake.plan import BuildPlan, Layer, make_plan, spec_layers
+from rolebake.reference import normal_tag
 from rolebake.spec import ImageSpec, Project
 from rolebake.spec import load_spec as read_spec
 
@@ -48,7 +51,64 @@ def plan_build(project: Project, targets: Iterable[str] = ()) -> BuildPlan:
         InputError: a bad spec, an unknown image or variant, or a cycle in `from:`.
     """
     wanted = list(targets) or all_targets(project)
-    return make_plan(project, wanted, lambda name: load_spec(project, name))
+    plan = make_plan(project, wanted, lambda name: load_spec(project, name))
+    _check_shared_names(project, plan)
+    return plan
+
+
+def _check_shared_names(project: Project, plan: BuildPlan) -> None:
+    """Refuse a planned layer that shares a tag or a file stem with any other image.
+
+    Tags are global on an engine: two specs tagging the same name overwrite each
+    other, whichever builds last. A layer's file stem (`web:dev` -> `web.dev`)
+    names its cache repository, logs and Make target, so a spec `web.dev` and a
+    variant `dev` of `web` would share them. Specs that do not load are skipped:
+    they move no tag until their own error is fixed.
+    """
+    specs = {layer.spec.name: layer.spec for layer in plan.layers}
+    for name in project.spec_names():
+        if name not in specs:
+            try:
+                specs[name] = read_spec(project, name, sections=provision.sections())
+            except InputError:
+                continue
+    planned = {layer.id for layer in plan.layers}
+    tags: dict[str, Layer] = {}
+    stems: dict[str, Layer] = {}
+    for spec in sorted(specs.values(), key=lambda s: s.name):
+        for layer in spec_layers(project, spec):
+            other = stems.setdefault(layer.file_stem, layer)
+            if other.id != layer.id and planned & {layer.id, other.id}:
+                here, there = _planned_first(layer, other, planned)
+                raise InputError(
+                    f"image {here.id!r} and image {there.id!r} ({_where(project, there)}) "
+                    f"would share the cache repository {here.cache_repository}; rename one",
+                    path=here.spec.path, line=_line(here))
+            for tag in map(normal_tag, layer.tags):
+                other = tags.setdefault(tag, layer)
+                if other.id != layer.id and planned & {layer.id, other.id}:
+                    here, there = _planned_first(layer, other, planned)
+                    raise InputError(
+                        f"tag {tag!r} is also a tag of {there.id} "
+                        f"({_where(project, there, 'tags')}); two images cannot share a tag",
+                        path=here.spec.path, line=_line(here, "tags"))
+
+
+def _planned_first(one: Layer, two: Layer, planned: set[str]) -> tuple[Layer, Layer]:
+    """The pair with a planned layer first: the error is about what the user asked for."""
+    return (one, two) if one.id in planned else (two, one)
+
+
+def _line(layer: Layer, key: str = "") -> int:
+    """Where a layer is declared: its variant's line, or the spec's `key` (else line 1)."""
+    for variant in layer.spec.variants:
+        if variant.name == layer.variant:
+            return variant.line
+    return (layer.spec.line_of(key) if key else None) or 1
+
+
+def _where(project: Project, layer: Layer, key: str = "") -> str:
+    return f"{project.relative(layer.spec.path)}:{_line(layer, key)}"
 
 
 def all_targets(project: Project) -> list[str]:

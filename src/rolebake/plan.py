@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from rolebake.errors import InputError
-from rolebake.spec import ImageConfig, ImageSpec, Project
+from rolebake.reference import CACHE_NAMESPACE
+from rolebake.spec import SPEC_NAME_RE, VARIANT_NAME_RE, ImageConfig, ImageSpec, Project
 
 
 @dataclass(frozen=True)
@@ -41,7 +42,7 @@ class Layer:
     @property
     def cache_repository(self) -> str:
         """Repository of the internal cache tags for this layer."""
-        return "rolebake-cache/" + self.id.replace(":", ".")
+        return CACHE_NAMESPACE + self.id.replace(":", ".")
 
     @property
     def sensitive_vars(self) -> tuple[str, ...]:
@@ -91,21 +92,35 @@ def make_plan(project: Project, targets: Iterable[str], load: SpecLoader) -> Bui
         load: reads and validates one spec by name.
 
     Raises:
-        InputError: an unknown image or variant, or a cycle in `from:`.
+        InputError: an unknown image or variant (asked for, or named by `from:`), or a
+            cycle in `from:`.
     """
     wanted = list(targets)
+    for target in wanted:
+        name, colon, variant = target.partition(":")
+        if not SPEC_NAME_RE.fullmatch(name) or (colon and not VARIANT_NAME_RE.fullmatch(variant)):
+            raise InputError(f"{target!r} is not an image: give a spec name (web) or a spec "
+                             "and one of its variants (web:dev)")
     specs: dict[str, ImageSpec] = {}
     for target in wanted:
         name = target.split(":", 1)[0]
         while name not in specs:
             spec = load(name)
             specs[name] = spec
-            if not spec.parent_is_spec:
+            if spec.parent_spec is None:
                 break
-            name = spec.parent
+            name = spec.parent_spec
     layers: dict[str, Layer] = {}
     for spec in specs.values():
         layers.update((layer.id, layer) for layer in spec_layers(project, spec))
+    for spec in specs.values():
+        if spec.parent_spec is not None and spec.parent not in layers:
+            variant = spec.parent.partition(":")[2]
+            known = ", ".join(v.name for v in specs[spec.parent_spec].variants) or "none"
+            raise InputError(
+                f"from: image {spec.parent_spec!r} has no variant {variant!r}; variants: "
+                f"{known} (a registry image named like a spec needs its registry host)",
+                path=spec.path, line=spec.line_of("from"))
     for target in wanted:
         if target not in layers:
             name, _, variant = target.partition(":")
@@ -178,9 +193,10 @@ def _cycle_error(cycle: list[str], specs: Mapping[str, ImageSpec],
                  wanted: list[str]) -> InputError:
     # graphlib lists each node before the layer built on it; `from:` reads the other way.
     names = list(reversed(cycle[:-1]))
-    firsts = [t.split(":", 1)[0] for t in wanted]
-    start = next((names.index(n) for n in firsts if n in names), names.index(min(names)))
+    start = next((names.index(n) for t in wanted for n in (t, t.partition(":")[0])
+                  if n in names), names.index(min(names)))
     names = names[start:] + names[:start]
-    first = specs[names[0]]
+    # A variant's edge to its own spec is implicit; the `from:` to fix is a spec's.
+    first = specs[next(n for n in names if ":" not in n)]
     return InputError(f"`from:` makes a cycle: {' -> '.join([*names, names[0]])}",
                       path=first.path, line=first.line_of("from"))
