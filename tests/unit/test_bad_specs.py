@@ -1,32 +1,88 @@
 """A corpus of bad specs: each gets exit 2 and one line naming file and line.
 
-The CLI runs with DOCKER_HOST pointing at a socket that does not exist, so a
-spec error that is reported with exit 2 provably came before any Docker object
-could be created (invariant 4).
+Each case is either `bad_specs/<case>.yml` (copied to images/<case>.yml) or a
+folder `bad_specs/<case>/` copied over the project root (links kept), for cases
+that need more than one file: two specs sharing a tag, a spec that is a folder.
+Headers, in the .yml or in the folder's CASE file:
+
+    # error: the text the one `error:` line must contain, after "file:line: "
+    # line: the line it names; `-` for an error about the file as a whole
+    # target: what to build (default: the case name; `(all)` builds everything)
+    # file: the file it names (default: images/<case>.yml)
+
+Every case runs through the real command (`rolebake build`, click's
+CliRunner in this process, so the whole corpus stays fast) with DOCKER_HOST
+pointing at a socket that does not exist: exit 2 then provably came before any
+Docker object could exist (invariant 4). A sample also runs as a subprocess,
+as a user runs it.
 """
 
 from __future__ import annotations
 
 import re
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import yaml
+from click.testing import CliRunner
 
+from rolebake import yamlfile
+from rolebake.cli import main
 from rolebake.errors import InputError
+from rolebake.load import plan_build
 from rolebake.spec import Project, load_spec
 from tests.conftest import REPO, run_cli
 
-CORPUS = sorted((Path(__file__).parent / "bad_specs").glob("*.yml"))
+CORPUS_DIR = Path(__file__).parent / "bad_specs"
 NO_ENGINE = {"DOCKER_HOST": "unix:///nonexistent/rolebake-test.sock"}
 
 
-def _expectation(path: Path) -> tuple[str, int]:
-    text = path.read_text()
-    error = re.search(r"^# error: (.+)$", text, re.M)
-    line = re.search(r"^# line: (\d+)$", text, re.M)
-    assert error and line, f"{path.name} needs '# error:' and '# line:' headers"
-    return error.group(1), int(line.group(1))
+@dataclass(frozen=True)
+class Case:
+    """One bad spec and what rolebake must say about it."""
+
+    name: str
+    source: Path
+    error: str
+    line: int | None
+    target: str | None
+    file: str
+
+    def install(self, root: Path) -> None:
+        """Put the case's files into the project at `root`."""
+        if self.source.is_dir():
+            shutil.copytree(self.source, root, symlinks=True, dirs_exist_ok=True,
+                            ignore=shutil.ignore_patterns("CASE"))
+        else:
+            shutil.copy(self.source, root / "images" / self.source.name)
+
+    @property
+    def prefix(self) -> str:
+        """How the error line starts: `error: images/x.yml:4: `."""
+        return f"error: {self.file}:{self.line}: " if self.line else f"error: {self.file}: "
+
+
+def _case(source: Path) -> Case:
+    header = source / "CASE" if source.is_dir() else source
+    text = header.read_bytes().decode("utf-8", errors="replace")
+    fields = dict(re.findall(r"^# (error|line|target|file): (.+)$", text, re.M))
+    assert "error" in fields and "line" in fields, f"{source.name} needs # error: and # line:"
+    name = source.name if source.is_dir() else source.stem
+    target = fields.get("target", name)
+    return Case(
+        name=name,
+        source=source,
+        error=fields["error"],
+        line=None if fields["line"] == "-" else int(fields["line"]),
+        target=None if target == "(all)" else target,
+        file=fields.get("file", f"images/{name}.yml"),
+    )
+
+
+CORPUS = [_case(p) for p in sorted(CORPUS_DIR.iterdir()) if p.suffix == ".yml" or p.is_dir()]
+BY_NAME = {case.name: case for case in CORPUS}
 
 
 @pytest.fixture
@@ -40,57 +96,200 @@ def project(tmp_path: Path) -> Path:
     return root
 
 
+def _build(project: Path, target: str | None, monkeypatch: pytest.MonkeyPatch) -> tuple[int, str]:
+    """`rolebake build TARGET` in this process: the real exit code and stderr."""
+    monkeypatch.chdir(project)  # errors name files relative to the working directory
+    result = CliRunner().invoke(main, ["build", *([target] if target else [])], env=NO_ENGINE)
+    return result.exit_code, result.stderr + result.stdout
+
+
+def _assert_one_clear_line(case: Case, rc: int, output: str) -> None:
+    assert rc == 2, output
+    assert "Traceback" not in output and "internal error" not in output, output
+    errors = [x for x in output.splitlines() if x.startswith("error:")]
+    assert len(errors) == 1, output
+    assert len(output.strip().splitlines()) == 1, output  # no details, no hint lines either
+    assert errors[0].startswith(case.prefix), errors[0]
+    assert case.error in errors[0], errors[0]
+    assert "engine" not in output  # never got as far as the engine
+
+
 def test_corpus_is_large_enough() -> None:
-    assert len(CORPUS) >= 20
+    assert len(CORPUS) >= 80
 
 
-@pytest.mark.parametrize("spec", CORPUS, ids=[p.stem for p in CORPUS])
-def test_bad_spec_is_one_clear_line_and_exit_2(spec: Path, project: Path) -> None:
-    message, line = _expectation(spec)
-    shutil.copy(spec, project / "images" / spec.name)
-    result = run_cli("build", spec.stem, cwd=project, env=NO_ENGINE, timeout=180)
-    assert result.rc == 2, result.output
-    assert "Traceback" not in result.output
-    errors = [x for x in result.stderr.splitlines() if x.startswith("error:")]
-    assert len(errors) == 1, result.stderr
-    assert errors[0].startswith(f"error: images/{spec.name}:{line}: "), errors[0]
-    assert message in errors[0], errors[0]
-    assert "engine" not in result.output  # never got as far as the engine
+@pytest.mark.parametrize("case", CORPUS, ids=[c.name for c in CORPUS])
+def test_bad_spec_is_one_clear_line_and_exit_2(case: Case, project: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    case.install(project)
+    rc, output = _build(project, case.target, monkeypatch)
+    _assert_one_clear_line(case, rc, output)
 
 
-@pytest.mark.parametrize("spec", CORPUS[:5], ids=[p.stem for p in CORPUS[:5]])
-def test_library_raises_input_error(spec: Path, project: Path) -> None:
-    shutil.copy(spec, project / "images" / spec.name)
+SAMPLE = ["alias-bomb", "nesting-deep-list", "key-unhashable-list", "tag-in-two-specs",
+          "not-utf8", "spec-is-a-folder"]
+
+
+@pytest.mark.parametrize("name", SAMPLE)
+def test_the_cli_process_says_the_same(name: str, project: Path) -> None:
+    case = BY_NAME[name]
+    case.install(project)
+    result = run_cli("build", *([case.target] if case.target else []), cwd=project,
+                     env=NO_ENGINE, timeout=180)
+    _assert_one_clear_line(case, result.rc, result.output)
+
+
+@pytest.mark.parametrize("case", CORPUS[:5], ids=[c.name for c in CORPUS[:5]])
+def test_library_raises_input_error(case: Case, project: Path) -> None:
+    case.install(project)
     with pytest.raises(InputError) as caught:
-        load_spec(Project(project), spec.stem)
+        plan_build(Project(project), [case.target] if case.target else [])
     assert caught.value.exit_code == 2
-    assert caught.value.line == _expectation(spec)[1]
+    assert caught.value.line == case.line
 
 
-def test_cycle_in_from_names_the_chain(project: Path) -> None:
+class _Counting(yamlfile._LineLoader):
+    """The spec loader, counting the nodes it composes and the objects it constructs."""
+
+    composed = 0
+    constructed = 0
+
+    def compose_node(self, parent: object, index: object) -> object:
+        type(self).composed += 1
+        return super().compose_node(parent, index)
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> object:
+        type(self).constructed += 1
+        return super().construct_object(node, deep)
+
+
+def test_alias_bomb_is_refused_after_bounded_work(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Bounded by work, not by the clock: the loader stops while composing, after
+    # visiting only the nodes written in the file, and constructs nothing.
+    monkeypatch.setattr(yamlfile, "_LineLoader", _Counting)
+    monkeypatch.setattr(_Counting, "composed", 0)
+    monkeypatch.setattr(_Counting, "constructed", 0)
+    with pytest.raises(InputError, match="aliases expand to more than 100000 values"):
+        yamlfile.load_yaml(BY_NAME["alias-bomb"].source)
+    assert 0 < _Counting.composed <= 200
+    assert _Counting.constructed == 0
+
+
+def test_aliases_below_the_cap_load_and_expand(tmp_path: Path) -> None:
+    # Four levels of nine: 9**4 = 6561 leaves, well below the cap.
+    text = "l0: &l0 [a, a, a, a, a, a, a, a, a]\n" + "".join(
+        f"l{i}: &l{i} [" + ", ".join([f"*l{i - 1}"] * 9) + "]\n" for i in range(1, 5))
+    path = tmp_path / "ok.yml"
+    path.write_text(text)
+    data = yamlfile.plain(yamlfile.load_yaml(path))
+
+    def leaves(value: object) -> int:
+        return sum(leaves(x) for x in value) if isinstance(value, list) else 1
+
+    assert leaves(data["l4"]) == 9 ** 5
+    assert data["l4"][8][8][8][8] == ["a"] * 9
+
+
+def test_nesting_up_to_the_cap_loads(tmp_path: Path) -> None:
+    path = tmp_path / "deep.yml"
+    path.write_text("[" * yamlfile.MAX_DEPTH + "]" * yamlfile.MAX_DEPTH + "\n")
+    data, depth = yamlfile.load_yaml(path), 0
+    while isinstance(data, list):
+        data, depth = (data[0] if data else None), depth + 1
+    assert depth == yamlfile.MAX_DEPTH
+    path.write_text("[" * (yamlfile.MAX_DEPTH + 1) + "]" * (yamlfile.MAX_DEPTH + 1) + "\n")
+    with pytest.raises(InputError, match="nested deeper than"):
+        yamlfile.load_yaml(path)
+
+
+VALID = {
+    "bom": "\ufefffrom: rolebake/debian:bookworm\nroles: [common]\n",
+    "crlf": "from: rolebake/debian:bookworm\r\nroles: [common]\r\n",
+    "unicode-values": "from: rolebake/debian:bookworm\nroles: [common]\nvars: {motd: 'Grüße 👋'}\n"
+                      "config:\n  labels: {org.opencontainers.image.title: 'Liège'}\n",
+    "anchors": "from: rolebake/debian:bookworm\nroles: [common]\nvars:\n"
+               "  base: &b {a: 1}\n  more: {<<: *b, c: 2}\n",
+    "empty-cmd-clears": "from: rolebake/debian:bookworm\nroles: [common]\n"
+                        "config: {entrypoint: [], cmd: []}\n",
+    "quoted-date": "from: rolebake/debian:bookworm\nroles: [common]\nvars: {day: '2024-01-01'}\n",
+    "registry-host-tag": "from: rolebake/debian:bookworm\nroles: [common]\n"
+                         "tags: ['localhost:5000/team/web:1']\n",
+}
+
+
+@pytest.mark.parametrize("name", sorted(VALID))
+def test_odd_but_valid_specs_still_plan(name: str, project: Path) -> None:
+    (project / "images" / f"{name}.yml").write_bytes(VALID[name].encode("utf-8"))
+    plan = plan_build(Project(project), [name])
+    assert [layer.id for layer in plan.layers] == [name]
+
+
+def test_from_a_variant_builds_on_that_variant_layer(project: Path) -> None:
+    (project / "images" / "base.yml").write_text(
+        "from: rolebake/debian:bookworm\nroles: [common]\n"
+        "variants:\n  dev: {roles_append: [devtools]}\n")
+    (project / "images" / "web.yml").write_text("from: base:dev\nroles: [web]\n")
+    plan = plan_build(Project(project), ["web"])
+    assert [(x.id, x.parent, x.parent_is_layer) for x in plan.layers] == [
+        ("base", "rolebake/debian:bookworm", False),
+        ("base:dev", "base", True),
+        ("web", "base:dev", True),
+    ]
+
+
+def test_same_tag_in_two_specs_is_refused_whichever_is_built(project: Path) -> None:
+    (project / "images" / "a.yml").write_text(
+        "from: rolebake/debian:bookworm\nroles: [common]\ntags: ['rolebake/x:1']\n")
+    (project / "images" / "b.yml").write_text(
+        "from: rolebake/debian:bookworm\nroles: [web]\ntags: ['rolebake/x:1']\n")
+    (project / "images" / "c.yml").write_text("from: rolebake/debian:bookworm\nroles: [web]\n")
+    for target, other in (("a", "b"), ("b", "a")):
+        with pytest.raises(InputError, match=f"is also a tag of {other} "):
+            plan_build(Project(project), [target])
+    # An image that shares nothing still plans: the clash is a's and b's to fix.
+    assert [x.id for x in plan_build(Project(project), ["c"]).layers] == ["c"]
+
+
+@pytest.mark.parametrize("target", ["x:", ":dev", "x:dev:y", "X", "x\n"])
+def test_a_bad_target_is_one_line(target: str, project: Path,
+                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    (project / "images" / "x.yml").write_text("from: rolebake/debian:bookworm\nroles: [common]\n")
+    rc, output = _build(project, target, monkeypatch)
+    assert rc == 2, output
+    assert len(output.strip().splitlines()) == 1, output
+    assert output.startswith(f"error: {target!r} is not an image"), output
+
+
+def test_a_spec_in_the_library_is_checked_like_the_cli(project: Path) -> None:
+    shutil.copy(BY_NAME["var-date"].source, project / "images" / "var-date.yml")
+    with pytest.raises(InputError, match="a date cannot be passed on as JSON"):
+        load_spec(Project(project), "var-date")
+
+
+def test_cycle_in_from_names_the_chain(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (project / "images" / "a.yml").write_text("from: b\nroles: [common]\n")
     (project / "images" / "b.yml").write_text("from: c\nroles: [common]\n")
     (project / "images" / "c.yml").write_text("from: a\nroles: [common]\n")
-    result = run_cli("build", "a", cwd=project, env=NO_ENGINE, timeout=180)
-    assert result.rc == 2
-    assert "`from:` makes a cycle: a -> b -> c -> a" in result.stderr
-    assert "images/a.yml:1:" in result.stderr
+    rc, output = _build(project, "a", monkeypatch)
+    assert rc == 2
+    assert "`from:` makes a cycle: a -> b -> c -> a" in output
+    assert "images/a.yml:1:" in output
 
 
-def test_unknown_image_suggests_a_name(project: Path) -> None:
+def test_unknown_image_suggests_a_name(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (project / "images" / "web.yml").write_text("from: rolebake/debian:bookworm\nroles: [web]\n")
-    result = run_cli("build", "wbe", cwd=project, env=NO_ENGINE, timeout=180)
-    assert result.rc == 2
-    assert "no image spec 'wbe' (did you mean 'web'?)" in result.stderr
+    rc, output = _build(project, "wbe", monkeypatch)
+    assert rc == 2
+    assert "no image spec 'wbe' (did you mean 'web'?)" in output
 
 
-def test_unknown_variant(project: Path) -> None:
+def test_unknown_variant(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (project / "images" / "web.yml").write_text(
         "from: rolebake/debian:bookworm\nroles: [web]\n"
         "variants:\n  dev: {roles_append: [devtools]}\n")
-    result = run_cli("build", "web:prod", cwd=project, env=NO_ENGINE, timeout=180)
-    assert result.rc == 2
-    assert "image 'web' has no variant 'prod'; variants: dev" in result.stderr
+    rc, output = _build(project, "web:prod", monkeypatch)
+    assert rc == 2
+    assert "image 'web' has no variant 'prod'; variants: dev" in output
 
 
 def test_good_spec_reaches_the_engine_and_exits_4_without_one(project: Path) -> None:
