@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import re
 
-_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+# One path component of a repository: spec and variant names are held to it,
+# since they become `rolebake/<name>` and `rolebake-cache/<name>.<variant>`.
+COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_COMPONENT = COMPONENT
 _HOST = (
     r"(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*"
     r"(?::[0-9]+)?/)"

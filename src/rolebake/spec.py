@@ -17,6 +17,7 @@ from typing import Any
 from rolebake.errors import InputError
 from rolebake.reference import (
     CACHE_NAMESPACE,
+    COMPONENT,
     in_cache_namespace,
     is_image_reference,
     is_tag,
@@ -26,8 +27,12 @@ from rolebake.yamlfile import Fields, YamlList, kind, load_yaml, plain, require_
 
 # Every pattern is used with fullmatch: `re.match` with a `$` anchor lets a
 # trailing newline through ("web\n"), and that name then reaches the engine.
-SPEC_NAME_RE = re.compile(r"[a-z0-9][a-z0-9_.-]*")
-VARIANT_NAME_RE = re.compile(r"[a-z0-9][a-z0-9_.-]*")
+# A spec or variant name becomes a repository component (`rolebake/web`,
+# `rolebake-cache/web.dev`): `web-` or `a..b` would pass a looser pattern and
+# fail only when the finished image is tagged.
+SPEC_NAME_RE = re.compile(rf"(?=.{{1,100}}\Z){COMPONENT}")
+VARIANT_NAME_RE = SPEC_NAME_RE
+NAME_RULE = "lowercase letters and digits, with '.', '_' or '-' between them, up to 100"
 ROLE_NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 VAR_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -315,7 +320,7 @@ def _spec_file(project: Project, name: str) -> Path:
     """The spec file for `name`, or an InputError that says what is there instead."""
     path = project.spec_path(name)
     if not SPEC_NAME_RE.fullmatch(name):
-        rule = "use lowercase letters, digits, '.', '_', '-'"
+        rule = f"use {NAME_RULE}"
         if path.is_file() or path.is_symlink():  # found by listing images/: name the file
             raise InputError(f"{name!r} is not an image name: {rule} (rename the file)",
                              path=path)
@@ -513,7 +518,8 @@ def _variants(top: Fields, name: str) -> tuple[Variant, ...]:
     for variant_name in section.data:
         line = section.line_of(variant_name)
         if not isinstance(variant_name, str) or not VARIANT_NAME_RE.fullmatch(variant_name):
-            raise InputError(f"variants: {_key_text(variant_name)} is not a variant name",
+            raise InputError(f"variants: {_key_text(variant_name)} is not a variant name "
+                             f"({NAME_RULE})",
                              path=section.path, line=line)
         body = Fields(section.data[variant_name] or {}, section.path,
                        f"variants.{variant_name}", line)

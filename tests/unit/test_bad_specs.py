@@ -19,6 +19,7 @@ as a user runs it.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 from dataclasses import dataclass
@@ -250,7 +251,7 @@ def test_same_tag_in_two_specs_is_refused_whichever_is_built(project: Path) -> N
     assert [x.id for x in plan_build(Project(project), ["c"]).layers] == ["c"]
 
 
-@pytest.mark.parametrize("target", ["x:", ":dev", "x:dev:y", "X", "x\n"])
+@pytest.mark.parametrize("target", ["x:", ":dev", "x:dev:y", "X", "x\n", "x-", "x:dev-"])
 def test_a_bad_target_is_one_line(target: str, project: Path,
                                   monkeypatch: pytest.MonkeyPatch) -> None:
     (project / "images" / "x.yml").write_text("from: rolebake/debian:bookworm\nroles: [common]\n")
@@ -258,6 +259,21 @@ def test_a_bad_target_is_one_line(target: str, project: Path,
     assert rc == 2, output
     assert len(output.strip().splitlines()) == 1, output
     assert output.startswith(f"error: {target!r} is not an image"), output
+
+
+def test_a_pipe_as_a_spec_is_refused_without_reading_it(project: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    # Reading a FIFO would block for ever; it is not a regular file, so it is never opened.
+    os.mkfifo(project / "images" / "pipe.yml")
+    rc, output = _build(project, "pipe", monkeypatch)
+    assert rc == 2, output
+    assert output.strip() == "error: images/pipe.yml: a spec must be a regular file"
+
+
+def test_a_file_that_cannot_be_read_is_one_line(tmp_path: Path) -> None:
+    with pytest.raises(InputError) as caught:
+        yamlfile.load_yaml(tmp_path)  # a folder: reading it fails like an unreadable file
+    assert str(caught.value).endswith(": cannot read: Is a directory")
 
 
 def test_a_spec_in_the_library_is_checked_like_the_cli(project: Path) -> None:
