@@ -97,13 +97,13 @@ def _display_path(path: Path | str) -> str:
     quoted and escaped, so an error stays one line.
     """
     p = Path(path)
-    cwd = Path.cwd()
     shown = str(p)
-    # Lexically first, so that a link is named as the link, not as what it points to.
-    for base, target in ((os.path.abspath(cwd), os.path.abspath(p)), (cwd.resolve(), p.resolve())):
+    # Lexically first, so that a link is named as the link, not as what it points to;
+    # resolving (a link loop, a name too long) must never break the error itself.
+    for form in (lambda q: Path(os.path.abspath(q)), Path.resolve):
         try:
-            shown = str(Path(target).relative_to(base))
+            shown = str(form(p).relative_to(form(Path.cwd())))
             break
-        except ValueError:
+        except (ValueError, OSError, RuntimeError):
             continue
     return shown if shown.isprintable() else repr(shown)

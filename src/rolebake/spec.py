@@ -33,7 +33,7 @@ from rolebake.yamlfile import Fields, YamlList, kind, load_yaml, plain, require_
 SPEC_NAME_RE = re.compile(rf"(?=.{{1,100}}\Z){COMPONENT}")
 VARIANT_NAME_RE = SPEC_NAME_RE
 NAME_RULE = "lowercase letters and digits, with '.', '_' or '-' between them, up to 100"
-ROLE_NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+ROLE_NAME_RE = re.compile(r"(?=.{1,255}\Z)[A-Za-z0-9_][A-Za-z0-9_.-]*")  # a folder name
 VAR_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 LABEL_NAME_RE = re.compile(r"(?=.*\S)[^\x00-\x1f\x7f]+")
@@ -213,9 +213,18 @@ class Project:
                       if not p.name.startswith("."))
 
     def inside(self, path: Path) -> bool:
-        """Tell whether `path` (resolved, links followed) stays inside the project."""
+        """Tell whether `path` (resolved, links followed) stays inside the project.
+
+        Raises:
+            InputError: the path cannot be followed (a link loop, a name too long).
+        """
         try:
-            path.resolve().relative_to(self.root.resolve())
+            resolved = path.resolve()
+        except (OSError, RuntimeError) as exc:  # Python raises RuntimeError on a link loop
+            reason = "a link loop" if isinstance(exc, RuntimeError) else exc.strerror
+            raise InputError(f"cannot follow this path: {reason}", path=path) from None
+        try:
+            resolved.relative_to(self.root.resolve())
         except ValueError:
             return False
         return True
@@ -224,7 +233,7 @@ class Project:
         """Path relative to the project root, as shown in reports and labels."""
         try:
             return str(path.resolve().relative_to(self.root.resolve()))
-        except ValueError:
+        except (ValueError, OSError, RuntimeError):
             return str(path)
 
 
@@ -361,6 +370,8 @@ def _project_path(project: Project, fields: Fields, key: str) -> Path | None:
     if raw is None:
         return None
     candidate = Path(raw)
+    if any(len(part.encode()) > 255 for part in candidate.parts):
+        raise fields.fail(key, f"{raw!r} has a name longer than 255 bytes")
     path = candidate if candidate.is_absolute() else project.root / candidate
     if not project.inside(path):
         raise fields.fail(key, f"{raw!r} is outside the project")

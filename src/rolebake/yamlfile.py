@@ -106,6 +106,18 @@ class _LineLoader(yaml.SafeLoader):
                                 1 + max((height for _, height in shapes), default=0))
         return node
 
+    def construct_object(self, node: Any, deep: bool = False) -> Any:
+        # An explicit core tag on a value it cannot hold (`!!int web`, `!!float`,
+        # `!!timestamp " "`) makes PyYAML's constructor raise a plain ValueError,
+        # AttributeError or IndexError: turn it into an error at the value's line.
+        try:
+            return super().construct_object(node, deep)
+        except (ValueError, TypeError, AttributeError, IndexError, OverflowError):
+            tag = "!!" + node.tag.rsplit(":", 1)[-1]
+            shown = f"{node.value!r} " if isinstance(node, yaml.ScalarNode) else ""
+            raise _Refused(f"invalid YAML: {shown}cannot be read as {tag}",
+                           node.start_mark) from None
+
     def _count_alias(self, event: Any, target: Any) -> None:
         shape = self.shape.get(id(target))
         if shape is None:  # the anchored node is still being composed: it holds itself
