@@ -5,6 +5,7 @@ Only the CLI turns these into text and an exit status (DESIGN.md, "Exit codes").
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 
@@ -90,9 +91,16 @@ class Interrupted(RolebakeError):
 
 
 def _display_path(path: Path | str) -> str:
-    """Show paths relative to the working directory when they are below it."""
+    """Show paths relative to the working directory when they are below it.
+
+    The path as written comes first: a link is named by itself, not by its target.
+    """
     p = Path(path)
-    try:
-        return str(p.resolve().relative_to(Path.cwd().resolve()))
-    except ValueError:
-        return str(p)
+    cwd = Path.cwd()
+    for candidate, base in ((Path(os.path.normpath(os.path.abspath(p))), cwd),
+                            (p.resolve(), cwd.resolve())):
+        try:
+            return str(candidate.relative_to(base))
+        except ValueError:
+            continue
+    return str(p)
