@@ -410,10 +410,14 @@ class _Walker:
         if ctx.playbook_dir is not None:
             candidates.append(ctx.playbook_dir / resolved)
         found: list[Path] = []
-        for candidate in dict.fromkeys(Path(os.path.normpath(c)) for c in candidates):
+        candidates = list(dict.fromkeys(Path(os.path.normpath(c)) for c in candidates))
+        for candidate in candidates:
             if candidate.exists() or candidate.is_symlink():
                 check_inside(candidate, self.project, where=path, line=line)
                 found.append(candidate)
+        if not found and not any(self.project.inside(c) for c in candidates):
+            # Not there now, but it would be read from outside where it is.
+            check_inside(candidates[0], self.project, where=path, line=line)
         for candidate in found:
             self.add_tree(candidate)
         return found
