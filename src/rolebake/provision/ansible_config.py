@@ -224,7 +224,7 @@ def environment(config: AnsibleConfig, data_dir: Path, *, roles_path: Sequence[P
     for key, variable in PLUGIN_PATHS.items():
         keys = COLLECTIONS_KEYS if key == "collections_path" else (key,)
         if not any(config.get(k) for k in keys):
-            env[variable] = str(home / key)
+            env[variable] = str(home / key.removesuffix("_path"))
     return env
 
 
