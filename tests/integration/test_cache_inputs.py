@@ -13,7 +13,9 @@ ANSIBLE_CONFIG): the image shows only the project's cfg applied.
 
 from __future__ import annotations
 
+import io
 import json
+import tarfile
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -145,8 +147,16 @@ def misses(rows: dict[str, dict]) -> set[str]:
 
 
 def read(stack: Stack, ref: str, path: str) -> str:
-    return stack.project.client.containers.run(ref, ["cat", path], entrypoint=[],
-                                               remove=True).decode()
+    """A file of an image, copied out of a created (never started) container."""
+    container = stack.project.client.containers.create(ref, ["true"], entrypoint=[])
+    try:
+        stream, _ = container.get_archive(path)
+        with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as tar:
+            member = tar.extractfile(Path(path).name)
+            assert member is not None, path
+            return member.read().decode()
+    finally:
+        container.remove(force=True)
 
 
 def test_the_host_environment_does_not_reach_ansible_and_the_project_cfg_does(

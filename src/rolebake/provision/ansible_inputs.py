@@ -245,7 +245,10 @@ class _Walker:
         for candidate in candidates:
             if candidate.is_dir():
                 check_inside(candidate, self.project, where=path, line=line)
-                return candidate
+                # Reached through a linked folder (playbooks/roles -> ../roles): name the
+                # role by the path with no link in it, when one of the others is that.
+                real = os.path.realpath(candidate)
+                return next((c for c in candidates if os.path.normpath(c) == real), candidate)
         if "/" not in resolved and resolved.count(".") >= 2:
             self.collections.add(resolved.rsplit(".", 1)[0])  # namespace.collection.role
             return None
