@@ -448,3 +448,29 @@ def test_cli_refuses_a_playbook_role_path_out_of_the_project(project: Project) -
     error = one_error(project, "build", "img")
     assert error.startswith("error: playbooks/site.yml:3: "), error
     assert "outside the project" in error
+
+
+def test_a_dangling_link_becomes_a_change_when_its_target_appears(project: Project) -> None:
+    write(project.root, {"roles/a/tasks/main.yml": "- copy: {src: later, dest: /x}\n"})
+    (project.root / "roles/a/files").mkdir()
+    (project.root / "roles/a/files/later").symlink_to("../../../shared/later")
+    spec(project, roles=["a"])
+    before_key, before = key(project)
+    write(project.root, {"shared/later": "now it is here\n"})
+    after_key, after = key(project)
+    assert after_key != before_key
+    assert "roles/a/files/later changed" in explain_miss(after, before)  # type: ignore[arg-type]
+
+
+def test_becoming_keyed_on_the_whole_tree_is_explained_briefly(project: Project) -> None:
+    for n in range(20):
+        write(project.root, {f"roles/r{n}/tasks/main.yml": "- debug: msg=x\n"})
+    write(project.root, {"roles/a/tasks/main.yml": "- debug: msg=a\n"})
+    spec(project, roles=["a"])
+    _, before = key(project)
+    write(project.root, {"roles/a/tasks/main.yml": "- include_tasks: '{{ x }}.yml'\n"})
+    _, after = key(project)
+    reasons = explain_miss(after, before)  # type: ignore[arg-type]
+    assert reasons[0] == "roles/a/tasks/main.yml changed"
+    assert any(r.startswith("... and ") and r.endswith(" more files") for r in reasons)
+    assert reasons[-1].startswith("keyed on the whole roles/ tree: roles/a/tasks/main.yml:1")
