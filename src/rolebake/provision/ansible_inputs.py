@@ -19,21 +19,18 @@ project is refused with its file and line.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shlex
-import sys
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from rolebake.errors import InputError
 from rolebake.provision.ansible_config import COLLECTIONS_KEYS, content_paths, read_config
 from rolebake.provision.base import check_inside, tree_files
+from rolebake.provision.collection_versions import collection_version, find_collection
 from rolebake.spec import Project
 from rolebake.yamlfile import YamlList, YamlMap, read_ansible_yaml
 
@@ -521,44 +518,14 @@ class _Walker:
 
     def versions(self) -> dict[str, str]:
         """Each collection used, with its version (files of one inside the project are keyed)."""
-        roots = [*self.collection_roots, *_python_roots(self.project)]
         found: dict[str, str] = {}
         for name in sorted(self.collections):
-            namespace, _, collection = name.partition(".")
-            found[name] = "not installed"
-            for root in roots:
-                base = root if root.name == "ansible_collections" else root / "ansible_collections"
-                folder = base / namespace / collection
-                if folder.is_dir():
-                    found[name] = _collection_version(folder)
-                    if self.project.inside(folder):
-                        self.add_tree(folder)
-                        found[name] += " (in the project)"
-                    break
+            folder = find_collection(name, self.collection_roots, self.project)
+            found[name] = collection_version(folder) if folder is not None else "not installed"
+            if folder is not None and self.project.inside(folder):
+                self.add_tree(folder)
+                found[name] += " (in the project)"
         return found
-
-
-def _python_roots(project: Project) -> Iterable[Path]:
-    # Ansible also finds collections on its Python's path (where community.docker is).
-    for entry in sys.path:
-        if entry and Path(entry).is_dir() and Path(entry).resolve() != project.root.resolve():
-            yield Path(entry)
-
-
-def _collection_version(folder: Path) -> str:
-    manifest = folder / "MANIFEST.json"
-    try:
-        if manifest.is_file():
-            info = json.loads(manifest.read_text(encoding="utf-8")).get("collection_info") or {}
-            return str(info.get("version") or "unversioned")
-        galaxy = folder / "galaxy.yml"
-        if galaxy.is_file():
-            data = yaml.safe_load(galaxy.read_text(encoding="utf-8")) or {}
-            return str(data.get("version") or "unversioned") if isinstance(data, dict) \
-                else "unversioned"
-    except (OSError, ValueError, yaml.YAMLError, AttributeError):
-        return "unreadable"
-    return "unversioned"
 
 
 def _entry(folder: Path, name: str) -> Path | None:
