@@ -251,7 +251,8 @@ class Builder:
         started = time.monotonic()
         try:
             parent = parent or self._base_image(layer)
-            provisioner, inputs = provisioner_and_inputs(self.project, layer, parent.id)
+            provisioner, inputs = provisioner_and_inputs(self.project, layer, parent.id,
+                                                         self.engine)
             result.cache_key = inputs.key
             with exclusive(self.project.state_dir / "locks" / f"{layer.file_stem}.lock",
                            on_busy=lambda: self.events(LogEvent(

@@ -21,6 +21,7 @@ from typing import Any
 
 from rolebake import __version__, scripts
 from rolebake.engine import ROLE_LABEL, Engine
+from rolebake.errors import InputError
 from rolebake.image import CACHE_KEY_LABEL, INPUTS_LABEL, LAYER_LABEL
 from rolebake.plan import BuildPlan, Layer
 from rolebake.provision import provisioner_class
@@ -38,6 +39,11 @@ class LayerInputs:
     def key(self) -> str:
         """The cache key: sha256 of every input."""
         return "sha256:" + _sha(_canonical(self.values))
+
+    @property
+    def notes(self) -> tuple[str, ...]:
+        """Why the key covers more than the layer needs (a name known only at run time)."""
+        return tuple(self.values.get("notes") or ())
 
     def to_label(self) -> str:
         """Compact JSON stored on the image, so a later miss can be explained."""
@@ -72,6 +78,9 @@ def layer_inputs(
     files: Iterable[Path],
     provisioner_version: str,
     options: Mapping[str, Any] | None = None,
+    *,
+    tools: Mapping[str, str] | None = None,
+    notes: Iterable[str] = (),
 ) -> LayerInputs:
     """Collect the digests of everything that decides a layer's content.
 
@@ -79,27 +88,48 @@ def layer_inputs(
         project: the project (paths in the result are relative to its root).
         layer: the layer.
         parent_image_id: the id of the image the layer is built on.
-        files: every file the provisioner reads (role trees, playbooks, cookbooks).
+        files: every file the provisioner reads (role trees, playbooks, cookbooks),
+            by the path it reads them at; a link's target bytes are hashed.
         provisioner_version: e.g. "ansible-core 2.19.14".
         options: the provisioner's own settings from the spec.
+        tools: inputs that are not project files (a collection's version, a
+            toolchain image's id), by name.
+        notes: why the key covers more than the layer needs; kept with the inputs.
 
     Returns:
         The inputs; `.key` is the cache key.
+
+    Raises:
+        InputError: a file outside the project (its host path would reach a label).
     """
     sensitive = set(layer.sensitive_vars)
     salt = sensitive_salt(project) if sensitive & set(layer.vars) else b""
     return LayerInputs({
         "parent": parent_image_id,
-        "files": {project.relative(p): file_digest(p) for p in sorted(set(files))},
+        "files": {_label_path(project, p): file_digest(p) for p in sorted(set(files))},
         "vars": {k: _digest_value(v, salt=salt + b"\0" + k.encode() if k in sensitive else b"")
                  for k, v in sorted(layer.vars.items())},
         "config": {k: _digest_value(v) for k, v in layer.config.to_dict().items()},
         "roles": list(layer.roles),
-        "playbook": project.relative(layer.playbook) if layer.playbook else None,
+        "playbook": _label_path(project, layer.playbook) if layer.playbook else None,
         "provisioner": f"{layer.provisioner} {provisioner_version}",
+        "tools": dict(sorted((tools or {}).items())),
         "options": _digest_value(options or {}),
         "rolebake": rolebake_fingerprint(),
+        "notes": list(notes),
     })
+
+
+def _label_path(project: Project, path: Path) -> str:
+    """A project-relative path for the inputs label; never a host path."""
+    shown = project.logical(path)
+    if os.path.isabs(shown):
+        raise InputError(f"{shown} is outside the project; rolebake reads nothing from "
+                         "outside it")
+    return shown
+
+
+MAX_FILE_REASONS = 12  # changed files named one by one in a miss; the rest are counted
 
 
 def rolebake_fingerprint() -> str:
@@ -121,16 +151,32 @@ def explain_miss(current: LayerInputs, previous: LayerInputs | None) -> tuple[st
         reasons.append(
             f"parent image changed ({_short(before.get('parent'))} -> {_short(now.get('parent'))})"
         )
-    reasons.extend(_dict_changes(now.get("files", {}), before.get("files", {}), "", "file"))
+    files = _dict_changes(now.get("files", {}), before.get("files", {}), "", "file")
+    if len(files) > MAX_FILE_REASONS:
+        # A layer that just became keyed on a whole tree adds every file of it.
+        files = [*files[:MAX_FILE_REASONS - 1],
+                 f"... and {len(files) - MAX_FILE_REASONS + 1} more files"]
+    reasons.extend(files)
+    reasons.extend(note for note in now.get("notes", []) if note not in before.get("notes", []))
     reasons.extend(_dict_changes(now.get("vars", {}), before.get("vars", {}), "var ", "var"))
     reasons.extend(_dict_changes(now.get("config", {}), before.get("config", {}), "config.",
                                  "config"))
+    reasons.extend(_tool_changes(now.get("tools", {}), before.get("tools", {})))
     for key, what in (("roles", "role list"), ("playbook", "playbook"),
                       ("provisioner", "provisioner version"), ("options", "provisioner settings"),
                       ("rolebake", "rolebake version")):
         if now.get(key) != before.get(key):
             reasons.append(f"{what} changed ({_show(before.get(key))} -> {_show(now.get(key))})")
     return tuple(reasons) or ("inputs changed",)
+
+
+def _tool_changes(now: Mapping[str, Any], before: Mapping[str, Any]) -> list[str]:
+    changes: list[str] = []
+    for name in sorted(set(now) | set(before)):
+        if now.get(name) != before.get(name):
+            changes.append(f"{name} changed ({_short(before.get(name, 'none'))} -> "
+                           f"{_short(now.get(name, 'none'))})")
+    return changes
 
 
 def _dict_changes(now: Mapping[str, Any], before: Mapping[str, Any], prefix: str,
@@ -153,11 +199,18 @@ def _dict_changes(now: Mapping[str, Any], before: Mapping[str, Any], prefix: str
 
 
 def file_digest(path: Path) -> str:
-    """`mode:sha256` of a file, or of a link's target text (links are not followed)."""
-    info = path.lstat()
+    """`mode:sha256` of the bytes a provisioner reads at `path`, links followed.
+
+    A link (checked to stay inside the project where it was found) counts as
+    its target's mode and bytes: retargeting it or changing the target's
+    content is a change. A dangling link is `missing:` its text, so the
+    target appearing later is a change too.
+    """
+    try:
+        info = path.stat()
+    except OSError:
+        return f"missing:{_sha(os.readlink(path) if path.is_symlink() else '')[:32]}"
     mode = f"{stat.S_IMODE(info.st_mode):04o}"
-    if stat.S_ISLNK(info.st_mode):
-        return f"link:{_sha(str(path.readlink()))[:32]}"
     digest = hashlib.sha256()
     with path.open("rb") as stream:
         for chunk in iter(lambda: stream.read(1 << 16), b""):
@@ -266,12 +319,13 @@ class Cache:
         return None
 
 
-def provisioner_and_inputs(project: Project, layer: Layer,
-                           parent_id: str) -> tuple[Provisioner, LayerInputs]:
+def provisioner_and_inputs(project: Project, layer: Layer, parent_id: str,
+                           engine: Engine) -> tuple[Provisioner, LayerInputs]:
     """The layer's provisioner and the inputs that make its cache key (build and plan alike)."""
     provisioner = provisioner_class(layer.provisioner)(project, layer)
-    inputs = layer_inputs(project, layer, parent_id, provisioner.input_files(),
-                          provisioner.version(), layer.spec.provisioner_options)
+    found = provisioner.inputs(engine)
+    inputs = layer_inputs(project, layer, parent_id, found.files, provisioner.version(),
+                          layer.spec.provisioner_options, tools=found.tools, notes=found.notes)
     return provisioner, inputs
 
 
@@ -287,6 +341,7 @@ class PlanRow:
     key: str | None
     reasons: tuple[str, ...]
     tags: tuple[str, ...]
+    notes: tuple[str, ...] = ()  # why the key covers more than the layer needs
 
     @property
     def status(self) -> str:
@@ -297,7 +352,8 @@ class PlanRow:
         """JSON form."""
         return {"layer": self.layer, "parent": self.parent, "depth": self.depth,
                 "status": self.status, "image": self.image, "cache_key": self.key,
-                "reasons": list(self.reasons), "tags": list(self.tags)}
+                "reasons": list(self.reasons), "notes": list(self.notes),
+                "tags": list(self.tags)}
 
 
 def preview(engine: Engine, project: Project, plan: BuildPlan) -> list[PlanRow]:
@@ -317,13 +373,14 @@ def preview(engine: Engine, project: Project, plan: BuildPlan) -> list[PlanRow]:
         if parent_id is None:
             reason = (f"parent {layer.parent} will be rebuilt first" if layer.parent_is_layer
                       else f"base image {layer.parent} is not on the engine")
+            _, inputs = provisioner_and_inputs(project, layer, "", engine)
             rows.append(PlanRow(layer.id, layer.parent, depth, False, None, None, (reason,),
-                                layer.tags))
+                                layer.tags, inputs.notes))
             images[layer.id] = None
             continue
-        _, inputs = provisioner_and_inputs(project, layer, parent_id)
+        _, inputs = provisioner_and_inputs(project, layer, parent_id, engine)
         decision = cache.decide(layer, inputs)
         images[layer.id] = decision.image_id
         rows.append(PlanRow(layer.id, layer.parent, depth, decision.hit, decision.image_id,
-                            decision.key, decision.reasons, layer.tags))
+                            decision.key, decision.reasons, layer.tags, inputs.notes))
     return rows

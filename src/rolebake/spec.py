@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import os
 import re
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
@@ -235,6 +236,20 @@ class Project:
             return str(path.resolve().relative_to(self.root.resolve()))
         except (ValueError, OSError, RuntimeError):
             return str(path)
+
+    def logical(self, path: Path) -> str:
+        """Path relative to the project root as written, links not followed.
+
+        A link inside a role is named by its own path, not its target's; the
+        path is returned as given when it is not below the root.
+        """
+        written = Path(os.path.normpath(os.path.abspath(path)))
+        for root in (self.root, self.root.resolve()):
+            try:
+                return str(written.relative_to(os.path.normpath(os.path.abspath(root))))
+            except ValueError:
+                continue
+        return str(path)
 
 
 TOP_LEVEL_KEYS = {

@@ -133,7 +133,7 @@ class _LineLoader(yaml.SafeLoader):
                            event.start_mark)
 
 
-def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode) -> YamlMap:
+def _construct_mapping(loader: Any, node: yaml.MappingNode) -> YamlMap:
     loader.flatten_mapping(node)
     result = YamlMap()
     result.line = node.start_mark.line + 1
@@ -145,7 +145,7 @@ def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode) -> YamlMap:
         except TypeError:
             raise _Refused(f"a mapping key must be a single value, not {kind(key)}",
                            key_node.start_mark) from None
-        if key in result:
+        if key in result and not isinstance(loader, _AnsibleLoader):
             # PyYAML silently keeps the last duplicate; a typo'd copy-paste then hides.
             raise _Refused(f"duplicate key {key!r}", key_node.start_mark)
         line = key_node.start_mark.line + 1
@@ -154,7 +154,7 @@ def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode) -> YamlMap:
     return result
 
 
-def _construct_sequence(loader: _LineLoader, node: yaml.SequenceNode) -> YamlList:
+def _construct_sequence(loader: Any, node: yaml.SequenceNode) -> YamlList:
     result = YamlList(loader.construct_object(child, deep=True) for child in node.value)
     result.line = node.start_mark.line + 1
     result.item_lines = [child.start_mark.line + 1 for child in node.value]
@@ -163,6 +163,31 @@ def _construct_sequence(loader: _LineLoader, node: yaml.SequenceNode) -> YamlLis
 
 _LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 _LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _construct_sequence)
+
+
+class _AnsibleLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
+    """Reads role and playbook files the way Ansible does: its own tags, repeated keys.
+
+    libyaml's parser when there is one: every plan reads each role's task files.
+    """
+
+
+_AnsibleLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+_AnsibleLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG,
+                               _construct_sequence)
+
+
+def _ansible_tag(loader: _AnsibleLoader, suffix: str, node: yaml.Node) -> Any:
+    # !vault, !unsafe and friends: what is under the tag is kept as plain text or data.
+    del suffix
+    if isinstance(node, yaml.ScalarNode):
+        return loader.construct_scalar(node)
+    if isinstance(node, yaml.SequenceNode):
+        return _construct_sequence(loader, node)
+    return _construct_mapping(loader, node)  # type: ignore[arg-type]
+
+
+_AnsibleLoader.add_multi_constructor("!", _ansible_tag)
 
 
 def load_yaml(path: Path) -> Any:
@@ -216,6 +241,19 @@ def _shown(number: float) -> str:
     if number == int(number) and abs(number) < 10**12:
         return str(int(number))
     return f"{number:.6g}"
+
+
+def read_ansible_yaml(path: Path) -> Any:
+    """A playbook, task, vars or meta file as Ansible reads it, with lines; None if unreadable.
+
+    Ansible accepts a repeated key (the last one wins) and its own tags
+    (`!vault`, `!unsafe`), so this does too. A file that is not YAML at all is
+    left for Ansible to report at run time, with its own file and line.
+    """
+    try:
+        return yaml.load(path.read_text(encoding="utf-8"), Loader=_AnsibleLoader)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, _Refused):
+        return None
 
 
 def plain(value: Any) -> Any:

@@ -517,7 +517,7 @@ class FakeProvisioner(Provisioner):
         for role in self.layer.roles:
             folder = self.project.roles_dir / role
             if folder.is_dir():
-                files.extend(tree_files(folder))
+                files.extend(tree_files(folder, self.project))
         return files
 
     def preflight(self, engine: Engine) -> None:

@@ -137,3 +137,24 @@ def test_makefile_has_a_target_per_layer_with_its_parent(project: Project) -> No
     assert "image-web: image-base\n\t$(ROLEBAKE) build $(ROLEBAKE_FLAGS) web\n" in text
     assert "image-web.dev: image-web\n\t$(ROLEBAKE) build $(ROLEBAKE_FLAGS) web:dev\n" in text
     assert "image-base:\n\t$(ROLEBAKE) build $(ROLEBAKE_FLAGS) base\n" in text
+
+
+def test_chef_toolchain_image_id_is_part_of_the_key(project: Project) -> None:
+    # A new toolchain image under the same tag is a new chef: the id is keyed, not the tag.
+    from rolebake.cache import provisioner_and_inputs
+    from tests.unit.fakes import FakeEngine
+
+    layer = plan_build(project, ["web-chef"]).layer("web-chef")
+    engine = FakeEngine()
+    assert provisioner_and_inputs(project, layer, "sha256:p", engine)[1].values["tools"] == {
+        "chef toolchain image": "example/chef-toolchain:18 (not on the engine)"}
+    first = engine.add_image("example/chef-toolchain:18")
+    _, before = provisioner_and_inputs(project, layer, "sha256:p", engine)
+    assert before.values["tools"] == {"chef toolchain image": first.id}
+    second = engine.add_image("example/chef-toolchain:18")  # the tag moves to a new image
+    _, after = provisioner_and_inputs(project, layer, "sha256:p", engine)
+    assert after.key != before.key
+    assert explain_miss(after, before) == (
+        f"chef toolchain image changed ({first.id.rsplit(':', 1)[-1][:12]} -> "
+        f"{second.id.rsplit(':', 1)[-1][:12]})",)
+    assert not any(c for c in engine.calls if c.method in ("pull", "create_stopped"))

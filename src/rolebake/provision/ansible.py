@@ -15,6 +15,7 @@ import re
 import shutil
 import sys
 import tempfile
+import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,18 +23,21 @@ from typing import Any
 
 import yaml
 
+from rolebake.engine import Engine
 from rolebake.errors import BuildFailed, InputError
 from rolebake.events import LogEvent
+from rolebake.provision.ansible_config import environment, read_config, runner_environment
+from rolebake.provision.ansible_inputs import AnsibleInputs, read_inputs
 from rolebake.provision.base import (
     ProvisionContext,
     Provisioner,
+    ProvisionerInputs,
     ProvisionResult,
     TaskCounter,
     TaskResult,
     append_log,
     first_line,
     tail,
-    tree_files,
 )
 from rolebake.provision.target import ContainerTarget, SSHTarget
 from rolebake.scripts import script
@@ -95,17 +99,31 @@ class AnsibleProvisioner(Provisioner):
                 if "import_playbook" not in play and "hosts" not in play:
                     raise InputError(f"play {index + 1} has no `hosts:`", path=spec.playbook,
                                      line=line)
+        # Follow what each layer of the spec pulls in now, so a path or link out of
+        # the project is refused before any container, by every command.
+        _read_inputs(project, spec, spec.roles, spec.playbook, spec.vars)
+        for variant in spec.variants:
+            _read_inputs(project, spec, variant.roles_append, None,
+                         {**spec.vars, **variant.vars}, line=variant.line)
 
     def input_files(self) -> list[Path]:
-        """The role trees (with meta dependencies) and the playbook the layer applies."""
-        files: list[Path] = []
-        roles = list(self.layer.roles)
-        if self.layer.playbook is not None:
-            files.append(self.layer.playbook)
-            roles.extend(_playbook_roles(self.layer.playbook))
-        for role in _role_closure(self.project, roles, self.layer.spec):
-            files.extend(tree_files(_role_dir(self.project, role, self.layer.spec)))
-        return files
+        """Every project file Ansible reads for the layer (see `ansible_inputs`)."""
+        return list(self._inputs().files)
+
+    def inputs(self, engine: Engine) -> ProvisionerInputs:
+        """The files, the versions of the collections used, and why the key is wide if it is."""
+        del engine
+        found = self._inputs()
+        return ProvisionerInputs(
+            files=found.files,
+            tools={f"collection {name}": version for name, version in found.collections.items()},
+            notes=found.notes)
+
+    def _inputs(self) -> AnsibleInputs:
+        layer = self.layer
+        line = next((v.line for v in layer.spec.variants if v.name == layer.variant), None)
+        return _read_inputs(self.project, layer.spec, layer.roles, layer.playbook, layer.vars,
+                            line=line)
 
     def bootstrap(self, ctx: ProvisionContext) -> None:
         """Install python3 when the image has none; mark it removable for `clean`."""
@@ -139,11 +157,12 @@ class AnsibleProvisioner(Provisioner):
         with _private_data_dir(ctx) as data_dir:
             playbook = self._write_run_files(ctx, data_dir, host_vars)
             watcher = EventWatcher(ctx)
+            envvars = self._envvars(ctx, data_dir)
             thread, runner = _runner_async(
+                envvars,
                 private_data_dir=str(data_dir),
                 playbook=playbook,
                 inventory=str(data_dir / "inventory" / "hosts.yml"),
-                envvars=self._envvars(ctx, data_dir),
                 event_handler=watcher,
                 cancel_callback=ctx.cancel.is_set,
                 quiet=True,
@@ -210,28 +229,13 @@ class AnsibleProvisioner(Provisioner):
         return "rolebake.yml"
 
     def _envvars(self, ctx: ProvisionContext, data_dir: Path) -> dict[str, str]:
-        roles_path = [str(self.project.roles_dir.resolve())]
+        roles_path = [self.project.roles_dir.resolve()]
         if self.layer.playbook is not None:
-            roles_path.insert(0, str((self.layer.playbook.parent / "roles").resolve()))
-        env = {
-            # ansible-runner finds ansible-playbook on PATH: put ours first.
-            "PATH": os.pathsep.join([str(Path(_ansible_playbook()).parent),
-                                     os.environ.get("PATH", "/usr/bin:/bin")]),
-            "ANSIBLE_ROLES_PATH": os.pathsep.join(roles_path),
-            "ANSIBLE_REMOTE_TMP": REMOTE_TMP,
-            "ANSIBLE_LOCAL_TEMP": str(data_dir / "tmp"),
-            "ANSIBLE_PIPELINING": "True",
-            "ANSIBLE_HOST_KEY_CHECKING": "False",
-            "ANSIBLE_RETRY_FILES_ENABLED": "False",
-            "ANSIBLE_NOCOLOR": "1",
-            "ANSIBLE_FORCE_COLOR": "0",
-            "ANSIBLE_STDOUT_CALLBACK": "default",
-            "ANSIBLE_CALLBACK_RESULT_FORMAT": "yaml",
-            "ANSIBLE_DEPRECATION_WARNINGS": "False",
-            "ANSIBLE_SYSTEM_WARNINGS": "False",
-        }
-        if "DOCKER_HOST" in os.environ:
-            env["DOCKER_HOST"] = os.environ["DOCKER_HOST"]
+            roles_path.insert(0, (self.layer.playbook.parent / "roles").resolve())
+        # Built, not inherited: see ansible_config. ansible-runner finds
+        # ansible-playbook on PATH, so ours goes first.
+        env = environment(read_config(self.project), data_dir, roles_path=roles_path,
+                          remote_tmp=REMOTE_TMP, programs=Path(_ansible_playbook()).parent)
         if ctx.secrets is not None:
             password_file = ctx.secrets.write_vault_password(data_dir)
             if password_file is not None:
@@ -348,10 +352,19 @@ def _failure(ctx: ProvisionContext, watcher: EventWatcher, stdout: str) -> Excep
                        hint=f"full Ansible log: {ctx.log_path}")
 
 
-def _runner_async(**kwargs: Any) -> Any:
-    import ansible_runner
+def _runner_async(envvars: dict[str, str], **kwargs: Any) -> tuple[threading.Thread, Any]:
+    """ansible-runner's run_async, with the environment rolebake built and nothing else.
 
-    return ansible_runner.run_async(**kwargs)
+    The runner seeds its environment with the host's; what it copied from
+    there unchanged is taken out again before Ansible starts.
+    """
+    from ansible_runner.interface import init_runner
+
+    runner = init_runner(envvars=envvars, **kwargs)
+    runner.config.env = runner_environment(runner.config.env, envvars)
+    thread = threading.Thread(target=runner.run, name="rolebake-ansible-runner")
+    thread.start()
+    return thread, runner
 
 
 def _ansible_playbook() -> str:
@@ -403,35 +416,14 @@ def _role_dir(project: Project, role: str, spec: ImageSpec, line: int | None = N
     return path
 
 
-def _role_closure(project: Project, roles: list[str], spec: ImageSpec) -> list[str]:
-    """The roles plus every role they depend on through meta/main.yml."""
-    seen: list[str] = []
-    stack = list(reversed(roles))
-    while stack:
-        role = stack.pop()
-        if role in seen:
-            continue
-        seen.append(role)
-        meta = _role_dir(project, role, spec) / "meta" / "main.yml"
-        if not meta.is_file():
-            continue
-        data = load_yaml(meta) or {}
-        for dep in (data.get("dependencies") or []) if isinstance(data, dict) else []:
-            name = dep.get("role") or dep.get("name") if isinstance(dep, dict) else dep
-            if isinstance(name, str) and "/" not in name and "." not in name:
-                stack.append(name)
-    return seen
-
-
-def _playbook_roles(playbook: Path) -> list[str]:
-    plays = load_yaml(playbook) or []
-    names: list[str] = []
-    for play in plays if isinstance(plays, list) else []:
-        for entry in (play.get("roles") or []) if isinstance(play, dict) else []:
-            name = entry.get("role") or entry.get("name") if isinstance(entry, dict) else entry
-            if isinstance(name, str):
-                names.append(name)
-    return names
+def _read_inputs(project: Project, spec: ImageSpec, roles: tuple[str, ...],
+                 playbook: Path | None, variables: Mapping[str, Any],
+                 line: int | None = None) -> AnsibleInputs:
+    # Sensitive values never name a file: the name would end up in the inputs label.
+    resolvable = {k: v for k, v in variables.items() if k not in spec.sensitive_vars}
+    where = line or spec.line_of("playbook" if playbook is not None else "roles")
+    return read_inputs(project, roles=roles, playbook=playbook, variables=resolvable,
+                       where=(spec.path, where))
 
 
 def _playbook_groups(playbook: Path) -> set[str]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import os
 import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -34,6 +35,22 @@ class ContainerOptions:
 
     mounts: tuple[Mapping[str, Any], ...] = ()
     volumes_from: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ProvisionerInputs:
+    """What a provisioner reads for one layer beyond the spec, for the layer's cache key.
+
+    `files` are paths inside the project as the provisioner sees them (a link
+    keeps its own path; its target's bytes are what is hashed). `tools` are
+    inputs that are not project files, by name: a collection's version, a
+    toolchain image's id. `notes` say where the key is wider than the layer
+    needs and why (a name only known at run time), for `rolebake plan`.
+    """
+
+    files: tuple[Path, ...] = ()
+    tools: Mapping[str, str] = field(default_factory=dict)
+    notes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -126,7 +143,16 @@ class Provisioner(abc.ABC):
 
     @abc.abstractmethod
     def input_files(self) -> list[Path]:
-        """Every file the provisioner will read for this layer (hashed into the cache key)."""
+        """Every project file the provisioner will read for this layer (hashed into the key)."""
+
+    def inputs(self, engine: Engine) -> ProvisionerInputs:
+        """Everything the provisioner reads for this layer: files, tool versions, notes.
+
+        The engine is there for inputs that live in it (a toolchain image's id);
+        nothing is created or pulled. By default, the files alone.
+        """
+        del engine
+        return ProvisionerInputs(files=tuple(self.input_files()))
 
     def preflight(self, engine: Engine) -> None:
         """Check what the build needs from the engine, before any container is made."""
@@ -191,15 +217,77 @@ def append_log(log_path: Path, title: str, text: str) -> None:
         log.write(f"===== {title} =====\n{text}\n")
 
 
-def tree_files(root: Path) -> list[Path]:
-    """Every file and link below `root`, skipping editor and VCS litter."""
+# Folders that are never a provisioner's input: version control, caches, virtualenvs,
+# and rolebake's own state (its logs change on every build).
+SKIPPED_DIRS = frozenset({".git", ".rolebake", "__pycache__", ".pytest_cache", ".mypy_cache",
+                          ".ruff_cache", ".tox", ".venv"})
+
+
+def tree_files(root: Path, project: Project, *, seen: set[str] | None = None) -> list[Path]:
+    """Every file below `root`, links inside the project followed, skipping editor and VCS litter.
+
+    A file is listed under the path the provisioner sees (a link keeps its own
+    name, a linked folder's files sit below the link); the cache hashes the
+    bytes behind it. Each real folder is walked once per `seen`, so a link
+    loop ends and a folder linked twice is listed once.
+
+    Raises:
+        InputError: a link (or `root` itself) that leads out of the project,
+            naming the link.
+    """
+    seen = set() if seen is None else seen
     found: list[Path] = []
-    for path in sorted(root.rglob("*")):
-        rel_parts = path.relative_to(root).parts
-        if any(part in {".git", "__pycache__", ".pytest_cache"} for part in rel_parts):
-            continue
-        if path.name.endswith((".pyc", ".swp", "~")) or path.name == ".DS_Store":
-            continue
-        if path.is_symlink() or path.is_file():
-            found.append(path)
+    check_inside(root, project)
+
+    def walk(folder: Path) -> None:
+        real = os.path.realpath(folder)
+        if real in seen:
+            return
+        seen.add(real)
+        try:
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except OSError:
+            return
+        for entry in entries:
+            path = folder / entry.name
+            if entry.name in SKIPPED_DIRS or entry.name.endswith((".pyc", ".swp", "~")) \
+                    or entry.name == ".DS_Store":
+                continue
+            if entry.is_symlink():
+                check_inside(path, project)
+            if entry.is_dir():  # follows a link that stays inside the project
+                walk(path)
+            elif entry.is_file() or entry.is_symlink():  # a dangling link is listed too
+                found.append(path)
+
+    if root.is_dir():
+        walk(root)
+    elif root.exists() or root.is_symlink():
+        found.append(root)
     return found
+
+
+def check_inside(path: Path, project: Project, *, where: Path | None = None,
+                 line: int | None = None) -> None:
+    """Refuse a path that is, or passes through, a link leading out of the project.
+
+    Args:
+        path: the path as written (it need not exist).
+        project: the project.
+        where: the file that names `path` (the link itself when None).
+        line: the line in `where`.
+
+    Raises:
+        InputError: `path` resolves outside the project.
+    """
+    if project.inside(path):
+        return
+    shown = project.logical(path)
+    if where is None and path.is_symlink():
+        raise InputError(f"links to {os.readlink(path)!r}, outside the project; rolebake reads "
+                         "nothing from outside the project (copy the file in instead)",
+                         path=path)
+    if where is None:
+        raise InputError(f"{shown} leads out of the project (through a link)", path=path)
+    raise InputError(f"{shown} is outside the project; rolebake reads nothing from outside it",
+                     path=where, line=line)

@@ -79,13 +79,13 @@ def plan_table(rows: Iterable[Mapping[str, Any]], *, redact: Redact = same,
 
     Args:
         rows: `PlanRow.to_dict()` of every layer, parents first (layer, parent, depth,
-            status, image, reasons).
+            status, image, reasons, notes).
         redact: Hides secrets.
         color: Colour HIT and MISS; only when writing to a terminal.
 
     Returns:
         One aligned line per layer, indented by its depth, each followed by its
-        `- reason` lines.
+        `- reason` lines and its `note:` lines (why its key covers more than it needs).
     """
     rows = list(rows)
     table = _table(Column(), Column(), Column(), Column(), show_header=False)
@@ -105,6 +105,9 @@ def plan_table(rows: Iterable[Mapping[str, Any]], *, redact: Redact = same,
         indent = "  " * row["depth"]
         for reason in row.get("reasons", []):
             text = styled([(f"{indent}    - ", ""), (reason, DIM)], redact)
+            lines += render_lines(text, color=color, redact=redact)
+        for note in row.get("notes", []):
+            text = styled([(f"{indent}    note: ", ""), (note, DIM)], redact)
             lines += render_lines(text, color=color, redact=redact)
     return lines
 

@@ -31,11 +31,11 @@ class Resolved:
     roles: tuple[Path, ...]
     environment: Path | None = None
 
-    def files(self) -> list[Path]:
-        """Every file chef will read from the project."""
+    def files(self, project: Project) -> list[Path]:
+        """Every file chef will read from the project (a link leading out of it is refused)."""
         found: list[Path] = []
         for folder in self.cookbooks.values():
-            found.extend(tree_files(folder))
+            found.extend(tree_files(folder, project))
         found.extend(self.roles)
         if self.environment is not None:
             found.append(self.environment)

@@ -25,6 +25,7 @@ from rolebake.provision.base import (
     ContainerOptions,
     ProvisionContext,
     Provisioner,
+    ProvisionerInputs,
     ProvisionResult,
     TaskCounter,
     append_log,
@@ -125,7 +126,20 @@ class ChefSoloProvisioner(Provisioner):
 
     def input_files(self) -> list[Path]:
         """Every file of the cookbooks used (with dependencies), the roles and environment."""
-        return self.resolved().files()
+        return self.resolved().files(self.project)
+
+    def inputs(self, engine: Engine) -> ProvisionerInputs:
+        """The files, and the toolchain image's id: a new image under the same tag is a new chef.
+
+        Only looked up, never pulled: `plan` makes nothing. A build has pulled
+        the image in `preflight` before its inputs are read.
+        """
+        tools: dict[str, str] = {}
+        if self.options.image is not None:
+            found = engine.image(self.options.image)
+            tools["chef toolchain image"] = found.id if found is not None else \
+                f"{self.options.image} (not on the engine)"
+        return ProvisionerInputs(files=tuple(self.input_files()), tools=tools)
 
     # Lifecycle -----------------------------------------------------------------------------
 
