@@ -39,6 +39,16 @@ class YamlList(list[Any]):
         return self.item_lines[index] if index < len(self.item_lines) else self.line
 
 
+class Vaulted(str):
+    """An Ansible Vault value (`!vault |`): its text is the ciphertext, never the secret.
+
+    It stays encrypted in specs and plans; rolebake decrypts it on the host only
+    to know what to redact and scan for, and hands Ansible the ciphertext.
+    """
+
+    line: int = 0
+
+
 class _DuplicateKey(Exception):
     def __init__(self, key: Any, line: int) -> None:
         super().__init__(key)
@@ -73,6 +83,17 @@ def _construct_sequence(loader: _LineLoader, node: yaml.SequenceNode) -> YamlLis
     return result
 
 
+def _construct_vaulted(loader: _LineLoader, node: yaml.Node) -> Vaulted:
+    if not isinstance(node, yaml.ScalarNode):
+        raise yaml.constructor.ConstructorError(
+            None, None, "!vault must tag a string (the output of ansible-vault "
+            "encrypt_string)", node.start_mark)
+    result = Vaulted(loader.construct_scalar(node))
+    result.line = node.start_mark.line + 1
+    return result
+
+
+_LineLoader.add_constructor("!vault", _construct_vaulted)
 _LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 _LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _construct_sequence)
 
