@@ -9,7 +9,8 @@ A value is matched as it is, line by line when it has several lines (Ansible's
 YAML log indents a multi-line value and prints each line on its own), and in
 the escaped forms that JSON, YAML and Python's repr give it, so a secret with
 a quote, a backslash, a tab or a non-ASCII character is still caught in text
-someone else serialised. Values shorter than MIN_LENGTH characters are never
+someone else serialised; a tab also matches the spaces Ansible's YAML log
+expands it to. Values shorter than MIN_LENGTH characters are never
 matched: they would hide common words everywhere and hide nothing.
 """
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, TextIO
 
@@ -36,6 +38,11 @@ class Redactor:
             needles.update(form for form in _forms(value) if len(form) >= MIN_LENGTH)
         # Longest first only for a stable order; overlaps are merged in text().
         self.needles: tuple[str, ...] = tuple(sorted(needles, key=lambda n: (-len(n), n)))
+        # Ansible's YAML log expands tabs in block scalars (`str.expandtabs`), so a tab
+        # becomes 1 to 8 spaces, depending on the column the value starts at.
+        self._tabbed = {needle: re.compile(
+            r"(?:\t| {1,8})".join(re.escape(part) for part in needle.split("\t")))
+            for needle in self.needles if "\t" in needle}
 
     def __bool__(self) -> bool:
         """True when there is anything to hide."""
@@ -51,6 +58,13 @@ class Redactor:
             return text
         spans: list[tuple[int, int]] = []
         for needle in self.needles:
+            pattern = self._tabbed.get(needle)
+            if pattern is not None:
+                match = pattern.search(text)
+                while match is not None:
+                    spans.append(match.span())
+                    match = pattern.search(text, match.start() + 1)
+                continue
             start = text.find(needle)
             while start != -1:
                 spans.append((start, start + len(needle)))
@@ -93,8 +107,8 @@ def _forms(value: str) -> Iterator[str]:
     bases = {value, value.strip()}
     bases.update(line.strip() for line in value.splitlines())
     for base in bases:
-        if len(base) < MIN_LENGTH:
-            continue
+        if len(base.strip()) < MIN_LENGTH:
+            continue  # padding does not make a short value any less common
         yield base
         yield json.dumps(base)[1:-1]
         yield json.dumps(base, ensure_ascii=False)[1:-1]
