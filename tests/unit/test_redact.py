@@ -232,3 +232,45 @@ def test_cli_removes_its_redactor_and_streams_after_the_command(
     assert result.stdout == REDACTED + "\n"
     assert sys.stdout is stdout
     assert redact.text(TRICKY) == TRICKY
+
+
+def test_parity_output_progress_and_logs_are_redacted(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """`rolebake parity` loads the spec's secrets like a build, hands them on, and every
+    output (table, progress, the VM's Ansible log) hides them."""
+    from rolebake.engine import Engine
+    from rolebake.events import LogEvent
+    from rolebake.parity import run as parity_run
+    from rolebake.parity.diff import Category, ParityItem, ParityReport, Status
+
+    root = tmp_path / "project"
+    (root / "images").mkdir(parents=True)
+    (root / "roles" / "web" / "tasks").mkdir(parents=True)
+    (root / "roles" / "web" / "tasks" / "main.yml").write_text("- debug: msg=hi\n")
+    (root / "images" / "web.yml").write_text(
+        "from: rolebake/debian:bookworm\nroles: [web]\n"
+        f"vars: {{token: {json.dumps(TRICKY)}}}\nsensitive_vars: [token]\n", encoding="utf-8")
+    seen: dict[str, Any] = {}
+
+    def fake_parity(engine: Any, project: Any, image: str, vm: str, *, events: Any,
+                    secrets: Any) -> Any:
+        seen["secrets"] = secrets
+        events(LogEvent("web", f"applying {TRICKY} to the VM"))
+        append_log(project.private_dir("logs") / "parity-web.log", "provision", TRICKY)
+        item = ParityItem(Category.PATH, f"/etc/{TRICKY}", TRICKY, "other", Status.DIFFERENT,
+                          f"content differs: {TRICKY!r}")
+        return parity_run.ParityResult(image=image, image_id="sha256:" + "0" * 64, vm=vm,
+                                       report=ParityReport(items=(item,)),
+                                       container_tests=[], vm_tests=[])
+
+    monkeypatch.setattr(parity_run, "run_parity", fake_parity)
+    monkeypatch.setattr(Engine, "connect", classmethod(lambda cls: None))
+    for args in ([], ["--json"]):
+        result = CliRunner().invoke(main, ["--project", str(root), "parity", "web", "--vm",
+                                           "ssh://root@vm.example:22", *args])
+        assert result.exit_code == 5, result.output
+        _assert_hidden(result.stdout + result.stderr)
+        assert REDACTED in result.stdout and REDACTED in result.stderr
+    assert TRICKY in seen["secrets"].values()
+    log = root / ".rolebake" / "logs" / "parity-web.log"
+    assert "w€rd" not in log.read_text(encoding="utf-8")
