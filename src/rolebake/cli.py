@@ -21,14 +21,20 @@ import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import FrameType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from rolebake import __version__, redact
 from rolebake.errors import InputError, Interrupted, RolebakeError
 
+if TYPE_CHECKING:
+    from rolebake.plan import BuildPlan
+    from rolebake.secrets import SecretSet
+    from rolebake.spec import Project
+
 F = TypeVar("F", bound=Callable[..., Any])
+VAULT_PASSWORD_ENV = "ROLEBAKE_VAULT_PASSWORD"
 
 
 class _Signals:
@@ -119,11 +125,9 @@ def _handled(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-VAULT_PASSWORD_ENV = "ROLEBAKE_VAULT_PASSWORD"
-
-
-def _secrets(ctx: click.Context, project: Any, plan: Any, secrets: tuple[str, ...] = (),
-             vault_password_file: Path | None = None) -> Any:
+def _secrets(ctx: click.Context, project: Project, plan: BuildPlan,
+             secrets: tuple[str, ...] = (),
+             vault_password_file: Path | None = None) -> SecretSet | None:
     """The build's SecretSet (or None); its Redactor is installed for every output."""
     from rolebake.load import plan_secrets
 
