@@ -254,7 +254,7 @@ class Builder:
             provisioner, inputs = provisioner_and_inputs(self.project, layer, parent.id,
                                                          self.engine)
             result.cache_key = inputs.key
-            with exclusive(self.project.state_dir / "locks" / f"{layer.file_stem}.lock",
+            with exclusive(self.project.private_dir("locks") / f"{layer.file_stem}.lock",
                            on_busy=lambda: self.events(LogEvent(
                                layer.id, "another build of this layer is running; waiting")),
                            check=self._check_cancel), contextlib.ExitStack() as stack:
@@ -357,7 +357,7 @@ class Builder:
 
     def _create(self, run: _Run) -> str:
         layer = run.layer
-        log_path = self.project.state_dir / "logs" / f"{layer.file_stem}-{self.build_id}.log"
+        log_path = self.project.private_dir("logs") / f"{layer.file_stem}-{self.build_id}.log"
         run.result.log_path = str(log_path)
         self.events(LogEvent(layer.id, f"log: {log_path}"))
         run.config = commit_config(run.parent.config, layer.config, provenance_labels(

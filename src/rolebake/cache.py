@@ -234,10 +234,9 @@ def sensitive_salt(project: Project) -> bytes:
     """
     if os.environ.get(SALT_ENV):
         return os.environ[SALT_ENV].encode("utf-8")
-    path = project.state_dir / "sensitive-salt"
+    path = project.private_dir() / "sensitive-salt"
     if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".salt-")
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".salt-")  # mode 0600
         with os.fdopen(fd, "wb") as handle:
             handle.write(secrets.token_hex(32).encode("ascii"))
         try:

@@ -1,12 +1,20 @@
-"""Find and remove what interrupted or failed builds left behind (`rolebake clean`)."""
+"""Find and remove what interrupted or failed builds left behind (`rolebake clean`).
+
+On the engine: build, verify and scan containers, `:failed-` images, dangling
+layers. In the project: scratch folders below `.rolebake/tmp` (ansible-runner's
+private data and artifacts) whose process died before removing them.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 from rolebake.engine import LEFTOVER_ROLES, ROLE_LABEL, Engine
+from rolebake.spec import Project
+from rolebake.state import sweep
 
 
 @dataclass(frozen=True)
@@ -53,6 +61,15 @@ def remove_leftovers(engine: Engine, leftovers: list[Leftover]) -> None:
             engine.remove_container(item.id)
         else:
             engine.remove_image(item.id)
+
+
+def sweep_scratch(project: Project, *, dry_run: bool = False) -> list[Path]:
+    """Remove (or with `dry_run` list) the project's scratch folders whose owner died.
+
+    Whatever their age: a folder whose process is gone is never needed again,
+    and it may hold a run's secrets (its vars, output, environment).
+    """
+    return sweep(project.state_dir / "tmp", dry_run=dry_run)
 
 
 def _parse(created: str) -> dt.datetime:

@@ -1,7 +1,10 @@
 """The command line: the only module that prints or exits.
 
 Every RolebakeError becomes one clear message and its exit code; a Python
-traceback reaches the user only with --debug (DESIGN.md invariant 4).
+traceback reaches the user only with --debug (DESIGN.md invariant 4). For
+the whole of a command, stdout and stderr pass through the installed
+Redactor (`redact.py`): whatever reaches them, a traceback included, has
+every secret value hidden (invariant 6).
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ import contextlib
 import datetime as dt
 import functools
 import json
+import os
 import re
 import signal
 import sys
@@ -17,14 +21,20 @@ import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import FrameType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from rolebake import __version__
+from rolebake import __version__, redact
 from rolebake.errors import InputError, Interrupted, RolebakeError
 
+if TYPE_CHECKING:
+    from rolebake.plan import BuildPlan
+    from rolebake.secrets import SecretSet
+    from rolebake.spec import Project
+
 F = TypeVar("F", bound=Callable[..., Any])
+VAULT_PASSWORD_ENV = "ROLEBAKE_VAULT_PASSWORD"
 
 
 class _Signals:
@@ -55,40 +65,83 @@ def _err(text: str = "") -> None:
     click.echo(text, err=True)
 
 
-def _fail(exc: RolebakeError, redact: Callable[[str], str] = lambda s: s) -> None:
-    _err(redact(f"error: {exc.message}"))
+def _fail(exc: RolebakeError) -> None:
+    _err(f"error: {exc.message}")
     if exc.details:
         for line in exc.details.rstrip().splitlines():
-            _err(redact(f"  | {line}"))
+            _err(f"  | {line}")
     if exc.hint:
-        _err(redact(f"  hint: {exc.hint}"))
+        _err(f"  hint: {exc.hint}")
+
+
+@contextlib.contextmanager
+def _redacted_output() -> Iterator[None]:
+    """Pass stdout and stderr through the installed Redactor while a command runs.
+
+    The command installs its Redactor once it knows its secrets; until then
+    (and after the command) one that hides nothing is installed.
+    """
+    saved = sys.stdout, sys.stderr
+    sys.stdout = redact.RedactingStream(saved[0])
+    sys.stderr = redact.RedactingStream(saved[1])
+    try:
+        yield
+    finally:
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+            sys.stderr.flush()
+        sys.stdout, sys.stderr = saved
+        redact.install(redact.Redactor())
 
 
 def _handled(func: F) -> F:
-    """Run a command with rolebake's error handling and exit codes."""
+    """Run a command with rolebake's error handling, exit codes and redacted output."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         ctx = click.get_current_context()
         debug = bool(ctx.find_root().params.get("debug"))
-        try:
-            with _Signals().installed():
-                return func(*args, **kwargs)
-        except RolebakeError as exc:
-            if debug:
-                traceback.print_exc()
-            _fail(exc, ctx.meta.get("redact", lambda s: s))
-            sys.exit(exc.exit_code)
-        except click.exceptions.Exit:
-            raise
-        except Exception as exc:  # a bug: say so plainly, keep the traceback for --debug
-            if debug:
-                traceback.print_exc()
-            _err(f"internal error: {type(exc).__name__}: {exc}")
-            _err("  hint: run again with --debug for the traceback, and please report it")
-            sys.exit(1)
+        # Read once, then gone from the environment every process rolebake starts
+        # inherits (ansible-runner writes that environment into its artifacts).
+        ctx.meta["vault_password_env"] = os.environ.pop(VAULT_PASSWORD_ENV, None)
+        with _redacted_output():
+            try:
+                with _Signals().installed():
+                    return func(*args, **kwargs)
+            except RolebakeError as exc:
+                if debug:
+                    traceback.print_exc()
+                _fail(exc)
+                sys.exit(exc.exit_code)
+            except click.exceptions.Exit:
+                raise
+            except Exception as exc:  # a bug: say so plainly, keep the traceback for --debug
+                if debug:
+                    traceback.print_exc()
+                _err(f"internal error: {type(exc).__name__}: {exc}")
+                _err("  hint: run again with --debug for the traceback, and please report it")
+                sys.exit(1)
 
     return wrapper  # type: ignore[return-value]
+
+
+def _secrets(ctx: click.Context, project: Project, plan: BuildPlan,
+             secrets: tuple[str, ...] = (),
+             vault_password_file: Path | None = None) -> SecretSet | None:
+    """The build's SecretSet (or None); its Redactor is installed for every output."""
+    from rolebake.load import plan_secrets
+
+    found = plan_secrets(project, plan, secrets, vault_password_file,
+                         ctx.meta.get("vault_password_env"))
+    if found is not None:
+        redact.install(found.redactor())
+    return found
+
+
+def _echo_json(data: Any) -> None:
+    # Redacted before serialising: json.dumps escapes quotes, backslashes, tabs and
+    # non-ASCII characters, and a secret holding one is no longer found after it.
+    click.echo(json.dumps(redact.data(data), indent=2))
 
 
 def _project(ctx: click.Context) -> Any:
@@ -101,14 +154,22 @@ def _project(ctx: click.Context) -> Any:
     return Project(root)
 
 
-def _progress(ctx: click.Context, redact: Callable[[str], str] = lambda s: s) -> Any:
+def _progress(ctx: click.Context) -> Any:
     from rolebake.report import progress_for
 
     if ctx.find_root().params.get("quiet"):
         return lambda _event: None
-    view = progress_for(sys.stderr, redact)
+    view = progress_for(sys.stderr)
     ctx.call_on_close(view.close)
     return view
+
+
+_secret_files_option = click.option(
+    "--secret", "secrets", multiple=True, metavar="id=NAME,src=PATH",
+    help="A file the roles may read during the build only.")
+_vault_option = click.option(
+    "--vault-password-file", type=click.Path(path_type=Path),
+    help="Ansible Vault password (or set ROLEBAKE_VAULT_PASSWORD).")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -135,10 +196,8 @@ def main(project: Path | None, debug: bool, quiet: bool) -> None:
               help="Keep an image that failed after commit as <name>:failed-<id>.")
 @click.option("--idempotence", is_flag=True, help="Apply the roles twice; fail on any change.")
 @click.option("--no-verify", is_flag=True, help="Skip metadata checks and the testinfra suite.")
-@click.option("--secret", "secrets", multiple=True, metavar="id=NAME,src=PATH",
-              help="A file the roles may read during the build only.")
-@click.option("--vault-password-file", type=click.Path(path_type=Path),
-              help="Ansible Vault password (or set ROLEBAKE_VAULT_PASSWORD).")
+@_secret_files_option
+@_vault_option
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
 @click.option("--junit", type=click.Path(dir_okay=False, path_type=Path),
               help="Write the image checks as JUnit XML.")
@@ -151,40 +210,24 @@ def build(ctx: click.Context, images: tuple[str, ...], no_cache: bool, jobs: int
     from rolebake.build import Builder, BuildOptions
     from rolebake.engine import Engine
     from rolebake.load import plan_build
-    from rolebake.provision import provisioner_class
     from rolebake.report import build_summary
-    from rolebake.secrets import SecretSet, vault_values
     from rolebake.verify import write_junit
 
     project = _project(ctx)
     plan = plan_build(project, images)
-    secret_set = SecretSet.from_cli(secrets, vault_password_file)
-    # Vaulted values are secrets too; a wrong password is found here, before any container.
-    files = {f for layer in plan.layers
-             for f in provisioner_class(layer.provisioner)(project, layer).input_files()}
-    vaulted = vault_values(sorted(files), secret_set.vault_password if secret_set else None)
-    if vaulted:
-        secret_set = secret_set or SecretSet()
-        secret_set.add_values(vaulted)
-    sensitive = {v for layer in plan.layers for v in layer.sensitive_vars}
-    if sensitive:
-        secret_set = secret_set or SecretSet()
-        secret_set.add_values(v for layer in plan.layers for k, v in layer.vars.items()
-                              if k in sensitive)
-    redact = secret_set.redact if secret_set else (lambda s: s)
-    ctx.meta["redact"] = redact
+    secret_set = _secrets(ctx, project, plan, secrets, vault_password_file)
     engine = Engine.connect()
     options = BuildOptions(no_cache=no_cache, jobs=jobs, keep_failed=keep_failed,
                            idempotence=idempotence, verify=not no_verify, secrets=secret_set)
-    builder = Builder(engine, project, _progress(ctx, redact), options)
+    builder = Builder(engine, project, _progress(ctx), options)
     report = builder.build(plan)
     if junit is not None:
         write_junit({r.layer: r.verify or _verify_of(r) for r in report.results.values()
                      if r.verify is not None or _verify_of(r) is not None}, junit)
     if as_json:
-        click.echo(redact(json.dumps(report.to_dict(), indent=2)))
+        _echo_json(report.to_dict())
     else:
-        for line in build_summary(report, redact=redact, color=sys.stderr.isatty()):
+        for line in build_summary(report, color=sys.stderr.isatty()):
             _err(line)
     if report.error is not None:
         raise report.error
@@ -211,8 +254,7 @@ def plan(ctx: click.Context, images: tuple[str, ...], as_json: bool) -> None:
     build_plan = plan_build(project, images)
     rows = preview(Engine.connect(), project, build_plan)
     if as_json:
-        click.echo(json.dumps({"steps": [s.value for s in PIPELINE],
-                               "layers": [r.to_dict() for r in rows]}, indent=2))
+        _echo_json({"steps": [s.value for s in PIPELINE], "layers": [r.to_dict() for r in rows]})
         return
     click.echo("steps per layer: " + " -> ".join(s.value for s in PIPELINE))
     for line in plan_table((r.to_dict() for r in rows), color=sys.stdout.isatty()):
@@ -304,7 +346,7 @@ def test_command(ctx: click.Context, image: str, tests_dir: Path | None, as_json
     if junit:
         write_junit({image: result}, junit)
     if as_json:
-        click.echo(json.dumps(result.to_dict(), indent=2))
+        _echo_json(result.to_dict())
     else:
         for case in result.cases:
             click.echo(f"{case.outcome.upper():<7} {case.suite}::{case.name}")
@@ -320,9 +362,12 @@ def test_command(ctx: click.Context, image: str, tests_dir: Path | None, as_json
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
               help="Where to write (default: tests/images/<name>/test_scaffold.py).")
 @click.option("--force", is_flag=True, help="Overwrite the file if it exists.")
+@_secret_files_option
+@_vault_option
 @click.pass_context
 @_handled
-def scaffold_tests(ctx: click.Context, image: str, output: Path | None, force: bool) -> None:
+def scaffold_tests(ctx: click.Context, image: str, output: Path | None, force: bool,
+                   secrets: tuple[str, ...], vault_password_file: Path | None) -> None:
     """Write a starting testinfra file for IMAGE from what its roles did.
 
     The layer is provisioned once more (as with --no-cache, without verifying,
@@ -337,13 +382,15 @@ def scaffold_tests(ctx: click.Context, image: str, output: Path | None, force: b
     if not project.has_spec(image.split(":", maxsplit=1)[0]):
         raise InputError(f"no image spec named {image.split(':', maxsplit=1)[0]!r}",
                          hint=f"known: {', '.join(project.spec_names()) or 'none'}")
-    layer = plan_build(project, [image]).layer(image)
+    scaffold_plan = plan_build(project, [image])
+    layer = scaffold_plan.layer(image)
     folder = image.replace(":", "-")
     target = output or project.root / "tests" / "images" / folder / "test_scaffold.py"
     if target.exists() and not force:
         raise InputError(f"{target} exists; not overwriting it", hint="pass --force, or -o PATH")
-    recording = record(Engine.connect(), project, layer.id, _progress(ctx))
-    kept = project.state_dir / "scaffold" / f"{folder}.json"
+    secret_set = _secrets(ctx, project, scaffold_plan, secrets, vault_password_file)
+    recording = record(Engine.connect(), project, layer.id, _progress(ctx), secrets=secret_set)
+    kept = project.private_dir("scaffold") / f"{folder}.json"
     save(recording, kept)
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(render(recording), encoding="utf-8")
@@ -361,19 +408,25 @@ def _first_line(text: str) -> str:
               help="qemu (a throwaway local VM) or ssh://user@host:port (an existing one).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("--all", "show_equal", is_flag=True, help="Also list resources that agree.")
+@_vault_option
 @click.pass_context
 @_handled
-def parity(ctx: click.Context, image: str, vm: str, as_json: bool, show_equal: bool) -> None:
+def parity(ctx: click.Context, image: str, vm: str, as_json: bool, show_equal: bool,
+           vault_password_file: Path | None) -> None:
     """Apply IMAGE's roles to a VM too; run its suite on both and diff their state (exit 5)."""
     from rolebake.engine import Engine
     from rolebake.errors import ParityDifferent
+    from rolebake.load import plan_build
     from rolebake.parity.run import run_parity
     from rolebake.report import parity_table, tests_side_by_side
 
     project = _project(ctx)
-    result = run_parity(Engine.connect(), project, image, vm, events=_progress(ctx))
+    secret_set = _secrets(ctx, project, plan_build(project, [image]),
+                          vault_password_file=vault_password_file)
+    result = run_parity(Engine.connect(), project, image, vm, events=_progress(ctx),
+                        secrets=secret_set)
     if as_json:
-        click.echo(json.dumps(result.to_dict(), indent=2))
+        _echo_json(result.to_dict())
     else:
         click.echo(f"parity of {image} ({result.image_id.split(':')[-1][:12]}) and {vm}")
         click.echo(parity_table(result.report, show_equal=show_equal,
@@ -408,10 +461,10 @@ _AGE = re.compile(r"^(\d+)([smhd])$")
 @_handled
 def clean(ctx: click.Context, older_than: str, dry_run: bool, labels: tuple[str, ...]) -> None:
     """Remove leftovers with rolebake's labels: build/verify containers, failed images."""
-    from rolebake.cleanup import find_leftovers, remove_leftovers
+    from rolebake.cleanup import find_leftovers, remove_leftovers, sweep_scratch
     from rolebake.engine import Engine
+    from rolebake.spec import Project
 
-    del ctx
     match = _AGE.match(older_than)
     if not match:
         raise InputError(f"--older-than {older_than!r}: expected a number and s, m, h or d")
@@ -429,7 +482,14 @@ def clean(ctx: click.Context, older_than: str, dry_run: bool, labels: tuple[str,
                    f" ({item.age})")
     if not dry_run:
         remove_leftovers(engine, leftovers)
-    click.echo(f"{len(leftovers)} leftover(s){' found' if dry_run else ' removed'}")
+    # Scratch folders of runs that died, in the project `clean` runs in (if it is one).
+    project = Project(Path(ctx.find_root().params.get("project") or ".").resolve())
+    scratch = sweep_scratch(project, dry_run=dry_run)
+    for folder in scratch:
+        click.echo(f"{'would remove' if dry_run else 'removing'} scratch folder "
+                   f"{project.relative(folder)} (its process is gone)")
+    click.echo(f"{len(leftovers) + len(scratch)} leftover(s)"
+               f"{' found' if dry_run else ' removed'}")
 
 
 @main.command()

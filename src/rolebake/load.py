@@ -11,11 +11,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import replace
+from pathlib import Path
 
 from rolebake import provision
 from rolebake.errors import InputError
 from rolebake.plan import BuildPlan, Layer, make_plan, spec_layers
 from rolebake.reference import normal_tag
+from rolebake.secrets import SecretSet, vault_values
 from rolebake.spec import ImageSpec, Project
 from rolebake.spec import load_spec as read_spec
 
@@ -122,3 +124,38 @@ def all_targets(project: Project) -> list[str]:
         targets.append(name)
         targets.extend(f"{name}:{v.name}" for v in spec.variants)
     return targets
+
+
+def plan_secrets(project: Project, plan: BuildPlan, secrets: Iterable[str] = (),
+                 vault_password_file: Path | None = None,
+                 env_password: str | None = None) -> SecretSet | None:
+    """Every secret of a build of `plan`: flags, vaulted values, sensitive vars; None if none.
+
+    Vaulted values are looked for in what the layers' provisioners read
+    (`input_files`) and in the specs' vars, and decrypted here, on the host,
+    before any container: a wrong password is bad input before anything runs.
+
+    Args:
+        project: the project.
+        plan: the layers to build.
+        secrets: `--secret id=NAME,src=PATH` flags.
+        vault_password_file: `--vault-password-file`.
+        env_password: ROLEBAKE_VAULT_PASSWORD's value, read (and removed) by the CLI.
+
+    Raises:
+        InputError: a bad flag, or a vaulted value without (or with the wrong) password.
+    """
+    found = SecretSet.from_cli(secrets, vault_password_file, env_password)
+    files = {path for layer in plan.layers
+             for path in provision.provisioner_class(layer.provisioner)(project,
+                                                                        layer).input_files()}
+    vaulted = vault_values(sorted(files), found.vault_password if found else None,
+                           [(layer.spec.path, layer.vars) for layer in plan.layers])
+    sensitive = [value for layer in plan.layers for name, value in layer.vars.items()
+                 if name in layer.sensitive_vars]
+    if found is None and (vaulted or sensitive):
+        found = SecretSet()
+    if found is not None:
+        found.add_values(vaulted)
+        found.add_values(sensitive)
+    return found

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,7 +23,8 @@ def exclusive(path: Path, *, on_busy: Callable[[], None] | None = None,
         poll_s: seconds between polls when `check` is given; without it, block.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as handle:
+    # 0600: a lock file says nothing secret, but it lives among files that do.
+    with os.fdopen(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600), "a") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

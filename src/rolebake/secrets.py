@@ -1,16 +1,18 @@
 """Build secrets: given to the roles during the build only, never in a layer (invariant 6).
 
 Secret files live on a tmpfs inside the build container (the engine never
-commits a tmpfs), the vault password stays on the host, and after the commit
-the new layer, the image config and its history are scanned for every secret
-value before the image may be tagged.
+commits a tmpfs), the vault password stays on the host (Ansible reads it from
+a 0600 file, never from the environment), vaulted values are decrypted on the
+host to know what to hide, and after the commit the new layer, the image
+config and its history are scanned for every secret value before the image
+may be tagged. Hiding the values in output is `redact.py`'s, with the
+Redactor `SecretSet.redactor()` makes.
 """
 
 from __future__ import annotations
 
 import base64
 import json
-import os
 import re
 import tarfile
 import tempfile
@@ -23,11 +25,12 @@ import yaml
 
 from rolebake.engine import ContainerHandle, Engine
 from rolebake.errors import BuildFailed, InputError
+from rolebake.redact import MIN_LENGTH, Redactor
+from rolebake.state import write_private
+from rolebake.yamlfile import Vaulted
 
 SECRETS_DIR = "/run/rolebake-secrets"
 SECRET_ID_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
-MIN_SCAN_LENGTH = 4  # shorter values would match by chance everywhere
-REDACTED = "********"
 
 
 @dataclass(frozen=True)
@@ -62,14 +65,20 @@ class SecretSet:
 
     files: tuple[Secret, ...] = ()
     vault_password: str | None = None
-    sensitive_values: tuple[str, ...] = ()
     _extra_values: list[str] = field(default_factory=list)
 
     @classmethod
     def from_cli(cls, secrets: Iterable[str], vault_password_file: Path | None,
-                 env: Mapping[str, str] | None = None) -> SecretSet | None:
-        """Build the set from CLI flags and ROLEBAKE_VAULT_PASSWORD; None when there is none."""
-        env = os.environ if env is None else env
+                 env_password: str | None = None) -> SecretSet | None:
+        """Build the set from CLI flags; None when there is no secret at all.
+
+        Args:
+            secrets: `--secret id=NAME,src=PATH` flags.
+            vault_password_file: `--vault-password-file`.
+            env_password: the value of ROLEBAKE_VAULT_PASSWORD, which the CLI has
+                read and removed from the environment (every process rolebake
+                starts inherits it, and ansible-runner writes it into its artifacts).
+        """
         files = tuple(Secret.parse(s) for s in secrets)
         ids = [s.id for s in files]
         duplicate = next((i for i in ids if ids.count(i) > 1), None)
@@ -80,8 +89,8 @@ class SecretSet:
             if not vault_password_file.is_file():
                 raise InputError("vault password file not found", path=vault_password_file)
             password = vault_password_file.read_text(encoding="utf-8").strip()
-        elif env.get("ROLEBAKE_VAULT_PASSWORD"):
-            password = env["ROLEBAKE_VAULT_PASSWORD"]
+        elif env_password:
+            password = env_password
         if not files and password is None:
             return None
         return cls(files=files, vault_password=password)
@@ -90,26 +99,24 @@ class SecretSet:
         """Also treat these values as secret (sensitive vars, decrypted vault values)."""
         for value in values:
             for text in _strings(value):
-                if len(text) >= MIN_SCAN_LENGTH and text not in self._extra_values:
+                if len(text) >= MIN_LENGTH and text not in self._extra_values:
                     self._extra_values.append(text)
 
     def values(self) -> list[str]:
-        """Every secret value to keep out of the image and out of logs."""
+        """Every secret value to keep out of the image and out of any output."""
         found: list[str] = []
         for secret in self.files:
             text = secret.src.read_text(encoding="utf-8", errors="replace").strip()
-            if len(text) >= MIN_SCAN_LENGTH:
+            if len(text) >= MIN_LENGTH:
                 found.append(text)
-        if self.vault_password and len(self.vault_password) >= MIN_SCAN_LENGTH:
+        if self.vault_password and len(self.vault_password) >= MIN_LENGTH:
             found.append(self.vault_password)
         found.extend(self._extra_values)
         return list(dict.fromkeys(found))
 
-    def redact(self, text: str) -> str:
-        """Replace every secret value in `text` (logs, error messages, reports)."""
-        for value in sorted(self.values(), key=len, reverse=True):
-            text = text.replace(value, REDACTED)
-        return text
+    def redactor(self) -> Redactor:
+        """The Redactor that hides every value of this set (the CLI installs it)."""
+        return Redactor(self.values())
 
     def tmpfs(self) -> dict[str, str]:
         """The tmpfs mount that holds secret files in the build container."""
@@ -142,12 +149,15 @@ class SecretSet:
         return {"rolebake_secrets_dir": SECRETS_DIR} if self.files else {}
 
     def write_vault_password(self, directory: Path) -> Path | None:
-        """Write the vault password into a private file for ansible; None without one."""
+        """Write the vault password into a 0600 file for Ansible; None without one.
+
+        A file, not an environment variable: ansible-runner writes the
+        environment it runs Ansible with into its artifacts.
+        """
         if self.vault_password is None:
             return None
         path = directory / "vault-password"
-        path.write_text(self.vault_password + "\n", encoding="utf-8")
-        path.chmod(0o600)
+        write_private(path, self.vault_password + "\n")
         return path
 
 
@@ -155,17 +165,29 @@ VAULT_HEADER = b"$ANSIBLE_VAULT;"
 _INLINE_VAULT = re.compile(r"!vault\s*\|[-+]?[ \t]*\n")
 
 
-def vault_values(files: Iterable[Path], password: str | None) -> list[str]:
-    """Decrypt the vaulted vars and files among `files`, on the host, before any container.
+def vault_values(files: Iterable[Path], password: str | None,
+                 specs: Iterable[tuple[Path, Mapping[str, Any]]] = ()) -> list[str]:
+    """Decrypt the vaulted vars and files among `files` and in spec vars, on the host.
 
-    The plain values become secrets too: redacted from output, and scanned for
-    in the committed layer. A wrong or missing password is bad input, found
-    here rather than by Ansible half-way through a build.
+    `files` are what the provisioners read for the build (their `input_files`:
+    role vars and defaults, playbooks, vars files, group_vars and host_vars),
+    so a vaulted value is found wherever Ansible can load it from. The plain
+    values become secrets too: redacted from output, and scanned for in the
+    committed layer. A wrong or missing password is bad input, found here
+    rather than by Ansible half-way through a build.
+
+    Args:
+        files: the files the build's provisioners read.
+        password: the vault password, if one was given.
+        specs: (spec file, vars) pairs whose values may be `!vault` (Vaulted).
 
     Raises:
         InputError: naming the vaulted file (and line), never a value.
     """
     found: list[str] = []
+    for spec_path, spec_vars in specs:
+        for vaulted in _vaulted_in(spec_vars):
+            found.append(_decrypt(vaulted, password, spec_path, vaulted.line))
     for path in files:
         try:
             data = path.read_bytes()
@@ -181,7 +203,9 @@ def vault_values(files: Iterable[Path], password: str | None) -> list[str]:
             except yaml.YAMLError:
                 loaded = None
             if isinstance(loaded, Mapping | list):
-                found.extend(_strings(loaded))
+                # Only strings: a vaulted vars file also holds ports and flags, and
+                # "8080" or "true" would match by chance all over the image and logs.
+                found.extend(_strings(loaded, numbers=False))
             else:
                 found.append(plain.strip())
             continue
@@ -212,16 +236,29 @@ def _decrypt(vaulted: str, password: str | None, path: Path, line: int) -> str:
                          "(wrong password?)", path=path, line=line) from None
 
 
-def _strings(value: Any) -> Iterable[str]:
+def _vaulted_in(value: Any) -> Iterable[Vaulted]:
+    if isinstance(value, Vaulted):
+        yield value
+    elif isinstance(value, Mapping):
+        for item in value.values():
+            yield from _vaulted_in(item)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            yield from _vaulted_in(item)
+
+
+def _strings(value: Any, *, numbers: bool = True) -> Iterable[str]:
+    if isinstance(value, Vaulted):
+        return  # ciphertext: its plain value comes from vault_values
     if isinstance(value, str):
         yield value
     elif isinstance(value, Mapping):
         for item in value.values():
-            yield from _strings(item)
+            yield from _strings(item, numbers=numbers)
     elif isinstance(value, list | tuple):
         for item in value:
-            yield from _strings(item)
-    elif value is not None and not isinstance(value, bool):
+            yield from _strings(item, numbers=numbers)
+    elif numbers and value is not None and not isinstance(value, bool):
         yield str(value)
 
 

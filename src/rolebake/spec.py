@@ -24,6 +24,7 @@ from rolebake.reference import (
     is_tag,
     normal_tag,
 )
+from rolebake.state import private_dir
 from rolebake.yamlfile import Fields, YamlList, kind, load_yaml, plain, require_json
 
 # Every pattern is used with fullmatch: `re.match` with a `$` anchor lets a
@@ -194,6 +195,10 @@ class Project:
         """Folder for logs and locks (kept out of git)."""
         return self.root / ".rolebake"
 
+    def private_dir(self, *parts: str) -> Path:
+        """`.rolebake/<parts>`, made on demand; every folder of it mode 0700 (see state.py)."""
+        return private_dir(self.state_dir, *parts)
+
     def spec_path(self, name: str) -> Path:
         """Path of the spec file for image `name`."""
         return self.images_dir / f"{name}.yml"
@@ -314,6 +319,8 @@ def load_spec(project: Project, name: str, *, sections: Collection[str] = ()) ->
 
     vars_ = _vars(top, "vars")
     sensitive = top.text_list("sensitive_vars", pattern=VAR_NAME_RE, what="a variable name")
+    variants = _variants(top, name)
+    _check_sensitive_known(top, sensitive, vars_, variants)
 
     spec = ImageSpec(
         name=name,
@@ -330,7 +337,7 @@ def load_spec(project: Project, name: str, *, sections: Collection[str] = ()) ->
         tests_explicit=tests_explicit,
         ready=_ready(top.mapping("ready")),
         idempotence=top.flag("idempotence", False),
-        variants=_variants(top, name),
+        variants=variants,
         sensitive_vars=sensitive,
         provisioner_options={},
         sections={k: top.data[k] for k in sections if k in top.data},
@@ -567,6 +574,27 @@ def _variants(top: Fields, name: str) -> tuple[Variant, ...]:
             line=line,
         ))
     return tuple(variants)
+
+
+def _check_sensitive_known(top: Fields, sensitive: tuple[str, ...], vars_: Mapping[str, Any],
+                           variants: tuple[Variant, ...]) -> None:
+    """Each name in `sensitive_vars` must be a var of the spec or of one of its variants.
+
+    A misspelt name would protect nothing: the real var's value would go into
+    the `rolebake.inputs` label as a plain, guessable digest, and into logs.
+    """
+    known = set(vars_).union(*(v.vars for v in variants))
+    items = top.data.get("sensitive_vars")
+    for index, name in enumerate(sensitive):
+        if name in known:
+            continue
+        line = items.line_of(index) if isinstance(items, YamlList) else top.line_of(
+            "sensitive_vars")
+        close = difflib.get_close_matches(name, sorted(known), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise InputError(f"sensitive_vars[{index}]: {name!r} is not a var of this spec or of "
+                         f"its variants{hint}; known: {', '.join(sorted(known)) or 'none'}",
+                         path=top.path, line=line)
 
 
 def _check_tags_unique(spec: ImageSpec) -> None:

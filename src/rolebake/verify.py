@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rolebake import redact
 from rolebake.engine import BUILD_ID_LABEL, ROLE_LABEL, ContainerHandle, Engine
 from rolebake.errors import TestsFailed
 from rolebake.image import commit_config
@@ -269,22 +270,28 @@ def _without_host(name: str, host_url: str | None) -> str:
 
 
 def write_junit(results: Mapping[str, VerifyResult], path: Path) -> None:
-    """Write every image's cases as JUnit XML, one testsuite per image."""
+    """Write every image's cases as JUnit XML, one testsuite per image.
+
+    Every text is redacted before it goes into the XML: escaped there, a
+    secret with a quote or a tab would no longer be found.
+    """
+    hide = redact.text
     root = ET.Element("testsuites")
     for image, result in results.items():
-        suite = ET.SubElement(root, "testsuite", name=image, tests=str(len(result.cases)),
+        suite = ET.SubElement(root, "testsuite", name=hide(image), tests=str(len(result.cases)),
                               failures=str(sum(c.outcome == "failed" for c in result.cases)),
                               errors=str(sum(c.outcome == "error" for c in result.cases)),
                               skipped=str(sum(c.outcome == "skipped" for c in result.cases)))
         for case in result.cases:
-            element = ET.SubElement(suite, "testcase", classname=f"{image}.{case.suite}",
-                                    name=case.name, time=f"{case.seconds:.3f}")
+            element = ET.SubElement(suite, "testcase", classname=hide(f"{image}.{case.suite}"),
+                                    name=hide(case.name), time=f"{case.seconds:.3f}")
+            message = hide(case.message)
             if case.outcome in ("failed", "error"):
                 tag = "failure" if case.outcome == "failed" else "error"
-                child = ET.SubElement(element, tag, message=case.message.splitlines()[0]
-                                      if case.message else case.outcome)
-                child.text = case.message
+                child = ET.SubElement(element, tag, message=message.splitlines()[0]
+                                      if message else case.outcome)
+                child.text = message
             elif case.outcome == "skipped":
-                ET.SubElement(element, "skipped", message=case.message)
+                ET.SubElement(element, "skipped", message=message)
     path.parent.mkdir(parents=True, exist_ok=True)
     ET.ElementTree(root).write(path, encoding="utf-8", xml_declaration=True)

@@ -64,6 +64,16 @@ class _Refused(Exception):
         self.line = mark.line + 1 if mark is not None else None
 
 
+class Vaulted(str):
+    """An Ansible Vault value (`!vault |`): its text is the ciphertext, never the secret.
+
+    It stays encrypted in specs and plans; rolebake decrypts it on the host only
+    to know what to redact and scan for, and hands Ansible the ciphertext.
+    """
+
+    line: int = 0
+
+
 class _LineLoader(yaml.SafeLoader):
     """SafeLoader whose mappings and sequences carry line numbers, with caps on shape.
 
@@ -161,6 +171,17 @@ def _construct_sequence(loader: Any, node: yaml.SequenceNode) -> YamlList:
     return result
 
 
+def _construct_vaulted(loader: _LineLoader, node: yaml.Node) -> Vaulted:
+    if not isinstance(node, yaml.ScalarNode):
+        raise yaml.constructor.ConstructorError(
+            None, None, "!vault must tag a string (the output of ansible-vault "
+            "encrypt_string)", node.start_mark)
+    result = Vaulted(loader.construct_scalar(node))
+    result.line = node.start_mark.line + 1
+    return result
+
+
+_LineLoader.add_constructor("!vault", _construct_vaulted)
 _LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 _LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _construct_sequence)
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,13 +24,14 @@ from typing import Any
 import docker
 import pytest
 
-from tests.conftest import REPO, Run, run_cli
+from tests.conftest import Run, run_cli
 from tests.integration.conftest import TestProject
 from tests.integration.tinyproject import add_role, add_spec, new_project, remove_project_images
 
 pytestmark = pytest.mark.integration
 
-ANSIBLE_VAULT = REPO / ".venv" / "bin" / "ansible-vault"
+# Beside the python running the tests: a worktree has no .venv of its own.
+ANSIBLE_VAULT = Path(sys.executable).parent / "ansible-vault"
 
 USE_TASKS = """\
 ---

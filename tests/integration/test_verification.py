@@ -280,7 +280,7 @@ def test_scaffolded_suite_passes_on_its_image_and_fails_on_another(tiny: Tiny) -
         # It moved no tag and left no cache entry behind: the next build is a hit.
         assert tiny.project.image_id(tiny.tag) == tiny.image_id
         plan = json.loads(run_cli("plan", tiny.name, "--json", cwd=root).stdout)
-        assert plan["layers"][-1]["status"] == "HIT"
+        assert plan["layers"][-1]["status"] == "HIT", plan["layers"][-1]
         assert plan["layers"][-1]["image"] == tiny.image_id
         refused = run_cli("scaffold-tests", tiny.name, cwd=root)
         assert refused.rc == 2 and "not overwriting" in refused.stderr

@@ -41,6 +41,7 @@ from rolebake.rootfs import (
     prepare_vm_image,
     rootfs_dir,
 )
+from rolebake.secrets import SecretSet
 from rolebake.spec import Project
 from rolebake.verify import TestCase, suite_for_host, wait_ready
 
@@ -94,7 +95,7 @@ class ParityResult:
 
 
 def run_parity(engine: Engine, project: Project, image: str, vm: str, *,
-               events: EventSink) -> ParityResult:
+               events: EventSink, secrets: SecretSet | None = None) -> ParityResult:
     """Build `image`, apply the same layers to a VM, run one suite on both and diff them.
 
     Args:
@@ -103,6 +104,7 @@ def run_parity(engine: Engine, project: Project, image: str, vm: str, *,
         image: a spec name (or name:variant).
         vm: `qemu` for a throwaway local VM, or `ssh://user@host:port` for an existing one.
         events: progress sink.
+        secrets: the vault password and sensitive values, for the build and the VM alike.
 
     Raises:
         InputError: a bad --vm value, or an image built with a provisioner other than Ansible.
@@ -116,7 +118,7 @@ def run_parity(engine: Engine, project: Project, image: str, vm: str, *,
             raise InputError(f"parity needs a provisioner that works over SSH; layer {layer.id} "
                              f"uses {layer.provisioner}", path=layer.spec.path)
     started = time.monotonic()
-    report = Builder(engine, project, events, BuildOptions()).build(plan)
+    report = Builder(engine, project, events, BuildOptions(secrets=secrets)).build(plan)
     if report.error is not None:
         raise report.error
     timings["build"] = time.monotonic() - started
@@ -125,7 +127,7 @@ def run_parity(engine: Engine, project: Project, image: str, vm: str, *,
     assert image_id is not None
     with _vm(plan, target, events, timings) as (ssh, vm_image):
         started = time.monotonic()
-        tasks = _apply_to_vm(project, plan, ssh, events)
+        tasks = _apply_to_vm(project, plan, ssh, events, secrets)
         timings["provision_vm"] = time.monotonic() - started
         # What the roles managed on either side: a task that ran only in the
         # container (a container-only branch) names its file here too. Layers
@@ -224,15 +226,15 @@ def _prepare_local_vm(base: Layer, events: EventSink) -> VMImage:
                           details=exc.details) from None
 
 
-def _apply_to_vm(project: Project, plan: BuildPlan, ssh: SSHTarget,
-                 events: EventSink) -> list[TaskResult]:
+def _apply_to_vm(project: Project, plan: BuildPlan, ssh: SSHTarget, events: EventSink,
+                 secrets: SecretSet | None = None) -> list[TaskResult]:
     """Every layer's roles, parents first, with the same vars, over SSH."""
     tasks: list[TaskResult] = []
     run_id = uuid.uuid4().hex[:12]
     for layer in plan.layers:
         ctx = ProvisionContext(project=project, layer=layer, target=ssh, events=events,
-                               cancel=threading.Event(), log_path=project.state_dir / "logs" /
-                               f"parity-{layer.file_stem}-{run_id}.log")
+                               cancel=threading.Event(), log_path=project.private_dir("logs") /
+                               f"parity-{layer.file_stem}-{run_id}.log", secrets=secrets)
         events(LogEvent(layer.id, f"applying to the VM (log: {ctx.log_path})"))
         result = provisioner_class(layer.provisioner)(project, layer).provision(ctx)
         tasks.extend(result.tasks)

@@ -9,12 +9,10 @@ reached over SSH by the very same code.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
 import shutil
 import sys
-import tempfile
 import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -42,7 +40,8 @@ from rolebake.provision.base import (
 from rolebake.provision.target import ContainerTarget, SSHTarget
 from rolebake.scripts import script
 from rolebake.spec import ImageSpec, Project
-from rolebake.yamlfile import load_yaml
+from rolebake.state import scratch_dir, write_private
+from rolebake.yamlfile import Vaulted, load_yaml
 
 REMOTE_TMP = "/tmp/.rolebake-ansible"
 IDEMPOTENCE_SKIP_TAGS = "molecule-notest,molecule-idempotence-notest"
@@ -173,8 +172,6 @@ class AnsibleProvisioner(Provisioner):
             while thread.is_alive():
                 thread.join(0.2)
             stdout = _artifact_stdout(data_dir, "idempotence" if idempotence else "provision")
-            if ctx.secrets is not None:
-                stdout = ctx.secrets.redact(stdout)
             append_log(ctx.log_path, "idempotence check" if idempotence else "provision",
                        stdout)
             status = runner.status
@@ -215,8 +212,9 @@ class AnsibleProvisioner(Provisioner):
         if groups:
             inventory["all"]["children"] = {g: {"hosts": {host: {}}} for g in sorted(groups)}
         _write(data_dir / "inventory" / "hosts.yml", yaml.safe_dump(inventory))
-        # Vars go in a file, not on ansible-playbook's command line where `ps` shows them.
-        _write(data_dir / "env" / "extravars", json.dumps(dict(layer.vars)))
+        # Vars go in a file, not on ansible-playbook's command line where `ps` shows them;
+        # YAML, so that a `!vault` var of the spec reaches Ansible still encrypted.
+        _write(data_dir / "env" / "extravars", _extravars(layer.vars))
         if layer.playbook is not None:
             return str(layer.playbook.resolve())
         play = [{
@@ -278,7 +276,11 @@ class EventWatcher:
         self.counter = TaskCounter(self.ctx)
 
     def __call__(self, event: Mapping[str, Any]) -> bool:
-        """Take one ansible-runner event; True keeps it in runner's artifacts."""
+        """Take one ansible-runner event; False keeps it out of runner's artifacts.
+
+        An event holds a task's whole result, secrets printed by the task
+        included; rolebake keeps what it needs here and writes no copy to disk.
+        """
         kind = event.get("event", "")
         data = event.get("event_data") or {}
         if kind == "playbook_on_task_start":
@@ -308,7 +310,7 @@ class EventWatcher:
                 self.failures.append(task)
                 self.failure_paths.append(str(data.get("task_path") or ""))
             self._emit(data, status)
-        return True
+        return False
 
     def _emit(self, data: Mapping[str, Any], status: str) -> None:
         self.counter.emit(str(data.get("task") or ""), data.get("role") or None, status)
@@ -380,15 +382,12 @@ def _ansible_playbook() -> str:
 
 @contextlib.contextmanager
 def _private_data_dir(ctx: ProvisionContext) -> Iterator[Path]:
-    # Private: it may hold vault passwords and secret paths; removed afterwards.
-    base = ctx.project.state_dir / "tmp"
-    base.mkdir(parents=True, exist_ok=True)
-    path = Path(tempfile.mkdtemp(prefix="ansible-", dir=base))
-    try:
-        (path / "tmp").mkdir()
+    # ansible-runner's private data dir and artifacts: the vault password file, the
+    # vars, the run's full output and environment. Private, removed afterwards, and
+    # swept by the next run or `rolebake clean` when this process dies first.
+    with scratch_dir(ctx.project.private_dir("tmp"), "ansible-") as path:
+        (path / "tmp").mkdir(mode=0o700)
         yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 def _artifact_stdout(data_dir: Path, ident: str) -> str:
@@ -397,9 +396,21 @@ def _artifact_stdout(data_dir: Path, ident: str) -> str:
 
 
 def _write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text, encoding="utf-8")
-    path.chmod(0o600)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    write_private(path, text)
+
+
+class _ExtravarsDumper(yaml.SafeDumper):
+    """Writes a spec's `!vault` vars back as `!vault |`, for Ansible to decrypt."""
+
+
+_ExtravarsDumper.add_representer(
+    Vaulted, lambda dumper, value: dumper.represent_scalar("!vault", str(value), style="|"))
+
+
+def _extravars(variables: Mapping[str, Any]) -> str:
+    return yaml.dump(dict(variables), Dumper=_ExtravarsDumper, sort_keys=True,
+                     allow_unicode=True, width=1 << 30)
 
 
 def _role_dir(project: Project, role: str, spec: ImageSpec, line: int | None = None) -> Path:

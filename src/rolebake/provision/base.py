@@ -17,12 +17,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from rolebake import redact
 from rolebake.engine import ContainerHandle, Engine
 from rolebake.errors import InputError
 from rolebake.events import EventSink, TaskEvent
 from rolebake.plan import Layer
 from rolebake.provision.target import ContainerTarget, Target
 from rolebake.spec import ImageSpec, Project
+from rolebake.state import append_private
 from rolebake.yamlfile import Fields
 
 if TYPE_CHECKING:
@@ -211,10 +213,8 @@ def first_line(text: str) -> str:
 
 
 def append_log(log_path: Path, title: str, text: str) -> None:
-    """Add one pass's full output to the layer's log file."""
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with log_path.open("a", encoding="utf-8") as log:
-        log.write(f"===== {title} =====\n{text}\n")
+    """Add one pass's full output to the layer's log file: redacted, and private (0600)."""
+    append_private(log_path, redact.text(f"===== {title} =====\n{text}\n"))
 
 
 # Folders that are never a provisioner's input: version control, caches, virtualenvs,

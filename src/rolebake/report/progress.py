@@ -25,7 +25,7 @@ from rolebake.report.text import (
     Part,
     Redact,
     duration,
-    same,
+    installed,
     style_of,
     styled,
 )
@@ -47,7 +47,7 @@ _MARK = {
 class PlainProgress:
     """Timestamped lines, one per event: for CI logs and pipes."""
 
-    def __init__(self, write: Write, redact: Redact = same) -> None:
+    def __init__(self, write: Write, redact: Redact = installed) -> None:
         """Write lines with `write`, passing each through `redact` first."""
         self.write = write
         self.redact = redact
@@ -77,7 +77,7 @@ class LiveProgress:
     never mixed into it.
     """
 
-    def __init__(self, console: Console | None = None, redact: Redact = same, *,
+    def __init__(self, console: Console | None = None, redact: Redact = installed, *,
                  refresh_per_second: float = 4.0) -> None:
         """Draw on `console` (default: stderr), passing all text through `redact`.
 
@@ -183,7 +183,7 @@ class LiveProgress:
                              no_wrap=True, overflow="ellipsis")
 
 
-def progress_for(stream: TextIO, redact: Redact = same) -> PlainProgress | LiveProgress:
+def progress_for(stream: TextIO, redact: Redact = installed) -> PlainProgress | LiveProgress:
     """The progress view that suits `stream`: live on a terminal, plain lines elsewhere.
 
     Args:

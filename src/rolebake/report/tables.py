@@ -20,8 +20,8 @@ from rolebake.report.text import (
     Redact,
     cell,
     duration,
+    installed,
     render_lines,
-    same,
     style_of,
     styled,
 )
@@ -41,7 +41,7 @@ _MIN_VALUE_WIDTH = 12
 _TEST_NAME_WIDTH = 48
 
 
-def build_summary(report: BuildReport, *, redact: Redact = same,
+def build_summary(report: BuildReport, *, redact: Redact = installed,
                   color: bool = False) -> list[str]:
     """One line per layer (status, image, time, tags), then the total time.
 
@@ -73,7 +73,7 @@ def _layer_row(result: LayerResult, redact: Redact) -> list[Text]:
             cell(image, redact), cell(duration(result.seconds), redact), tags]
 
 
-def plan_table(rows: Iterable[Mapping[str, Any]], *, redact: Redact = same,
+def plan_table(rows: Iterable[Mapping[str, Any]], *, redact: Redact = installed,
                color: bool = False) -> list[str]:
     """`rolebake plan` output: the layer DAG, HIT or MISS, and the reasons of each miss.
 
@@ -113,7 +113,7 @@ def plan_table(rows: Iterable[Mapping[str, Any]], *, redact: Redact = same,
 
 
 def parity_table(report: ParityReport, *, show_equal: bool = False, width: int = 120,
-                 redact: Redact = same, color: bool = False) -> str:
+                 redact: Redact = installed, color: bool = False) -> str:
     """The parity report side by side, then a `parity OK:`/`parity FAILED:` summary line.
 
     Args:
@@ -160,7 +160,7 @@ def _status_cell(item: ParityItem, redact: Redact) -> Text:
 
 
 def tests_side_by_side(container: Sequence[TestCase], vm: Sequence[TestCase], *,
-                       redact: Redact = same, color: bool = False) -> list[str]:
+                       redact: Redact = installed, color: bool = False) -> list[str]:
     """The suite's outcome on each target, one line per test.
 
     Args:

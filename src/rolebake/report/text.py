@@ -1,10 +1,11 @@
 """Turning rolebake's words into rich text safely: redacted first, never read as markup.
 
 The table and progress modules build everything they print through these
-helpers, so two promises hold in one place: every string passes through the
-caller's `redact` before it can reach a screen or a log, and user text (role
-names like `[web]`, task names with brackets) is always a `rich.text.Text`,
-which rich never parses as console markup.
+helpers, so two promises hold in one place: every string passes through a
+`redact` (by default the Redactor the CLI installed, see `rolebake.redact`)
+before it can reach a screen or a log, and user text (role names like
+`[web]`, task names with brackets) is always a `rich.text.Text`, which rich
+never parses as console markup.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from collections.abc import Callable, Iterable, Mapping
 
 from rich.console import Console, RenderableType
 from rich.text import Text
+
+from rolebake import redact
 
 Redact = Callable[[str], str]
 """Hides secrets in a string; every printed string passes through one."""
@@ -44,9 +47,9 @@ DIM = "dim"
 NO_WRAP_WIDTH = 10_000
 
 
-def same(text: str) -> str:
-    """Redact nothing: the default when the caller has no secrets."""
-    return text
+def installed(text: str) -> str:
+    """Redact with the Redactor the CLI installed: every view's default."""
+    return redact.text(text)
 
 
 def style_of(word: str) -> str:

@@ -16,12 +16,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from rolebake import redact
 from rolebake.provision.base import TaskResult
 from rolebake.scaffold.facts import facts_from
+from rolebake.state import write_private
 
 if TYPE_CHECKING:
     from rolebake.engine import ContainerHandle, Engine
     from rolebake.events import EventSink
+    from rolebake.secrets import SecretSet
     from rolebake.spec import Project
 
 FORMAT = 1
@@ -60,19 +63,24 @@ class Recording:
         )
 
 
-def record(engine: Engine, project: Project, image: str, events: EventSink) -> Recording:
-    """Provision `image`'s layer afresh and return what its tasks did.
+def record(engine: Engine, project: Project, image: str, events: EventSink,
+           secrets: SecretSet | None = None) -> Recording:
+    """Provision `image`'s layer afresh and return what its tasks did, redacted.
 
     The layer is built as `--no-cache` would, on the parent image a build would
     use now, with verification off and no tag to move; the image it made is
     measured (sha256 of static files) and removed. Parent layers are not built:
-    they must be current (a cache hit), as after `rolebake build`.
+    they must be current (a cache hit), as after `rolebake build`. Secret
+    values in the task results (module arguments, output) are replaced by the
+    installed Redactor, so neither the kept record nor the tests written from
+    it hold one.
 
     Args:
         engine: the container engine to build and measure with.
         project: the project whose image specs name the layer.
         image: the layer id, `web` or `web:dev`.
         events: where the build reports its steps and tasks.
+        secrets: the build's secrets (files, vault password), as for `rolebake build`.
 
     Returns:
         The layer's task results and the sha256 of its static files.
@@ -102,7 +110,8 @@ def record(engine: Engine, project: Project, image: str, events: EventSink) -> R
                 hint=f"rolebake build {layer.parent}")
         parent = row.image
     scratch = dataclasses.replace(layer, parent=parent, parent_is_layer=False, tags=())
-    builder = Builder(engine, project, events, BuildOptions(no_cache=True, verify=False))
+    builder = Builder(engine, project, events, BuildOptions(no_cache=True, verify=False,
+                                                            secrets=secrets))
     report = builder.build(BuildPlan(layers=(scratch,), targets=(scratch.id,)))
     result = report.results[scratch.id]
     try:
@@ -120,8 +129,9 @@ def record(engine: Engine, project: Project, image: str, events: EventSink) -> R
     finally:
         if result.image_id is not None:
             engine.remove_image(result.image_id, force=True)
-    return Recording(image=layer.id, provisioner=layer.provisioner, tasks=tasks,
-                     digests=digests)
+    found = Recording(image=layer.id, provisioner=layer.provisioner, tasks=tasks,
+                      digests=digests)
+    return Recording.from_dict(redact.data(found.to_dict()))
 
 
 def _sha256(engine: Engine, container: ContainerHandle, paths: Sequence[str]) -> dict[str, str]:
@@ -137,12 +147,13 @@ def _sha256(engine: Engine, container: ContainerHandle, paths: Sequence[str]) ->
 
 
 def save(recording: Recording, path: Path) -> None:
-    """Keep a recording as JSON (beside the build logs, and as test fixtures).
+    """Keep a recording as JSON (beside the build logs, and as test fixtures): redacted, 0600.
 
     Args:
         recording: what to keep.
-        path: the JSON file to write; its folder is made if missing.
+        path: the JSON file to write; its folder is made (0700) if missing.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(recording.to_dict(), indent=2, default=str) + "\n",
-                    encoding="utf-8")
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    # Redacted before serialising, where escaping would hide a secret from the Redactor.
+    write_private(path, json.dumps(redact.data(recording.to_dict()), indent=2,
+                                   default=str) + "\n")

@@ -10,8 +10,6 @@ image already has chef-solo (`chef.path`).
 from __future__ import annotations
 
 import contextlib
-import shutil
-import tempfile
 import threading
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -53,6 +51,7 @@ from rolebake.provision.chef.render import (
     toolchain_dir,
 )
 from rolebake.spec import ImageSpec, Project
+from rolebake.state import scratch_dir
 from rolebake.yamlfile import Fields, YamlList
 
 # Where chef keeps state when a cookbook or a stray default sends it there;
@@ -163,37 +162,36 @@ class ChefSoloProvisioner(Provisioner):
             image_id, folder = self._toolchain_image(engine)
             self.binary = TOOLCHAIN_DIRS[folder]
         resolved = self.resolved()
-        base = self.project.state_dir / "tmp"
-        base.mkdir(parents=True, exist_ok=True)
-        config_dir = Path(tempfile.mkdtemp(prefix="chef-", dir=base))
         name = f"rolebake-chef-{self.layer.id.replace(':', '.')}-{uuid.uuid4().hex[:8]}"
         source: str | None = None
-        try:
-            config_dir.chmod(0o755)
-            _write(config_dir / "solo.rb", solo_rb(environment=self.options.environment))
-            _write(config_dir / "node.json", node_json(self.run_list(), self.options.attributes))
-            if image_id is not None:
-                try:
-                    source = engine.create_stopped(
-                        image_id, name=name,
-                        labels={ROLE_LABEL: "build", "rolebake.toolchain": "chef"})
-                except RolebakeError:
-                    raise
-                except Exception as exc:  # the engine's own error; engine.py does not wrap it
-                    raise BuildFailed(f"could not create the chef toolchain container from "
-                                      f"{self.options.image}: {exc}") from None
-            yield container_options(
-                cookbooks=resolved.cookbooks,
-                roles_dir=self.project.root / self.options.roles if resolved.roles else None,
-                environments_dir=(self.project.root / self.options.environments
-                                  if resolved.environment else None),
-                config_dir=config_dir,
-                toolchain_container=source,
-            )
-        finally:
-            if image_id is not None:
-                engine.remove_container(source or name)
-            shutil.rmtree(config_dir, ignore_errors=True)
+        # Removed at the end, or by the next run or `rolebake clean` if this one dies.
+        with scratch_dir(self.project.private_dir("tmp"), "chef-") as config_dir:
+            try:
+                config_dir.chmod(0o755)
+                _write(config_dir / "solo.rb", solo_rb(environment=self.options.environment))
+                _write(config_dir / "node.json",
+                       node_json(self.run_list(), self.options.attributes))
+                if image_id is not None:
+                    try:
+                        source = engine.create_stopped(
+                            image_id, name=name,
+                            labels={ROLE_LABEL: "build", "rolebake.toolchain": "chef"})
+                    except RolebakeError:
+                        raise
+                    except Exception as exc:  # the engine's own error; engine.py does not wrap it
+                        raise BuildFailed(f"could not create the chef toolchain container from "
+                                          f"{self.options.image}: {exc}") from None
+                yield container_options(
+                    cookbooks=resolved.cookbooks,
+                    roles_dir=self.project.root / self.options.roles if resolved.roles else None,
+                    environments_dir=(self.project.root / self.options.environments
+                                      if resolved.environment else None),
+                    config_dir=config_dir,
+                    toolchain_container=source,
+                )
+            finally:
+                if image_id is not None:
+                    engine.remove_container(source or name)
 
     def _toolchain_image(self, engine: Engine) -> tuple[str, str]:
         image = self.options.image
@@ -251,8 +249,6 @@ class ChefSoloProvisioner(Provisioner):
         result = _run_streaming(ctx, chef_argv(self.binary), chef_env(), parser,
                                 TaskCounter(ctx))
         output = result.output
-        if ctx.secrets is not None:
-            output = ctx.secrets.redact(output)
         append_log(ctx.log_path, f"chef-solo {title}", output)
         if ctx.cancel.is_set():
             raise BuildFailed("provisioning was cancelled")

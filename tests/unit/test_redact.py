@@ -1,0 +1,276 @@
+"""The one redaction path (invariant 6): the Redactor, and every writer that goes through it."""
+
+from __future__ import annotations
+
+import io
+import json
+import sys
+import xml.etree.ElementTree as ET
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import click
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from rolebake import redact
+from rolebake.cli import _handled, main
+from rolebake.errors import BuildFailed
+from rolebake.provision.base import TaskResult, append_log
+from rolebake.redact import REDACTED, RedactingStream, Redactor
+from rolebake.scaffold import Recording, render, save
+from rolebake.verify import TestCase, VerifyResult, write_junit
+
+TRICKY = 'p"a\\s\tw€rd-42'  # a quote, a backslash, a tab, a non-ASCII character
+MULTI = "-----BEGIN KEY-----\nMIIEowIBAAKCAQEA\n  indented-line-two\nab\n-----END KEY-----"
+
+
+@pytest.fixture
+def installed() -> Iterator[Redactor]:
+    """A Redactor for TRICKY and MULTI, installed as the CLI would; removed after."""
+    redactor = Redactor([TRICKY, MULTI])
+    redact.install(redactor)
+    try:
+        yield redactor
+    finally:
+        redact.install(Redactor())
+
+
+# The Redactor ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("serialise", [
+    lambda v: json.dumps({"k": v}),
+    lambda v: json.dumps({"k": v}, ensure_ascii=False),
+    lambda v: yaml.safe_dump({"k": v}),
+    lambda v: yaml.safe_dump({"k": v}, allow_unicode=True),
+    lambda v: repr({"k": v}),
+    lambda v: f"plain: {v}",
+], ids=["json", "json-unicode", "yaml", "yaml-unicode", "repr", "plain"])
+def test_a_secret_is_caught_in_each_escaped_form(serialise: Any) -> None:
+    text = serialise(TRICKY)
+    assert TRICKY not in text or serialise is not None  # the form under test may escape it
+    hidden = Redactor([TRICKY]).text(text)
+    assert REDACTED in hidden
+    for form in ("p\"a", "w€rd-42", "w\\u20acrd", "w\\u20ACrd", "rd-42"):
+        assert form not in hidden, hidden
+
+
+def test_data_is_redacted_before_it_is_serialised() -> None:
+    data = {"error": {"details": f"oops {TRICKY}", TRICKY: [1, f"x{TRICKY}y", None]}}
+    out = json.dumps(Redactor([TRICKY]).data(data))
+    assert json.loads(out) == {"error": {"details": f"oops {REDACTED}",
+                                         REDACTED: [1, f"x{REDACTED}y", None]}}
+
+
+def test_a_multi_line_secret_is_redacted_line_by_line() -> None:
+    # Ansible's YAML log prints a multi-line value as a block, each line indented.
+    log = "ok: [host] =>\n  msg: |-\n" + "".join(f"    {line}\n" for line in MULTI.splitlines())
+    hidden = Redactor([MULTI]).text(log)
+    for line in MULTI.splitlines():
+        if len(line.strip()) >= redact.MIN_LENGTH:
+            assert line.strip() not in hidden, hidden
+    assert "    ab\n" in hidden  # two characters are no secret: they would match anywhere
+    assert Redactor([MULTI]).text(MULTI) == REDACTED  # whole, it is one span
+
+
+@pytest.mark.parametrize("prefix", ["", "x", "msg: |-\n    ", "a longer prefix: "])
+def test_a_tab_matches_the_spaces_ansible_expands_it_to(prefix: str) -> None:
+    # Ansible's YAML callback writes a block scalar with str.expandtabs(): the
+    # tab becomes as many spaces as reach the next multiple of 8.
+    text = (prefix + TRICKY + " and more\n").expandtabs()
+    assert "\t" not in text
+    hidden = Redactor([TRICKY]).text(text)
+    assert "w€rd" not in hidden and "p\"a" not in hidden, hidden
+    assert hidden.endswith(f"{REDACTED} and more\n")
+
+
+def test_overlapping_secrets_leave_no_part_of_either() -> None:
+    redactor = Redactor(["abcdef", "defghi", "cdefgh"])
+    assert redactor.text("xx abcdefghi yy") == f"xx {REDACTED} yy"
+    assert redactor.text("abcdef-defghi") == f"{REDACTED}-{REDACTED}"
+
+
+def test_a_secret_inside_another_is_one_span() -> None:
+    redactor = Redactor(["token-1234", "1234"])
+    assert redactor.text("a token-12345 b 1234") == f"a {REDACTED}5 b {REDACTED}"
+
+
+def test_short_values_are_not_redacted() -> None:
+    redactor = Redactor(["abc", "", " ab "])
+    assert not redactor
+    assert redactor.text("abc ab") == "abc ab"
+    assert Redactor(["abcd"]).text("xabcdx") == f"x{REDACTED}x"
+
+
+def test_nothing_installed_hides_nothing() -> None:
+    assert redact.text(TRICKY) == TRICKY
+    assert redact.data({"k": TRICKY}) == {"k": TRICKY}
+
+
+# Writers that go through the installed Redactor -------------------------------------------
+
+
+def test_redacting_stream_hides_secrets_and_offers_no_way_around(installed: Redactor) -> None:
+    inner = io.StringIO()
+    stream = RedactingStream(inner)
+    stream.write(f"password is {TRICKY}\n")
+    click.echo(f"json: {json.dumps(TRICKY)}", file=stream)
+    assert TRICKY not in inner.getvalue() and "w\\u20acrd" not in inner.getvalue()
+    assert inner.getvalue().count(REDACTED) == 2
+    assert not hasattr(stream, "buffer")  # click would write below it
+
+
+def test_the_log_is_redacted_and_private(installed: Redactor, tmp_path: Path) -> None:
+    log = tmp_path / "logs" / "web.log"
+    append_log(log, "provision", f"TASK [x]\n  msg: {TRICKY}\n" + MULTI)
+    text = log.read_text(encoding="utf-8")
+    assert TRICKY not in text and "MIIEowIBAAKCAQEA" not in text and REDACTED in text
+    assert log.stat().st_mode & 0o777 == 0o600
+    assert log.parent.stat().st_mode & 0o777 == 0o700
+
+
+def test_junit_is_redacted_before_it_is_escaped(installed: Redactor, tmp_path: Path) -> None:
+    case = TestCase(suite="t", name=f"test_{TRICKY}", outcome="failed",
+                    message=f"assert {TRICKY!r} == 'x'\n{MULTI}")
+    path = tmp_path / "junit.xml"
+    write_junit({"web": VerifyResult(image_id="sha256:1", cases=(case,))}, path)
+    raw = path.read_text(encoding="utf-8")
+    texts = [t for e in ET.parse(path).getroot().iter() for t in [e.text or "",
+                                                                 *e.attrib.values()]]
+    for blob in (raw, "\n".join(texts)):
+        assert "w€rd" not in blob and "MIIEowIBAAKCAQEA" not in blob, blob
+    assert REDACTED in raw
+
+
+def test_scaffold_records_and_tests_hold_no_secret(installed: Redactor, tmp_path: Path) -> None:
+    task = TaskResult(name="Write the token", role="web", action="ansible.builtin.copy",
+                      status="changed", args={"dest": "/etc/token", "content": TRICKY,
+                                              "mode": "0600"},
+                      result={"dest": "/etc/token", "mode": "0600", "owner": "root"})
+    recording = Recording(image="web", provisioner="ansible", tasks=(task,))
+    kept = tmp_path / "state" / "scaffold" / "web.json"
+    save(recording, kept)
+    assert kept.stat().st_mode & 0o777 == 0o600
+    text = kept.read_text(encoding="utf-8")
+    assert "w€rd" not in text and "w\\u20acrd" not in text and REDACTED in text
+    source = render(Recording.from_dict(json.loads(text)))
+    assert "w€rd" not in source and "/etc/token" in source
+
+
+# The CLI: every line it prints, tracebacks included ---------------------------------------------
+
+
+@pytest.fixture
+def leaking_command() -> Iterator[dict[str, Any]]:
+    """`rolebake leak-for-test`: installs a Redactor for TRICKY and MULTI, then does what
+    the test puts in the box (print JSON, raise)."""
+    box: dict[str, Any] = {}
+
+    @click.command("leak-for-test")
+    @click.pass_context
+    @_handled
+    def command(ctx: click.Context) -> None:
+        del ctx
+        redact.install(Redactor([TRICKY, MULTI]))
+        box["action"]()
+
+    main.add_command(command)
+    try:
+        yield box
+    finally:
+        main.commands.pop("leak-for-test", None)
+
+
+def _assert_hidden(text: str) -> None:
+    for form in ("w€rd", "w\\u20acrd", "w\\u20ACrd", "MIIEowIBAAKCAQEA", "indented-line-two"):
+        assert form not in text, text
+
+
+def test_cli_error_details_are_redacted(leaking_command: dict[str, Any]) -> None:
+    def fail() -> None:
+        raise BuildFailed(f"task 'x' failed: {TRICKY}", details=MULTI, hint=repr(TRICKY))
+
+    leaking_command["action"] = fail
+    result = CliRunner().invoke(main, ["leak-for-test"])
+    assert result.exit_code == 1
+    _assert_hidden(result.stderr)
+    assert result.stderr.startswith(f"error: task 'x' failed: {REDACTED}")
+
+
+@pytest.mark.parametrize("debug", [[], ["--debug"]], ids=["plain", "debug"])
+def test_cli_internal_errors_and_tracebacks_are_redacted(
+        leaking_command: dict[str, Any], debug: list[str]) -> None:
+    def crash() -> None:
+        raise KeyError(f"{TRICKY}\n{MULTI}")
+
+    leaking_command["action"] = crash
+    result = CliRunner().invoke(main, [*debug, "leak-for-test"])
+    assert result.exit_code == 1
+    assert "internal error: KeyError" in result.stderr
+    assert ("Traceback (most recent call last)" in result.stderr) == bool(debug)
+    _assert_hidden(result.stderr)
+
+
+def test_cli_json_is_redacted_before_serialising(leaking_command: dict[str, Any]) -> None:
+    from rolebake.cli import _echo_json
+
+    leaking_command["action"] = lambda: _echo_json({"error": {"details": TRICKY}})
+    result = CliRunner().invoke(main, ["leak-for-test"])
+    assert result.exit_code == 0, result.output
+    _assert_hidden(result.stdout)
+    assert json.loads(result.stdout) == {"error": {"details": REDACTED}}
+
+
+def test_cli_removes_its_redactor_and_streams_after_the_command(
+        leaking_command: dict[str, Any]) -> None:
+    leaking_command["action"] = lambda: click.echo(TRICKY)
+    stdout = sys.stdout
+    result = CliRunner().invoke(main, ["leak-for-test"])
+    assert result.stdout == REDACTED + "\n"
+    assert sys.stdout is stdout
+    assert redact.text(TRICKY) == TRICKY
+
+
+def test_parity_output_progress_and_logs_are_redacted(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """`rolebake parity` loads the spec's secrets like a build, hands them on, and every
+    output (table, progress, the VM's Ansible log) hides them."""
+    from rolebake.engine import Engine
+    from rolebake.events import LogEvent
+    from rolebake.parity import run as parity_run
+    from rolebake.parity.diff import Category, ParityItem, ParityReport, Status
+
+    root = tmp_path / "project"
+    (root / "images").mkdir(parents=True)
+    (root / "roles" / "web" / "tasks").mkdir(parents=True)
+    (root / "roles" / "web" / "tasks" / "main.yml").write_text("- debug: msg=hi\n")
+    (root / "images" / "web.yml").write_text(
+        "from: rolebake/debian:bookworm\nroles: [web]\n"
+        f"vars: {{token: {json.dumps(TRICKY)}}}\nsensitive_vars: [token]\n", encoding="utf-8")
+    seen: dict[str, Any] = {}
+
+    def fake_parity(engine: Any, project: Any, image: str, vm: str, *, events: Any,
+                    secrets: Any) -> Any:
+        seen["secrets"] = secrets
+        events(LogEvent("web", f"applying {TRICKY} to the VM"))
+        append_log(project.private_dir("logs") / "parity-web.log", "provision", TRICKY)
+        item = ParityItem(Category.PATH, f"/etc/{TRICKY}", TRICKY, "other", Status.DIFFERENT,
+                          f"content differs: {TRICKY!r}")
+        return parity_run.ParityResult(image=image, image_id="sha256:" + "0" * 64, vm=vm,
+                                       report=ParityReport(items=(item,)),
+                                       container_tests=[], vm_tests=[])
+
+    monkeypatch.setattr(parity_run, "run_parity", fake_parity)
+    monkeypatch.setattr(Engine, "connect", classmethod(lambda cls: None))
+    for args in ([], ["--json"]):
+        result = CliRunner().invoke(main, ["--project", str(root), "parity", "web", "--vm",
+                                           "ssh://root@vm.example:22", *args])
+        assert result.exit_code == 5, result.output
+        _assert_hidden(result.stdout + result.stderr)
+        assert REDACTED in result.stdout and REDACTED in result.stderr
+    assert TRICKY in seen["secrets"].values()
+    log = root / ".rolebake" / "logs" / "parity-web.log"
+    assert "w€rd" not in log.read_text(encoding="utf-8")
