@@ -400,7 +400,7 @@ class Builder:
         if not self.engine.answers(wait_s=ENGINE_RETURN_S):
             return EngineUnavailable(
                 f"the container engine stopped answering during {step.value} and did not "
-                f"come back within {ENGINE_RETURN_S:.0f} s", details=details,
+                f"come back within {ENGINE_RETURN_S:g} s", details=details,
                 hint="start it again; `rolebake clean` then removes what this build left")
         if not self.engine.restarted():
             return None

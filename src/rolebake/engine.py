@@ -137,6 +137,7 @@ class Engine:
         A daemon closes every events stream when it shuts down, and only then:
         one quiet stream (daemon events only) held open is the witness.
         """
+        self._went_away.clear()
         try:
             stream = self.client.api.events(decode=True, filters={"type": "daemon"})
         except (docker.errors.DockerException, requests.exceptions.RequestException):

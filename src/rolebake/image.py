@@ -8,6 +8,7 @@ can put back the tags of layers that had finished too (DESIGN.md invariant 1).
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import subprocess
 import threading
@@ -197,8 +198,8 @@ class TagJournal:
         """Undo every move of `layer`, newest first; returns {tag: why} for those left moved.
 
         A tag that names another image by now was moved since by someone else: it
-        is left as it is. Removing a tag that did not exist before also removes the
-        new image when that was its last tag.
+        is left as it is. An image the moves leave without any tag (the layer's
+        new image) is removed with them.
         """
         with self._lock:
             moves = [m for m in self._moves if m.layer == layer]
@@ -213,6 +214,11 @@ class TagJournal:
                 self._put_back(move)
             except Exception as exc:  # the engine went away: say so, put back the others
                 stayed[move.ref] = f"could not be put back: {_reason(exc)}"
+        for image_id in dict.fromkeys(m.after for m in moves):
+            with contextlib.suppress(Exception):  # in use, or gone: `rolebake clean` then
+                image = self.engine.image(image_id)
+                if image is not None and not image.tags:
+                    self.engine.remove_image(image_id)
         return stayed
 
     def keep(self, layer: str) -> list[str]:

@@ -77,11 +77,13 @@ class FakeContainer:
     labels: dict[str, str]
     running: bool = True
     options: dict[str, Any] = field(default_factory=dict)
+    created: str = "2024-01-01T00:00:00Z"  # long ago, as `rolebake clean` sees it
 
     def info(self) -> ContainerInfo:
         """The record the real engine would return."""
         return ContainerInfo(id=self.id, name=self.name, labels=dict(self.labels),
-                             created="", status="running" if self.running else "exited")
+                             created=self.created,
+                             status="running" if self.running else "exited")
 
 
 @dataclass(frozen=True)
@@ -199,6 +201,7 @@ class FakeEngine(Engine):
     @contextlib.contextmanager
     def watch(self) -> Iterator[None]:
         """Nothing to watch: `stop` and `restart` set the flag themselves."""
+        self._went_away.clear()
         yield
 
     def answers(self, wait_s: float = 0.0) -> bool:
@@ -325,8 +328,13 @@ class FakeEngine(Engine):
             self.containers_by_id[made.id] = made
         try:
             yield ContainerHandle(id=made.id, name=name)
-        finally:
-            self.remove_container(made.id)
+        except BaseException:
+            # As the real engine: a container it cannot remove now (it is down) must
+            # not hide the error in flight; it is left for `rolebake clean`.
+            with contextlib.suppress(Exception):
+                self.remove_container(made.id)
+            raise
+        self.remove_container(made.id)
 
     def remove_container(self, ref: str) -> None:
         """Force-remove a container by id or name; one already gone is fine."""
