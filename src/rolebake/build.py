@@ -5,12 +5,9 @@ walks the pipeline as data, reports the status of every step it runs and decides
 which steps apply (a cache hit runs only `cache` and `tag`). Tags move only in
 the last step, and only for a layer whose every step passed (DESIGN.md invariants 1, 2, 5).
 
-A layer is built under a host-wide lock named after the engine and the layer's
-cache repository, so builds in different checkouts against one engine take
-turns and the later one finds the earlier one's result as a cache hit. The
-lock file records which build moved the layer's tags last: a run that is
-interrupted puts back every tag it moved, except those another build has
-used since.
+A layer is built under a host-wide lock of the engine and the layer's cache
+repository: builds in two checkouts take turns, the later one hits the cache.
+An interrupted run puts back every tag it moved (see `image.TagJournal`).
 """
 
 from __future__ import annotations
@@ -28,12 +25,19 @@ from pathlib import Path
 from typing import Any
 
 from rolebake.cache import Cache, CacheDecision, LayerInputs, provisioner_and_inputs
-from rolebake.engine import BUILD_ID_LABEL, ROLE_LABEL, ContainerHandle, Engine, ImageInfo, explain
+from rolebake.engine import (
+    BUILD_ID_LABEL,
+    ROLE_LABEL,
+    ContainerHandle,
+    Engine,
+    ImageInfo,
+    as_error,
+    disk_full_hint,
+)
 from rolebake.errors import (
     BuildFailed,
     EngineUnavailable,
     InputError,
-    InternalError,
     Interrupted,
     RolebakeError,
     TestsFailed,
@@ -67,7 +71,8 @@ from rolebake.verify import VerifyResult, check_metadata, run_suite
 
 # Test hook, for the fault-injection tests only: ROLEBAKE_TEST_PAUSE=<step> makes
 # every layer wait (up to ROLEBAKE_TEST_PAUSE_SECONDS, default 60) at the start
-# of that step, so a signal can be sent at a step too short to hit otherwise.
+# of that step, so a signal can be sent at a step too short to hit otherwise;
+# `after:<step>` waits once the step has passed, with no cancel check after it.
 TEST_PAUSE_ENV = "ROLEBAKE_TEST_PAUSE"
 
 # How long a failed step waits for an engine that stopped answering to come back
@@ -254,7 +259,7 @@ class Builder:
                             images[layer.id] = future.result()
                         except Exception as exc:  # _build_layer gives RolebakeErrors only
                             results[layer.id].status = StepStatus.FAILED
-                            results[layer.id].error = _as_rolebake_error(exc)
+                            results[layer.id].error = as_error(exc)
                         sorter.done(layer.id)
             except BaseException:
                 # SIGINT/SIGTERM land here, in the main thread: stop the workers and
@@ -313,11 +318,10 @@ class Builder:
             found = self.engine.image(run.image_id)
             assert found is not None
             return found
-        except Exception as exc:
-            # Whatever went wrong fails this layer only, as a RolebakeError.
+        except Exception as exc:  # whatever it was fails this layer only, as a RolebakeError
             if isinstance(exc, RolebakeError):
                 raise
-            raise _as_rolebake_error(exc) from exc
+            raise as_error(exc) from exc
         finally:
             result.seconds = time.monotonic() - started
 
@@ -361,20 +365,23 @@ class Builder:
             message = self._steps[step](run) or ""
         except BaseException as exc:
             run.result.steps[step.value] = StepStatus.FAILED.value
-            text = (exc.message if isinstance(exc, RolebakeError) else
-                    _as_rolebake_error(exc).message if isinstance(exc, Exception) else
-                    type(exc).__name__)
+            text = as_error(exc).message if isinstance(exc, Exception) else \
+                type(exc).__name__
             self.events(StepEvent(run.layer.id, step, StepStatus.FAILED, text))
             raise
         status = StepStatus.CACHED if step == Step.CACHE and run.cached else StepStatus.OK
         run.result.steps[step.value] = status.value
         self.events(StepEvent(run.layer.id, step, status, message))
+        if os.environ.get(TEST_PAUSE_ENV) == f"after:{step.value}":
+            self.cancel.wait(float(os.environ.get(TEST_PAUSE_ENV + "_SECONDS", "60")))
 
     def _on_failure(self, run: _Run, step: Step, exc: BaseException) -> None:
         """Say plainly when the engine or the container died under a step; keep or drop an image."""
         cancelled = (self.cancel.is_set() or isinstance(exc, Interrupted)
                      or not isinstance(exc, Exception))
         plainly: RolebakeError | None = None
+        if isinstance(exc, RolebakeError) and not exc.hint:
+            exc.hint = disk_full_hint(f"{exc.message}\n{exc.details}")
         if not cancelled:
             plainly = self._engine_lost(run, step, exc)
             if plainly is None and step in CONTAINER_STEPS and isinstance(exc, RolebakeError) \
@@ -390,7 +397,7 @@ class Builder:
                 self._keep_or_drop(run, keep)
             except Exception as gone:  # the build's own error matters more
                 self.events(LogEvent(run.layer.id, f"could not remove image {run.image_id}: "
-                                     f"{_as_rolebake_error(gone).message}"))
+                                     f"{as_error(gone).message}"))
         if plainly is not None:
             raise plainly from exc
 
@@ -564,15 +571,6 @@ class Builder:
     def _check_cancel(self) -> None:
         if self.cancel.is_set():
             raise BuildFailed("cancelled")
-
-
-def _as_rolebake_error(exc: Exception) -> RolebakeError:
-    """An exception as the error a layer reports: the engine's, or an internal error."""
-    if isinstance(exc, RolebakeError):
-        return exc
-    error = explain(exc) or InternalError(exc)
-    error.__cause__ = exc
-    return error
 
 
 @contextlib.contextmanager

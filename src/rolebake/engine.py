@@ -23,7 +23,13 @@ import docker
 import docker.errors
 import requests.exceptions
 
-from rolebake.errors import BuildFailed, EngineUnavailable, InputError, RolebakeError
+from rolebake.errors import (
+    BuildFailed,
+    EngineUnavailable,
+    InputError,
+    InternalError,
+    RolebakeError,
+)
 
 LABEL_PREFIX = "rolebake."
 ROLE_LABEL = "rolebake.role"  # build | verify | image: what a container or image is for
@@ -445,30 +451,45 @@ class Engine:
         return str(result["Id"])
 
 
-def explain(exc: BaseException) -> RolebakeError | None:
-    """The rolebake error an SDK or connection exception stands for, or None when it is neither.
+def as_error(exc: Exception) -> RolebakeError:
+    """Any exception as a rolebake error: itself, the engine's failure, or an internal error.
 
     Callers outside this module cannot name the SDK's exceptions; they ask here.
+    The original exception is the cause, for `--debug`.
     """
+    if isinstance(exc, RolebakeError):
+        return exc
+    error: RolebakeError
     if isinstance(exc, requests.exceptions.ConnectionError) or (
             isinstance(exc, docker.errors.DockerException)
             and not isinstance(exc, docker.errors.APIError)):
         where = os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
-        return EngineUnavailable(f"the container engine at {where} stopped answering",
-                                 details=str(exc))
-    if isinstance(exc, docker.errors.APIError):
-        return engine_failure("the engine failed", exc)
-    return None
+        error = EngineUnavailable(f"the container engine at {where} stopped answering",
+                                  details=str(exc))
+    elif isinstance(exc, docker.errors.APIError):
+        error = engine_failure("the engine failed", exc)
+    else:
+        error = InternalError(exc)
+    error.__cause__ = exc
+    return error
 
 
 def engine_failure(what: str, exc: Exception) -> BuildFailed:
     """`what: <the engine's own message>` as a build failure, with a hint for a full disk."""
     message = _api_message(exc)
-    hint = ""
-    if "no space left on device" in message.lower():
-        hint = ("the engine's disk is full: free space where it keeps its data "
-                "(`docker system df`, `rolebake clean`), then build again")
-    return BuildFailed(f"{what}: {message}", hint=hint)
+    return BuildFailed(f"{what}: {message}", hint=disk_full_hint(message))
+
+
+def disk_full_hint(text: str) -> str:
+    """A hint when `text` (an engine's or a task's error) says the disk is full, else ''.
+
+    A build container's files live on the engine's disk, so a task that finds
+    no space has found the engine's disk full.
+    """
+    if "no space left on device" not in text.lower():
+        return ""
+    return ("the engine's disk is full: free space where it keeps its data "
+            "(`docker system df`, `rolebake clean`), then build again")
 
 
 def _has_tag(ref: str) -> bool:
