@@ -8,6 +8,10 @@ ext4 image of a fixed size, its own `-H unix://…` socket, `--exec-root` and
 (`--bridge=none --iptables=false`): its containers have no network, so builds
 on it use roles that need no apt, on a base image that already has python3.
 
+It runs in a network namespace of its own (`unshare --net`): a dockerd started
+with `--bridge=none` deletes the host's `docker0` bridge at start-up, which
+cuts every container of the shared engine off its network.
+
     engine = ThrowawayEngine(workdir, size_mib=1536)
     engine.start()
     engine.load("rolebake/debian:bookworm", shared_client)   # docker save | docker load
@@ -92,8 +96,11 @@ class ThrowawayEngine:
             self._mounted = True
         config = self.run_dir / "daemon.json"
         config.write_text("{}\n")  # not /etc/docker/daemon.json, whatever it says
-        argv = ["dockerd", "--config-file", str(config), "--data-root", str(self.data_root),
-                "--exec-root", str(self.exec_root), "--pidfile", str(self.pidfile),
+        # Its own network namespace: with --bridge=none, dockerd deletes `docker0`,
+        # and in the host's namespace that is the shared engine's bridge.
+        argv = ["unshare", "--net", "--", "dockerd", "--config-file", str(config),
+                "--data-root", str(self.data_root), "--exec-root", str(self.exec_root),
+                "--pidfile", str(self.pidfile),
                 "-H", self.host, "--bridge=none", "--iptables=false", "--ip-masq=false",
                 "--ip-forward=false", "--storage-driver=overlay2", "--log-level=warn"]
         with self.log.open("ab") as log:
@@ -204,7 +211,7 @@ def can_run_engines() -> str | None:
     """Why this machine cannot start a throwaway engine, or None when it can."""
     if os.geteuid() != 0:
         return "a throwaway dockerd needs root (mount -o loop, dockerd)"
-    for tool in ("dockerd", "mkfs.ext4", "mount"):
+    for tool in ("dockerd", "mkfs.ext4", "mount", "unshare"):
         if shutil.which(tool) is None:
             return f"{tool} is not installed"
     return None

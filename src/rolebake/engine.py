@@ -170,13 +170,17 @@ class Engine:
 
     def restarted(self) -> bool:
         """Whether the engine stopped (and maybe came back) since `watch` began."""
-        return self._went_away.is_set()
+        # Once the old daemon has exited its stream has ended: give the reader a moment.
+        return self._went_away.wait(0.2)
 
     def answers(self, wait_s: float = 0.0) -> bool:
         """Whether the engine answers, waiting up to `wait_s` for it to come back."""
         deadline = time.monotonic() + wait_s
         while True:
             try:
+                # On a new connection: a daemon that is shutting down still answers on
+                # the ones it had, after its socket is gone.
+                self.client.api.close()
                 if self.client.ping():
                     return True
             except (docker.errors.DockerException, requests.exceptions.RequestException):
