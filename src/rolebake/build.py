@@ -380,8 +380,8 @@ class Builder:
         cancelled = (self.cancel.is_set() or isinstance(exc, Interrupted)
                      or not isinstance(exc, Exception))
         plainly: RolebakeError | None = None
-        if isinstance(exc, RolebakeError) and not exc.hint:
-            exc.hint = disk_full_hint(f"{exc.message}\n{exc.details}")
+        if isinstance(exc, RolebakeError) and (full := disk_full_hint(str(exc))) not in exc.hint:
+            exc.hint = f"{full}; {exc.hint}" if exc.hint else full
         if not cancelled:
             plainly = self._engine_lost(run, step, exc)
             if plainly is None and step in CONTAINER_STEPS and isinstance(exc, RolebakeError) \
