@@ -30,6 +30,7 @@ from rolebake.cli import main
 from rolebake.engine import BUILD_ID_LABEL, ROLE_LABEL, Engine
 from rolebake.errors import BuildFailed, EngineUnavailable, InternalError, Interrupted
 from rolebake.load import plan_build
+from rolebake.parity import run as parity_run
 from rolebake.provision.base import ProvisionContext
 from rolebake.spec import Project
 from rolebake.verify import TestCase
@@ -367,6 +368,18 @@ def test_every_container_of_a_build_carries_its_id(
     roles = sorted(labels[ROLE_LABEL] for _image, _name, labels in made)
     assert roles == ["build", "build", "verify", "verify"]
     assert {labels[BUILD_ID_LABEL] for _image, _name, labels in made} == {builder.build_id}
+
+
+def test_the_parity_container_carries_the_build_id(
+        engine: FakeEngine, project: Project, monkeypatch: pytest.MonkeyPatch) -> None:
+    image = engine.add_image("rolebake/base:latest", config={"Cmd": ["sleep", "1d"]})
+    monkeypatch.setattr(parity_run, "wait_ready", lambda *_args: True)
+    monkeypatch.setattr(parity_run, "_check_container", lambda *_args: ([], None))
+    layer = plan_build(project, ["base"]).layer("base")
+    parity_run._container_side(engine, project, layer, image.id, [], "3f2a9c81d0e4")
+    (_image, name, labels), = engine.called("container")
+    assert name.startswith("rolebake-parity-base-")
+    assert labels[BUILD_ID_LABEL] == "3f2a9c81d0e4" and labels[ROLE_LABEL] == "verify"
 
 
 @pytest.mark.usefixtures("sigint_raises_interrupted")
