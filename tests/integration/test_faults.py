@@ -222,8 +222,10 @@ def test_signal_after_a_layer_finished_puts_back_every_tag_of_the_run(faults: Fa
         assert f"[{parent}] tag ok" in result.stderr  # the parent had moved its tags
         for spec in (parent, child):
             assert project.image_id(project.tag(spec)) == before[spec], result.output
-            assert spec_images(project.client, spec) == images[spec], result.output
-            assert cache_tags(project.client, spec) == caches[spec], result.output
+            # Nothing of this run is left. (Subsets: another test session ending on the
+            # shared engine may remove cache tags it saw appear, and their images.)
+            assert spec_images(project.client, spec) <= images[spec], result.output
+            assert cache_tags(project.client, spec) <= caches[spec], result.output
         assert project.build_containers() == []
     finally:
         remove_spec_images(project.client, child)
