@@ -4,6 +4,10 @@ A step is a method named after it (`_cache`, `_create`, … `_tag`); the runner
 walks the pipeline as data, reports the status of every step it runs and decides
 which steps apply (a cache hit runs only `cache` and `tag`). Tags move only in
 the last step, and only for a layer whose every step passed (DESIGN.md invariants 1, 2, 5).
+
+A layer is built under a host-wide lock of the engine and the layer's cache
+repository: builds in two checkouts take turns, the later one hits the cache.
+An interrupted run puts back every tag it moved (see `image.TagJournal`).
 """
 
 from __future__ import annotations
@@ -17,11 +21,27 @@ import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from rolebake.cache import Cache, CacheDecision, LayerInputs, provisioner_and_inputs
-from rolebake.engine import BUILD_ID_LABEL, ROLE_LABEL, ContainerHandle, Engine, ImageInfo
-from rolebake.errors import BuildFailed, InputError, Interrupted, RolebakeError, TestsFailed
+from rolebake.engine import (
+    BUILD_ID_LABEL,
+    ROLE_LABEL,
+    ContainerHandle,
+    Engine,
+    ImageInfo,
+    as_error,
+    disk_full_hint,
+)
+from rolebake.errors import (
+    BuildFailed,
+    EngineUnavailable,
+    InputError,
+    Interrupted,
+    RolebakeError,
+    TestsFailed,
+)
 from rolebake.events import (
     CONTAINER_STEPS,
     PIPELINE,
@@ -33,13 +53,13 @@ from rolebake.events import (
 )
 from rolebake.image import (
     LAYER_LABEL,
+    TagJournal,
     commit_config,
     git_revision,
     keep_failed,
-    move_tags,
     provenance_labels,
 )
-from rolebake.locks import exclusive
+from rolebake.locks import Held, exclusive, host_lock
 from rolebake.plan import BuildPlan, Layer
 from rolebake.provision import provisioner_class
 from rolebake.provision.base import ProvisionContext, Provisioner, ProvisionResult
@@ -51,8 +71,13 @@ from rolebake.verify import VerifyResult, check_metadata, run_suite
 
 # Test hook, for the fault-injection tests only: ROLEBAKE_TEST_PAUSE=<step> makes
 # every layer wait (up to ROLEBAKE_TEST_PAUSE_SECONDS, default 60) at the start
-# of that step, so a signal can be sent at a step too short to hit otherwise.
+# of that step, so a signal can be sent at a step too short to hit otherwise;
+# `after:<step>` waits once the step has passed, with no cancel check after it.
 TEST_PAUSE_ENV = "ROLEBAKE_TEST_PAUSE"
+
+# How long a failed step waits for an engine that stopped answering to come back
+# (a restart), so it can say what happened and remove its container.
+ENGINE_RETURN_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -113,6 +138,7 @@ class BuildReport:
 
     results: dict[str, LayerResult]
     seconds: float = 0.0
+    build_id: str = ""
 
     @property
     def error(self) -> RolebakeError | None:
@@ -128,6 +154,7 @@ class BuildReport:
         return {
             "ok": error is None,
             "exit_code": error.exit_code if error else 0,
+            "build_id": self.build_id,
             "seconds": round(self.seconds, 2),
             "layers": [r.to_dict() for r in self.results.values()],
         }
@@ -143,6 +170,7 @@ class _Run:
     provisioner: Provisioner
     inputs: LayerInputs
     stack: contextlib.ExitStack
+    lock: Held
     config: dict[str, Any] = field(default_factory=dict)
     cached: bool = False
     ctx: ProvisionContext | None = None
@@ -168,6 +196,9 @@ class Builder:
         self.cache = Cache(engine)
         self.cancel = threading.Event()
         self.build_id = uuid.uuid4().hex[:12]
+        self.tags = TagJournal(engine, self.build_id)
+        self._locks: dict[str, Path] = {}  # layer id -> its host-wide lock file
+        self._engine_identity: str | None = None
         self._revision = git_revision(project.root)
         self._steps: dict[Step, Callable[[_Run], Any]] = {
             step: getattr(self, f"_{step.value}") for step in PIPELINE}
@@ -177,15 +208,29 @@ class Builder:
     def build(self, plan: BuildPlan) -> BuildReport:
         """Build every layer of the plan, independent layers `jobs` at a time.
 
+        An exception in one layer (a bug included) fails that layer only; the
+        others finish, and the report says what happened to each.
+
         Raises:
             Interrupted: on SIGINT/SIGTERM (raised in the main thread); builds in
-                flight are cancelled and cleaned up before it propagates.
+                flight are cancelled and cleaned up, and every tag this run moved
+                is put back, before it propagates.
         """
         started = time.monotonic()
         for layer in plan.layers:
             # Missing toolchains are bad input: say so before any container exists.
             provisioner_class(layer.provisioner)(self.project, layer).preflight(self.engine)
         results = {layer.id: LayerResult(layer=layer.id) for layer in plan.layers}
+        try:
+            with self.engine.watch():
+                self._schedule(plan, results)
+        except BaseException as exc:
+            self.roll_back(exc)
+            raise
+        return BuildReport(results=results, seconds=time.monotonic() - started,
+                           build_id=self.build_id)
+
+    def _schedule(self, plan: BuildPlan, results: dict[str, LayerResult]) -> None:
         images: dict[str, ImageInfo] = {}
         sorter = plan.sorter()
         ready: list[Layer] = []
@@ -212,20 +257,31 @@ class Builder:
                         layer = running.pop(future)
                         try:
                             images[layer.id] = future.result()
-                        except RolebakeError as exc:
+                        except Exception as exc:  # _build_layer gives RolebakeErrors only
                             results[layer.id].status = StepStatus.FAILED
-                            results[layer.id].error = exc
+                            results[layer.id].error = as_error(exc)
                         sorter.done(layer.id)
             except BaseException:
                 # SIGINT/SIGTERM land here, in the main thread: stop the workers and
                 # let each one remove its container before the interrupt goes on.
                 self.cancel.set()
-                self._kill_running_containers()
+                with contextlib.suppress(Exception):  # no engine: the workers find out
+                    self._kill_running_containers()
                 for future in running:
                     with contextlib.suppress(BaseException):
                         future.result()
                 raise
-        return BuildReport(results=results, seconds=time.monotonic() - started)
+
+    def roll_back(self, reason: BaseException | None = None) -> None:
+        """Put back every tag this run moved, layers that finished included (safe to repeat).
+
+        Called when the run is stopped (a signal): an interrupted build moves no
+        tag. Tags another build may be using stay (see `TagJournal.roll_back`);
+        an `Interrupted` reason then says which and why.
+        """
+        stayed = self.tags.roll_back(self._locks)
+        if isinstance(reason, Interrupted):
+            reason.tags_stayed(stayed)
 
     def _skip_layer(self, layer: Layer, result: LayerResult, parent: LayerResult) -> None:
         result.status = StepStatus.SKIPPED
@@ -235,14 +291,11 @@ class Builder:
                               f"parent {layer.parent} did not build"))
 
     def _kill_running_containers(self) -> None:
-        # A long exec (apt-get in a task) only returns when its container dies.
+        # A long exec (apt-get in a task) only returns when its container dies, and
+        # a testinfra suite stops early only when its verify container does: every
+        # container of the build carries its id.
         for container in self.engine.containers({BUILD_ID_LABEL: self.build_id}):
             self.engine.kill(container.id)
-        # A testinfra suite only stops early when its container dies; verify
-        # containers carry this build's id in their name (see _verify).
-        for container in self.engine.containers({ROLE_LABEL: "verify"}):
-            if f"-{self.build_id}-" in container.name:
-                self.engine.kill(container.id)
 
     # One layer: the pipeline as data ----------------------------------------------------
 
@@ -254,20 +307,30 @@ class Builder:
             provisioner, inputs = provisioner_and_inputs(self.project, layer, parent.id,
                                                          self.engine)
             result.cache_key = inputs.key
-            with exclusive(self.project.private_dir("locks") / f"{layer.file_stem}.lock",
-                           on_busy=lambda: self.events(LogEvent(
+            lock = self._locks[layer.id] = self._lock_for(layer)
+            with exclusive(lock, on_busy=lambda: self.events(LogEvent(
                                layer.id, "another build of this layer is running; waiting")),
-                           check=self._check_cancel), contextlib.ExitStack() as stack:
+                           check=self._check_cancel) as held, contextlib.ExitStack() as stack:
                 run = _Run(layer=layer, result=result, parent=parent,
-                           provisioner=provisioner, inputs=inputs, stack=stack)
+                           provisioner=provisioner, inputs=inputs, stack=stack, lock=held)
                 self._run_pipeline(run)
             result.status = StepStatus.CACHED if run.cached else StepStatus.OK
             assert run.image_id is not None
             found = self.engine.image(run.image_id)
             assert found is not None
             return found
+        except Exception as exc:  # whatever it was fails this layer only, as a RolebakeError
+            if isinstance(exc, RolebakeError):
+                raise
+            raise as_error(exc) from exc
         finally:
             result.seconds = time.monotonic() - started
+
+    def _lock_for(self, layer: Layer) -> Path:
+        """The host-wide lock of `layer` on this engine, shared by every checkout."""
+        if self._engine_identity is None:
+            self._engine_identity = self.engine.identity()
+        return host_lock(layer.file_stem, self._engine_identity, layer.cache_repository)
 
     def _run_pipeline(self, run: _Run) -> None:
         for step in PIPELINE:
@@ -303,37 +366,70 @@ class Builder:
             message = self._steps[step](run) or ""
         except BaseException as exc:
             run.result.steps[step.value] = StepStatus.FAILED.value
-            text = exc.message if isinstance(exc, RolebakeError) else type(exc).__name__
+            text = as_error(exc).message if isinstance(exc, Exception) else \
+                type(exc).__name__
             self.events(StepEvent(run.layer.id, step, StepStatus.FAILED, text))
             raise
         status = StepStatus.CACHED if step == Step.CACHE and run.cached else StepStatus.OK
         run.result.steps[step.value] = status.value
         self.events(StepEvent(run.layer.id, step, status, message))
+        if os.environ.get(TEST_PAUSE_ENV) == f"after:{step.value}":
+            self.cancel.wait(float(os.environ.get(TEST_PAUSE_ENV + "_SECONDS", "60")))
 
     def _on_failure(self, run: _Run, step: Step, exc: BaseException) -> None:
-        """Say plainly when the container died under a step; keep or drop a committed image."""
-        if step in CONTAINER_STEPS and isinstance(exc, RolebakeError) and not (
-                self.cancel.is_set() or isinstance(exc, Interrupted)
-                or run.ctx is None or self._running(run.container)):
-            raise BuildFailed(f"the build container {run.container.name} stopped during "
-                              f"{step.value} (killed from outside, or the engine restarted)",
-                              details=exc.message, hint=exc.hint) from None
+        """Say plainly when the engine or the container died under a step; keep or drop an image."""
+        cancelled = (self.cancel.is_set() or isinstance(exc, Interrupted)
+                     or not isinstance(exc, Exception))
+        plainly: RolebakeError | None = None
+        if isinstance(exc, RolebakeError) and (full := disk_full_hint(str(exc))) not in exc.hint:
+            exc.hint = f"{full}; {exc.hint}" if exc.hint else full
+        if not cancelled:
+            plainly = self._engine_lost(run, step, exc)
+            if plainly is None and step in CONTAINER_STEPS and isinstance(exc, RolebakeError) \
+                    and run.ctx is not None and not self._running(run.container):
+                plainly = BuildFailed(f"the build container {run.container.name} stopped "
+                                      f"during {step.value} (killed from outside)",
+                                      details=exc.message, hint=exc.hint)
         if run.image_id is not None and not run.cached and step not in CONTAINER_STEPS:
             # A cancelled build keeps nothing, whatever --keep-failed says.
-            keep = (isinstance(exc, RolebakeError) and not isinstance(exc, Interrupted)
-                    and not self.cancel.is_set() and self.options.keep_failed)
-            if keep and self.engine.image(run.image_id) is not None:
-                try:
-                    run.result.failed_tag = keep_failed(self.engine, run.image_id,
-                                                        run.layer.tags)
-                except RolebakeError as kept_error:  # the build's own error matters more
-                    self.events(LogEvent(run.layer.id, "could not keep the failed image: "
-                                         f"{kept_error.message}"))
-                else:
-                    self.events(LogEvent(run.layer.id,
-                                         f"kept for inspection as {run.result.failed_tag}"))
+            keep = (plainly is None and isinstance(exc, RolebakeError) and not cancelled
+                    and self.options.keep_failed)
+            try:
+                self._keep_or_drop(run, keep)
+            except Exception as gone:  # the build's own error matters more
+                self.events(LogEvent(run.layer.id, f"could not remove image {run.image_id}: "
+                                     f"{as_error(gone).message}"))
+        if plainly is not None:
+            raise plainly from exc
+
+    def _engine_lost(self, run: _Run, step: Step, exc: BaseException) -> RolebakeError | None:
+        """The error to report when the engine stopped or restarted under `step`, else None."""
+        details = exc.message if isinstance(exc, RolebakeError) else str(exc)
+        if not self.engine.answers(wait_s=ENGINE_RETURN_S):
+            return EngineUnavailable(
+                f"the container engine stopped answering during {step.value} and did not "
+                f"come back within {ENGINE_RETURN_S:g} s", details=details,
+                hint="start it again; `rolebake clean` then removes what this build left")
+        if not self.engine.restarted():
+            return None
+        container = (f"; the build container {run.container.name} stopped with it"
+                     if step in CONTAINER_STEPS and run.ctx is not None else "")
+        return BuildFailed(f"the container engine restarted during {step.value}{container}",
+                           details=details, hint="build again")
+
+    def _keep_or_drop(self, run: _Run, keep: bool) -> None:
+        assert run.image_id is not None
+        if keep and self.engine.image(run.image_id) is not None:
+            try:
+                run.result.failed_tag = keep_failed(self.engine, run.image_id, run.layer.tags)
+            except RolebakeError as kept_error:  # the build's own error matters more
+                self.events(LogEvent(run.layer.id, "could not keep the failed image: "
+                                     f"{kept_error.message}"))
             else:
-                self.engine.remove_image(run.image_id, force=True)
+                self.events(LogEvent(run.layer.id,
+                                     f"kept for inspection as {run.result.failed_tag}"))
+        else:
+            self.engine.remove_image(run.image_id, force=True)
 
     def _running(self, container: ContainerHandle) -> bool:
         try:
@@ -366,7 +462,8 @@ class Builder:
             provisioner=f"{layer.provisioner} ({run.provisioner.version()})",
             revision=self._revision))
         secrets = self.options.secrets
-        options = run.stack.enter_context(run.provisioner.toolchain(self.engine))
+        options = run.stack.enter_context(run.provisioner.toolchain(
+            self.engine, labels={BUILD_ID_LABEL: self.build_id}))
         container = run.stack.enter_context(self.engine.container(
             run.parent.id, name=f"rolebake-build-{layer.file_stem}-{self.build_id}",
             labels={ROLE_LABEL: "build", BUILD_ID_LABEL: self.build_id, LAYER_LABEL: layer.id},
@@ -433,7 +530,7 @@ class Builder:
         if run.layer.tests is not None:
             cases += run_suite(self.engine, image.id, run.layer.tests,
                                ready=run.layer.spec.ready, project_root=self.project.root,
-                               name=f"{run.layer.file_stem}-{self.build_id}")
+                               name=run.layer.file_stem, build_id=self.build_id)
         # --json and --junit list the failing cases too, not only passing runs.
         run.result.verify = verified = VerifyResult(image_id=image.id, cases=tuple(cases))
         if not verified.ok:
@@ -453,7 +550,7 @@ class Builder:
         if not run.cached and self.options.verify:
             refs.append(Cache.tag_for(run.layer, run.inputs.key))
         try:
-            move_tags(self.engine, run.image_id, refs, check=self._check_cancel)
+            self.tags.move(run.layer.id, run.image_id, refs, run.lock, check=self._check_cancel)
         except InputError as exc:
             raise InputError(exc.message, path=run.layer.spec.path,
                              line=run.layer.spec.line_of("tags")) from None

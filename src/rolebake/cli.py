@@ -18,6 +18,7 @@ import re
 import signal
 import sys
 import traceback
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import FrameType
@@ -220,15 +221,22 @@ def build(ctx: click.Context, images: tuple[str, ...], no_cache: bool, jobs: int
     options = BuildOptions(no_cache=no_cache, jobs=jobs, keep_failed=keep_failed,
                            idempotence=idempotence, verify=not no_verify, secrets=secret_set)
     builder = Builder(engine, project, _progress(ctx), options)
-    report = builder.build(plan)
-    if junit is not None:
-        write_junit({r.layer: r.verify or _verify_of(r) for r in report.results.values()
-                     if r.verify is not None or _verify_of(r) is not None}, junit)
-    if as_json:
-        _echo_json(report.to_dict())
-    else:
-        for line in build_summary(report, color=sys.stderr.isatty()):
-            _err(line)
+    try:
+        report = builder.build(plan)
+        if junit is not None:
+            write_junit({r.layer: r.verify or _verify_of(r) for r in report.results.values()
+                         if r.verify is not None or _verify_of(r) is not None}, junit)
+        if as_json:
+            _echo_json(report.to_dict())
+        else:
+            for line in build_summary(report, color=sys.stderr.isatty()):
+                _err(line)
+    except Interrupted as exc:
+        # A signal after the build returned (while the report is written) still
+        # means "interrupted": its tags go back too, so exit 130/143 always says
+        # that no tag moved, or names those that stayed.
+        builder.roll_back(exc)
+        raise
     if report.error is not None:
         raise report.error
 
@@ -341,7 +349,7 @@ def test_command(ctx: click.Context, image: str, tests_dir: Path | None, as_json
                                     found.config)
     if tests_dir is not None:
         cases += run_suite(engine, found.id, tests_dir, ready=ready, project_root=project.root,
-                           name=image.replace(":", "."))
+                           name=image.replace(":", "."), build_id=uuid.uuid4().hex[:12])
     result = VerifyResult(image_id=found.id, cases=tuple(cases))
     if junit:
         write_junit({image: result}, junit)

@@ -8,9 +8,11 @@ ExecResult). Containers made here are always removed by a context manager
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import os
 import tarfile
+import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -21,7 +23,13 @@ import docker
 import docker.errors
 import requests.exceptions
 
-from rolebake.errors import BuildFailed, EngineUnavailable, InputError
+from rolebake.errors import (
+    BuildFailed,
+    EngineUnavailable,
+    InputError,
+    InternalError,
+    RolebakeError,
+)
 
 LABEL_PREFIX = "rolebake."
 ROLE_LABEL = "rolebake.role"  # build | verify | image: what a container or image is for
@@ -88,6 +96,7 @@ class Engine:
     def __init__(self, client: Any) -> None:
         """Wrap a docker SDK client (a fake one in unit tests)."""
         self.client = client
+        self._went_away = threading.Event()
 
     @classmethod
     def connect(cls, timeout: int = 600) -> Engine:
@@ -111,6 +120,74 @@ class Engine:
     def version(self) -> str:
         """The engine's version, for provenance."""
         return str(self.client.version().get("Version", "unknown"))
+
+    def identity(self) -> str:
+        """A digest naming this engine's image store, the same from any checkout on the host.
+
+        The daemon's ID alone is not enough (dockerd versions before 23 derive it
+        from a key file that every engine started on a host shares), so its host
+        name and data root go in too. DOCKER_HOST does not: two ways to reach one
+        engine (a socket, tcp://localhost) must share its locks.
+        """
+        info = self.client.info()
+        parts = (str(info.get("ID", "")), str(info.get("Name", "")),
+                 str(info.get("DockerRootDir", "")))
+        return hashlib.sha256("\0".join(parts).encode("utf-8")).hexdigest()[:32]
+
+    # The engine going away -------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def watch(self) -> Iterator[None]:
+        """Notice, for a `with` block, when the engine stops or restarts (see `restarted`).
+
+        A daemon closes every events stream when it shuts down, and only then:
+        one quiet stream (daemon events only) held open is the witness.
+        """
+        self._went_away.clear()
+        try:
+            stream = self.client.api.events(decode=True, filters={"type": "daemon"})
+        except (docker.errors.DockerException, requests.exceptions.RequestException):
+            self._went_away.set()
+            yield
+            return
+        closing = threading.Event()
+
+        def read() -> None:
+            with contextlib.suppress(Exception):
+                for _event in stream:
+                    pass
+            if not closing.is_set():
+                self._went_away.set()
+
+        reader = threading.Thread(target=read, name="rolebake-engine-watch", daemon=True)
+        reader.start()
+        try:
+            yield
+        finally:
+            closing.set()
+            with contextlib.suppress(Exception):
+                stream.close()
+
+    def restarted(self) -> bool:
+        """Whether the engine stopped (and maybe came back) since `watch` began."""
+        # Once the old daemon has exited its stream has ended: give the reader a moment.
+        return self._went_away.wait(0.2)
+
+    def answers(self, wait_s: float = 0.0) -> bool:
+        """Whether the engine answers, waiting up to `wait_s` for it to come back."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                # On a new connection: a daemon that is shutting down still answers on
+                # the ones it had, after its socket is gone.
+                self.client.api.close()
+                if self.client.ping():
+                    return True
+            except (docker.errors.DockerException, requests.exceptions.RequestException):
+                self._went_away.set()  # it did not answer: whatever comes back has restarted
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.5)
 
     # Images ---------------------------------------------------------------------------
 
@@ -240,11 +317,22 @@ class Engine:
             created.start()
             yield handle
         except docker.errors.APIError as exc:
-            raise BuildFailed(
-                f"the engine failed on container {name}: {_api_message(exc)}") from None
-        finally:
-            # Created may have failed half-way; find the container by name then.
-            self.remove_container(handle.id if handle else name)
+            self._remove_after_error(handle.id if handle else name)
+            raise engine_failure(f"the engine failed on container {name}", exc) from None
+        except BaseException:
+            self._remove_after_error(handle.id if handle else name)
+            raise
+        else:
+            self.remove_container(handle.id)
+
+    def _remove_after_error(self, ref: str) -> None:
+        # Created may have failed half-way; the container is found by name then. A
+        # container the engine cannot remove now (it stopped) must not hide the error
+        # that brought us here: it is left for `rolebake clean`.
+        with contextlib.suppress(BuildFailed, EngineUnavailable,
+                                 docker.errors.DockerException,
+                                 requests.exceptions.RequestException):
+            self.remove_container(ref)
 
     def remove_container(self, ref: str) -> None:
         """Force-remove a container, ignoring one that is already gone."""
@@ -260,9 +348,12 @@ class Engine:
                     raise BuildFailed(
                         f"could not remove container {ref}: {_api_message(exc)}") from None
                 time.sleep(0.5)
-            except requests.exceptions.RequestException:
+            except requests.exceptions.RequestException as exc:
                 if attempt == 4:
-                    raise
+                    raise EngineUnavailable(
+                        f"could not remove container {ref}: the engine does not answer",
+                        details=str(exc),
+                        hint="`rolebake clean` removes it once the engine is back") from None
                 time.sleep(0.5)
 
     def kill(self, ref: str) -> None:
@@ -306,9 +397,8 @@ class Engine:
                 list(argv), environment=dict(env or {}), user=user, demux=False
             )
         except docker.errors.APIError as exc:
-            raise BuildFailed(
-                f"could not run {argv[0]} in container {container.name}: {_api_message(exc)}"
-            ) from None
+            raise engine_failure(f"could not run {argv[0]} in container {container.name}",
+                                 exc) from None
         return ExecResult(rc=int(rc if rc is not None else -1),
                           output=(output or b"").decode("utf-8", "replace"))
 
@@ -361,8 +451,49 @@ class Engine:
         try:
             result = self.client.api.commit(container.id, conf=dict(config), pause=True)
         except docker.errors.APIError as exc:
-            raise BuildFailed(f"commit failed: {_api_message(exc)}") from None
+            raise engine_failure("commit failed", exc) from None
         return str(result["Id"])
+
+
+def as_error(exc: Exception) -> RolebakeError:
+    """Any exception as a rolebake error: itself, the engine's failure, or an internal error.
+
+    Callers outside this module cannot name the SDK's exceptions; they ask here.
+    The original exception is the cause, for `--debug`.
+    """
+    if isinstance(exc, RolebakeError):
+        return exc
+    error: RolebakeError
+    if isinstance(exc, requests.exceptions.ConnectionError) or (
+            isinstance(exc, docker.errors.DockerException)
+            and not isinstance(exc, docker.errors.APIError)):
+        where = os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+        error = EngineUnavailable(f"the container engine at {where} stopped answering",
+                                  details=str(exc))
+    elif isinstance(exc, docker.errors.APIError):
+        error = engine_failure("the engine failed", exc)
+    else:
+        error = InternalError(exc)
+    error.__cause__ = exc
+    return error
+
+
+def engine_failure(what: str, exc: Exception) -> BuildFailed:
+    """`what: <the engine's own message>` as a build failure, with a hint for a full disk."""
+    message = _api_message(exc)
+    return BuildFailed(f"{what}: {message}", hint=disk_full_hint(message))
+
+
+def disk_full_hint(text: str) -> str:
+    """A hint when `text` (an engine's or a task's error) says the disk is full, else ''.
+
+    A build container's files live on the engine's disk, so a task that finds
+    no space has found the engine's disk full.
+    """
+    if "no space left on device" not in text.lower():
+        return ""
+    return ("the engine's disk is full: free space where it keeps its data "
+            "(`docker system df`, `rolebake clean`), then build again")
 
 
 def _has_tag(ref: str) -> bool:

@@ -82,12 +82,40 @@ class ParityDifferent(RolebakeError):
     exit_code = 5
 
 
+class InternalError(BuildFailed):
+    """An exception rolebake did not expect (a bug), caught where it can still be reported (exit 1).
+
+    A `--jobs` worker turns one into this so that it fails its own layer only:
+    the other layers finish and the report is still written. The original
+    exception is the `__cause__`, for `--debug`.
+    """
+
+    def __init__(self, exc: BaseException) -> None:
+        super().__init__(f"internal error: {type(exc).__name__}: {exc}",
+                         hint="run again with --debug for the traceback, and please report it")
+
+
 class Interrupted(RolebakeError):
-    """The build was stopped by SIGINT (130) or SIGTERM (143)."""
+    """The build was stopped by SIGINT (130) or SIGTERM (143).
+
+    By the time it reaches the CLI every tag the run had moved is put back
+    (`build.Builder.roll_back`); when some could not be, `tags_stayed` says
+    which and why, and the message no longer claims that no tag moved.
+    """
 
     def __init__(self, signal_name: str = "SIGINT") -> None:
         super().__init__(f"interrupted by {signal_name}; cleaned up, no tag moved")
+        self.signal_name = signal_name
         self.exit_code = 143 if signal_name == "SIGTERM" else 130
+
+    def tags_stayed(self, stayed: dict[str, str]) -> None:
+        """Say which tags the run moved and could not put back, {tag: why}."""
+        if not stayed:
+            return
+        self.message = (f"interrupted by {self.signal_name}; cleaned up, but {len(stayed)} "
+                        f"tag(s) moved by this build stay moved")
+        self.details = "\n".join(f"{ref}: {why}" for ref, why in stayed.items())
+        self.args = (self.message,)
 
 
 def _display_path(path: Path | str) -> str:

@@ -1,19 +1,25 @@
 """The committed image: its config, its provenance labels, its tags (all or none), keep-failed.
 
-Tags move only through `move_tags`, which puts every tag back as it was when
-anything (a refused tag, a signal) stops it half-way (DESIGN.md invariant 1).
+Tags move only through a `TagJournal`: one layer's tags move all or none (a
+refused tag, a cancel half-way puts back those already moved), and every move
+of a run is kept, with what the tag named before, so that an interrupted run
+can put back the tags of layers that had finished too (DESIGN.md invariant 1).
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import subprocess
+import threading
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from rolebake import __version__
 from rolebake.engine import BUILD_ID_LABEL, LABEL_PREFIX, ROLE_LABEL, Engine
+from rolebake.locks import Held, try_exclusive
 from rolebake.spec import ImageConfig
 
 LAYER_LABEL = "rolebake.layer"
@@ -103,35 +109,130 @@ def provenance(labels: Mapping[str, str]) -> dict[str, str]:
     return {k: v for k, v in labels.items() if k.startswith(LABEL_PREFIX) and k != INPUTS_LABEL}
 
 
-def move_tags(engine: Engine, image_id: str, refs: Sequence[str],
-              check: Callable[[], None] = lambda: None) -> None:
-    """Point every ref at `image_id`; all of them or none.
+@dataclass(frozen=True)
+class TagMove:
+    """One tag a run moved: what it named before (None: it did not exist) and after."""
 
-    Args:
-        engine: the engine holding the image.
-        image_id: the image the refs should name.
-        refs: the tags, the internal cache tag last.
-        check: raises when the build was cancelled; called after the last tag
-            moved, so a cancel that arrives during the move rolls it back too.
+    layer: str
+    ref: str
+    before: str | None
+    after: str
 
-    Raises:
-        InputError: the engine refused a tag (every moved tag is put back first).
+
+class TagJournal:
+    """Every tag move of one run, in order, so any of them can be put back.
+
+    Each layer's tags move while its build holds the layer's host-wide lock,
+    whose file then names the build that moved them last (and the one before).
+    A run putting its tags back checks that record first: a layer another
+    build has used since keeps its tags, so one run never undoes another's.
     """
-    previous = {ref: _image_id(engine, ref) for ref in refs}
-    moved: list[str] = []
-    try:
-        for ref in refs:
-            engine.tag(image_id, ref)
-            moved.append(ref)
-        check()
-    except BaseException:
-        for ref in moved:
-            before = previous[ref]
-            if before is not None:
-                engine.tag(before, ref)
-            else:
-                engine.remove_image(ref)
-        raise
+
+    def __init__(self, engine: Engine, build_id: str) -> None:
+        """Keep the moves the build `build_id` makes on `engine`."""
+        self.engine = engine
+        self.build_id = build_id
+        self._moves: list[TagMove] = []
+        self._lock = threading.Lock()
+
+    def move(self, layer: str, image_id: str, refs: Sequence[str], lock: Held,
+             check: Callable[[], None] = lambda: None) -> None:
+        """Point every ref at `image_id`, all of them or none, and record the moves.
+
+        Args:
+            layer: the layer whose tag step moves them (moves are put back by layer).
+            image_id: the image the refs should name.
+            refs: the tags, the internal cache tag last.
+            lock: the layer's lock, held; its record is updated.
+            check: raises when the build was cancelled; called after the last tag
+                moved, so a cancel that arrives during the move puts them back too.
+
+        Raises:
+            InputError: the engine refused a tag (every moved tag is put back first).
+        """
+        moved: list[TagMove] = []
+        try:
+            for ref in refs:
+                move = TagMove(layer, ref, _image_id(self.engine, ref), image_id)
+                self.engine.tag(image_id, ref)
+                moved.append(move)
+            check()
+        except BaseException:
+            for move in reversed(moved):
+                self._put_back(move)
+            raise
+        with self._lock:
+            self._moves.extend(moved)
+        lock.write(" ".join([self.build_id, *lock.read().split()[:1]]))
+
+    def roll_back(self, locks: Mapping[str, Path]) -> dict[str, str]:
+        """Put back every move of the run, by layer, the last one moved first.
+
+        Args:
+            locks: each layer's lock file.
+
+        Returns:
+            {tag: why} for the tags left moved: the layer's lock is taken (another
+            build is at it), or its record names another build (which used them).
+        """
+        stayed: dict[str, str] = {}
+        for layer in self.layers():
+            with try_exclusive(locks[layer]) as held:
+                record = held.read().split() if held is not None else []
+                if held is None or record[:1] != [self.build_id]:
+                    why = ("another build of this layer is running" if held is None
+                           else "another build has used this layer since")
+                    stayed.update(dict.fromkeys(self.keep(layer), why))
+                    continue
+                stayed.update(self.put_back(layer))
+                held.write(" ".join(record[1:2]))  # the build that moved them before us
+        return stayed
+
+    def layers(self) -> list[str]:
+        """Layers with moves to put back, the one that moved last first."""
+        with self._lock:
+            order = [m.layer for m in reversed(self._moves)]
+        return list(dict.fromkeys(order))
+
+    def put_back(self, layer: str) -> dict[str, str]:
+        """Undo every move of `layer`, newest first; returns {tag: why} for those left moved.
+
+        A tag that names another image by now was moved since by someone else: it
+        is left as it is. An image the moves leave without any tag (the layer's
+        new image) is removed with them.
+        """
+        with self._lock:
+            moves = [m for m in self._moves if m.layer == layer]
+            self._moves = [m for m in self._moves if m.layer != layer]
+        stayed: dict[str, str] = {}
+        for move in reversed(moves):
+            try:
+                now = _image_id(self.engine, move.ref)
+                if now is not None and now != move.after:
+                    stayed[move.ref] = "moved again since, by another build"
+                    continue
+                self._put_back(move)
+            except Exception as exc:  # the engine went away: say so, put back the others
+                stayed[move.ref] = f"could not be put back: {_reason(exc)}"
+        for image_id in dict.fromkeys(m.after for m in moves):
+            with contextlib.suppress(Exception):  # in use, or gone: `rolebake clean` then
+                image = self.engine.image(image_id)
+                if image is not None and not image.tags:
+                    self.engine.remove_image(image_id)
+        return stayed
+
+    def keep(self, layer: str) -> list[str]:
+        """Forget the moves of `layer` without undoing them; returns their tags."""
+        with self._lock:
+            kept = [m.ref for m in self._moves if m.layer == layer]
+            self._moves = [m for m in self._moves if m.layer != layer]
+        return kept
+
+    def _put_back(self, move: TagMove) -> None:
+        if move.before is not None:
+            self.engine.tag(move.before, move.ref)
+        else:
+            self.engine.remove_image(move.ref)
 
 
 def keep_failed(engine: Engine, image_id: str, tags: Sequence[str]) -> str:
@@ -156,6 +257,11 @@ def git_revision(root: Path) -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return rev + ("-dirty" if dirty.strip() else "")
+
+
+def _reason(exc: Exception) -> str:
+    text = str(getattr(exc, "message", "") or exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _image_id(engine: Engine, ref: str) -> str | None:

@@ -130,14 +130,19 @@ def run_suite(
     ready: ReadyCheck | None,
     project_root: Path,
     name: str,
+    build_id: str,
 ) -> list[TestCase]:
     """Start a container from `image_id`, wait for it, run the testinfra suite, remove it.
+
+    The container carries `build_id` (the build's, or a `rolebake test` run's
+    own), so a build can kill it when interrupted and `rolebake clean --label
+    rolebake.build-id=…` finds it if the process died.
 
     Raises:
         TestsFailed: the container never became ready (exit 3, with its logs).
     """
     run_id = uuid.uuid4().hex[:8]
-    labels = {ROLE_LABEL: "verify", BUILD_ID_LABEL: run_id}
+    labels = {ROLE_LABEL: "verify", BUILD_ID_LABEL: build_id}
     # `name` may be an image reference (rolebake test registry/app:1.0): the engine
     # only takes [a-zA-Z0-9][a-zA-Z0-9_.-] in container names.
     name = re.sub(r"[^a-zA-Z0-9_.-]+", ".", name).strip(".") or "image"

@@ -77,11 +77,13 @@ class FakeContainer:
     labels: dict[str, str]
     running: bool = True
     options: dict[str, Any] = field(default_factory=dict)
+    created: str = "2024-01-01T00:00:00Z"  # long ago, as `rolebake clean` sees it
 
     def info(self) -> ContainerInfo:
         """The record the real engine would return."""
         return ContainerInfo(id=self.id, name=self.name, labels=dict(self.labels),
-                             created="", status="running" if self.running else "exited")
+                             created=self.created,
+                             status="running" if self.running else "exited")
 
 
 @dataclass(frozen=True)
@@ -113,6 +115,10 @@ class FakeEngine(Engine):
         self.shell_result: Callable[[str, tuple[str, ...]], ExecResult | None] = (
             lambda _script, _args: None)
         self.commit_config_edit: Callable[[dict[str, Any]], None] | None = None
+        # The engine going away: `down` makes every call fail as an unanswered
+        # socket does; `answers` reports it; a restart sets `restarted()`.
+        self.down = False
+        self.engine_id = "fake-engine"
         self._hooks: list[_Hook] = []
         self._lock = threading.RLock()
         self._ids = itertools.count(1)
@@ -186,6 +192,37 @@ class FakeEngine(Engine):
         """A fixed engine version."""
         self._enter("version")
         return "fake-27.0"
+
+    def identity(self) -> str:
+        """The engine's identity (for the host-wide layer locks)."""
+        self._enter("identity")
+        return self.engine_id
+
+    @contextlib.contextmanager
+    def watch(self) -> Iterator[None]:
+        """Nothing to watch: `stop` and `restart` set the flag themselves."""
+        self._went_away.clear()
+        yield
+
+    def answers(self, wait_s: float = 0.0) -> bool:
+        """False while the test keeps the engine `down`."""
+        self._enter("answers", wait_s)
+        if self.down:
+            self._went_away.set()
+        return not self.down
+
+    def stop(self) -> None:
+        """The engine stops: every container dies, no call is answered."""
+        with self._lock:
+            for made in self.containers_by_id.values():
+                made.running = False
+            self.down = True
+            self._went_away.set()
+
+    def restart(self) -> None:
+        """The engine stops and comes back: its containers are stopped, not removed."""
+        self.stop()
+        self.down = False
 
     def image(self, ref: str) -> ImageInfo | None:
         """Look an image up by id, short id or tag."""
@@ -291,8 +328,13 @@ class FakeEngine(Engine):
             self.containers_by_id[made.id] = made
         try:
             yield ContainerHandle(id=made.id, name=name)
-        finally:
-            self.remove_container(made.id)
+        except BaseException:
+            # As the real engine: a container it cannot remove now (it is down) must
+            # not hide the error in flight; it is left for `rolebake clean`.
+            with contextlib.suppress(Exception):
+                self.remove_container(made.id)
+            raise
+        self.remove_container(made.id)
 
     def remove_container(self, ref: str) -> None:
         """Force-remove a container by id or name; one already gone is fine."""
@@ -391,6 +433,8 @@ class FakeEngine(Engine):
     def _enter(self, method: str, *args: Any) -> None:
         with self._lock:
             self.calls.append(Call(method, args))
+        if self.down and method != "answers":
+            raise ConnectionError(f"fake engine is down ({method})")
         self._run_hooks(method, args, after=False)
 
     def _leave(self, method: str, *args: Any) -> None:

@@ -685,8 +685,7 @@ def test_container_killed_from_outside_is_said_plainly(
     error = report.results["base"].error
     assert isinstance(error, BuildFailed)
     assert error.message == (f"the build container rolebake-build-base-{builder.build_id} "
-                             "stopped during provision (killed from outside, or the engine "
-                             "restarted)")
+                             "stopped during provision (killed from outside)")
     assert error.details == "task 'x' failed: connection lost"
     assert engine.container_names() == []
 

@@ -13,7 +13,7 @@ from typing import Any
 import docker.types
 import pytest
 
-from rolebake.engine import ROLE_LABEL, ContainerHandle, ExecResult, ImageInfo
+from rolebake.engine import BUILD_ID_LABEL, ROLE_LABEL, ContainerHandle, ExecResult, ImageInfo
 from rolebake.errors import BuildFailed, InputError
 from rolebake.events import LogEvent, TaskEvent
 from rolebake.load import load_spec, plan_build
@@ -737,6 +737,15 @@ def test_toolchain_lends_the_volume_and_is_always_removed(project: Project) -> N
     assert engine.removed == ["toolchain-container-id"]
     assert not config.exists()
     assert provisioner.binary == "/opt/cinc/bin/cinc-solo"
+
+
+def test_toolchain_container_carries_the_build_id(project: Project) -> None:
+    engine = FakeEngine(images={TOOLCHAIN: toolchain_image()})
+    with provisioner_for(project).toolchain(engine, labels={BUILD_ID_LABEL: "3f2a9c81d0e4"}):
+        pass
+    (_image_id, _name, labels), = engine.created
+    # `rolebake clean --label rolebake.build-id=...` finds it if the build dies.
+    assert labels[BUILD_ID_LABEL] == "3f2a9c81d0e4" and labels[ROLE_LABEL] == "build"
 
 
 def context(project: Project, engine: FakeEngine, tmp_path: Path,

@@ -226,7 +226,7 @@ def _report() -> BuildReport:
                            tags=("rolebake/web:latest", "rolebake/web:1"), seconds=83.2),
         "web:dev": LayerResult("web:dev", StepStatus.FAILED, None,
                                failed_tag="rolebake/web:failed-abc", seconds=12.0),
-    }, seconds=95.5)
+    }, seconds=95.5, build_id="3f2a9c81d0e4")
 
 
 def test_build_summary_cells_and_alignment() -> None:
@@ -235,7 +235,7 @@ def test_build_summary_cells_and_alignment() -> None:
         ["base", "cached", "bcdd002b9e66", "0.0s", "rolebake/base:latest"],
         ["web", "ok", "141207f77e8d", "1m23s", "rolebake/web:latest,", "rolebake/web:1"],
         ["web:dev", "failed", "-", "12.0s", "kept", "as", "rolebake/web:failed-abc"],
-        ["total", "1m35s"],
+        ["total", "1m35s", "build", "3f2a9c81d0e4"],
     ]
     # Columns line up: each starts at the same place on every layer line.
     for word in ("cached", "bcdd002b9e66"):

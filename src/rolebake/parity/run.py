@@ -118,7 +118,8 @@ def run_parity(engine: Engine, project: Project, image: str, vm: str, *,
             raise InputError(f"parity needs a provisioner that works over SSH; layer {layer.id} "
                              f"uses {layer.provisioner}", path=layer.spec.path)
     started = time.monotonic()
-    report = Builder(engine, project, events, BuildOptions(secrets=secrets)).build(plan)
+    builder = Builder(engine, project, events, BuildOptions(secrets=secrets))
+    report = builder.build(plan)
     if report.error is not None:
         raise report.error
     timings["build"] = time.monotonic() - started
@@ -137,7 +138,7 @@ def run_parity(engine: Engine, project: Project, image: str, vm: str, *,
         managed = managed_paths(built + tasks)
         started = time.monotonic()
         container_tests, container_snapshot = _container_side(engine, project, final, image_id,
-                                                              managed)
+                                                              managed, builder.build_id)
         timings["container_checks"] = time.monotonic() - started
         started = time.monotonic()
         vm_tests = (suite_for_host(final.tests, ssh.url, project.root,
@@ -242,9 +243,11 @@ def _apply_to_vm(project: Project, plan: BuildPlan, ssh: SSHTarget, events: Even
 
 
 def _container_side(engine: Engine, project: Project, layer: Layer, image_id: str,
-                    managed: list[str]) -> tuple[list[TestCase], Any]:
-    labels = {ROLE_LABEL: "verify", BUILD_ID_LABEL: uuid.uuid4().hex[:12]}
-    name = f"rolebake-parity-{layer.id.replace(':', '.')}-{labels[BUILD_ID_LABEL]}"
+                    managed: list[str], build_id: str) -> tuple[list[TestCase], Any]:
+    # The build's id, as on every container of the run: `rolebake clean --label
+    # rolebake.build-id=…` finds it if parity dies before removing it.
+    labels = {ROLE_LABEL: "verify", BUILD_ID_LABEL: build_id}
+    name = f"rolebake-parity-{layer.id.replace(':', '.')}-{uuid.uuid4().hex[:12]}"
     with engine.container(image_id, name=name, labels=labels, keep_alive=False) as container:
         if wait_ready(engine, container, layer.spec.ready):
             return _check_container(project, layer, container.id, managed)

@@ -160,9 +160,16 @@ class Provisioner(abc.ABC):
         """Check what the build needs from the engine, before any container is made."""
 
     @contextlib.contextmanager
-    def toolchain(self, engine: Engine) -> Iterator[ContainerOptions]:
-        """Make the provisioner's toolchain available to build containers for a while."""
-        del engine
+    def toolchain(self, engine: Engine,
+                  labels: Mapping[str, str] | None = None) -> Iterator[ContainerOptions]:
+        """Make the provisioner's toolchain available to build containers for a while.
+
+        Args:
+            engine: the engine the build containers run on.
+            labels: to put on every container the toolchain makes (the build id),
+                so an interrupted build and `rolebake clean` find them.
+        """
+        del engine, labels
         yield ContainerOptions()
 
     @abc.abstractmethod

@@ -58,7 +58,9 @@ def build_summary(report: BuildReport, *, redact: Redact = installed,
     for result in report.results.values():
         table.add_row(*_layer_row(result, redact))
     lines = render_lines(table, color=color, redact=redact) if report.results else []
-    total = styled([("total ", DIM), (duration(report.seconds), "")], redact)
+    # The build id finds what a build killed outright left: rolebake clean --label.
+    build = [("  build ", DIM), (report.build_id, "")] if report.build_id else []
+    total = styled([("total ", DIM), (duration(report.seconds), ""), *build], redact)
     return [*lines, *render_lines(total, color=color, redact=redact)]
 
 

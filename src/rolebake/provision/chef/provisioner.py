@@ -149,7 +149,8 @@ class ChefSoloProvisioner(Provisioner):
             self._toolchain_image(engine)
 
     @contextlib.contextmanager
-    def toolchain(self, engine: Engine) -> Iterator[ContainerOptions]:
+    def toolchain(self, engine: Engine,
+                  labels: Mapping[str, str] | None = None) -> Iterator[ContainerOptions]:
         """Lend the toolchain volume and mount the inputs; remove the toolchain container after.
 
         Raises:
@@ -175,7 +176,8 @@ class ChefSoloProvisioner(Provisioner):
                     try:
                         source = engine.create_stopped(
                             image_id, name=name,
-                            labels={ROLE_LABEL: "build", "rolebake.toolchain": "chef"})
+                            labels={**(labels or {}), ROLE_LABEL: "build",
+                                    "rolebake.toolchain": "chef"})
                     except RolebakeError:
                         raise
                     except Exception as exc:  # the engine's own error; engine.py does not wrap it
