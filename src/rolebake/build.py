@@ -2,8 +2,9 @@
 
 A step is a method named after it (`_cache`, `_create`, … `_tag`); the runner
 walks the pipeline as data, reports the status of every step it runs and decides
-which steps apply (a cache hit runs only `cache` and `tag`). Tags move only in
-the last step, and only for a layer whose every step passed (DESIGN.md invariants 1, 2, 5).
+which steps apply (a cache hit runs only `cache`, `tag` and `push`). Tags move only
+in the tag step, and only for a layer whose every step passed; the push step after it
+publishes only what was tagged (DESIGN.md invariants 1, 2, 5).
 """
 
 from __future__ import annotations
@@ -19,11 +20,12 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
 
-from rolebake.cache import Cache, CacheDecision, LayerInputs, provisioner_and_inputs
+from rolebake.cache import FROM_REPO, Cache, CacheDecision, LayerInputs, provisioner_and_inputs
 from rolebake.engine import BUILD_ID_LABEL, ROLE_LABEL, ContainerHandle, Engine, ImageInfo
 from rolebake.errors import BuildFailed, InputError, Interrupted, RolebakeError, TestsFailed
 from rolebake.events import (
     CONTAINER_STEPS,
+    HIT_STEPS,
     PIPELINE,
     EventSink,
     LogEvent,
@@ -44,6 +46,7 @@ from rolebake.plan import BuildPlan, Layer
 from rolebake.provision import provisioner_class
 from rolebake.provision.base import ProvisionContext, Provisioner, ProvisionResult
 from rolebake.provision.target import ContainerTarget
+from rolebake.registry import CacheRepo, Repository
 from rolebake.scripts import script
 from rolebake.secrets import SecretSet, scan_image
 from rolebake.spec import Project
@@ -65,6 +68,8 @@ class BuildOptions:
     idempotence: bool = False
     verify: bool = True
     secrets: SecretSet | None = None
+    push: bool = False  # push every tag of each verified image
+    cache_repo: Repository | None = None  # share verified layers through this repository
 
 
 @dataclass
@@ -78,6 +83,8 @@ class LayerResult:
     cached: bool = False
     reasons: tuple[str, ...] = ()
     tags: tuple[str, ...] = ()
+    source: str | None = None  # of a cached layer: "local" or "cache repo"
+    pushed: tuple[str, ...] = ()
     failed_tag: str | None = None
     seconds: float = 0.0
     log_path: str | None = None
@@ -96,6 +103,8 @@ class LayerResult:
             "cached": self.cached,
             "reasons": list(self.reasons),
             "tags": list(self.tags),
+            "source": self.source,
+            "pushed": list(self.pushed),
             "failed_tag": self.failed_tag,
             "seconds": round(self.seconds, 2),
             "log": self.log_path,
@@ -145,6 +154,7 @@ class _Run:
     stack: contextlib.ExitStack
     config: dict[str, Any] = field(default_factory=dict)
     cached: bool = False
+    source: str | None = None  # of a hit
     ctx: ProvisionContext | None = None
     image_id: str | None = None
 
@@ -165,7 +175,8 @@ class Builder:
         self.project = project
         self.events = events
         self.options = options or BuildOptions()
-        self.cache = Cache(engine)
+        repo = CacheRepo(engine, self.options.cache_repo) if self.options.cache_repo else None
+        self.cache = Cache(engine, repo)
         self.cancel = threading.Event()
         self.build_id = uuid.uuid4().hex[:12]
         self._revision = git_revision(project.root)
@@ -270,9 +281,11 @@ class Builder:
 
     def _run_pipeline(self, run: _Run) -> None:
         for step in PIPELINE:
-            if run.cached and step not in (Step.CACHE, Step.TAG):
-                continue  # a hit is reused as it is: only its tags move
+            if run.cached and step not in HIT_STEPS:
+                continue  # a hit is reused as it is: only its tags move, then it is pushed
             if not self._applies(run, step):
+                if run.cached:
+                    continue
                 run.result.steps[step.value] = StepStatus.SKIPPED.value
                 self.events(StepEvent(run.layer.id, step, StepStatus.SKIPPED))
                 continue
@@ -289,6 +302,9 @@ class Builder:
             return self.options.secrets is not None and bool(self.options.secrets.values())
         if step == Step.VERIFY:
             return self.options.verify
+        if step == Step.PUSH:
+            # Only verified images leave the engine: never a --no-verify build's.
+            return self.options.verify and (self.options.push or self.cache.repo is not None)
         return True
 
     def _step(self, run: _Run, step: Step) -> None:
@@ -317,7 +333,9 @@ class Builder:
             raise BuildFailed(f"the build container {run.container.name} stopped during "
                               f"{step.value} (killed from outside, or the engine restarted)",
                               details=exc.message, hint=exc.hint) from None
-        if run.image_id is not None and not run.cached and step not in CONTAINER_STEPS:
+        after_tag = PIPELINE.index(step) > PIPELINE.index(Step.TAG)
+        if run.image_id is not None and not run.cached and step not in CONTAINER_STEPS \
+                and not after_tag:  # a failed push leaves the tagged image as it is
             # A cancelled build keeps nothing, whatever --keep-failed says.
             keep = (isinstance(exc, RolebakeError) and not isinstance(exc, Interrupted)
                     and not self.cancel.is_set() and self.options.keep_failed)
@@ -343,15 +361,19 @@ class Builder:
     # The steps, in pipeline order ----------------------------------------------------------
 
     def _cache(self, run: _Run) -> str:
-        decision: CacheDecision = self.cache.decide(run.layer, run.inputs)
+        decision: CacheDecision = self.cache.decide(
+            run.layer, run.inputs, pull=not self.options.no_cache,
+            progress=self._progress(run.layer), check=self._check_cancel)
         if decision.hit and not self.options.no_cache:
             run.cached = True
             run.image_id = run.result.image_id = decision.image_id
             run.result.cached = True
+            run.source = run.result.source = decision.source
         else:
             run.result.reasons = ("--no-cache",) if self.options.no_cache else decision.reasons
         if decision.hit:
-            return "HIT, rebuilt anyway (--no-cache)" if self.options.no_cache else "HIT"
+            hit = "HIT, from the cache repo" if decision.source == FROM_REPO else "HIT"
+            return f"{hit}, rebuilt anyway (--no-cache)" if self.options.no_cache else hit
         return "MISS: " + "; ".join(decision.reasons)
 
     def _create(self, run: _Run) -> str:
@@ -458,18 +480,46 @@ class Builder:
                              line=run.layer.spec.line_of("tags")) from None
         run.result.tags = run.layer.tags
 
+    def _push(self, run: _Run) -> str:
+        """Publish the tagged, verified image: to the cache repo, then (--push) every tag.
+
+        A failure is exit 1 with the registry's message; the local tags stay as they are.
+        """
+        assert run.image_id is not None
+        progress, done = self._progress(run.layer), []
+        if self.cache.repo is not None and run.source != FROM_REPO:
+            done.append(self.cache.publish(run.layer, run.inputs.key, run.image_id, run.parent,
+                                           progress, self._check_cancel))
+        if self.options.push:
+            for tag in run.layer.tags:
+                digest = self.engine.push(tag, progress, self._check_cancel)
+                run.result.pushed = (*run.result.pushed, tag)
+                done.append(f"pushed {tag}" + (f" ({digest})" if digest else ""))
+        return "; ".join(done)
+
     # Helpers --------------------------------------------------------------------------
 
     def _base_image(self, layer: Layer) -> ImageInfo:
         found = self.engine.image(layer.parent)
+        if found is None and self.cache.repo is not None:
+            # Every engine of a fleet builds on the base the cache repo holds.
+            base_id = self.cache.base(layer.parent, pull=True, progress=self._progress(layer),
+                                      check=self._check_cancel)
+            found = self.engine.image(base_id) if base_id else None
+            if found is not None:
+                self.events(LogEvent(layer.id, f"{layer.parent} pulled from the cache repo"))
         if found is None:
             self.events(LogEvent(layer.id, f"pulling {layer.parent}"))
             try:
-                found = self.engine.pull(layer.parent)
+                found = self.engine.pull(layer.parent, self._progress(layer))
             except InputError as exc:
                 raise InputError(exc.message, path=layer.spec.path,
                                  line=layer.spec.line_of("from"), hint=exc.hint) from None
         return found
+
+    def _progress(self, layer: Layer) -> Callable[[str], None]:
+        """Pull and push progress lines, as log events of the layer."""
+        return lambda line: self.events(LogEvent(layer.id, line))
 
     def _check_cancel(self) -> None:
         if self.cancel.is_set():

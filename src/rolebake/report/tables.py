@@ -79,7 +79,7 @@ def plan_table(rows: Iterable[Mapping[str, Any]], *, redact: Redact = same,
 
     Args:
         rows: `PlanRow.to_dict()` of every layer, parents first (layer, parent, depth,
-            status, image, reasons).
+            status, image, reasons, source).
         redact: Hides secrets.
         color: Colour HIT and MISS; only when writing to a terminal.
 
@@ -103,7 +103,9 @@ def plan_table(rows: Iterable[Mapping[str, Any]], *, redact: Redact = same,
     for row, line in zip(rows, layer_lines, strict=True):
         lines.append(line)
         indent = "  " * row["depth"]
-        for reason in row.get("reasons", []):
+        # A hit from the cache repo says so: a build would pull it, not find it here.
+        notes = ["HIT, from the cache repo"] if row.get("source") == "cache repo" else []
+        for reason in [*notes, *row.get("reasons", [])]:
             text = styled([(f"{indent}    - ", ""), (reason, DIM)], redact)
             lines += render_lines(text, color=color, redact=redact)
     return lines
