@@ -68,7 +68,7 @@ class BuildOptions:
     idempotence: bool = False
     verify: bool = True
     secrets: SecretSet | None = None
-    push: bool = False  # push every tag of each verified image
+    push: bool = False  # push every tag of each verified image the user named
     cache_repo: Repository | None = None  # share verified layers through this repository
 
 
@@ -179,6 +179,7 @@ class Builder:
         self.cache = Cache(engine, repo)
         self.cancel = threading.Event()
         self.build_id = uuid.uuid4().hex[:12]
+        self._targets: frozenset[str] = frozenset()
         self._revision = git_revision(project.root)
         self._steps: dict[Step, Callable[[_Run], Any]] = {
             step: getattr(self, f"_{step.value}") for step in PIPELINE}
@@ -193,6 +194,7 @@ class Builder:
                 flight are cancelled and cleaned up before it propagates.
         """
         started = time.monotonic()
+        self._targets = frozenset(plan.targets)
         for layer in plan.layers:
             # Missing toolchains are bad input: say so before any container exists.
             provisioner_class(layer.provisioner)(self.project, layer).preflight(self.engine)
@@ -304,7 +306,8 @@ class Builder:
             return self.options.verify
         if step == Step.PUSH:
             # Only verified images leave the engine: never a --no-verify build's.
-            return self.options.verify and (self.options.push or self.cache.repo is not None)
+            return self.options.verify and (self.cache.repo is not None or (
+                self.options.push and run.layer.id in self._targets))
         return True
 
     def _step(self, run: _Run, step: Step) -> None:
@@ -483,6 +486,8 @@ class Builder:
     def _push(self, run: _Run) -> str:
         """Publish the tagged, verified image: to the cache repo, then (--push) every tag.
 
+        Only the images the user named have their tags pushed: a parent layer named
+        only as `from:` is an intermediate (its tags may name no registry at all).
         A failure is exit 1 with the registry's message; the local tags stay as they are.
         """
         assert run.image_id is not None
@@ -490,7 +495,7 @@ class Builder:
         if self.cache.repo is not None and run.source != FROM_REPO:
             done.append(self.cache.publish(run.layer, run.inputs.key, run.image_id, run.parent,
                                            progress, self._check_cancel))
-        if self.options.push:
+        if self.options.push and run.layer.id in self._targets:
             for tag in run.layer.tags:
                 digest = self.engine.push(tag, progress, self._check_cancel)
                 run.result.pushed = (*run.result.pushed, tag)

@@ -455,9 +455,9 @@ class Engine:
 def commit_changes(config: Mapping[str, Any]) -> list[str]:
     """An image config as the Dockerfile instructions Podman's commit takes.
 
-    Podman keeps a quoted value as it is between the quotes (no escapes), and
-    reads each line break as the end of an instruction, so values may hold
-    anything but a line break.
+    Podman keeps a quoted ENV or LABEL value as it is between the quotes (no
+    escapes), takes USER and WORKDIR as written, and reads each line break as
+    the end of an instruction, so values may hold anything but a line break.
 
     Raises:
         BuildFailed: a value holds a line break.
@@ -473,8 +473,8 @@ def commit_changes(config: Mapping[str, Any]) -> list[str]:
         name, _, value = str(item).partition("=")
         changes.append(f"ENV {name}={quoted(f'env {name}', value)}")
     for key, instruction in (("User", "USER"), ("WorkingDir", "WORKDIR")):
-        if config.get(key):
-            changes.append(f"{instruction} {quoted(key, str(config[key]))}")
+        if config.get(key):  # taken as written: quotes here would be part of the value
+            changes.append(f"{instruction} {quoted(key, str(config[key]))[1:-1]}")
     changes += [f"EXPOSE {port}" for port in config.get("ExposedPorts") or {}]
     if config.get("Volumes"):
         changes.append(f"VOLUME {json.dumps(sorted(config['Volumes']))}")
