@@ -449,7 +449,9 @@ class Engine:
                 result = self.client.api.commit(container.id, conf=dict(config), pause=True)
         except docker.errors.APIError as exc:
             raise BuildFailed(f"commit failed: {_api_message(exc)}") from None
-        return str(result["Id"])
+        image_id = str(result["Id"])
+        # Podman answers with the bare hex digits; everywhere else an id is `sha256:<hex>`.
+        return image_id if ":" in image_id else f"sha256:{image_id}"
 
 
 def commit_changes(config: Mapping[str, Any]) -> list[str]:

@@ -107,6 +107,16 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
             proc.wait(timeout=30)
 
 
+def _kill_mentioning(text: str) -> None:
+    """Kill, by pid, the processes whose command line names `text` (our own root dir)."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        with contextlib.suppress(OSError):
+            if text.encode() in (entry / "cmdline").read_bytes():
+                os.kill(int(entry.name), signal.SIGKILL)
+
+
 @contextlib.contextmanager
 def empty_dockerd() -> Iterator[OwnEngine]:
     """A second, empty Docker engine of our own, stopped and removed afterwards."""
@@ -153,6 +163,9 @@ def podman_service() -> Iterator[OwnEngine]:
     finally:
         client.close()
         _stop(proc)
+        # Each exec leaves a conmon waiting five minutes to clean up after it; the
+        # service and its containers are gone, so those of this storage root go now.
+        _kill_mentioning(str(root))
         subprocess.run(["podman", *storage, "system", "reset", "--force"],
                        capture_output=True, check=False, timeout=300)
         subprocess.run(["sh", "-c", f"grep -o ' {root}/[^ ]*' /proc/mounts | sort -r | "
