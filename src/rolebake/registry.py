@@ -230,11 +230,14 @@ def plain_http(engine: Engine, host: str) -> bool:
 
     Docker does for loopback addresses, and for registries it was told are insecure.
     """
-    name = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+    if host.startswith("["):  # [v6 address]:port
+        name = host[1:host.index("]")] if "]" in host else host
+    else:
+        name = host.rsplit(":", 1)[0]
     if name == "localhost":
         return True
     try:
-        address: Any = ipaddress.ip_address(name.strip("[]"))
+        address: Any = ipaddress.ip_address(name)
     except ValueError:
         address = None
     if address is not None and address.is_loopback:
