@@ -171,3 +171,65 @@ def podman_service() -> Iterator[OwnEngine]:
         subprocess.run(["sh", "-c", f"grep -o ' {root}/[^ ]*' /proc/mounts | sort -r | "
                         "xargs -r -n1 umount -l"], check=False)
         shutil.rmtree(root, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def registry_with_login(user: str, password: str) -> Iterator[str]:
+    """A second loopback registry that wants a login (htpasswd, bcrypt), on a free port.
+
+    Yields its address. The same docker-registry binary `make registry` runs.
+    """
+    import socket
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        import crypt  # bcrypt through the C library: what htpasswd files hold
+
+        hashed = crypt.crypt(password, crypt.mksalt(crypt.METHOD_BLOWFISH))
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    root = _short_tmp("rb-authreg-")
+    (root / "htpasswd").write_text(f"{user}:{hashed}\n")
+    (root / "config.yml").write_text("\n".join([
+        "version: 0.1", "log: {level: warn}",
+        f"storage: {{filesystem: {{rootdirectory: {root}/data}}}}",
+        f"http: {{addr: 127.0.0.1:{port}}}",
+        f"auth: {{htpasswd: {{realm: rolebake-test, path: {root}/htpasswd}}}}", ""]))
+    with (root / "registry.log").open("wb") as out:
+        proc = subprocess.Popen(["docker-registry", "serve", str(root / "config.yml")],
+                                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True)
+    address = f"127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                urllib.request.urlopen(f"http://{address}/v2/", timeout=2)
+            except urllib.error.HTTPError:
+                break  # 401: it answers, and wants a login
+            except OSError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise RuntimeError("the registry with a login did not start:\n"
+                                       + (root / "registry.log").read_text()[-2000:]) from None
+                time.sleep(0.2)
+            else:
+                break
+        yield address
+    finally:
+        _stop(proc)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def docker_config(folder: Path, registry: str | None, user: str = "",
+                  password: str = "") -> dict[str, str]:
+    """A docker client config (as `docker login` writes it); env for runs that use it."""
+    import base64
+    import json
+
+    folder.mkdir(parents=True, exist_ok=True)
+    auths = {registry: {"auth": base64.b64encode(f"{user}:{password}".encode()).decode()}
+             } if registry else {}
+    (folder / "config.json").write_text(json.dumps({"auths": auths}))
+    return {"DOCKER_CONFIG": str(folder)}
