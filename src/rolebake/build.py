@@ -198,6 +198,11 @@ class Builder:
         for layer in plan.layers:
             # Missing toolchains are bad input: say so before any container exists.
             provisioner_class(layer.provisioner)(self.project, layer).preflight(self.engine)
+            if layer.config.healthcheck is not None and self.engine.kind == "podman":
+                raise InputError("config.healthcheck: Podman's commit cannot set a "
+                                 "HEALTHCHECK, so this image cannot be built on Podman",
+                                 path=layer.spec.path, line=layer.spec.line_of("config"),
+                                 hint="build it on a Docker engine, or use `ready:` instead")
         results = {layer.id: LayerResult(layer=layer.id) for layer in plan.layers}
         images: dict[str, ImageInfo] = {}
         sorter = plan.sorter()

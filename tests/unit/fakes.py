@@ -111,6 +111,8 @@ class _Hook:
 class FakeEngine(Engine):
     """An in-memory container engine with a call log and injectable faults."""
 
+    kind = "docker"  # which engine it plays; a test may make it "podman"
+
     def __init__(self) -> None:
         super().__init__(client=None)
         self.images_by_id: dict[str, FakeImage] = {}

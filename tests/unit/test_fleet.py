@@ -201,3 +201,14 @@ def test_makefile_targets_take_the_cache_repo_and_push(tmp_path: Path) -> None:
     assert "image-app: image-base\n\t$(ROLEBAKE_BUILD) app\n" in text
     plain = render_makefile(plan_build(three))
     assert "ROLEBAKE_CACHE_REPO ?=\n" in plain and "ROLEBAKE_PUSH ?=\n" in plain
+
+
+def test_a_healthcheck_on_podman_is_bad_input_before_any_container(tmp_path: Path,
+                                                                   engine: FakeEngine) -> None:
+    checked = make_project(tmp_path / "p", base=(
+        "from: debian:bookworm\nprovisioner: fake\nroles: [common]\n"
+        "config:\n  healthcheck: {test: [CMD, 'true']}\n"))
+    engine.kind = "podman"
+    with pytest.raises(InputError, match=r"base.yml:\d+: config.healthcheck: Podman's commit"):
+        run_build(engine, checked, ["base"])
+    assert engine.called("container") == []
