@@ -505,7 +505,7 @@ class Builder:
                 digest = self.engine.push(tag, progress, self._check_cancel)
                 run.result.pushed = (*run.result.pushed, tag)
                 done.append(f"pushed {tag}" + (f" ({digest})" if digest else ""))
-        return "; ".join(done)
+        return "; ".join(done) or "came from the cache repo; nothing to put there"
 
     # Helpers --------------------------------------------------------------------------
 
