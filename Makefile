@@ -7,7 +7,7 @@ ROLEBAKE := $(BIN)/rolebake
 DEMO_PORT ?= 18080
 PYTEST_FLAGS ?=
 
-.PHONY: install engine qemu base demo lint unit integration vm test parity bench clean-leftovers images.mk
+.PHONY: install engine qemu registry podman base demo lint unit integration vm test parity bench clean-leftovers images.mk
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,14 @@ engine:
 
 qemu:
 	@scripts/ensure-host.sh qemu
+
+# A registry on loopback for the push and cache-repo tests (started once, left running).
+registry:
+	@scripts/ensure-host.sh registry
+
+# Podman and buildah, for the Podman tests and the benchmark against ansible-bender.
+podman:
+	@scripts/ensure-host.sh podman
 
 base: install engine
 	$(ROLEBAKE) base debian:bookworm
@@ -38,21 +46,21 @@ lint: install
 unit: install
 	$(BIN)/pytest tests/unit $(PYTEST_FLAGS)
 
-integration: install engine base
+integration: install engine registry podman base
 	$(BIN)/pytest tests/integration $(PYTEST_FLAGS)
 
 vm: install engine qemu base
 	$(BIN)/pytest tests/vm $(PYTEST_FLAGS)
 
-test: install engine qemu base lint
+test: install engine qemu registry podman base lint
 	$(BIN)/pytest tests/unit tests/integration tests/vm $(PYTEST_FLAGS)
 
 parity: install engine qemu base
 	$(ROLEBAKE) parity web --vm qemu
 
-bench: install engine base
-	@scripts/ensure-host.sh podman
+bench: install engine registry podman base
 	$(BIN)/python bench/run.py
+	$(BIN)/python bench/fleet.py
 
 images.mk: install
 	$(ROLEBAKE) makefile -o images.mk

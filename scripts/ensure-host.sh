@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Make sure the host has what rolebake's targets need, installing Debian
 # packages when we are root with apt, and starting a Docker engine when none
-# answers. Usage: ensure-host.sh engine|qemu|podman
+# answers, and a loopback registry when none answers. Usage:
+# ensure-host.sh engine|qemu|podman|registry
 set -euo pipefail
 
 log() { printf 'host: %s\n' "$*"; }
@@ -73,12 +74,47 @@ podman() {
         printf '[containers]\ndefault_ulimits = ["nofile=4096:4096","nproc=4096:4096"]\n' \
             >> /etc/containers/containers.conf
     fi
+    # Docker talks plain HTTP to loopback registries by default; Podman must be told.
+    local conf=/etc/containers/registries.conf.d/50-rolebake-loopback.conf
+    if [ ! -f "$conf" ]; then
+        mkdir -p "$(dirname "$conf")"
+        printf '[[registry]]\nlocation = "%s"\ninsecure = true\n' "$REGISTRY_ADDR" > "$conf"
+    fi
     log "buildah and podman ready"
+}
+
+# The loopback registry the tests push to and share layers through: Debian's
+# docker-registry (the CNCF distribution registry), its data in a throwaway directory.
+REGISTRY_ADDR=${ROLEBAKE_TEST_REGISTRY:-127.0.0.1:5000}
+
+registry_answers() {
+    curl -fsS -o /dev/null --max-time 3 "http://$REGISTRY_ADDR/v2/" 2>/dev/null
+}
+
+registry() {
+    apt_install docker-registry curl
+    if registry_answers; then log "registry answers at $REGISTRY_ADDR"; return 0; fi
+    local dir
+    dir=$(mktemp -d /tmp/rolebake-registry.XXXXXX)
+    printf '%s\n' "version: 0.1" "log: {level: warn}" "storage:" \
+        "  filesystem: {rootdirectory: $dir/data}" "  delete: {enabled: true}" \
+        "http: {addr: $REGISTRY_ADDR}" > "$dir/config.yml"
+    log "starting a registry at $REGISTRY_ADDR (data and log: $dir)"
+    # Its own session: it outlives this script and make, as the engine does.
+    setsid nohup docker-registry serve "$dir/config.yml" >"$dir/registry.log" 2>&1 </dev/null &
+    echo $! > "$dir/registry.pid"
+    for _ in $(seq 1 40); do
+        if registry_answers; then log "registry answers at $REGISTRY_ADDR"; return 0; fi
+        sleep 0.25
+    done
+    tail -n 20 "$dir/registry.log" >&2 || true
+    die "the registry did not answer within 10 s" 1
 }
 
 case "${1:-}" in
     engine) engine ;;
     qemu) qemu ;;
     podman) podman ;;
-    *) die "usage: $0 engine|qemu|podman" 2 ;;
+    registry) registry ;;
+    *) die "usage: $0 engine|qemu|podman|registry" 2 ;;
 esac

@@ -2,8 +2,9 @@
 
 A step is a method named after it (`_cache`, `_create`, … `_tag`); the runner
 walks the pipeline as data, reports the status of every step it runs and decides
-which steps apply (a cache hit runs only `cache` and `tag`). Tags move only in
-the last step, and only for a layer whose every step passed (DESIGN.md invariants 1, 2, 5).
+which steps apply (a cache hit runs only `cache`, `tag` and `push`). Tags move only
+in the tag step, and only for a layer whose every step passed; the push step after it
+publishes only what was tagged (DESIGN.md invariants 1, 2, 5).
 
 A layer is built under a host-wide lock of the engine and the layer's cache
 repository: builds in two checkouts take turns, the later one hits the cache.
@@ -24,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rolebake.cache import Cache, CacheDecision, LayerInputs, provisioner_and_inputs
+from rolebake.cache import FROM_REPO, Cache, CacheDecision, LayerInputs, provisioner_and_inputs
 from rolebake.engine import (
     BUILD_ID_LABEL,
     ROLE_LABEL,
@@ -44,6 +45,7 @@ from rolebake.errors import (
 )
 from rolebake.events import (
     CONTAINER_STEPS,
+    HIT_STEPS,
     PIPELINE,
     EventSink,
     LogEvent,
@@ -64,6 +66,7 @@ from rolebake.plan import BuildPlan, Layer
 from rolebake.provision import provisioner_class
 from rolebake.provision.base import ProvisionContext, Provisioner, ProvisionResult
 from rolebake.provision.target import ContainerTarget
+from rolebake.registry import CacheRepo, Repository
 from rolebake.scripts import script
 from rolebake.secrets import SecretSet, scan_image
 from rolebake.spec import Project
@@ -90,6 +93,8 @@ class BuildOptions:
     idempotence: bool = False
     verify: bool = True
     secrets: SecretSet | None = None
+    push: bool = False  # push every tag of each verified image the user named
+    cache_repo: Repository | None = None  # share verified layers through this repository
 
 
 @dataclass
@@ -103,6 +108,8 @@ class LayerResult:
     cached: bool = False
     reasons: tuple[str, ...] = ()
     tags: tuple[str, ...] = ()
+    source: str | None = None  # of a cached layer: "local" or "cache repo"
+    pushed: tuple[str, ...] = ()
     failed_tag: str | None = None
     seconds: float = 0.0
     log_path: str | None = None
@@ -121,6 +128,8 @@ class LayerResult:
             "cached": self.cached,
             "reasons": list(self.reasons),
             "tags": list(self.tags),
+            "source": self.source,
+            "pushed": list(self.pushed),
             "failed_tag": self.failed_tag,
             "seconds": round(self.seconds, 2),
             "log": self.log_path,
@@ -173,6 +182,7 @@ class _Run:
     lock: Held
     config: dict[str, Any] = field(default_factory=dict)
     cached: bool = False
+    source: str | None = None  # of a hit
     ctx: ProvisionContext | None = None
     image_id: str | None = None
 
@@ -193,12 +203,14 @@ class Builder:
         self.project = project
         self.events = events
         self.options = options or BuildOptions()
-        self.cache = Cache(engine)
+        repo = CacheRepo(engine, self.options.cache_repo) if self.options.cache_repo else None
+        self.cache = Cache(engine, repo)
         self.cancel = threading.Event()
         self.build_id = uuid.uuid4().hex[:12]
         self.tags = TagJournal(engine, self.build_id)
         self._locks: dict[str, Path] = {}  # layer id -> its host-wide lock file
         self._engine_identity: str | None = None
+        self._targets: frozenset[str] = frozenset()
         self._revision = git_revision(project.root)
         self._steps: dict[Step, Callable[[_Run], Any]] = {
             step: getattr(self, f"_{step.value}") for step in PIPELINE}
@@ -217,9 +229,15 @@ class Builder:
                 is put back, before it propagates.
         """
         started = time.monotonic()
+        self._targets = frozenset(plan.targets)
         for layer in plan.layers:
             # Missing toolchains are bad input: say so before any container exists.
             provisioner_class(layer.provisioner)(self.project, layer).preflight(self.engine)
+            if layer.config.healthcheck is not None and self.engine.kind == "podman":
+                raise InputError("config.healthcheck: Podman's commit cannot set a "
+                                 "HEALTHCHECK, so this image cannot be built on Podman",
+                                 path=layer.spec.path, line=layer.spec.line_of("config"),
+                                 hint="build it on a Docker engine, or use `ready:` instead")
         results = {layer.id: LayerResult(layer=layer.id) for layer in plan.layers}
         try:
             with self.engine.watch():
@@ -334,9 +352,11 @@ class Builder:
 
     def _run_pipeline(self, run: _Run) -> None:
         for step in PIPELINE:
-            if run.cached and step not in (Step.CACHE, Step.TAG):
-                continue  # a hit is reused as it is: only its tags move
+            if run.cached and step not in HIT_STEPS:
+                continue  # a hit is reused as it is: only its tags move, then it is pushed
             if not self._applies(run, step):
+                if run.cached:
+                    continue
                 run.result.steps[step.value] = StepStatus.SKIPPED.value
                 self.events(StepEvent(run.layer.id, step, StepStatus.SKIPPED))
                 continue
@@ -353,6 +373,10 @@ class Builder:
             return self.options.secrets is not None and bool(self.options.secrets.values())
         if step == Step.VERIFY:
             return self.options.verify
+        if step == Step.PUSH:
+            # Only verified images leave the engine: never a --no-verify build's.
+            return self.options.verify and (self.cache.repo is not None or (
+                self.options.push and run.layer.id in self._targets))
         return True
 
     def _step(self, run: _Run, step: Step) -> None:
@@ -390,7 +414,9 @@ class Builder:
                 plainly = BuildFailed(f"the build container {run.container.name} stopped "
                                       f"during {step.value} (killed from outside)",
                                       details=exc.message, hint=exc.hint)
-        if run.image_id is not None and not run.cached and step not in CONTAINER_STEPS:
+        after_tag = PIPELINE.index(step) > PIPELINE.index(Step.TAG)
+        if run.image_id is not None and not run.cached and step not in CONTAINER_STEPS \
+                and not after_tag:  # a failed push leaves the tagged image as it is
             # A cancelled build keeps nothing, whatever --keep-failed says.
             keep = (plainly is None and isinstance(exc, RolebakeError) and not cancelled
                     and self.options.keep_failed)
@@ -440,15 +466,19 @@ class Builder:
     # The steps, in pipeline order ----------------------------------------------------------
 
     def _cache(self, run: _Run) -> str:
-        decision: CacheDecision = self.cache.decide(run.layer, run.inputs)
+        decision: CacheDecision = self.cache.decide(
+            run.layer, run.inputs, pull=not self.options.no_cache,
+            progress=self._progress(run.layer), check=self._check_cancel)
         if decision.hit and not self.options.no_cache:
             run.cached = True
             run.image_id = run.result.image_id = decision.image_id
             run.result.cached = True
+            run.source = run.result.source = decision.source
         else:
             run.result.reasons = ("--no-cache",) if self.options.no_cache else decision.reasons
         if decision.hit:
-            return "HIT, rebuilt anyway (--no-cache)" if self.options.no_cache else "HIT"
+            hit = "HIT, from the cache repo" if decision.source == FROM_REPO else "HIT"
+            return f"{hit}, rebuilt anyway (--no-cache)" if self.options.no_cache else hit
         return "MISS: " + "; ".join(decision.reasons)
 
     def _create(self, run: _Run) -> str:
@@ -556,18 +586,48 @@ class Builder:
                              line=run.layer.spec.line_of("tags")) from None
         run.result.tags = run.layer.tags
 
+    def _push(self, run: _Run) -> str:
+        """Publish the tagged, verified image: to the cache repo, then (--push) every tag.
+
+        Only the images the user named have their tags pushed: a parent layer named
+        only as `from:` is an intermediate (its tags may name no registry at all).
+        A failure is exit 1 with the registry's message; the local tags stay as they are.
+        """
+        assert run.image_id is not None
+        progress, done = self._progress(run.layer), []
+        if self.cache.repo is not None and run.source != FROM_REPO:
+            done.append(self.cache.publish(run.layer, run.inputs.key, run.image_id, run.parent,
+                                           progress, self._check_cancel))
+        if self.options.push and run.layer.id in self._targets:
+            for tag in run.layer.tags:
+                digest = self.engine.push(tag, progress, self._check_cancel)
+                run.result.pushed = (*run.result.pushed, tag)
+                done.append(f"pushed {tag}" + (f" ({digest})" if digest else ""))
+        return "; ".join(done) or "came from the cache repo; nothing to put there"
+
     # Helpers --------------------------------------------------------------------------
 
     def _base_image(self, layer: Layer) -> ImageInfo:
         found = self.engine.image(layer.parent)
+        if found is None and self.cache.repo is not None:
+            # Every engine of a fleet builds on the base the cache repo holds.
+            base_id = self.cache.base(layer.parent, pull=True, progress=self._progress(layer),
+                                      check=self._check_cancel)
+            found = self.engine.image(base_id) if base_id else None
+            if found is not None:
+                self.events(LogEvent(layer.id, f"{layer.parent} pulled from the cache repo"))
         if found is None:
             self.events(LogEvent(layer.id, f"pulling {layer.parent}"))
             try:
-                found = self.engine.pull(layer.parent)
+                found = self.engine.pull(layer.parent, self._progress(layer))
             except InputError as exc:
                 raise InputError(exc.message, path=layer.spec.path,
                                  line=layer.spec.line_of("from"), hint=exc.hint) from None
         return found
+
+    def _progress(self, layer: Layer) -> Callable[[str], None]:
+        """Pull and push progress lines, as log events of the layer."""
+        return lambda line: self.events(LogEvent(layer.id, line))
 
     def _check_cancel(self) -> None:
         if self.cancel.is_set():

@@ -4,6 +4,9 @@ A layer is a hit only when its internal cache tag `rolebake-cache/<layer>:<key>`
 exists; that tag is set in the tag step, after verification, so the image of a
 failed, interrupted, unverified or leaking build is never reused. The inputs
 of every image are stored on it (`rolebake.inputs`), so a miss is explained.
+With a cache repo (`--cache-repo`), a local miss looks there second: a verified
+layer some other engine pushed is pulled and counts as a hit ("from the cache
+repo"); the push step puts this engine's verified layers there.
 """
 
 from __future__ import annotations
@@ -14,19 +17,24 @@ import os
 import secrets
 import stat
 import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from rolebake import __version__, scripts
-from rolebake.engine import ROLE_LABEL, Engine
+from rolebake.engine import ROLE_LABEL, Engine, ImageInfo, Progress
 from rolebake.errors import InputError
 from rolebake.image import CACHE_KEY_LABEL, INPUTS_LABEL, LAYER_LABEL
 from rolebake.plan import BuildPlan, Layer
 from rolebake.provision import provisioner_class
 from rolebake.provision.base import Provisioner
+from rolebake.registry import CacheRepo, RemoteImage
 from rolebake.spec import Project
+
+# Where a hit came from.
+LOCAL = "local"
+FROM_REPO = "cache repo"
 
 
 @dataclass(frozen=True)
@@ -69,6 +77,7 @@ class CacheDecision:
     key: str | None
     image_id: str | None = None
     reasons: tuple[str, ...] = field(default_factory=tuple)
+    source: str = LOCAL  # of a hit: LOCAL or FROM_REPO
 
 
 def layer_inputs(
@@ -278,29 +287,105 @@ def _show(value: Any) -> str:
 
 
 class Cache:
-    """The layer cache, kept in the engine: a layer is cached when its cache tag exists."""
+    """The layer cache: in the engine (cached when the cache tag exists), then the cache repo.
 
-    def __init__(self, engine: Engine) -> None:
-        """Use the images `engine` holds."""
+    The cache repo is a registry repository shared by many engines (`--cache-repo`).
+    """
+
+    def __init__(self, engine: Engine, repo: CacheRepo | None = None) -> None:
+        """Use the images `engine` holds, and those `repo` holds after them."""
         self.engine = engine
+        self.repo = repo
 
     @staticmethod
     def tag_for(layer: Layer, key: str) -> str:
         """The internal tag that marks a verified build of `layer` with `key`."""
         return f"{layer.cache_repository}:{key.rsplit(':', maxsplit=1)[-1][:40]}"
 
-    def decide(self, layer: Layer, inputs: LayerInputs) -> CacheDecision:
-        """HIT with the image id, or MISS with the inputs that changed since the last build."""
+    def decide(self, layer: Layer, inputs: LayerInputs, *, pull: bool = False,
+               progress: Progress | None = None,
+               check: Callable[[], None] = lambda: None) -> CacheDecision:
+        """HIT with the image id, or MISS with the inputs that changed since the last build.
+
+        Args:
+            layer: the layer.
+            inputs: its inputs (the key).
+            pull: pull a hit found in the cache repo (a build does; `plan` does not, and
+                takes the image id from the registry instead).
+            progress: receives the pull's progress lines.
+            check: raises when the build was cancelled (stops a pull).
+
+        Raises:
+            RegistryError: the cache repo could not be read, or the pull failed.
+        """
         key = inputs.key
         found = self.engine.image(self.tag_for(layer, key))
         if found is not None and found.labels.get(CACHE_KEY_LABEL) == key:
             return CacheDecision(hit=True, key=key, image_id=found.id)
+        remote = self._in_repo(layer, key)
+        if remote is not None:
+            image_id = remote.image_id
+            if pull:
+                assert self.repo is not None
+                # Named by the local cache tag: the next build finds it here first.
+                image_id = self.repo.pull(remote, self.tag_for(layer, key), progress, check).id
+            return CacheDecision(hit=True, key=key, image_id=image_id, source=FROM_REPO)
         if self.engine.images({CACHE_KEY_LABEL: key, ROLE_LABEL: "image"}):
             # Same inputs, but that image never passed verification: it is not reused.
             return CacheDecision(hit=False, key=key, reasons=(
                 "inputs unchanged, but the last image was never verified (--no-verify, "
                 "failed checks or an interrupted build); it is not reused",))
         return CacheDecision(hit=False, key=key, reasons=explain_miss(inputs, self.previous(layer)))
+
+    def _in_repo(self, layer: Layer, key: str) -> RemoteImage | None:
+        """A verified build of the layer in the cache repo, by the same label rule as locally."""
+        if self.repo is None:
+            return None
+        remote = self.repo.find(self.repo.layer_ref(layer.file_stem, key))
+        if remote is None or remote.labels.get(CACHE_KEY_LABEL) != key \
+                or remote.labels.get(ROLE_LABEL) != "image":
+            return None
+        return remote
+
+    def base(self, ref: str, *, pull: bool = False, progress: Progress | None = None,
+             check: Callable[[], None] = lambda: None) -> str | None:
+        """The id of the base image `ref`: on the engine, else in the cache repo; else None.
+
+        With `pull`, a base found only in the cache repo is pulled and named `ref`, so
+        every engine builds on the same base id instead of making its own.
+        """
+        found = self.engine.image(ref)
+        if found is not None:
+            return found.id
+        if self.repo is None:
+            return None
+        remote = self.repo.find(self.repo.base_ref(ref))
+        if remote is None:
+            return None
+        return self.repo.pull(remote, ref, progress, check).id if pull else remote.image_id
+
+    def publish(self, layer: Layer, key: str, image_id: str, parent: ImageInfo,
+                progress: Progress | None = None,
+                check: Callable[[], None] = lambda: None) -> str:
+        """Put a verified layer in the cache repo, and the base it starts on, unless there.
+
+        The first verified build of a key stays: another engine may already build on it.
+
+        Returns:
+            What was done, in words.
+        """
+        assert self.repo is not None
+        if not layer.parent_is_layer:
+            base_ref = self.repo.base_ref(layer.parent)
+            if self.repo.find(base_ref) is None:
+                self.repo.push(parent.id, base_ref, progress, check)
+        ref = self.repo.layer_ref(layer.file_stem, key)
+        there = self.repo.find(ref)
+        if there is not None:
+            same = "this image" if there.image_id == image_id else "another verified build"
+            return f"the cache repo has {same} already"
+        self.repo.push(image_id, ref, progress, check)
+        return f"pushed to the cache repo as {ref}"
 
     def previous(self, layer: Layer) -> LayerInputs | None:
         """Inputs of the last build of this layer, to explain a miss.
@@ -341,6 +426,7 @@ class PlanRow:
     reasons: tuple[str, ...]
     tags: tuple[str, ...]
     notes: tuple[str, ...] = ()  # why the key covers more than the layer needs
+    source: str | None = None  # of a hit: LOCAL or FROM_REPO
 
     @property
     def status(self) -> str:
@@ -352,26 +438,28 @@ class PlanRow:
         return {"layer": self.layer, "parent": self.parent, "depth": self.depth,
                 "status": self.status, "image": self.image, "cache_key": self.key,
                 "reasons": list(self.reasons), "notes": list(self.notes),
-                "tags": list(self.tags)}
+                "tags": list(self.tags), "source": self.source}
 
 
-def preview(engine: Engine, project: Project, plan: BuildPlan) -> list[PlanRow]:
-    """Say, for every layer, whether a build now would reuse it. Touches no container."""
+def preview(engine: Engine, project: Project, plan: BuildPlan,
+            repo: CacheRepo | None = None) -> list[PlanRow]:
+    """Say, for every layer, whether a build now would reuse it, and from where.
+
+    Touches no container and pulls nothing: a hit in the cache repo is read there.
+    """
     rows: list[PlanRow] = []
     images: dict[str, str | None] = {}
     depths: dict[str, int] = {}
-    cache = Cache(engine)
+    cache = Cache(engine, repo)
     for layer in plan.layers:
         depth = depths[layer.parent] + 1 if layer.parent_is_layer else 0
         depths[layer.id] = depth
-        if layer.parent_is_layer:
-            parent_id = images.get(layer.parent)
-        else:
-            found = engine.image(layer.parent)
-            parent_id = found.id if found else None
+        parent_id = (images.get(layer.parent) if layer.parent_is_layer
+                     else cache.base(layer.parent))
         if parent_id is None:
             reason = (f"parent {layer.parent} will be rebuilt first" if layer.parent_is_layer
-                      else f"base image {layer.parent} is not on the engine")
+                      else f"base image {layer.parent} is not on the engine"
+                      + (" nor in the cache repo" if repo is not None else ""))
             _, inputs = provisioner_and_inputs(project, layer, "", engine)
             rows.append(PlanRow(layer.id, layer.parent, depth, False, None, None, (reason,),
                                 layer.tags, inputs.notes))
@@ -381,5 +469,6 @@ def preview(engine: Engine, project: Project, plan: BuildPlan) -> list[PlanRow]:
         decision = cache.decide(layer, inputs)
         images[layer.id] = decision.image_id
         rows.append(PlanRow(layer.id, layer.parent, depth, decision.hit, decision.image_id,
-                            decision.key, decision.reasons, layer.tags, inputs.notes))
+                            decision.key, decision.reasons, layer.tags, inputs.notes,
+                            decision.source if decision.hit else None))
     return rows

@@ -155,6 +155,17 @@ def _project(ctx: click.Context) -> Any:
     return Project(root)
 
 
+def _cache_repo(value: str | None) -> Any:
+    """The parsed --cache-repo (or ROLEBAKE_CACHE_REPO), or None."""
+    from rolebake.registry import parse_repository
+
+    return parse_repository(value, source="--cache-repo") if value else None
+
+
+_CACHE_REPO_HELP = ("Share verified layers through this registry repository (REGISTRY/PATH; "
+                    "or set ROLEBAKE_CACHE_REPO).")
+
+
 def _progress(ctx: click.Context) -> Any:
     from rolebake.report import progress_for
 
@@ -202,11 +213,16 @@ def main(project: Path | None, debug: bool, quiet: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
 @click.option("--junit", type=click.Path(dir_okay=False, path_type=Path),
               help="Write the image checks as JUnit XML.")
+@click.option("--push", is_flag=True,
+              help="Push every tag of each image once it passed verification.")
+@click.option("--cache-repo", envvar="ROLEBAKE_CACHE_REPO", metavar="REGISTRY/PATH",
+              help=_CACHE_REPO_HELP)
 @click.pass_context
 @_handled
 def build(ctx: click.Context, images: tuple[str, ...], no_cache: bool, jobs: int,
           keep_failed: bool, idempotence: bool, no_verify: bool, secrets: tuple[str, ...],
-          vault_password_file: Path | None, as_json: bool, junit: Path | None) -> None:
+          vault_password_file: Path | None, as_json: bool, junit: Path | None, push: bool,
+          cache_repo: str | None) -> None:
     """Build IMAGES (spec names, or name:variant; none means all) and tag them when verified."""
     from rolebake.build import Builder, BuildOptions
     from rolebake.engine import Engine
@@ -214,12 +230,16 @@ def build(ctx: click.Context, images: tuple[str, ...], no_cache: bool, jobs: int
     from rolebake.report import build_summary
     from rolebake.verify import write_junit
 
+    if push and no_verify:
+        raise InputError("--push publishes verified images only; drop --no-verify")
+    repository = _cache_repo(cache_repo)
     project = _project(ctx)
     plan = plan_build(project, images)
     secret_set = _secrets(ctx, project, plan, secrets, vault_password_file)
     engine = Engine.connect()
     options = BuildOptions(no_cache=no_cache, jobs=jobs, keep_failed=keep_failed,
-                           idempotence=idempotence, verify=not no_verify, secrets=secret_set)
+                           idempotence=idempotence, verify=not no_verify, secrets=secret_set,
+                           push=push, cache_repo=repository)
     builder = Builder(engine, project, _progress(ctx), options)
     try:
         report = builder.build(plan)
@@ -248,19 +268,26 @@ def _verify_of(result: Any) -> Any:
 @main.command()
 @click.argument("images", nargs=-1)
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
+@click.option("--cache-repo", envvar="ROLEBAKE_CACHE_REPO", metavar="REGISTRY/PATH",
+              help="Look for layers in this registry repository too (or ROLEBAKE_CACHE_REPO).")
 @click.pass_context
 @_handled
-def plan(ctx: click.Context, images: tuple[str, ...], as_json: bool) -> None:
+def plan(ctx: click.Context, images: tuple[str, ...], as_json: bool,
+         cache_repo: str | None) -> None:
     """Show the layers IMAGES need, HIT or MISS, and which input changed. Creates nothing."""
     from rolebake.cache import preview
     from rolebake.engine import Engine
     from rolebake.events import PIPELINE
     from rolebake.load import plan_build
+    from rolebake.registry import CacheRepo
     from rolebake.report import plan_table
 
+    repository = _cache_repo(cache_repo)
     project = _project(ctx)
     build_plan = plan_build(project, images)
-    rows = preview(Engine.connect(), project, build_plan)
+    engine = Engine.connect()
+    rows = preview(engine, project, build_plan,
+                   CacheRepo(engine, repository) if repository else None)
     if as_json:
         _echo_json({"steps": [s.value for s in PIPELINE], "layers": [r.to_dict() for r in rows]})
         return
@@ -273,17 +300,25 @@ def plan(ctx: click.Context, images: tuple[str, ...], as_json: bool) -> None:
 @click.argument("name", default="debian:bookworm")
 @click.option("--mirror", help="Debian mirror URL (default: the one this machine's apt uses).")
 @click.option("--rebuild", is_flag=True, help="Make it again even if it exists.")
+@click.option("--cache-repo", envvar="ROLEBAKE_CACHE_REPO", metavar="REGISTRY/PATH",
+              help="Take the base from this registry repository when the engine has none, "
+                   "and put it there when the repository has none (or ROLEBAKE_CACHE_REPO).")
 @click.pass_context
 @_handled
-def base(ctx: click.Context, name: str, mirror: str | None, rebuild: bool) -> None:
+def base(ctx: click.Context, name: str, mirror: str | None, rebuild: bool,
+         cache_repo: str | None) -> None:
     """Make a base image (e.g. debian:bookworm) with debootstrap; no registry needed."""
     from rolebake.engine import Engine
+    from rolebake.registry import CacheRepo
     from rolebake.rootfs import ensure_base
 
-    result = ensure_base(Engine.connect(), name, mirror=mirror, events=_progress(ctx),
-                         rebuild=rebuild)
+    repository = _cache_repo(cache_repo)
+    engine = Engine.connect()
+    result = ensure_base(engine, name, mirror=mirror, events=_progress(ctx), rebuild=rebuild,
+                         repo=CacheRepo(engine, repository) if repository else None)
+    notes = [n for n in (result.source if result.reused else "", result.shared) if n]
     click.echo(f"{result.ref} {result.image_id.split(':')[-1][:12]}"
-               f"{' (reused)' if result.reused else ''}")
+               + (f" ({'; '.join(notes)})" if notes else ""))
 
 
 @main.command("test")
@@ -503,15 +538,21 @@ def clean(ctx: click.Context, older_than: str, dry_run: bool, labels: tuple[str,
 @main.command()
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
               help="Write to a file instead of stdout.")
+@click.option("--cache-repo", metavar="REGISTRY/PATH",
+              help="The cache repo the targets use unless ROLEBAKE_CACHE_REPO says otherwise.")
+@click.option("--push", is_flag=True,
+              help="Targets push each verified image unless ROLEBAKE_PUSH= is set empty.")
 @click.pass_context
 @_handled
-def makefile(ctx: click.Context, output: Path | None) -> None:
+def makefile(ctx: click.Context, output: Path | None, cache_repo: str | None,
+             push: bool) -> None:
     """Write Make targets per image with their dependencies, for `make -j` or a CI matrix."""
     from rolebake.load import plan_build
     from rolebake.makefile import render_makefile
 
+    repository = _cache_repo(cache_repo)
     project = _project(ctx)
-    text = render_makefile(plan_build(project))
+    text = render_makefile(plan_build(project), cache_repo=str(repository or ""), push=push)
     if output:
         output.write_text(text, encoding="utf-8")
         _err(f"wrote {output}")

@@ -8,18 +8,21 @@ ExecResult). Containers made here are always removed by a context manager
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import io
+import json
 import os
 import tarfile
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import docker
+import docker.auth
 import docker.errors
 import requests.exceptions
 
@@ -28,6 +31,7 @@ from rolebake.errors import (
     EngineUnavailable,
     InputError,
     InternalError,
+    RegistryError,
     RolebakeError,
 )
 
@@ -35,6 +39,11 @@ LABEL_PREFIX = "rolebake."
 ROLE_LABEL = "rolebake.role"  # build | verify | image: what a container or image is for
 BUILD_ID_LABEL = "rolebake.build-id"
 LEFTOVER_ROLES = ("build", "verify", "scan")
+
+# Receives one line per step of a pull or push (a blob done, some progress, the digest).
+Progress = Callable[[str], None]
+# How often a blob in transfer reports its bytes, at most.
+_PROGRESS_EVERY_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -97,6 +106,13 @@ class Engine:
         """Wrap a docker SDK client (a fake one in unit tests)."""
         self.client = client
         self._went_away = threading.Event()
+
+    @functools.cached_property
+    def kind(self) -> str:
+        """`podman` or `docker`: which engine answers, for the few things they do differently."""
+        components = self.client.version().get("Components") or []
+        names = " ".join(str(c.get("Name", "")) for c in components).lower()
+        return "podman" if "podman" in names else "docker"
 
     @classmethod
     def connect(cls, timeout: int = 600) -> Engine:
@@ -203,20 +219,79 @@ class Engine:
             raise
         return _image_info(image)
 
-    def pull(self, ref: str) -> ImageInfo:
-        """Pull an image reference as usual (where a registry is reachable)."""
+    def pull(self, ref: str, progress: Progress | None = None) -> ImageInfo:
+        """Pull a base image reference as usual (where a registry is reachable).
+
+        Raises:
+            InputError: it could not be pulled (a `from:` naming nothing is bad input).
+        """
         try:
-            self.client.images.pull(ref)
-        except docker.errors.DockerException as exc:
+            return self.fetch(ref, progress)
+        except RegistryError as exc:
             raise InputError(
                 f"base image {ref!r} is not on this engine and could not be pulled: "
-                f"{_api_message(exc)}",
+                f"{exc.message}",
                 hint="make one with `rolebake base debian:bookworm`, or fix `from:`",
             ) from None
+
+    def fetch(self, ref: str, progress: Progress | None = None,
+              check: Callable[[], None] = lambda: None) -> ImageInfo:
+        """Pull `ref` from its registry, one progress line per blob.
+
+        Args:
+            ref: `registry/path:tag`.
+            progress: receives the progress lines.
+            check: called between progress records; raising there stops the pull.
+
+        Raises:
+            RegistryError: the registry or the engine refused, with the registry's message.
+        """
+        repository, tag = _split_ref(ref)
+        try:
+            stream = self.client.api.pull(repository, tag=tag, stream=True, decode=True)
+            _follow(stream, progress, check, f"pulling {ref}")
+        except docker.errors.DockerException as exc:
+            raise RegistryError(f"pulling {ref} failed: {_api_message(exc)}") from None
         found = self.image(ref)
         if found is None:
-            raise InputError(f"base image {ref!r} could not be found after pulling")
+            raise RegistryError(f"pulling {ref} left no image on the engine")
         return found
+
+    def push(self, ref: str, progress: Progress | None = None,
+             check: Callable[[], None] = lambda: None) -> str:
+        """Push one tag to its registry, one progress line per blob; returns the digest.
+
+        Credentials come from the docker client's config (`docker login`), read by
+        the SDK; rolebake never sees more of them than the SDK hands the engine.
+
+        Raises:
+            RegistryError: the registry or the engine refused, with the registry's message.
+        """
+        repository, tag = _split_ref(ref)
+        try:
+            stream = self.client.api.push(repository, tag=tag, stream=True, decode=True)
+            aux = _follow(stream, progress, check, f"pushing {ref}")
+        except docker.errors.DockerException as exc:
+            raise RegistryError(f"pushing {ref} failed: {_api_message(exc)}") from None
+        return str(aux.get("Digest") or "")
+
+    def registry_credentials(self, registry: str) -> dict[str, str]:
+        """What the docker client's config holds for `registry` (`docker login`, helpers).
+
+        Returns:
+            `username` and `password`, or `identitytoken`, or nothing. Never logged.
+        """
+        try:
+            found = docker.auth.resolve_authconfig(docker.auth.load_config(), registry) or {}
+        except docker.errors.DockerException as exc:
+            raise RegistryError(f"could not read the docker client's credentials for {registry} "
+                                f"({type(exc).__name__})") from None
+        lowered = {str(k).lower(): v for k, v in found.items() if isinstance(v, str) and v}
+        return {k: lowered[k] for k in ("username", "password", "identitytoken") if k in lowered}
+
+    def registry_config(self) -> Mapping[str, Any]:
+        """The engine's registry settings (insecure registries, mirrors); empty on Podman."""
+        return dict(self.client.info().get("RegistryConfig") or {})
 
     def images(self, labels: Mapping[str, str | None]) -> list[ImageInfo]:
         """Images carrying every label given (value None: any value), newest first."""
@@ -421,8 +496,15 @@ class Engine:
         self.client.api.put_archive(container.id, directory or "/", buffer.getvalue())
 
     def container_state(self, container: ContainerHandle) -> Mapping[str, Any]:
-        """The State block of a container (running, health, exit code)."""
-        return dict(self.client.api.inspect_container(container.id).get("State", {}))
+        """The State block of a container (running, health, exit code).
+
+        `Health` is there only when the image has a HEALTHCHECK: Podman reports an
+        empty one (`{"Status": ""}`) for every container, Docker none.
+        """
+        state = dict(self.client.api.inspect_container(container.id).get("State", {}))
+        if not (state.get("Health") or {}).get("Status"):
+            state.pop("Health", None)
+        return state
 
     def container_ip(self, container: ContainerHandle) -> str | None:
         """The container's address on the default bridge, if it has one."""
@@ -449,10 +531,49 @@ class Engine:
         The image is not tagged here: tags move only after verification.
         """
         try:
-            result = self.client.api.commit(container.id, conf=dict(config), pause=True)
+            if self.kind == "podman":
+                # Podman's Docker-compatible commit ignores the config in the body; it
+                # takes Dockerfile instructions, and HEALTHCHECK is not among them.
+                result = self.client.api.commit(container.id, changes=commit_changes(config),
+                                                pause=True)
+            else:
+                result = self.client.api.commit(container.id, conf=dict(config), pause=True)
         except docker.errors.APIError as exc:
             raise engine_failure("commit failed", exc) from None
-        return str(result["Id"])
+        image_id = str(result["Id"])
+        # Podman answers with the bare hex digits; everywhere else an id is `sha256:<hex>`.
+        return image_id if ":" in image_id else f"sha256:{image_id}"
+
+
+def commit_changes(config: Mapping[str, Any]) -> list[str]:
+    """An image config as the Dockerfile instructions Podman's commit takes.
+
+    Podman keeps a quoted ENV or LABEL value as it is between the quotes (no
+    escapes), takes USER and WORKDIR as written, and reads each line break as
+    the end of an instruction, so values may hold anything but a line break.
+
+    Raises:
+        BuildFailed: a value holds a line break.
+    """
+    def quoted(what: str, value: str) -> str:
+        if "\n" in value or "\r" in value:
+            raise BuildFailed(f"{what} holds a line break, which Podman's commit cannot take")
+        return f'"{value}"'
+
+    changes = [f"CMD {json.dumps(list(config.get('Cmd') or []))}",
+               f"ENTRYPOINT {json.dumps(list(config.get('Entrypoint') or []))}"]
+    for item in config.get("Env") or []:
+        name, _, value = str(item).partition("=")
+        changes.append(f"ENV {name}={quoted(f'env {name}', value)}")
+    for key, instruction in (("User", "USER"), ("WorkingDir", "WORKDIR")):
+        if config.get(key):  # taken as written: quotes here would be part of the value
+            changes.append(f"{instruction} {quoted(key, str(config[key]))[1:-1]}")
+    changes += [f"EXPOSE {port}" for port in config.get("ExposedPorts") or {}]
+    if config.get("Volumes"):
+        changes.append(f"VOLUME {json.dumps(sorted(config['Volumes']))}")
+    for name, value in (config.get("Labels") or {}).items():
+        changes.append(f"LABEL {quoted('label', name)}={quoted(f'label {name}', str(value))}")
+    return changes
 
 
 def as_error(exc: Exception) -> RolebakeError:
@@ -500,12 +621,69 @@ def _has_tag(ref: str) -> bool:
     return ":" in ref.rsplit("/", 1)[-1]
 
 
+def _split_ref(ref: str) -> tuple[str, str]:
+    """`registry/path:tag` -> (`registry/path`, `tag`); no tag means `latest`."""
+    if _has_tag(ref):
+        repository, _, tag = ref.rpartition(":")
+        return repository, tag
+    return ref, "latest"
+
+
+def familiar(ref: str) -> str:
+    """A reference as Docker shows it: Podman reports `docker.io/x/y` and `localhost/y`."""
+    for prefix in ("docker.io/library/", "docker.io/", "localhost/"):
+        if ref.startswith(prefix):
+            return ref[len(prefix):]
+    return ref
+
+
+def _follow(stream: Iterable[Mapping[str, Any]], progress: Progress | None,
+            check: Callable[[], None], what: str) -> dict[str, Any]:
+    """Read a pull or push stream to its end: errors raise, progress is reported per blob.
+
+    Returns:
+        The stream's `aux` record (a push's digest), merged.
+    """
+    aux: dict[str, Any] = {}
+    last: dict[str, tuple[str, float]] = {}
+    for item in stream:
+        check()
+        if item.get("error") or item.get("errorDetail"):
+            message = (item.get("errorDetail") or {}).get("message") or item.get("error")
+            raise RegistryError(f"{what} failed: {str(message).strip()}")
+        aux.update(item.get("aux") or {})
+        blob, status = str(item.get("id") or ""), str(item.get("status") or "")
+        if progress is None or not blob or not status:
+            continue
+        detail = item.get("progressDetail") or {}
+        now = time.monotonic()
+        before, at = last.get(blob, ("", 0.0))
+        if detail.get("total"):
+            # Bytes moving: a line now and then, not one per chunk.
+            if status == before and now - at < _PROGRESS_EVERY_S:
+                continue
+            progress(f"{blob}: {status.lower()} {_mb(detail.get('current'))}/"
+                     f"{_mb(detail.get('total'))} MB")
+        elif status != before and status not in _QUIET_STATUSES:
+            progress(f"{blob}: {status.lower()}")
+        last[blob] = (status, now)
+    return aux
+
+
+# Statuses that say only that a blob waits its turn.
+_QUIET_STATUSES = frozenset({"Preparing", "Waiting", "Pulling fs layer", "Verifying Checksum"})
+
+
+def _mb(value: Any) -> str:
+    return f"{(value or 0) / 1e6:.1f}"
+
+
 def _image_info(image: Any) -> ImageInfo:
     attrs = image.attrs
     config = attrs.get("Config") or {}
     return ImageInfo(
         id=image.id,
-        tags=tuple(image.tags),
+        tags=tuple(familiar(t) for t in image.tags),
         labels=dict(config.get("Labels") or {}),
         created=attrs.get("Created", ""),
         config=config,

@@ -51,6 +51,13 @@ class BuildFailed(RolebakeError):
     exit_code = 1
 
 
+class RegistryError(BuildFailed):
+    """A registry refused or could not be reached: a push, a pull, a lookup (exit 1).
+
+    The message carries the registry's own words; never credentials.
+    """
+
+
 class VMError(BuildFailed):
     """Preparing, booting or reaching a parity VM failed (exit 1).
 

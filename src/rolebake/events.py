@@ -26,9 +26,13 @@ class Step(StrEnum):
     SCAN = "scan"
     VERIFY = "verify"
     TAG = "tag"
+    PUSH = "push"
 
 
 PIPELINE: tuple[Step, ...] = tuple(Step)
+
+# A cache hit is reused as it is: it gets its tags, and is pushed where asked.
+HIT_STEPS: tuple[Step, ...] = (Step.CACHE, Step.TAG, Step.PUSH)
 
 # The steps that run inside the build container, from its creation to its commit.
 CONTAINER_STEPS: tuple[Step, ...] = PIPELINE[PIPELINE.index(Step.CREATE):

@@ -141,3 +141,16 @@ def project(tmp_path: Path, engine: docker.DockerClient) -> Iterator[TestProject
             if tag.startswith(f"rbt-{token}/"):
                 with contextlib.suppress(docker.errors.APIError):
                     engine.images.remove(tag, force=True)
+
+
+@pytest.fixture(scope="session")
+def registry() -> str:
+    """The loopback registry `make registry` starts; missing in CI is a failure."""
+    from tests.integration.engines import REGISTRY, registry_answers
+
+    if not registry_answers():
+        message = f"no registry answers at {REGISTRY}: run `make registry`"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return REGISTRY

@@ -26,8 +26,15 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from rolebake.engine import ContainerHandle, ContainerInfo, Engine, ExecResult, ImageInfo
-from rolebake.errors import BuildFailed, InputError
+from rolebake.engine import (
+    ContainerHandle,
+    ContainerInfo,
+    Engine,
+    ExecResult,
+    ImageInfo,
+    Progress,
+)
+from rolebake.errors import BuildFailed, InputError, RegistryError
 from rolebake.provision.base import (
     ProvisionContext,
     Provisioner,
@@ -106,12 +113,15 @@ class _Hook:
 class FakeEngine(Engine):
     """An in-memory container engine with a call log and injectable faults."""
 
+    kind = "docker"  # which engine it plays; a test may make it "podman"
+
     def __init__(self) -> None:
         super().__init__(client=None)
         self.images_by_id: dict[str, FakeImage] = {}
         self.containers_by_id: dict[str, FakeContainer] = {}
         self.calls: list[Call] = []
         self.pullable: dict[str, dict[str, Any]] = {}  # ref -> config, for pull()
+        self.pushed: dict[str, str] = {}  # ref -> image id, what push() sent
         self.shell_result: Callable[[str, tuple[str, ...]], ExecResult | None] = (
             lambda _script, _args: None)
         self.commit_config_edit: Callable[[dict[str, Any]], None] | None = None
@@ -231,7 +241,7 @@ class FakeEngine(Engine):
             image = self._resolve(ref)
             return image.info() if image else None
 
-    def pull(self, ref: str) -> ImageInfo:
+    def pull(self, ref: str, progress: Progress | None = None) -> ImageInfo:
         """Pull only what the test put in `pullable`; anything else is unknown."""
         self._enter("pull", ref)
         with self._lock:
@@ -241,6 +251,22 @@ class FakeEngine(Engine):
                     "pull access denied",
                     hint="make one with `rolebake base debian:bookworm`, or fix `from:`")
         return self.add_image(ref, config=self.pullable[ref])
+
+    def push(self, ref: str, progress: Progress | None = None,
+             check: Callable[[], None] = lambda: None) -> str:
+        """Push a tag the engine holds; the registry is this engine's `pushed` dict."""
+        self._enter("push", ref)
+        with self._lock:
+            image = self._by_tag(normalize(ref))
+            if image is None:
+                raise RegistryError(f"pushing {ref} failed: An image does not exist locally "
+                                    f"with the tag: {ref}")
+            self.pushed[ref] = image.id
+        if progress is not None:
+            progress(f"{image.id[7:19]}: pushed")
+        check()
+        self._leave("push", ref)
+        return f"sha256:{image.id[7:]}"
 
     def images(self, labels: Mapping[str, str | None]) -> list[ImageInfo]:
         """Images carrying every label given (value None: any value), newest first."""

@@ -149,7 +149,7 @@ def build_containers(engine: FakeEngine) -> list[tuple[Any, ...]]:
     return [args for args in engine.called("container") if args[2][ROLE_LABEL] == "build"]
 
 
-# Every step of a fresh build, in pipeline order: idempotence and scan are not asked for.
+# Every step of a fresh build, in pipeline order: idempotence, scan and push are not asked for.
 FRESH = [
     ("cache", "running"), ("cache", "ok"),
     ("create", "running"), ("create", "ok"),
@@ -161,6 +161,7 @@ FRESH = [
     ("scan", "skipped"),
     ("verify", "running"), ("verify", "ok"),
     ("tag", "running"), ("tag", "ok"),
+    ("push", "skipped"),
 ]
 
 

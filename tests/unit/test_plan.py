@@ -134,9 +134,9 @@ def test_sensitive_vars_are_not_stored_in_plain(project: Project) -> None:
 
 def test_makefile_has_a_target_per_layer_with_its_parent(project: Project) -> None:
     text = render_makefile(plan_build(project))
-    assert "image-web: image-base\n\t$(ROLEBAKE) build $(ROLEBAKE_FLAGS) web\n" in text
-    assert "image-web.dev: image-web\n\t$(ROLEBAKE) build $(ROLEBAKE_FLAGS) web:dev\n" in text
-    assert "image-base:\n\t$(ROLEBAKE) build $(ROLEBAKE_FLAGS) base\n" in text
+    assert "image-web: image-base\n\t$(ROLEBAKE_BUILD) web\n" in text
+    assert "image-web.dev: image-web\n\t$(ROLEBAKE_BUILD) web:dev\n" in text
+    assert "image-base:\n\t$(ROLEBAKE_BUILD) base\n" in text
 
 
 def test_chef_toolchain_image_id_is_part_of_the_key(project: Project) -> None:

@@ -81,7 +81,7 @@ def plan_table(rows: Iterable[Mapping[str, Any]], *, redact: Redact = installed,
 
     Args:
         rows: `PlanRow.to_dict()` of every layer, parents first (layer, parent, depth,
-            status, image, reasons, notes).
+            status, image, reasons, notes, source).
         redact: Hides secrets.
         color: Colour HIT and MISS; only when writing to a terminal.
 
@@ -105,7 +105,9 @@ def plan_table(rows: Iterable[Mapping[str, Any]], *, redact: Redact = installed,
     for row, line in zip(rows, layer_lines, strict=True):
         lines.append(line)
         indent = "  " * row["depth"]
-        for reason in row.get("reasons", []):
+        # A hit from the cache repo says so: a build would pull it, not find it here.
+        notes = ["HIT, from the cache repo"] if row.get("source") == "cache repo" else []
+        for reason in [*notes, *row.get("reasons", [])]:
             text = styled([(f"{indent}    - ", ""), (reason, DIM)], redact)
             lines += render_lines(text, color=color, redact=redact)
         for note in row.get("notes", []):
