@@ -20,11 +20,12 @@ from pathlib import Path
 from typing import Any
 
 from rolebake import __version__, scripts
-from rolebake.engine import ROLE_LABEL, Engine
+from rolebake.engine import ROLE_LABEL, Engine, ImageInfo
 from rolebake.image import CACHE_KEY_LABEL, INPUTS_LABEL, LAYER_LABEL
 from rolebake.plan import BuildPlan, Layer
 from rolebake.provision import provisioner_class
 from rolebake.provision.base import Provisioner
+from rolebake.release import release_of
 from rolebake.spec import Project
 
 
@@ -72,6 +73,7 @@ def layer_inputs(
     files: Iterable[Path],
     provisioner_version: str,
     options: Mapping[str, Any] | None = None,
+    runtime: str = "",
 ) -> LayerInputs:
     """Collect the digests of everything that decides a layer's content.
 
@@ -82,13 +84,15 @@ def layer_inputs(
         files: every file the provisioner reads (role trees, playbooks, cookbooks).
         provisioner_version: e.g. "ansible-core 2.19.14".
         options: the provisioner's own settings from the spec.
+        runtime: how the provisioner runs in the build container (the lent python
+            toolchain of a release, or the apt bootstrap); "" when it has no say.
 
     Returns:
         The inputs; `.key` is the cache key.
     """
     sensitive = set(layer.sensitive_vars)
     salt = sensitive_salt(project) if sensitive & set(layer.vars) else b""
-    return LayerInputs({
+    values: dict[str, Any] = {
         "parent": parent_image_id,
         "files": {project.relative(p): file_digest(p) for p in sorted(set(files))},
         "vars": {k: _digest_value(v, salt=salt + b"\0" + k.encode() if k in sensitive else b"")
@@ -99,7 +103,10 @@ def layer_inputs(
         "provisioner": f"{layer.provisioner} {provisioner_version}",
         "options": _digest_value(options or {}),
         "rolebake": rolebake_fingerprint(),
-    })
+    }
+    if runtime:
+        values["runtime"] = runtime
+    return LayerInputs(values)
 
 
 def rolebake_fingerprint() -> str:
@@ -127,7 +134,7 @@ def explain_miss(current: LayerInputs, previous: LayerInputs | None) -> tuple[st
                                  "config"))
     for key, what in (("roles", "role list"), ("playbook", "playbook"),
                       ("provisioner", "provisioner version"), ("options", "provisioner settings"),
-                      ("rolebake", "rolebake version")):
+                      ("runtime", "provisioner runtime"), ("rolebake", "rolebake version")):
         if now.get(key) != before.get(key):
             reasons.append(f"{what} changed ({_show(before.get(key))} -> {_show(now.get(key))})")
     return tuple(reasons) or ("inputs changed",)
@@ -266,12 +273,13 @@ class Cache:
         return None
 
 
-def provisioner_and_inputs(project: Project, layer: Layer,
-                           parent_id: str) -> tuple[Provisioner, LayerInputs]:
+def provisioner_and_inputs(engine: Engine, project: Project, layer: Layer,
+                           parent: ImageInfo) -> tuple[Provisioner, LayerInputs]:
     """The layer's provisioner and the inputs that make its cache key (build and plan alike)."""
     provisioner = provisioner_class(layer.provisioner)(project, layer)
-    inputs = layer_inputs(project, layer, parent_id, provisioner.input_files(),
-                          provisioner.version(), layer.spec.provisioner_options)
+    runtime = provisioner.runtime(engine, parent, release_of(engine, parent))
+    inputs = layer_inputs(project, layer, parent.id, provisioner.input_files(),
+                          provisioner.version(), layer.spec.provisioner_options, runtime)
     return provisioner, inputs
 
 
@@ -301,7 +309,10 @@ class PlanRow:
 
 
 def preview(engine: Engine, project: Project, plan: BuildPlan) -> list[PlanRow]:
-    """Say, for every layer, whether a build now would reuse it. Touches no container."""
+    """Say, for every layer, whether a build now would reuse it. Starts no container.
+
+    A base image rolebake did not make may be read (never run) for its release.
+    """
     rows: list[PlanRow] = []
     images: dict[str, str | None] = {}
     depths: dict[str, int] = {}
@@ -309,19 +320,16 @@ def preview(engine: Engine, project: Project, plan: BuildPlan) -> list[PlanRow]:
     for layer in plan.layers:
         depth = depths[layer.parent] + 1 if layer.parent_is_layer else 0
         depths[layer.id] = depth
-        if layer.parent_is_layer:
-            parent_id = images.get(layer.parent)
-        else:
-            found = engine.image(layer.parent)
-            parent_id = found.id if found else None
-        if parent_id is None:
+        parent_id = images.get(layer.parent) if layer.parent_is_layer else layer.parent
+        parent = engine.image(parent_id) if parent_id else None
+        if parent is None:
             reason = (f"parent {layer.parent} will be rebuilt first" if layer.parent_is_layer
                       else f"base image {layer.parent} is not on the engine")
             rows.append(PlanRow(layer.id, layer.parent, depth, False, None, None, (reason,),
                                 layer.tags))
             images[layer.id] = None
             continue
-        _, inputs = provisioner_and_inputs(project, layer, parent_id)
+        _, inputs = provisioner_and_inputs(engine, project, layer, parent)
         decision = cache.decide(layer, inputs)
         images[layer.id] = decision.image_id
         rows.append(PlanRow(layer.id, layer.parent, depth, decision.hit, decision.image_id,

@@ -1,4 +1,4 @@
-"""File locks that serialise work on one shared thing (a rootfs, a VM disk, a layer)."""
+"""File locks that serialise work on one shared thing (a rootfs, a VM disk, a layer, a slot)."""
 
 from __future__ import annotations
 
@@ -40,5 +40,24 @@ def exclusive(path: Path, *, on_busy: Callable[[], None] | None = None,
                         time.sleep(poll_s)
         try:
             yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def attempt(path: Path) -> Iterator[bool]:
+    """Try to take an exclusive lock on `path` without waiting; yields whether it was taken.
+
+    The lock is the kernel's (flock), so a process that dies loses it: nothing stale stays.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)

@@ -31,7 +31,7 @@ from rolebake.provision.chef import (
     toolchain_dir,
 )
 from rolebake.provision.chef import provisioner as chef_provisioner
-from rolebake.provision.chef.render import COOKBOOKS_DIR
+from rolebake.provision.chef.render import COOKBOOKS_DIR, TOOLCHAIN_MOUNT
 from rolebake.provision.target import ContainerTarget
 from rolebake.spec import Project
 
@@ -127,13 +127,16 @@ def test_container_options_mounts(tmp_path: Path) -> None:
     roles, config = tmp_path / "cookbooks" / "roles", tmp_path / "config"
     for folder in (web, base, roles, config):
         folder.mkdir(parents=True)
+    lent = {"target": TOOLCHAIN_MOUNT, "source": "vol1", "type": "volume", "read_only": True}
     options = container_options(cookbooks={"web": web, "base": base}, roles_dir=roles,
                                 environments_dir=tmp_path / "none", config_dir=config,
-                                toolchain_container="abc123")
-    assert options.volumes_from == ("abc123",)
-    tmpfs, *binds = options.mounts
-    # the workspace is a tmpfs on a folder every Debian image has: nothing is committed
+                                toolchain_mount=lent)
+    assert options.volumes_from == ()
+    tmpfs, *binds, toolchain = options.mounts
+    # the workspace is a tmpfs on a folder every Debian image has: nothing is committed,
+    # and the toolchain volume's mount point is made on it, not in the layer
     assert tmpfs == {"target": "/mnt", "source": None, "type": "tmpfs"}
+    assert toolchain == lent and TOOLCHAIN_MOUNT.startswith("/mnt/")
     assert {m["target"]: m["source"] for m in binds} == {
         "/mnt/rolebake-chef/config": str(config),
         f"{COOKBOOKS_DIR}/web": str(web),
@@ -147,8 +150,8 @@ def test_container_options_mounts(tmp_path: Path) -> None:
 
 def test_container_options_without_toolchain_image(tmp_path: Path) -> None:
     options = container_options(cookbooks={}, roles_dir=None, environments_dir=None,
-                                config_dir=tmp_path, toolchain_container=None)
-    assert options.volumes_from == ()
+                                config_dir=tmp_path, toolchain_mount=None)
+    assert [m["type"] for m in options.mounts] == ["tmpfs", "bind"]
 
 
 # Spec parsing -----------------------------------------------------------------------------
@@ -664,6 +667,9 @@ class FakeEngine:
         self.created.append((image_id, name, dict(labels)))
         return "toolchain-container-id"
 
+    def volume_at(self, container_id: str, destination: str) -> str:
+        return f"vol-of-{container_id}"
+
     def remove_container(self, ref: str) -> None:
         self.removed.append(ref)
 
@@ -683,6 +689,8 @@ class FakeEngine:
                 half.split("\n")) else "")
         if "--version" in script:
             return ExecResult(0, "Cinc Client: 18.4.12\n")
+        if args[:1] == ("link",):
+            return ExecResult(0, "absent\n")
         if "[ -e" in script:
             return ExecResult(0, self.existing)
         return ExecResult(0, "")
@@ -722,7 +730,9 @@ def test_toolchain_lends_the_volume_and_is_always_removed(project: Project) -> N
     engine = FakeEngine(images={TOOLCHAIN: toolchain_image()})
     provisioner = provisioner_for(project)
     with pytest.raises(RuntimeError), provisioner.toolchain(engine) as options:
-        assert options.volumes_from == ("toolchain-container-id",)
+        lent = next(m for m in options.mounts if m["type"] == "volume")
+        assert lent == {"target": TOOLCHAIN_MOUNT, "source": "vol-of-toolchain-container-id",
+                        "type": "volume", "read_only": True}
         config = Path(next(m["source"] for m in options.mounts
                            if m["target"] == "/mnt/rolebake-chef/config"))
         assert json.loads((config / "node.json").read_text())["run_list"] == ["role[web]"]

@@ -1,9 +1,10 @@
 """The Ansible provisioner: roles and playbooks applied with ansible-runner.
 
 Ansible stays on the host. A build container is reached over
-community.docker.docker_api and only needs a python3, which is bootstrapped
-when missing and removed again unless the roles need it; a VM (parity) is
-reached over SSH by the very same code.
+community.docker.docker_api and runs the modules with a python lent read-only
+from the toolchain image of its release (pytoolchain.py); only when there is
+none for it is python3 bootstrapped with apt, and removed again unless the
+roles need it. A VM (parity) is reached over SSH by the very same code.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import re
 import shutil
 import sys
 import tempfile
+import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,9 +24,12 @@ from typing import Any
 
 import yaml
 
+from rolebake.engine import Engine, ImageInfo
 from rolebake.errors import BuildFailed, InputError
-from rolebake.events import LogEvent
+from rolebake.events import EventSink, LogEvent, discard
+from rolebake.provision import pytoolchain
 from rolebake.provision.base import (
+    ContainerOptions,
     ProvisionContext,
     Provisioner,
     ProvisionResult,
@@ -32,15 +37,22 @@ from rolebake.provision.base import (
     TaskResult,
     append_log,
     first_line,
+    lend_volume,
     tail,
     tree_files,
 )
+from rolebake.provision.pytoolchain import Runtime
 from rolebake.provision.target import ContainerTarget, SSHTarget
+from rolebake.release import Release
 from rolebake.scripts import script
 from rolebake.spec import ImageSpec, Project
 from rolebake.yamlfile import load_yaml
 
 REMOTE_TMP = "/tmp/.rolebake-ansible"
+SYSTEM_PYTHON = "/usr/bin/python3"
+# The lent python has apt_pkg; with the apt bootstrap python3-apt is installed
+# first. Either way the apt module must never install it into the layer itself.
+MODULE_DEFAULTS = {"ansible.builtin.apt": {"auto_install_module_deps": False}}
 IDEMPOTENCE_SKIP_TAGS = "molecule-notest,molecule-idempotence-notest"
 _ERROR_LOCATION = re.compile(r"The error appears to be in '([^']+)': line (\d+)")
 _INPUT_FAULT = re.compile(r"Could not find or access '[^']+'|'[^']+' is undefined")
@@ -57,6 +69,10 @@ class AnsibleProvisioner(Provisioner):
         """Bind to a layer; see Provisioner."""
         super().__init__(*args, **kwargs)
         self.bootstrapped: tuple[str, ...] = ()
+        self.interpreter = SYSTEM_PYTHON
+        self._runtime = Runtime(release=None)
+        self._parent: ImageInfo | None = None
+        self._lent = False
 
     @classmethod
     def version(cls) -> str:
@@ -107,8 +123,48 @@ class AnsibleProvisioner(Provisioner):
             files.extend(tree_files(_role_dir(self.project, role, self.layer.spec)))
         return files
 
+    def runtime(self, engine: Engine, parent: ImageInfo, release: Release | None) -> str:
+        """The lent python of the parent's release, or the apt bootstrap when there is none."""
+        self._runtime = pytoolchain.choose(engine, release)
+        self._parent = parent
+        return self._runtime.key
+
+    @contextlib.contextmanager
+    def toolchain(self, engine: Engine,
+                  events: EventSink = discard) -> Iterator[ContainerOptions]:
+        """Lend the python toolchain (made first when this release has none yet)."""
+        runtime = self._runtime
+        if runtime.toolchain is None or self._parent is None:
+            yield ContainerOptions()
+            return
+        image = pytoolchain.ensure(engine, runtime, self._parent, events, self.layer.id)
+        name = f"rolebake-python-{self.layer.file_stem}-{uuid.uuid4().hex[:8]}"
+        with lend_volume(engine, image.id, volume=pytoolchain.VOLUME, at=pytoolchain.VOLUME,
+                         name=name, kind="python") as mount:
+            self._lent = True
+            try:
+                yield ContainerOptions(mounts=(mount,))
+            finally:
+                self._lent = False
+
     def bootstrap(self, ctx: ProvisionContext) -> None:
-        """Install python3 when the image has none; mark it removable for `clean`."""
+        """Check the lent python runs here; otherwise install python3 (marked removable)."""
+        runtime = self._runtime
+        if self._lent:
+            assert runtime.release is not None
+            checked = ctx.engine.shell(ctx.container, _CHECK_LENT, pytoolchain.INTERPRETER)
+            lines = checked.output.strip().splitlines()
+            here = Release.parse("\n".join(lines[:-1])) if lines else None
+            if checked.rc == 0 and here is not None and here.key == runtime.release.key:
+                self.interpreter = pytoolchain.INTERPRETER
+                ctx.events(LogEvent(ctx.layer.id, f"python lent: {lines[-1]} for {here}"))
+                return
+            ctx.events(LogEvent(ctx.layer.id, "notice: the lent python does not run on "
+                                f"{here or 'this image'} ({first_line(checked.tail(1))}): "
+                                "python3 bootstrapped"))
+        elif runtime.notice:
+            ctx.events(LogEvent(ctx.layer.id, f"notice: {runtime.notice}"))
+        self.interpreter = SYSTEM_PYTHON
         result = ctx.engine.shell(ctx.container, script("bootstrap-python.sh"))
         if result.rc != 0:
             raise BuildFailed(
@@ -135,7 +191,7 @@ class AnsibleProvisioner(Provisioner):
         Returns:
             Every task's result.
         """
-        host_vars = _host_vars(ctx.target)
+        host_vars = _host_vars(ctx.target, self.interpreter)
         with _private_data_dir(ctx) as data_dir:
             playbook = self._write_run_files(ctx, data_dir, host_vars)
             watcher = EventWatcher(ctx)
@@ -204,6 +260,7 @@ class AnsibleProvisioner(Provisioner):
             "name": f"rolebake {layer.id}",
             "hosts": "all",
             "gather_facts": True,
+            "module_defaults": MODULE_DEFAULTS,
             "roles": list(layer.roles),
         }]
         _write(data_dir / "project" / "rolebake.yml", yaml.safe_dump(play, sort_keys=False))
@@ -239,7 +296,12 @@ class AnsibleProvisioner(Provisioner):
         return env
 
 
-def _host_vars(target: ContainerTarget | SSHTarget) -> dict[str, Any]:
+_CHECK_LENT = ('cat /etc/os-release 2>/dev/null; "$1" -c "import apt_pkg, sys; '
+               'print(\'python %d.%d\' % sys.version_info[:2])" 2>&1')
+
+
+def _host_vars(target: ContainerTarget | SSHTarget,
+               interpreter: str = SYSTEM_PYTHON) -> dict[str, Any]:
     """How Ansible reaches the target: the engine's API for a container, SSH for a VM."""
     if isinstance(target, SSHTarget):
         return dict(target.ansible_host_vars())
@@ -247,7 +309,7 @@ def _host_vars(target: ContainerTarget | SSHTarget) -> dict[str, Any]:
         "ansible_connection": "community.docker.docker_api",
         "ansible_host": target.container.id,
         "ansible_user": "root",
-        "ansible_python_interpreter": "/usr/bin/python3",
+        "ansible_python_interpreter": interpreter,
         # Enable systemd units offline: there is no systemd running in a
         # build container; start/restart requests are skipped with a warning.
         "ansible_docker_extra_env": {"SYSTEMD_OFFLINE": "1"},

@@ -1,9 +1,15 @@
 """The provisioner interface, named after the build lifecycle, and the helpers provisioners share.
 
 A provisioner turns a layer's configuration-management code into changes on a
-target: `bootstrap` what it needs to run, `provision`, then `clean` away every
-trace of itself before the pipeline commits. The target is a build container
-or (for `rolebake parity`) a machine over SSH; only `provision` runs there.
+target: decide its `runtime`, lend its `toolchain`, `bootstrap` what it needs
+to run, `provision`, then `clean` away every trace of itself before the
+pipeline commits. The target is a build container or (for `rolebake parity`)
+a machine over SSH; only `provision` runs there.
+
+Toolchains are lent, never installed: a created, never started container of a
+toolchain image holds its VOLUME, which the build container mounts read-only
+(`lend_volume`) on SCRATCH or below it, so not even a mount point is left in
+the layer.
 """
 
 from __future__ import annotations
@@ -16,16 +22,29 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from rolebake.engine import ContainerHandle, Engine
-from rolebake.errors import InputError
-from rolebake.events import EventSink, TaskEvent
+from rolebake.engine import ROLE_LABEL, ContainerHandle, Engine, ImageInfo
+from rolebake.errors import BuildFailed, InputError
+from rolebake.events import EventSink, TaskEvent, discard
 from rolebake.plan import Layer
 from rolebake.provision.target import ContainerTarget, Target
 from rolebake.spec import ImageSpec, Project
 from rolebake.yamlfile import Fields
 
 if TYPE_CHECKING:
+    from rolebake.release import Release
     from rolebake.secrets import SecretSet
+
+# /mnt exists in Debian-style images and is meant for temporary mounts. A mount
+# point that does not exist in the image stays in the layer as an empty folder;
+# /mnt itself exists, and mount points below a tmpfs on it live on the tmpfs --
+# unless something uses the engine's archive API (docker cp) on the container,
+# which makes them in the layer (Ansible's docker_api copies files that way).
+SCRATCH = "/mnt"
+
+
+def scratch_mount() -> dict[str, Any]:
+    """The build container's scratch tmpfs, where toolchains and workspaces are mounted."""
+    return {"target": SCRATCH, "source": None, "type": "tmpfs"}
 
 
 @dataclass(frozen=True)
@@ -34,6 +53,39 @@ class ContainerOptions:
 
     mounts: tuple[Mapping[str, Any], ...] = ()
     volumes_from: tuple[str, ...] = ()
+
+    def merge(self, other: ContainerOptions) -> ContainerOptions:
+        """Both sets of mounts (one mount per target: the first one given wins)."""
+        targets = {m["target"] for m in self.mounts}
+        extra = tuple(m for m in other.mounts if m["target"] not in targets)
+        return ContainerOptions(mounts=self.mounts + extra,
+                                volumes_from=self.volumes_from + other.volumes_from)
+
+
+@contextlib.contextmanager
+def lend_volume(engine: Engine, image_id: str, *, volume: str, at: str, name: str,
+                kind: str) -> Iterator[dict[str, Any]]:
+    """Lend a toolchain image's VOLUME read-only at `at` for a `with` block.
+
+    A created, never started container of the image holds the volume (the
+    engine fills it from the image), as kitchen-dokken lends chef; the mount
+    it yields goes on the build container, and the container and its volume
+    are removed afterwards. `at` should be SCRATCH, or below it on a tmpfs when
+    nothing uses the archive API on the build container.
+
+    Raises:
+        BuildFailed: the engine did not make the volume.
+    """
+    source = engine.create_stopped(image_id, name=name,
+                                   labels={ROLE_LABEL: "build", "rolebake.toolchain": kind})
+    try:
+        found = engine.volume_at(source, volume)
+        if found is None:
+            raise BuildFailed(f"the {kind} toolchain image {image_id[:19]} gave no volume at "
+                              f"{volume}")
+        yield {"target": at, "source": found, "type": "volume", "read_only": True}
+    finally:
+        engine.remove_container(source)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -131,10 +183,20 @@ class Provisioner(abc.ABC):
     def preflight(self, engine: Engine) -> None:
         """Check what the build needs from the engine, before any container is made."""
 
+    def runtime(self, engine: Engine, parent: ImageInfo, release: Release | None) -> str:
+        """Decide how the provisioner will run on `parent`; the text is a cache-key input.
+
+        Called for the layer before its cache key is made (by a build and by
+        `rolebake plan` alike), so it must not make anything.
+        """
+        del engine, parent, release
+        return ""
+
     @contextlib.contextmanager
-    def toolchain(self, engine: Engine) -> Iterator[ContainerOptions]:
+    def toolchain(self, engine: Engine,
+                  events: EventSink = discard) -> Iterator[ContainerOptions]:
         """Make the provisioner's toolchain available to build containers for a while."""
-        del engine
+        del engine, events
         yield ContainerOptions()
 
     @abc.abstractmethod
