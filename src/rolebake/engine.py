@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import socket
 import tarfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -19,6 +20,7 @@ from typing import Any
 
 import docker
 import docker.errors
+import docker.utils.socket
 import requests.exceptions
 
 from rolebake.errors import BuildFailed, EngineUnavailable, InputError
@@ -348,17 +350,6 @@ class Engine:
             handle = tar.extractfile(member)
             return handle.read() if handle is not None else None
 
-    def path_exists(self, image_id: str, path: str, *, name: str) -> bool:
-        """Whether an image has something at `path` (read without running it)."""
-        container = self.create_stopped(image_id, name=name, labels={ROLE_LABEL: "scan"})
-        try:
-            response = self.client.api.head(
-                self.client.api._url("/containers/{0}/archive", container),
-                params={"path": path})
-            return bool(response.status_code == 200)
-        finally:
-            self.remove_container(container)
-
     def copy_out(self, container: ContainerHandle, path: str, dest: Path) -> None:
         """Copy one file out of a container to `dest` on this machine, streaming."""
         found = self.open_file(container.id, path)
@@ -438,6 +429,19 @@ class Engine:
         return ExecResult(rc=int(rc if rc is not None else -1),
                           output=(output or b"").decode("utf-8", "replace"))
 
+    def exec_stream(self, container: ContainerHandle, argv: Sequence[str], *,
+                    env: Mapping[str, str] | None = None) -> ExecStream:
+        """Start a long-lived command in a container, talking to it over its stdin and stdout."""
+        try:
+            created = self.client.api.exec_create(container.id, list(argv), stdin=True,
+                                                  stdout=True, stderr=True, user="root",
+                                                  environment=dict(env or {}))
+            sock = self.client.api.exec_start(created["Id"], socket=True)
+        except docker.errors.APIError as exc:
+            raise BuildFailed(f"could not start {argv[0]} in container {container.name}: "
+                              f"{_api_message(exc)}") from None
+        return ExecStream(sock)
+
     def shell(self, container: ContainerHandle, script: str, *args: str,
               env: Mapping[str, str] | None = None) -> ExecResult:
         """Run a POSIX shell script inside a container; the script is one argv item."""
@@ -489,6 +493,52 @@ class Engine:
         except docker.errors.APIError as exc:
             raise BuildFailed(f"commit failed: {_api_message(exc)}") from None
         return str(result["Id"])
+
+
+class ExecStream:
+    """A running exec's stdin (write) and stdout (read); its stderr is kept for errors."""
+
+    def __init__(self, sock: Any) -> None:
+        self._sock = sock
+        self._buffer = bytearray()
+        self.stderr = bytearray()
+
+    def write(self, data: bytes) -> None:
+        """Send bytes to the command's stdin."""
+        getattr(self._sock, "_sock", self._sock).sendall(data)
+
+    def readline(self) -> bytes:
+        """One line of stdout, with its newline; EOFError when the command ended."""
+        while b"\n" not in self._buffer:
+            self._fill()
+        end = self._buffer.index(b"\n") + 1
+        line = bytes(self._buffer[:end])
+        del self._buffer[:end]
+        return line
+
+    def read(self, size: int) -> bytes:
+        """Exactly `size` bytes of stdout; EOFError when the command ended first."""
+        while len(self._buffer) < size:
+            self._fill()
+        data = bytes(self._buffer[:size])
+        del self._buffer[:size]
+        return data
+
+    def close(self) -> None:
+        """Close stdin (the command sees end of input) and the connection."""
+        raw = getattr(self._sock, "_sock", self._sock)
+        with contextlib.suppress(OSError):
+            raw.shutdown(socket.SHUT_WR)
+        with contextlib.suppress(OSError):
+            self._sock.close()
+
+    def _fill(self) -> None:
+        # Without a tty the engine frames the output: 1 byte stream, 3 zero, 4 size.
+        kind, size = docker.utils.socket.next_frame_header(self._sock)
+        if size <= 0:
+            raise EOFError("the command in the container ended")
+        data = docker.utils.socket.read_exactly(self._sock, size)
+        (self.stderr if kind == docker.utils.socket.STDERR else self._buffer).extend(data)
 
 
 class _ChunkReader(io.RawIOBase):

@@ -654,6 +654,8 @@ class FakeEngine:
         self.removed: list[str] = []
         self.shells: list[tuple[str, tuple[str, ...], dict[str, str]]] = []
         self.pulled: list[str] = []
+        self.filled: list[tuple[str, str]] = []  # (volume, where the image's files came from)
+        self.volume_labels: dict[str, dict[str, str]] = {}
         self.lock = threading.Lock()
 
     def image(self, ref: str) -> ImageInfo | None:
@@ -663,12 +665,20 @@ class FakeEngine:
         self.pulled.append(ref)
         raise InputError(f"base image {ref!r} is not on this engine and could not be pulled")
 
-    def create_stopped(self, image_id: str, *, name: str, labels: dict[str, str]) -> str:
+    def create_stopped(self, image_id: str, *, name: str, labels: dict[str, str],
+                       mounts: Any = ()) -> str:
         self.created.append((image_id, name, dict(labels)))
+        self.filled.extend((m["source"], m["target"]) for m in mounts)
         return "toolchain-container-id"
 
-    def volume_at(self, container_id: str, destination: str) -> str:
-        return f"vol-of-{container_id}"
+    def volumes(self, labels: dict[str, str]) -> list[str]:
+        return [name for name, _ in self.filled]
+
+    def ensure_volume(self, name: str, labels: dict[str, str]) -> None:
+        self.volume_labels[name] = dict(labels)
+
+    def remove_volume(self, name: str) -> bool:
+        return self.volume_labels.pop(name, None) is not None
 
     def remove_container(self, ref: str) -> None:
         self.removed.append(ref)
@@ -729,10 +739,11 @@ def test_toolchain_image_without_volume_is_input_error(project: Project) -> None
 def test_toolchain_lends_the_volume_and_is_always_removed(project: Project) -> None:
     engine = FakeEngine(images={TOOLCHAIN: toolchain_image()})
     provisioner = provisioner_for(project)
+    volume = "rolebake-toolchain-chef-" + "1" * 12
     with pytest.raises(RuntimeError), provisioner.toolchain(engine) as options:
         lent = next(m for m in options.mounts if m["type"] == "volume")
-        assert lent == {"target": TOOLCHAIN_MOUNT, "source": "vol-of-toolchain-container-id",
-                        "type": "volume", "read_only": True}
+        assert lent == {"target": TOOLCHAIN_MOUNT, "source": volume, "type": "volume",
+                        "read_only": True}
         config = Path(next(m["source"] for m in options.mounts
                            if m["target"] == "/mnt/rolebake-chef/config"))
         assert json.loads((config / "node.json").read_text())["run_list"] == ["role[web]"]
@@ -743,8 +754,15 @@ def test_toolchain_lends_the_volume_and_is_always_removed(project: Project) -> N
     image_id, name, labels = engine.created[0]
     assert image_id == toolchain_image().id  # pinned by id, not by a tag that may move
     assert labels[ROLE_LABEL] == "build"
-    assert name.startswith("rolebake-chef-web-chef-")
+    assert name.startswith("rolebake-fill-chef-")
+    # the volume is filled from the image once, by a container that is removed at once
+    assert engine.filled == [(volume, "/opt/cinc")]
+    assert engine.volume_labels[volume]["rolebake.toolchain.image"] == image_id
     assert engine.removed == ["toolchain-container-id"]
+    # a second layer reuses the volume: nothing is created
+    with provisioner_for(project).toolchain(engine):
+        pass
+    assert len(engine.created) == 1
     assert not config.exists()
     assert provisioner.binary == "/opt/cinc/bin/cinc-solo"
 

@@ -13,10 +13,10 @@ import contextlib
 import json
 import os
 import re
+import shlex
 import shutil
 import sys
 import tempfile
-import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,10 +24,10 @@ from typing import Any
 
 import yaml
 
-from rolebake.engine import Engine, ImageInfo
+from rolebake.engine import Engine, ExecResult, ImageInfo
 from rolebake.errors import BuildFailed, InputError
 from rolebake.events import EventSink, LogEvent, discard
-from rolebake.provision import pytoolchain
+from rolebake.provision import agent, pytoolchain
 from rolebake.provision.base import (
     ContainerOptions,
     ProvisionContext,
@@ -73,6 +73,8 @@ class AnsibleProvisioner(Provisioner):
         self._runtime = Runtime(release=None)
         self._parent: ImageInfo | None = None
         self._lent = False
+        self._agent: contextlib.ExitStack | None = None
+        self._relay: agent.AgentRelay | None = None
 
     @classmethod
     def version(cls) -> str:
@@ -134,31 +136,36 @@ class AnsibleProvisioner(Provisioner):
                   events: EventSink = discard) -> Iterator[ContainerOptions]:
         """Lend the python toolchain (made first when this release has none yet)."""
         runtime = self._runtime
-        if runtime.toolchain is None or self._parent is None:
-            yield ContainerOptions()
-            return
-        image = pytoolchain.ensure(engine, runtime, self._parent, events, self.layer.id)
-        name = f"rolebake-python-{self.layer.file_stem}-{uuid.uuid4().hex[:8]}"
-        with lend_volume(engine, image.id, volume=pytoolchain.VOLUME, at=pytoolchain.VOLUME,
-                         name=name, kind="python") as mount:
+        try:
+            if runtime.toolchain is None or self._parent is None:
+                yield ContainerOptions()
+                return
+            image = pytoolchain.ensure(engine, runtime, self._parent, events, self.layer.id)
+            mount = lend_volume(engine, image.id, volume=pytoolchain.VOLUME,
+                                at=pytoolchain.VOLUME, kind="python")
             self._lent = True
-            try:
-                yield ContainerOptions(mounts=(mount,))
-            finally:
-                self._lent = False
+            yield ContainerOptions(mounts=(mount,))
+        finally:
+            # The build container outlives no toolchain; neither does the agent in it.
+            self._lent = False
+            self._stop_agent()
 
     def bootstrap(self, ctx: ProvisionContext) -> None:
         """Check the lent python runs here; otherwise install python3 (marked removable)."""
         runtime = self._runtime
         if self._lent:
             assert runtime.release is not None
-            checked = ctx.engine.shell(ctx.container, _CHECK_LENT, pytoolchain.INTERPRETER)
+            self.interpreter = pytoolchain.INTERPRETER
+            agent_started = self._start_agent(ctx, quiet=True)
+            checked = self._shell(ctx, _CHECK_LENT, pytoolchain.INTERPRETER)
             lines = checked.output.strip().splitlines()
             here = Release.parse("\n".join(lines[:-1])) if lines else None
             if checked.rc == 0 and here is not None and here.key == runtime.release.key:
-                self.interpreter = pytoolchain.INTERPRETER
-                ctx.events(LogEvent(ctx.layer.id, f"python lent: {lines[-1]} for {here}"))
+                how = "rolebake's agent" if agent_started else "the engine's exec API"
+                ctx.events(LogEvent(ctx.layer.id, f"python lent: {lines[-1]} for {here}; "
+                                                  f"tasks run through {how}"))
                 return
+            self._stop_agent()
             ctx.events(LogEvent(ctx.layer.id, "notice: the lent python does not run on "
                                 f"{here or 'this image'} ({first_line(checked.tail(1))}): "
                                 "python3 bootstrapped"))
@@ -180,6 +187,39 @@ class AnsibleProvisioner(Provisioner):
         summary = next((line for line in lines if line.startswith(("installed", "python3"))),
                        "python3 checked")
         ctx.events(LogEvent(ctx.layer.id, summary))
+        self._start_agent(ctx)
+
+    def _start_agent(self, ctx: ProvisionContext, *, quiet: bool = False) -> bool:
+        """One python for every task of the layer (agent.py); the exec API when it fails."""
+        stack = contextlib.ExitStack()
+        try:
+            self._relay = stack.enter_context(agent.relay(
+                ctx.engine, ctx.container, self.interpreter, env=dict(CONTAINER_ENV)))
+        except BuildFailed as exc:
+            stack.close()
+            if not quiet:
+                ctx.events(LogEvent(ctx.layer.id, f"notice: {exc.message}; tasks use the "
+                                                  "engine's exec API"))
+            return False
+        self._agent = stack
+        return True
+
+    def _shell(self, ctx: ProvisionContext, text: str, *args: str) -> ExecResult:
+        """A shell script in the build container: through the agent when it runs."""
+        if self._relay is None:
+            return ctx.engine.shell(ctx.container, text, *args)
+        command = shlex.join(["/bin/sh", "-c", text, "rolebake", *args])
+        try:
+            answer, parts = self._relay.call({"op": "exec", "shell": "/bin/sh", "cmd": command})
+        except (EOFError, OSError, ValueError):
+            return ctx.engine.shell(ctx.container, text, *args)
+        output = b"".join(parts).decode("utf-8", "replace")
+        return ExecResult(rc=int(answer.get("rc", 255)), output=output or answer.get("error", ""))
+
+    def _stop_agent(self) -> None:
+        agent_stack, self._agent, self._relay = self._agent, None, None
+        if agent_stack is not None:
+            agent_stack.close()
 
     def provision(self, ctx: ProvisionContext, *, idempotence: bool = False) -> ProvisionResult:
         """Apply the layer's roles to the target and report each task as it goes.
@@ -191,7 +231,7 @@ class AnsibleProvisioner(Provisioner):
         Returns:
             Every task's result.
         """
-        host_vars = _host_vars(ctx.target, self.interpreter)
+        host_vars = _host_vars(ctx.target, self.interpreter, self._relay)
         with _private_data_dir(ctx) as data_dir:
             playbook = self._write_run_files(ctx, data_dir, host_vars)
             watcher = EventWatcher(ctx)
@@ -223,20 +263,21 @@ class AnsibleProvisioner(Provisioner):
         return result
 
     def clean(self, ctx: ProvisionContext) -> None:
-        """Remove the bootstrap python (unless needed) and Ansible's remote files."""
+        """Remove Ansible's remote files, then the bootstrap python (unless the roles need it)."""
+        self._shell(
+            ctx,
+            'rm -rf "$1" /root/.ansible /root/.ansible_async; '
+            "for h in /home/*; do rm -rf \"$h/.ansible\" \"$h/.ansible_async\"; done; "
+            "rm -rf /tmp/ansible_* /var/tmp/ansible_*",
+            REMOTE_TMP,
+        )
+        self._stop_agent()
         if self.bootstrapped:
             result = ctx.engine.shell(ctx.container, script("unbootstrap-python.sh"),
                                       *self.bootstrapped)
             if result.rc != 0:
                 raise BuildFailed("could not remove the bootstrap python", details=result.tail())
             ctx.events(LogEvent(ctx.layer.id, result.output.strip()))
-        ctx.engine.shell(
-            ctx.container,
-            'rm -rf "$1" /root/.ansible /root/.ansible_async; '
-            "for h in /home/*; do rm -rf \"$h/.ansible\" \"$h/.ansible_async\"; done; "
-            "rm -rf /tmp/ansible_* /var/tmp/ansible_*",
-            REMOTE_TMP,
-        )
 
     # ----------------------------------------------------------------------------------
 
@@ -275,6 +316,10 @@ class AnsibleProvisioner(Provisioner):
             "PATH": os.pathsep.join([str(Path(_ansible_playbook()).parent),
                                      os.environ.get("PATH", "/usr/bin:/bin")]),
             "ANSIBLE_ROLES_PATH": os.pathsep.join(roles_path),
+            # rolebake's agent connection (agent.py); Ansible's own paths stay after it.
+            "ANSIBLE_CONNECTION_PLUGINS": os.pathsep.join([
+                str(agent.PLUGINS / "connection"), "~/.ansible/plugins/connection",
+                "/usr/share/ansible/plugins/connection"]),
             "ANSIBLE_REMOTE_TMP": REMOTE_TMP,
             "ANSIBLE_LOCAL_TEMP": str(data_dir / "tmp"),
             "ANSIBLE_PIPELINING": "True",
@@ -300,19 +345,28 @@ _CHECK_LENT = ('cat /etc/os-release 2>/dev/null; "$1" -c "import apt_pkg, sys; '
                'print(\'python %d.%d\' % sys.version_info[:2])" 2>&1')
 
 
-def _host_vars(target: ContainerTarget | SSHTarget,
-               interpreter: str = SYSTEM_PYTHON) -> dict[str, Any]:
-    """How Ansible reaches the target: the engine's API for a container, SSH for a VM."""
+CONTAINER_ENV = {
+    # Enable systemd units offline: there is no systemd running in a build
+    # container; start/restart requests are skipped with a warning.
+    "SYSTEMD_OFFLINE": "1",
+}
+
+
+def _host_vars(target: ContainerTarget | SSHTarget, interpreter: str = SYSTEM_PYTHON,
+               relay: agent.AgentRelay | None = None) -> dict[str, Any]:
+    """How Ansible reaches the target: rolebake's agent (or the engine's exec API), or SSH."""
     if isinstance(target, SSHTarget):
         return dict(target.ansible_host_vars())
+    if relay is not None:
+        return {"ansible_connection": agent.CONNECTION, "ansible_host": target.container.id,
+                "ansible_rolebake_socket": str(relay.socket_path), "ansible_user": "root",
+                "ansible_python_interpreter": interpreter}
     host_vars: dict[str, Any] = {
         "ansible_connection": "community.docker.docker_api",
         "ansible_host": target.container.id,
         "ansible_user": "root",
         "ansible_python_interpreter": interpreter,
-        # Enable systemd units offline: there is no systemd running in a
-        # build container; start/restart requests are skipped with a warning.
-        "ansible_docker_extra_env": {"SYSTEMD_OFFLINE": "1"},
+        "ansible_docker_extra_env": dict(CONTAINER_ENV),
     }
     if os.environ.get("DOCKER_HOST"):
         # The connection plugin does not read DOCKER_HOST by itself: name the

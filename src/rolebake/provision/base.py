@@ -6,8 +6,8 @@ to run, `provision`, then `clean` away every trace of itself before the
 pipeline commits. The target is a build container or (for `rolebake parity`)
 a machine over SSH; only `provision` runs there.
 
-Toolchains are lent, never installed: a created, never started container of a
-toolchain image holds its VOLUME, which the build container mounts read-only
+Toolchains are lent, never installed: a toolchain image's VOLUME, filled once
+into a named volume, is mounted read-only in the build container
 (`lend_volume`) on SCRATCH or below it, so not even a mount point is left in
 the layer.
 """
@@ -17,16 +17,19 @@ from __future__ import annotations
 import abc
 import contextlib
 import threading
+import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from rolebake.engine import ROLE_LABEL, ContainerHandle, Engine, ImageInfo
-from rolebake.errors import BuildFailed, InputError
+from rolebake.errors import BuildFailed, InputError, RolebakeError
 from rolebake.events import EventSink, TaskEvent, discard
+from rolebake.locks import exclusive
 from rolebake.plan import Layer
 from rolebake.provision.target import ContainerTarget, Target
+from rolebake.rootfs import cache_dir
 from rolebake.spec import ImageSpec, Project
 from rolebake.yamlfile import Fields
 
@@ -62,30 +65,51 @@ class ContainerOptions:
                                 volumes_from=self.volumes_from + other.volumes_from)
 
 
-@contextlib.contextmanager
-def lend_volume(engine: Engine, image_id: str, *, volume: str, at: str, name: str,
-                kind: str) -> Iterator[dict[str, Any]]:
-    """Lend a toolchain image's VOLUME read-only at `at` for a `with` block.
+TOOLCHAIN_IMAGE_LABEL = "rolebake.toolchain.image"
 
-    A created, never started container of the image holds the volume (the
-    engine fills it from the image), as kitchen-dokken lends chef; the mount
-    it yields goes on the build container, and the container and its volume
-    are removed afterwards. `at` should be SCRATCH, or below it on a tmpfs when
+
+def lend_volume(engine: Engine, image_id: str, *, volume: str, at: str,
+                kind: str) -> dict[str, Any]:
+    """The mount that lends a toolchain image's VOLUME read-only at `at`.
+
+    The volume is the image's own, filled once: a named volume per toolchain
+    image id, which the engine fills from the image when a created, never
+    started container of it mounts the empty volume (kitchen-dokken lends chef
+    the same way, with one container per run). Every build container then mounts
+    it without copying anything (the volume stays until `rolebake clean` finds
+    its image gone). `at` should be SCRATCH, or below it on a tmpfs when
     nothing uses the archive API on the build container.
 
     Raises:
-        BuildFailed: the engine did not make the volume.
+        BuildFailed: the engine could not fill the volume from the image.
     """
-    source = engine.create_stopped(image_id, name=name,
-                                   labels={ROLE_LABEL: "build", "rolebake.toolchain": kind})
+    labels = {ROLE_LABEL: "toolchain", "rolebake.toolchain": kind,
+              TOOLCHAIN_IMAGE_LABEL: image_id}
+    name = f"rolebake-toolchain-{kind}-{image_id.rsplit(':', maxsplit=1)[-1][:12]}"
+    # One build fills it; the others wait, and never mount a half-filled volume.
+    with exclusive(cache_dir() / "locks" / f"{name}.lock"):
+        found = engine.volumes({TOOLCHAIN_IMAGE_LABEL: image_id, "rolebake.toolchain": kind})
+        if name not in found:
+            _fill_volume(engine, image_id, name, volume, labels, kind)
+    return {"target": at, "source": name, "type": "volume", "read_only": True}
+
+
+def _fill_volume(engine: Engine, image_id: str, name: str, volume: str,
+                 labels: Mapping[str, str], kind: str) -> None:
+    engine.ensure_volume(name, labels)
+    filler = f"rolebake-fill-{kind}-{uuid.uuid4().hex[:8]}"
     try:
-        found = engine.volume_at(source, volume)
-        if found is None:
-            raise BuildFailed(f"the {kind} toolchain image {image_id[:19]} gave no volume at "
-                              f"{volume}")
-        yield {"target": at, "source": found, "type": "volume", "read_only": True}
-    finally:
-        engine.remove_container(source)
+        # The engine copies the image's files into an empty named volume it mounts.
+        engine.remove_container(engine.create_stopped(
+            image_id, name=filler, labels={ROLE_LABEL: "build", "rolebake.toolchain": kind},
+            mounts=[{"target": volume, "source": name, "type": "volume"}]))
+    except Exception as exc:  # the engine's own error too; engine.py does not wrap it
+        engine.remove_container(filler)
+        engine.remove_volume(name)
+        if isinstance(exc, RolebakeError):
+            raise
+        raise BuildFailed(f"could not fill the {kind} toolchain volume from "
+                          f"{image_id[:19]}: {exc}") from None
 
 
 @dataclass(frozen=True, kw_only=True)

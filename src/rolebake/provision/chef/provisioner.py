@@ -14,7 +14,6 @@ import contextlib
 import shutil
 import tempfile
 import threading
-import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -160,32 +159,23 @@ class ChefSoloProvisioner(Provisioner):
         base = self.project.state_dir / "tmp"
         base.mkdir(parents=True, exist_ok=True)
         config_dir = Path(tempfile.mkdtemp(prefix="chef-", dir=base))
-        name = f"rolebake-chef-{self.layer.id.replace(':', '.')}-{uuid.uuid4().hex[:8]}"
         try:
             config_dir.chmod(0o755)
             _write(config_dir / "solo.rb", solo_rb(environment=self.options.environment))
             _write(config_dir / "node.json", node_json(self.run_list(), self.options.attributes))
-            with contextlib.ExitStack() as stack:
-                mount = None
-                if image_id is not None and folder is not None:
-                    try:
-                        mount = stack.enter_context(lend_volume(
-                            engine, image_id, volume=folder, at=TOOLCHAIN_MOUNT, name=name,
-                            kind="chef"))
-                    except RolebakeError:
-                        raise
-                    except Exception as exc:  # the engine's own error; engine.py does not wrap it
-                        raise BuildFailed(f"could not create the chef toolchain container from "
-                                          f"{self.options.image}: {exc}") from None
-                    self.lent_folder = folder
-                yield container_options(
-                    cookbooks=resolved.cookbooks,
-                    roles_dir=self.project.root / self.options.roles if resolved.roles else None,
-                    environments_dir=(self.project.root / self.options.environments
-                                      if resolved.environment else None),
-                    config_dir=config_dir,
-                    toolchain_mount=mount,
-                )
+            mount = None
+            if image_id is not None and folder is not None:
+                mount = lend_volume(engine, image_id, volume=folder, at=TOOLCHAIN_MOUNT,
+                                    kind="chef")
+                self.lent_folder = folder
+            yield container_options(
+                cookbooks=resolved.cookbooks,
+                roles_dir=self.project.root / self.options.roles if resolved.roles else None,
+                environments_dir=(self.project.root / self.options.environments
+                                  if resolved.environment else None),
+                config_dir=config_dir,
+                toolchain_mount=mount,
+            )
         finally:
             self.lent_folder = None
             shutil.rmtree(config_dir, ignore_errors=True)
