@@ -233,6 +233,11 @@ class Builder:
                 raise
         return BuildReport(results=results, seconds=time.monotonic() - started)
 
+    def stop(self) -> None:
+        """Cancel a build running in another thread: its layers stop and clean up."""
+        self.cancel.set()
+        self._kill_running_containers()
+
     def _skip_layer(self, layer: Layer, result: LayerResult, parent: LayerResult) -> None:
         result.status = StepStatus.SKIPPED
         why = "failed" if parent.status == StepStatus.FAILED else "was skipped"

@@ -40,8 +40,8 @@ class SessionBackend(DockerBackend):
         self._token = secrets.token_hex(8)
 
     def run(self, command: str, *args: str, **kwargs: Any) -> base.CommandResult:
-        """Run one command in the container; as the docker backend when a user is given."""
-        if self.user is not None:
+        """Run one command in the container; as the docker backend for users other than root."""
+        if self.user not in (None, "root"):
             return super().run(command, *args, **kwargs)
         cmd = self.get_command(command, *args)
         with self._lock:
@@ -79,7 +79,12 @@ class SessionBackend(DockerBackend):
         self._stream = None
 
 
-def pytest_configure(config: Any) -> None:
-    """Make `rolebake://` hosts known to testinfra for this run."""
-    del config
+def register() -> None:
+    """Make `rolebake://` hosts known to testinfra in this process."""
     testinfra.backend.BACKENDS[SCHEME] = f"{__name__}.SessionBackend"
+
+
+def pytest_configure(config: Any) -> None:
+    """Register the backend for a pytest run (`-p rolebake.verify_session`)."""
+    del config
+    register()
