@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +30,8 @@ from rolebake.locks import attempt
 from rolebake.release import Release
 from rolebake.rootfs import cache_dir
 
-CACHE_ENV = "ROLEBAKE_APT_CACHE"  # off | on (default)
+CACHE_ENV = "ROLEBAKE_APT_CACHE"  # off | on (default) | a volume name prefix
+DEFAULT_PREFIX = "rolebake-apt"
 MAX_AGE_ENV = "ROLEBAKE_APT_LISTS_MAX_AGE"
 DEFAULT_MAX_AGE = 3600
 LISTS_DIR = "/var/lib/apt/lists"
@@ -45,6 +47,7 @@ class AptCache:
     release: str  # Release.key
     slot: int
     max_age: int = DEFAULT_MAX_AGE
+    prefix: str = DEFAULT_PREFIX
 
     @property
     def name(self) -> str:
@@ -54,12 +57,12 @@ class AptCache:
     @property
     def lists_volume(self) -> str:
         """The volume mounted over /var/lib/apt/lists."""
-        return volume_name(self.release, self.slot, "lists")
+        return volume_name(self.release, self.slot, "lists", self.prefix)
 
     @property
     def archives_volume(self) -> str:
         """The volume mounted over /var/cache/apt/archives."""
-        return volume_name(self.release, self.slot, "archives")
+        return volume_name(self.release, self.slot, "archives", self.prefix)
 
     def mounts(self) -> tuple[dict[str, str], ...]:
         """The build container's mounts (both folders exist in any image with apt)."""
@@ -71,14 +74,28 @@ class AptCache:
         return {"ROLEBAKE_APT_CACHE": "1", "ROLEBAKE_APT_MAX_AGE": str(self.max_age)}
 
 
-def volume_name(release: str, slot: int, kind: str) -> str:
+def volume_name(release: str, slot: int, kind: str, prefix: str = DEFAULT_PREFIX) -> str:
     """`rolebake-apt-debian-12-0-lists`."""
-    return f"rolebake-apt-{release}-{slot}-{kind}"
+    return f"{prefix}-{release}-{slot}-{kind}"
 
 
 def enabled() -> bool:
     """False when $ROLEBAKE_APT_CACHE says off."""
     return os.environ.get(CACHE_ENV, "").strip().lower() not in ("off", "0", "no", "false")
+
+
+def prefix() -> str:
+    """The volumes' name prefix: $ROLEBAKE_APT_CACHE when it names one (a cache of one's own).
+
+    Raises:
+        InputError: the value cannot start a volume name.
+    """
+    text = os.environ.get(CACHE_ENV, "").strip()
+    if text.lower() in ("", "on", "1", "yes", "true"):
+        return DEFAULT_PREFIX
+    if not re.fullmatch(r"[a-zA-Z0-9][a-zA-Z0-9_.-]{0,60}", text):
+        raise InputError(f"{CACHE_ENV}={text!r}: expected on, off or a volume name prefix")
+    return text
 
 
 def max_age() -> int:
@@ -105,12 +122,12 @@ def claim(engine: Engine, release: Release | None) -> Iterator[AptCache | None]:
     if not enabled() or release is None or not release.uses_apt:
         yield None
         return
-    age = max_age()
+    age, names = max_age(), prefix()
     for slot in range(SLOTS):
-        with attempt(_lock_path(release.key, slot)) as mine:
+        with attempt(_lock_path(f"{names}-{release.key}", slot)) as mine:
             if not mine:
                 continue
-            cache = AptCache(release.key, slot, age)
+            cache = AptCache(release.key, slot, age, names)
             for volume in (cache.lists_volume, cache.archives_volume):
                 engine.ensure_volume(volume, {RELEASE_LABEL: release.key})
             yield cache
@@ -120,8 +137,9 @@ def claim(engine: Engine, release: Release | None) -> Iterator[AptCache | None]:
 
 def archive_volumes(engine: Engine, release: str) -> list[str]:
     """Every archives volume of a release's cache (read by the parity VM's package proxy)."""
+    names = prefix()
     return [name for name in engine.volumes({RELEASE_LABEL: release})
-            if name.endswith("-archives")]
+            if name.startswith(f"{names}-{release}-") and name.endswith("-archives")]
 
 
 def parse_downloads(output: str) -> tuple[int, int] | None:

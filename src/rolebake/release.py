@@ -12,13 +12,15 @@ from __future__ import annotations
 import re
 import threading
 import uuid
+import weakref
 from dataclasses import dataclass
 
 from rolebake.engine import Engine, ImageInfo
 
 RELEASE_LABEL = "rolebake.os-release"
 
-_memo: dict[str, Release | None] = {}
+# What each engine's images were found to be, by image id (ids are per engine).
+_memo: weakref.WeakKeyDictionary[Engine, dict[str, Release | None]] = weakref.WeakKeyDictionary()
 _memo_lock = threading.Lock()
 
 
@@ -89,12 +91,13 @@ def release_of(engine: Engine, image: ImageInfo) -> Release | None:
     if labelled is not None:
         return labelled
     with _memo_lock:
-        if image.id in _memo:
-            return _memo[image.id]
+        known = _memo.setdefault(engine, {})
+        if image.id in known:
+            return known[image.id]
     files = engine.read_files(image.id, ["/etc/os-release", "/usr/lib/os-release"],
                               name=f"rolebake-release-{uuid.uuid4().hex[:12]}")
     text = files.get("/etc/os-release") or files.get("/usr/lib/os-release")
     found = Release.parse(text.decode("utf-8", "replace")) if text else None
     with _memo_lock:
-        _memo[image.id] = found
+        known[image.id] = found
     return found

@@ -148,12 +148,17 @@ class AptProxy:
 
     def open_cached(self, name: str) -> tuple[int, Iterator[bytes]] | None:
         """A package file from the shared cache, by its pool file name; None if absent."""
-        if "/" in name or not name.endswith(".deb"):
+        if "/" in name or not name.endswith(".deb") or name.count("_") != 2:
             return None
-        for slot in range(len(self.slots)):
-            found = self.engine.open_file(self.reader, f"/cache/{slot}/{name}")
-            if found is not None:
-                return found
+        package, version, arch = name.split("_")
+        # apt keeps a package under its version with the epoch (`1%3a1.1.2-0`), which the
+        # pool file name leaves out; epochs beyond 2 are rare enough to fetch again.
+        candidates = [name] + [f"{package}_{epoch}%3a{version}_{arch}" for epoch in (1, 2)]
+        for candidate in candidates:
+            for slot in range(len(self.slots)):
+                found = self.engine.open_file(self.reader, f"/cache/{slot}/{candidate}")
+                if found is not None:
+                    return found
         return None
 
     def close(self) -> None:
