@@ -85,6 +85,7 @@ class LayerResult:
     seconds: float = 0.0
     log_path: str | None = None
     steps: dict[str, str] = field(default_factory=dict)
+    step_seconds: dict[str, float] = field(default_factory=dict)
     verify: VerifyResult | None = None
     provision: ProvisionResult | None = None
     error: RolebakeError | None = None
@@ -103,6 +104,7 @@ class LayerResult:
             "seconds": round(self.seconds, 2),
             "log": self.log_path,
             "steps": dict(self.steps),
+            "step_seconds": {k: round(v, 2) for k, v in self.step_seconds.items()},
             "tests": self.verify.to_dict() if self.verify else None,
             "tasks": self.provision.counts() if self.provision else None,
             "error": ({"message": self.error.message, "exit_code": self.error.exit_code,
@@ -306,6 +308,7 @@ class Builder:
     def _step(self, run: _Run, step: Step) -> None:
         self.events(StepEvent(run.layer.id, step, StepStatus.RUNNING))
         run.result.steps[step.value] = StepStatus.RUNNING.value
+        began = time.monotonic()
         try:
             self._check_cancel()
             if os.environ.get(TEST_PAUSE_ENV) == step.value:
@@ -317,6 +320,8 @@ class Builder:
             text = exc.message if isinstance(exc, RolebakeError) else type(exc).__name__
             self.events(StepEvent(run.layer.id, step, StepStatus.FAILED, text))
             raise
+        finally:
+            run.result.step_seconds[step.value] = time.monotonic() - began
         status = StepStatus.CACHED if step == Step.CACHE and run.cached else StepStatus.OK
         run.result.steps[step.value] = status.value
         self.events(StepEvent(run.layer.id, step, status, message))
