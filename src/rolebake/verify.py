@@ -141,10 +141,12 @@ def run_suite(
     # `name` may be an image reference (rolebake test registry/app:1.0): the engine
     # only takes [a-zA-Z0-9][a-zA-Z0-9_.-] in container names.
     name = re.sub(r"[^a-zA-Z0-9_.-]+", ".", name).strip(".") or "image"
-    with engine.container(image_id, name=f"rolebake-verify-{name}-{run_id}", labels=labels,
-                          keep_alive=False) as container:
-        if wait_ready(engine, container, ready):
-            return _pytest(tests, session_url(container.id), project_root, SESSION_ARGS)
+    image = engine.image(image_id) if ready is None else None
+    if image is None or not _exits_at_once(image.config):
+        with engine.container(image_id, name=f"rolebake-verify-{name}-{run_id}", labels=labels,
+                              keep_alive=False) as container:
+            if wait_ready(engine, container, ready):
+                return _pytest(tests, session_url(container.id), project_root, SESSION_ARGS)
     # The image's command finished on its own (a shell, a one-shot tool): such an
     # image has nothing to wait for, so its files are tested in an idle container.
     with engine.container(image_id, name=f"rolebake-verify-{name}-{run_id}-idle",
@@ -159,6 +161,15 @@ SESSION_ARGS = ("-p", "rolebake.verify_session")
 def session_url(container_id: str) -> str:
     """The testinfra host of a container, reached through one shell (verify_session.py)."""
     return f"{SESSION_SCHEME}://{container_id}"
+
+
+_SHELLS = {("bash",), ("/bin/bash",), ("/usr/bin/bash",), ("sh",), ("/bin/sh",)}
+
+
+def _exits_at_once(config: Mapping[str, Any]) -> bool:
+    """A shell as the image's command, with no stdin, ends as soon as it starts."""
+    return (not config.get("Entrypoint") and not config.get("Healthcheck")
+            and tuple(config.get("Cmd") or ()) in _SHELLS)
 
 
 def suite_for_host(tests: Path, host_url: str, project_root: Path,

@@ -15,13 +15,14 @@ from __future__ import annotations
 import secrets
 import shlex
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import testinfra.backend
 from testinfra.backend import base
 from testinfra.backend.docker import DockerBackend
 
-from rolebake.engine import ContainerHandle, Engine, ExecStream
+if TYPE_CHECKING:
+    from rolebake.engine import ExecStream
 
 SCHEME = "rolebake"
 _OUT, _ERR = "/dev/shm/.rolebake-verify.out", "/dev/shm/.rolebake-verify.err"
@@ -69,6 +70,9 @@ class SessionBackend(DockerBackend):
 
     def _session(self) -> ExecStream:
         if self._stream is None:
+            # Imported on first use: a suite that runs no command pays no docker SDK import.
+            from rolebake.engine import ContainerHandle, Engine
+
             engine = Engine.connect(timeout=60)
             self._stream = engine.exec_stream(ContainerHandle(self.name, self.name), ["/bin/sh"])
         return self._stream

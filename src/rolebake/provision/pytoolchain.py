@@ -26,7 +26,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from rolebake import __version__, aptcache, scripts
+from rolebake import __version__, aptcache
 from rolebake.engine import ROLE_LABEL, Engine, ImageInfo
 from rolebake.errors import BuildFailed, InputError
 from rolebake.events import EventSink, LogEvent
@@ -65,8 +65,9 @@ class Runtime:
 
 
 def recipe() -> str:
-    """What decides a toolchain's making: rolebake's version and its container scripts."""
-    return f"{__version__}+scripts.{scripts.digest()}+format.{FORMAT}"
+    """What decides a toolchain's making: rolebake's version, the maker script, the layout."""
+    maker = hashlib.sha256(script("make-python-toolchain.sh").encode()).hexdigest()[:12]
+    return f"{__version__}+maker.{maker}+format.{FORMAT}"
 
 
 def tag_for(release: Release) -> str:

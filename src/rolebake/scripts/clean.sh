@@ -31,6 +31,7 @@ for pid_dir in /proc/[0-9]*; do
     kill -KILL "$pid" 2>/dev/null || true
 done
 find /run /var/run -xdev -name '*.pid' -type f -delete 2>/dev/null || true
+rm -f /etc/dpkg/dpkg.cfg.d/zz-rolebake-unsafe-io
 if [ -e /usr/sbin/.rolebake-policy-rc.d ]; then
     rm -f /usr/sbin/policy-rc.d /usr/sbin/.rolebake-policy-rc.d
 fi
