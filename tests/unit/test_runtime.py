@@ -149,3 +149,25 @@ def test_mount_residue() -> None:
     assert mount_residue(changes, ("/mnt", "/var/lib/apt/lists")) == [
         "/mnt/rolebake-python", "/var/lib/apt/lists"]
     assert mount_residue([("C", "/mnt"), ("A", "/etc/x")], ("/mnt",)) == []
+
+
+def test_clean_removes_toolchain_volumes_whose_image_is_gone() -> None:
+    import datetime as dt
+
+    from rolebake.cleanup import find_leftovers, remove_leftovers
+    from rolebake.provision.base import lend_volume
+
+    engine = FakeEngine()
+    kept = engine.add_image("rolebake-toolchain/python:debian-12-a")
+    gone = engine.add_image("rolebake-toolchain/python:debian-12-b")
+    for image in (kept, gone):
+        mount = lend_volume(engine, image.id, volume="/mnt", at="/mnt", kind="python")
+        assert mount["read_only"] and mount["source"].endswith(image.id.split(":")[-1][:12])
+    engine.remove_image(gone.id, force=True)
+    found = [item for item in find_leftovers(engine, dt.timedelta(0))
+             if item.kind == "toolchain volume"]
+    assert [item.name for item in found] == [
+        "rolebake-toolchain-python-" + gone.id.split(":")[-1][:12]]
+    remove_leftovers(engine, found)
+    assert list(engine.volumes_made) == [
+        "rolebake-toolchain-python-" + kept.id.split(":")[-1][:12]]
