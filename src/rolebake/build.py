@@ -47,6 +47,7 @@ from rolebake.provision import provisioner_class
 from rolebake.provision.base import ProvisionContext, Provisioner, ProvisionResult
 from rolebake.provision.target import ContainerTarget
 from rolebake.release import RELEASE_LABEL, Release, release_of
+from rolebake.rootfs import cache_dir
 from rolebake.scripts import script
 from rolebake.secrets import SecretSet, scan_image
 from rolebake.spec import Project
@@ -272,7 +273,8 @@ class Builder:
                            check=self._check_cancel), contextlib.ExitStack() as stack:
                 run = _Run(layer=layer, result=result, parent=parent,
                            provisioner=provisioner, inputs=inputs, stack=stack,
-                           release=release_of(self.engine, parent))
+                           release=release_of(self.engine, parent,
+                                                      cache_dir() / "releases"))
                 self._run_pipeline(run)
             result.status = StepStatus.CACHED if run.cached else StepStatus.OK
             assert run.image_id is not None

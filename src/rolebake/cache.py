@@ -26,6 +26,7 @@ from rolebake.plan import BuildPlan, Layer
 from rolebake.provision import provisioner_class
 from rolebake.provision.base import Provisioner
 from rolebake.release import release_of
+from rolebake.rootfs import cache_dir
 from rolebake.spec import Project
 
 
@@ -277,7 +278,8 @@ def provisioner_and_inputs(engine: Engine, project: Project, layer: Layer,
                            parent: ImageInfo) -> tuple[Provisioner, LayerInputs]:
     """The layer's provisioner and the inputs that make its cache key (build and plan alike)."""
     provisioner = provisioner_class(layer.provisioner)(project, layer)
-    runtime = provisioner.runtime(engine, parent, release_of(engine, parent))
+    release = release_of(engine, parent, cache_dir() / "releases")
+    runtime = provisioner.runtime(engine, parent, release)
     inputs = layer_inputs(project, layer, parent.id, provisioner.input_files(),
                           provisioner.version(), layer.spec.provisioner_options, runtime)
     return provisioner, inputs

@@ -4,16 +4,22 @@ The lent Ansible runtime and the shared apt caches are both per release: a
 python built against one release's libapt-pkg must not run in another, and
 one release's package lists mean nothing to the next. Images rolebake commits
 carry the release as a label, so a child layer knows it without reading a
-file; other images (a pulled base) are read once per process.
+file; other images (a pulled base) are read once, through a created, never
+started container, and what was found is kept on this machine by image id
+(an id names the image's content), so a cached build creates no container.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
+import tempfile
 import threading
 import uuid
 import weakref
 from dataclasses import dataclass
+from pathlib import Path
 
 from rolebake.engine import Engine, ImageInfo
 
@@ -81,8 +87,13 @@ class Release:
         return f"{name} ({self.codename})" if self.codename else name
 
 
-def release_of(engine: Engine, image: ImageInfo) -> Release | None:
-    """The release of an image: its label, else its /etc/os-release (read once per process).
+def release_of(engine: Engine, image: ImageInfo, memo: Path | None = None) -> Release | None:
+    """The release of an image: its label, else its /etc/os-release (read once).
+
+    Args:
+        engine: the engine holding the image.
+        image: the image.
+        memo: a folder keeping what unlabelled images were found to be, by image id.
 
     Returns:
         The release, or None when the image has no os-release (scratch, busybox).
@@ -94,10 +105,25 @@ def release_of(engine: Engine, image: ImageInfo) -> Release | None:
         known = _memo.setdefault(engine, {})
         if image.id in known:
             return known[image.id]
-    files = engine.read_files(image.id, ["/etc/os-release", "/usr/lib/os-release"],
-                              name=f"rolebake-release-{uuid.uuid4().hex[:12]}")
-    text = files.get("/etc/os-release") or files.get("/usr/lib/os-release")
-    found = Release.parse(text.decode("utf-8", "replace")) if text else None
+    kept = memo / image.id.replace(":", "-") if memo is not None else None
+    if kept is not None and kept.is_file():
+        found = Release.from_label(kept.read_text(encoding="utf-8").strip())
+    else:
+        files = engine.read_files(image.id, ["/etc/os-release", "/usr/lib/os-release"],
+                                  name=f"rolebake-release-{uuid.uuid4().hex[:12]}")
+        text = files.get("/etc/os-release") or files.get("/usr/lib/os-release")
+        found = Release.parse(text.decode("utf-8", "replace")) if text else None
+        if kept is not None:
+            _keep(kept, found.label if found is not None else "none")
     with _memo_lock:
         known[image.id] = found
     return found
+
+
+def _keep(path: Path, text: str) -> None:
+    with contextlib.suppress(OSError):  # only a shortcut: reading the image again is fine
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".release-")
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text + "\n")
+        os.replace(tmp, path)

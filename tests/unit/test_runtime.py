@@ -63,6 +63,20 @@ def test_release_of_reads_the_file_once_and_prefers_the_label() -> None:
     assert len(engine.called("read_files")) == 1
 
 
+def test_release_of_is_kept_on_disk_by_image_id(tmp_path: Path) -> None:
+    # Another process, the same engine: the image is not read again (no container).
+    for _ in range(2):
+        engine = FakeEngine()
+        base = engine.add_image("base:1")
+        engine.images_by_id[base.id].files["/etc/os-release"] = BOOKWORM.encode()
+        assert release_of(engine, base, tmp_path / "releases") == Release.parse(BOOKWORM)
+    assert len(engine.called("read_files")) == 0
+    none = FakeEngine()
+    scratch = none.add_image("scratch:1")
+    assert release_of(none, scratch, tmp_path / "other") is None
+    assert (tmp_path / "other" / scratch.id.replace(":", "-")).read_text() == "none\n"
+
+
 def test_toolchain_choice() -> None:
     engine = FakeEngine()
     bookworm = Release.parse(BOOKWORM)

@@ -203,7 +203,8 @@ def _apt_proxy(engine: Engine, plan: BuildPlan, machine: QemuVM | None,
                events: EventSink) -> Iterator[None]:
     """Point a local VM's apt at the build's shared apt cache while the roles run on it."""
     base = engine.image(plan.layers[0].parent)
-    release = release_of(engine, base) if base is not None and machine is not None else None
+    release = (release_of(engine, base, cache_dir() / "releases")
+               if base is not None and machine is not None else None)
     if machine is None or base is None or release is None:
         yield
         return
