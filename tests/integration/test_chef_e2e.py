@@ -189,9 +189,13 @@ def stand_in_toolchain(engine: docker.DockerClient) -> Iterator[str]:
             info.size, info.mode = len(data), mode
             tar.addfile(info, io.BytesIO(data))
     context.seek(0)
-    engine.images.build(fileobj=context, custom_context=True, tag=tag, rm=True)
+    image, _ = engine.images.build(fileobj=context, custom_context=True, tag=tag, rm=True)
     yield tag
     engine.images.remove(tag, force=True)
+    # The toolchain's volume, filled once for every build that lends it, goes with it.
+    for volume in engine.volumes.list(
+            filters={"label": f"rolebake.toolchain.image={image.id}"}):
+        volume.remove(force=True)
 
 
 @pytest.fixture
