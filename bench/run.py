@@ -6,7 +6,9 @@ and tags are never touched; every image and container this script creates
 carries the label rolebake-bench.run=<run id> (or is recorded by id) and is
 removed at the end. Prints a markdown table and writes bench/results/latest.json.
 
-Usage: .venv/bin/python bench/run.py [--only rolebake,jobs,dockerfile,plain,bender] [--keep]
+Usage: .venv/bin/python bench/run.py [--only rolebake,fixed,parity,jobs,dockerfile,plain,bender]
+                                     [--keep]
+rolebake runs as `<this python> -m rolebake`, so PYTHONPATH picks the tree under test.
 """
 
 from __future__ import annotations
@@ -34,19 +36,17 @@ import yaml
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-VENV_BIN = REPO / ".venv" / "bin"
-ROLEBAKE = str(VENV_BIN / "rolebake")
-BENDER_VENV = HERE / ".venv-bender"
-BENDER_PINS = ["ansible-bender==0.10.1",
-               # ansible-bender 0.10.1 fails every cached task under ansible-core 2.19
-               # ("Encountered untrusted template or expression"), so it gets 2.18.
-               "ansible-core>=2.18,<2.19", "ansible>=11,<12"]
+sys.path.insert(0, str(HERE))
+from bender import BENDER_VENV, BenderMixin  # noqa: E402 - beside this file
+from tables import FIXED_REPS, NOOP_REPS, table, targets, uptime, versions  # noqa: E402
+
+VENV_BIN = Path(sys.executable).parent
+ROLEBAKE = [sys.executable, "-m", "rolebake"]
 BASE_IMAGE = "rolebake/debian:bookworm"
 NS = "rolebake-bench"
 RUN_LABEL = "rolebake-bench.run"
-NOOP_REPS = 3
 JOBS_ORDER = (1, 2, 2, 1)
-SECTIONS = ("rolebake", "jobs", "dockerfile", "plain", "bender")
+SECTIONS = ("rolebake", "fixed", "parity", "jobs", "dockerfile", "plain", "bender")
 # The same version of Ansible that rolebake drives from its own venv.
 ANSIBLE_CORE_FOR_DOCKERFILE = "2.19.14"
 WEB_VARS = {"web_port": 8080}
@@ -66,10 +66,11 @@ echo "apt_pkgcache_kb=$(find /var/cache/apt -name '*.bin' 2>/dev/null | kb)"
 echo "apt_debs_kb=$(find /var/cache/apt/archives -name '*.deb' 2>/dev/null | kb)"
 echo "dot_ansible=$(ls -d /root/.ansible /home/*/.ansible 2>/dev/null | tr '\n' ' ')"
 echo "policy_rc_d=$(ls /usr/sbin/policy-rc.d 2>/dev/null)"
+echo "mnt=$(ls -A /mnt 2>/dev/null | tr '\n' ' ')"
 """
 
 
-class Bench:
+class Bench(BenderMixin):
     """One benchmark run: its work dir, its log, what it created."""
 
     def __init__(self, keep: bool) -> None:
@@ -83,6 +84,9 @@ class Bench:
         self.podman_before: set[str] = set()
         self.buildah_before: set[str] = set()
         self.docker_refs: set[str] = set()
+        # An apt cache of this run's own: the fresh build downloads what `docker build
+        # --no-cache` downloads; later builds of the run find it there.
+        self.apt_env = {"ROLEBAKE_APT_CACHE": f"{NS}-{self.run_id}"}
 
     # Running things -------------------------------------------------------------------
 
@@ -189,29 +193,15 @@ class Bench:
         (project / "images" / f"{name}.yml").write_text(yaml.safe_dump(spec, sort_keys=False),
                                                         encoding="utf-8")
 
-    def setup_bender(self) -> None:
-        bender = BENDER_VENV / "bin" / "ansible-bender"
-        if not bender.exists():
-            self.note(f"installing ansible-bender into {BENDER_VENV} (not timed)")
-            self.run("setup-bender", [sys.executable, "-m", "venv", str(BENDER_VENV)])
-            self.run("setup-bender", [str(BENDER_VENV / "bin" / "pip"), "install", "-q",
-                                      *BENDER_PINS])
-        for tool in ("buildah", "podman"):
-            if shutil.which(tool) is None:
-                raise SystemExit(f"bench: {tool} is missing; run scripts/ensure-host.sh podman")
-        _, out, _ = self.run("setup-bender", ["podman", "images", "-a", "-q", "--no-trunc"])
-        self.podman_before = set(out.split())
-        _, out, _ = self.run("setup-bender", ["buildah", "containers", "-q", "--notruncate"])
-        self.buildah_before = set(out.split())
-
     # rolebake -------------------------------------------------------------------------
 
     def rolebake(self, *args: str, name: str) -> tuple[float, dict[str, Any]]:
-        seconds, out, err = self.run(name, [ROLEBAKE, "--project", str(self.work / "project"),
-                                            "build", *args, "--json"])
+        seconds, out, err = self.run(name, [*ROLEBAKE, "--project", str(self.work / "project"),
+                                            "build", *args, "--json"], env=self.apt_env)
         report = json.loads(out)
         return seconds, {layer["layer"]: {"cached": layer["cached"],
                                           "seconds": layer["seconds"],
+                                          "step_seconds": layer.get("step_seconds") or {},
                                           "verify_s": _step_seconds(err, layer["layer"], "verify"),
                                           "reasons": layer["reasons"],
                                           "steps": layer["steps"]}
@@ -234,7 +224,7 @@ class Bench:
             res["noop_layers"] = layers
         res["noop_runs_s"] = noops
         res["noop_s"] = statistics.median(noops)
-        res["cli_start_s"] = self.run("rolebake-version", [ROLEBAKE, "--version"])[0]
+        res["cli_start_s"] = self.run("rolebake-version", [*ROLEBAKE, "--version"])[0]
         res["noop_profile"] = self.profile_noop()
         self.note("rolebake: rebuild after the template change")
         marker = f"bench change {self.run_id}"
@@ -264,6 +254,57 @@ class Bench:
             k in r["function"] for k in ("subprocess.py", "_send_request", "getresponse",
                                          "_find_and_load", "communicate", "poll"))]
         return {"wall_s": round(seconds, 3), "top": wanted[:25]}
+
+    def bench_fixed(self) -> None:
+        """A layer whose role does nothing, with a one-test suite, on the cached base.
+
+        What every layer pays however little its roles do: create (with the lent
+        runtime), bootstrap, provision (ansible-playbook and facts), clean, commit
+        and verify. A new label each run makes it a cache miss.
+        """
+        project = self.work / "project"
+        tasks = project / "roles" / "nothing" / "tasks"
+        tasks.mkdir(parents=True)
+        (tasks / "main.yml").write_text("---\n[]\n", encoding="utf-8")
+        suite = project / "tests" / "images" / "nothing"
+        suite.mkdir(parents=True)
+        (suite / "test_nothing.py").write_text("def test_nothing(host):\n    pass\n",
+                                               encoding="utf-8")
+        res: dict[str, Any] = {"runs": [], "load_before": self.load()}
+        for index in range(FIXED_REPS):
+            spec = {"from": "base", "roles": ["nothing"], "tags": [f"{NS}/nothing:{self.run_id}"],
+                    "config": {"labels": {RUN_LABEL: self.run_id,
+                                          "rolebake-bench.fixed": str(index)}}}
+            (project / "images" / "nothing.yml").write_text(yaml.safe_dump(spec),
+                                                            encoding="utf-8")
+            self.note(f"rolebake: a layer that does nothing ({index + 1} of {FIXED_REPS})")
+            _, layers = self.rolebake("nothing", name=f"rolebake-fixed{index}")
+            res["runs"].append(layers["nothing"])
+        res["runs_s"] = [r["seconds"] for r in res["runs"]]
+        res["median_s"] = statistics.median(res["runs_s"])
+        steps = res["runs"][0]["step_seconds"].keys()
+        res["median_steps"] = {k: statistics.median(r["step_seconds"].get(k, 0.0)
+                                                    for r in res["runs"]) for k in steps}
+        self.results["fixed"] = res
+
+    def bench_parity(self) -> None:
+        """`rolebake parity web --vm qemu` once the image is built (the cache is warm)."""
+        self.note("rolebake: parity web --vm qemu")
+        res: dict[str, Any] = {"load_before": self.load()}
+        seconds, out, err = self.run("rolebake-parity", [
+            *ROLEBAKE, "--project", str(self.work / "project"), "parity", "web", "--vm", "qemu",
+            "--json"], check=False, env=self.apt_env)
+        res["wall_s"] = seconds
+        report = json.loads(out) if out.strip().startswith("{") else {}
+        res["ok"] = report.get("ok")
+        res["steps"] = report.get("steps")
+        res["accel"] = "kvm" if " up (kvm)" in err else "tcg" if " up (tcg)" in err else None
+        res["notices"] = [ln.split("] ", 1)[-1] for ln in err.splitlines() if "notice:" in ln]
+        res["apt"] = next((ln.split("apt: ", 1)[1] for ln in err.splitlines()
+                           if "[vm] apt: " in ln), None)
+        if not report:
+            raise RuntimeError("parity: no report; " + "\n".join(err.splitlines()[-10:]))
+        self.results["parity"] = res
 
     def bench_jobs(self) -> None:
         """web and app, both on a cached base, --jobs 1 vs --jobs 2 (new keys each time).
@@ -391,87 +432,6 @@ CMD ["nginx", "-g", "daemon off;"]
         res["contents"] = self.probe(ref)
         self.results["plain"] = res
 
-    # ansible-bender -------------------------------------------------------------------
-
-    def bench_bender(self) -> None:
-        work = self.work / "bender"
-        shutil.copytree(REPO / "roles", work / "roles")
-        base = f"localhost/{NS}/debian:{self.run_id}"
-        with_python = f"localhost/{NS}/bender-python-base:{self.run_id}"
-        target = f"localhost/{NS}/bender-web:{self.run_id}"
-        res: dict[str, Any] = {"command": "ansible-bender build site.yml (default caching and "
-                                          "layering; its own empty database)"}
-        # The base image lives in the Docker engine; buildah reads it from there (not timed,
-        # as `docker build` finds it in place).
-        self.note("bender: copying the base image from docker into buildah's storage")
-        res["import_base_s"] = self.run("bender-import", [
-            "buildah", "pull", "-q", f"docker-daemon:{BASE_IMAGE}"])[0]
-        self.run("bender-import", ["buildah", "tag", f"docker.io/{BASE_IMAGE}", base])
-        # ansible-bender needs python3 in the base image and cannot install it itself
-        # (it probes for an interpreter before any task runs): make a base with it.
-        self.note("bender: python bootstrap image (counted in its fresh time)")
-        started = time.perf_counter()
-        _, out, _ = self.run("bender-bootstrap", ["buildah", "from", "-q", base])
-        container = out.strip()
-        try:
-            self.run("bender-bootstrap", [
-                "buildah", "run", container, "--", "sh", "-c",
-                "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "
-                "--no-install-recommends python3 >/dev/null && rm -rf /var/lib/apt/lists/*"])
-            self.run("bender-bootstrap", ["buildah", "commit", "-q", container, with_python])
-        finally:
-            self.run("bender-bootstrap", ["buildah", "rm", container], check=False)
-        res["bootstrap_s"] = time.perf_counter() - started
-        play = [{
-            "name": "web image (common + web roles)",
-            "hosts": "all",
-            "vars": {**WEB_VARS, "ansible_bender": {
-                "base_image": with_python,
-                "target_image": {
-                    "name": target,
-                    "cmd": "nginx -g 'daemon off;'",
-                    "ports": ["8080"],
-                    "environment": {"LANG": "C.UTF-8"},
-                    "labels": {"org.opencontainers.image.title": "web", RUN_LABEL: self.run_id},
-                },
-            }},
-            "roles": ["common", "web"],
-        }]
-        (work / "site.yml").write_text(yaml.safe_dump(play, sort_keys=False), encoding="utf-8")
-        env = {"PATH": f"{BENDER_VENV / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}",
-               "ANSIBLE_ROLES_PATH": str(work / "roles")}
-        cmd = [str(BENDER_VENV / "bin" / "ansible-bender"), "--database-dir", str(work / "db"),
-               "build", "site.yml"]
-
-        def build(name: str) -> tuple[float, dict[str, int]]:
-            seconds, out, err = self.run(name, cmd, cwd=work, env=env)
-            text = out + err
-            return seconds, {"tasks_from_cache": text.count("loaded from cache"),
-                             "tasks_run": len(re.findall(r"^(?:changed|ok): ", text, re.M))}
-
-        self.note("bender: fresh build")
-        res["load_before_fresh"] = self.load()
-        res["build_s"], res["fresh_tasks"] = build("bender-fresh")
-        res["fresh_s"] = res["bootstrap_s"] + res["build_s"]
-        self.note("bender: no-op rebuild (one run)")
-        res["noop_s"], res["noop_tasks"] = build("bender-noop")
-        self.note("bender: rebuild after the template change")
-        marker = f"bench change {self.run_id}"
-        self.change_template(work / "roles", marker)
-        res["change_s"], res["change_tasks"] = build("bender-change")
-        res["change_landed"] = marker in self.file_in_image(target, "/var/www/site/index.html",
-                                                            tool="podman")
-        _, out, _ = self.run("bender-size", ["podman", "image", "inspect", "--format",
-                                             "{{.Size}}", target])
-        res["podman_size_bytes"] = int(out.strip())
-        # Measure its size the way the others are measured: in the Docker engine.
-        docker_ref = f"{NS}/bender-web:{self.run_id}"
-        self.run("bender-copy", ["podman", "push", "-q", target, f"docker-daemon:{docker_ref}"])
-        self.docker_refs.add(docker_ref)
-        res["size_bytes"] = self.docker_size(docker_ref)
-        res["contents"] = self.probe(docker_ref)
-        self.results["bender"] = res
-
     # Cleanup --------------------------------------------------------------------------
 
     def cleanup(self) -> None:
@@ -485,6 +445,11 @@ CMD ["nginx", "-g", "daemon off;"]
             self.run("cleanup", ["docker", "rm", "-f", *out.split()], check=False)
         for ref in sorted(self.docker_refs):
             self.run("cleanup", ["docker", "rmi", ref], check=False)
+        _, out, _ = self.run("cleanup", ["docker", "volume", "ls", "-q", "--filter",
+                                         f"name={self.apt_env['ROLEBAKE_APT_CACHE']}"],
+                             check=False)
+        if out.split():
+            self.run("cleanup", ["docker", "volume", "rm", *out.split()], check=False)
         for _ in range(5):  # children first: retry until nothing with our label is left
             _, out, _ = self.run("cleanup", ["docker", "images", "-aq", "--filter",
                                              f"label={RUN_LABEL}={self.run_id}"], check=False)
@@ -536,147 +501,6 @@ def _docker_steps_run(output: str) -> list[str]:
     return ran
 
 
-def _mb(value: float | None) -> str:
-    return "-" if value is None else f"{value / 1e6:.1f}"
-
-
-def _s(value: float | None) -> str:
-    return "-" if value is None else f"{value:.1f}" if value >= 10 else f"{value:.2f}"
-
-
-def _tooling(contents: dict[str, str] | None) -> str:
-    if not contents:
-        return "-"
-    parts = []
-    parts.append("python3" if contents.get("python3") else "no python3")
-    parts.append("Ansible" if contents.get("ansible") else "no Ansible")
-    pip = contents.get("pip_cache_kb") or ""
-    parts.append(f"pip cache {pip} KiB" if pip and pip != "0" else "no pip cache")
-    lists = contents.get("apt_lists_kb") or ""
-    parts.append(f"apt lists {int(lists) // 1024} MiB" if lists and lists != "0"
-                 else "no apt lists")
-    cache = sum(int(contents.get(k) or 0) for k in ("apt_debs_kb", "apt_pkgcache_kb"))
-    if cache:
-        parts.append(f"apt cache {cache // 1024} MiB")
-    if contents.get("dot_ansible"):
-        parts.append("~/.ansible")
-    return ", ".join(parts)
-
-
-def table(results: dict[str, Any]) -> list[str]:
-    plain = results.get("plain", {}).get("size_bytes")
-    rows = [
-        "| tool | fresh build (s) | no-op rebuild (s) | after template change (s) | "
-        "what reran after the change | change in image | image size (MB) | vs plain | "
-        "tooling left in the image |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-
-    def vs(size: int | None) -> str:
-        return "-" if not (size and plain) else f"{(size / plain - 1) * 100:+.1f}%"
-
-    rb = results.get("rolebake")
-    if rb:
-        rows.append(
-            f"| rolebake (`build web`, verified) | {_s(rb['fresh_s'])} (verify "
-            f"{_s(rb['fresh_verify_s'])}) | {_s(rb['noop_s'])} | "
-            f"{_s(rb['change_s'])} (verify {_s(rb['change_verify_s'])}) | "
-            f"layers: {', '.join(rb['change_reran']) or 'none'} | "
-            f"{'yes' if rb['change_landed'] else 'NO'} | {_mb(rb['size_bytes'])} | "
-            f"{vs(rb['size_bytes'])} | {_tooling(rb['contents'])} |")
-    df = results.get("dockerfile")
-    if df:
-        rows.append(
-            f"| Dockerfile + ansible-playbook (legacy builder) | {_s(df['fresh_s'])} | "
-            f"{_s(df['noop_s'])} | {_s(df['change_s'])} | "
-            f"{len(df['change_reran'])} RUN step(s): {'; '.join(df['change_reran'])} | "
-            f"{'yes' if df['change_landed'] else 'NO'} | {_mb(df['size_bytes'])} | "
-            f"{vs(df['size_bytes'])} | {_tooling(df['contents'])} |")
-    ab = results.get("bender")
-    if ab:
-        rows.append(
-            f"| ansible-bender 0.10.1 (buildah) | {_s(ab['fresh_s'])} "
-            f"(python bootstrap {_s(ab['bootstrap_s'])} + build {_s(ab['build_s'])}) | "
-            f"{_s(ab['noop_s'])} ({ab['noop_tasks']['tasks_from_cache']} tasks from cache) | "
-            f"{_s(ab['change_s'])} | {ab['change_tasks']['tasks_from_cache']} tasks from cache,"
-            f" {ab['change_tasks']['tasks_run']} run | "
-            f"{'yes' if ab['change_landed'] else 'NO'} | {_mb(ab['size_bytes'])} | "
-            f"{vs(ab['size_bytes'])} | {_tooling(ab['contents'])} |")
-    pl = results.get("plain")
-    if pl:
-        rows.append(f"| plain Dockerfile, apt only (size reference) | {_s(pl['fresh_s'])} | - | "
-                    f"- | - | - | {_mb(pl['size_bytes'])} | ±0% | "
-                    f"{_tooling(pl['contents'])} |")
-    jobs = results.get("jobs")
-    if jobs:
-        runs = {j: ", ".join(_s(r["seconds"]) for r in jobs["runs"] if r["jobs"] == j)
-                for j in (1, 2)}
-        rows += ["", "| rolebake web + app on a cached base (verified) | mean wall (s) | runs |",
-                 "|---|---|---|",
-                 f"| `--jobs 1` | {_s(jobs['jobs1_s'])} | {runs[1]} |",
-                 f"| `--jobs 2` | {_s(jobs['jobs2_s'])} | {runs[2]} |",
-                 f"| speed-up | {jobs['speedup']:.2f}x | order {jobs['order']} |"]
-    return rows
-
-
-def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
-    rb, df, ab, pl = (results.get(k) for k in ("rolebake", "dockerfile", "bender", "plain"))
-    checks: list[dict[str, Any]] = []
-
-    def add(name: str, ok: bool | None, detail: str) -> None:
-        checks.append({"target": name, "met": ok, "detail": detail})
-
-    if rb:
-        add("no-op rebuild < 1 s wall incl. CLI start",
-            rb["noop_s"] < 1.0 and rb["noop_all_cached"],
-            f"all layers cache hits: {rb['noop_all_cached']}; "
-            f"median of {NOOP_REPS}: {rb['noop_s']:.2f} s (runs: "
-            f"{', '.join(f'{x:.2f}' for x in rb['noop_runs_s'])}; `rolebake --version` "
-            f"alone {rb['cli_start_s']:.2f} s)")
-        add("after a one-file change only the layers above it rerun",
-            rb["change_reran"] == ["web"] and rb["change_landed"],
-            f"reran: {rb['change_reran']}; new template in image: {rb['change_landed']}")
-        if ab:
-            add("fresh build ≤ 0.5 x ansible-bender", rb["fresh_s"] <= 0.5 * ab["fresh_s"],
-                f"{rb['fresh_s']:.1f} s vs {ab['fresh_s']:.1f} s = "
-                f"{rb['fresh_s'] / ab['fresh_s']:.2f}x")
-        if df:
-            add("fresh build ≤ 0.6 x Dockerfile", rb["fresh_s"] <= 0.6 * df["fresh_s"],
-                f"{rb['fresh_s']:.1f} s vs {df['fresh_s']:.1f} s = "
-                f"{rb['fresh_s'] / df['fresh_s']:.2f}x")
-        if pl:
-            add("image size ≤ plain Dockerfile + 2%", rb["size_bytes"] <= pl["size_bytes"] * 1.02,
-                f"{_mb(rb['size_bytes'])} MB vs {_mb(pl['size_bytes'])} MB = "
-                f"{(rb['size_bytes'] / pl['size_bytes'] - 1) * 100:+.1f}%")
-    jobs = results.get("jobs")
-    if jobs:
-        add("--jobs 2 faster than --jobs 1 (web + app)", jobs["jobs2_s"] < jobs["jobs1_s"],
-            f"{jobs['jobs1_s']:.1f} s → {jobs['jobs2_s']:.1f} s ({jobs['speedup']:.2f}x)")
-    return checks
-
-
-def versions() -> dict[str, str]:
-    def out(cmd: list[str]) -> str:
-        try:
-            return subprocess.run(cmd, capture_output=True, text=True, check=False,
-                                  timeout=30).stdout.strip().splitlines()[0]
-        except (OSError, IndexError, subprocess.SubprocessError):
-            return "n/a"
-
-    return {
-        "rolebake": out([ROLEBAKE, "--version"]),
-        "ansible-core (rolebake)": out([str(VENV_BIN / "ansible-playbook"), "--version"]),
-        "ansible-core (bender venv)": out([str(BENDER_VENV / "bin" / "ansible-playbook"),
-                                           "--version"]),
-        "docker engine": out(["docker", "version", "--format", "{{.Server.Version}}"]),
-        "docker cli": out(["docker", "version", "--format", "{{.Client.Version}}"]),
-        "buildah": out(["buildah", "--version"]),
-        "podman": out(["podman", "--version"]),
-        "kernel": platform.release(),
-        "cpus": str(os.cpu_count()),
-    }
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", default=",".join(SECTIONS),
@@ -687,8 +511,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     unknown = set(sections) - set(SECTIONS)
     if unknown:
         parser.error(f"unknown sections: {', '.join(sorted(unknown))}")
-    if "jobs" in sections and "rolebake" not in sections:
-        parser.error("jobs needs the rolebake section (it reuses its cached base layer)")
+    for needs_base in ("jobs", "fixed", "parity"):
+        if needs_base in sections and "rolebake" not in sections:
+            parser.error(f"{needs_base} needs the rolebake section (it reuses its cached layers)")
     # SIGINT may arrive ignored (a background job); SIGTERM too must reach the cleanup.
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, signal.default_int_handler)
@@ -698,7 +523,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     errors: dict[str, str] = {}
     try:
         bench.setup(sections)
-        steps = {"rolebake": bench.bench_rolebake, "jobs": bench.bench_jobs,
+        steps = {"rolebake": bench.bench_rolebake, "fixed": bench.bench_fixed,
+                 "parity": bench.bench_parity, "jobs": bench.bench_jobs,
                  "dockerfile": bench.bench_dockerfile, "plain": bench.bench_plain,
                  "bender": bench.bench_bender}
         for name in SECTIONS:
@@ -722,9 +548,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
                     "memory_gib": round(os.sysconf("SC_PAGE_SIZE")
                                         * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)},
-        "versions": versions(),
+        "versions": versions(ROLEBAKE, VENV_BIN, BENDER_VENV),
         "repetitions": {"no-op rebuild (rolebake, dockerfile)": NOOP_REPS,
+                        "do-nothing layer": FIXED_REPS,
                         "--jobs 1 and --jobs 2": 2, "everything else": 1},
+        "uptime": uptime(),
         "total_s": round(total, 1),
         "results": results,
         "targets": checks,
@@ -741,7 +569,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"- {'MET ' if check['met'] else 'MISSED'} {check['target']}: {check['detail']}")
     for name, error in errors.items():
         print(f"- ERROR in {name}: {error.splitlines()[0]}")
-    print(f"\ntotal bench time {total / 60:.1f} min; results in {out_dir / 'latest.json'}")
+    print(f"\ntotal bench time {total / 60:.1f} min; results in {out_dir / 'latest.json'}; "
+          f"at the end: {payload['uptime']}")
     return 1 if errors else 0
 
 

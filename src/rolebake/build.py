@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rolebake import aptcache
+from rolebake.aptcache import AptCache
 from rolebake.cache import FROM_REPO, Cache, CacheDecision, LayerInputs, provisioner_and_inputs
 from rolebake.engine import (
     BUILD_ID_LABEL,
@@ -67,6 +69,8 @@ from rolebake.provision import provisioner_class
 from rolebake.provision.base import ProvisionContext, Provisioner, ProvisionResult
 from rolebake.provision.target import ContainerTarget
 from rolebake.registry import CacheRepo, Repository
+from rolebake.release import RELEASE_LABEL, Release, release_of
+from rolebake.rootfs import cache_dir
 from rolebake.scripts import script
 from rolebake.secrets import SecretSet, scan_image
 from rolebake.spec import Project
@@ -114,6 +118,7 @@ class LayerResult:
     seconds: float = 0.0
     log_path: str | None = None
     steps: dict[str, str] = field(default_factory=dict)
+    step_seconds: dict[str, float] = field(default_factory=dict)
     verify: VerifyResult | None = None
     provision: ProvisionResult | None = None
     error: RolebakeError | None = None
@@ -134,6 +139,7 @@ class LayerResult:
             "seconds": round(self.seconds, 2),
             "log": self.log_path,
             "steps": dict(self.steps),
+            "step_seconds": {k: round(v, 2) for k, v in self.step_seconds.items()},
             "tests": self.verify.to_dict() if self.verify else None,
             "tasks": self.provision.counts() if self.provision else None,
             "error": ({"message": self.error.message, "exit_code": self.error.exit_code,
@@ -180,6 +186,9 @@ class _Run:
     inputs: LayerInputs
     stack: contextlib.ExitStack
     lock: Held
+    release: Release | None = None
+    apt: AptCache | None = None
+    lent: tuple[str, ...] = ()  # where volumes and binds are mounted in the build container
     config: dict[str, Any] = field(default_factory=dict)
     cached: bool = False
     source: str | None = None  # of a hit
@@ -301,6 +310,11 @@ class Builder:
         if isinstance(reason, Interrupted):
             reason.tags_stayed(stayed)
 
+    def stop(self) -> None:
+        """Cancel a build running in another thread: its layers stop and clean up."""
+        self.cancel.set()
+        self._kill_running_containers()
+
     def _skip_layer(self, layer: Layer, result: LayerResult, parent: LayerResult) -> None:
         result.status = StepStatus.SKIPPED
         why = "failed" if parent.status == StepStatus.FAILED else "was skipped"
@@ -322,15 +336,15 @@ class Builder:
         started = time.monotonic()
         try:
             parent = parent or self._base_image(layer)
-            provisioner, inputs = provisioner_and_inputs(self.project, layer, parent.id,
-                                                         self.engine)
+            provisioner, inputs = provisioner_and_inputs(self.engine, self.project, layer, parent)
             result.cache_key = inputs.key
             lock = self._locks[layer.id] = self._lock_for(layer)
             with exclusive(lock, on_busy=lambda: self.events(LogEvent(
                                layer.id, "another build of this layer is running; waiting")),
                            check=self._check_cancel) as held, contextlib.ExitStack() as stack:
                 run = _Run(layer=layer, result=result, parent=parent,
-                           provisioner=provisioner, inputs=inputs, stack=stack, lock=held)
+                           provisioner=provisioner, inputs=inputs, stack=stack, lock=held,
+                           release=release_of(self.engine, parent, cache_dir() / "releases"))
                 self._run_pipeline(run)
             result.status = StepStatus.CACHED if run.cached else StepStatus.OK
             assert run.image_id is not None
@@ -382,6 +396,7 @@ class Builder:
     def _step(self, run: _Run, step: Step) -> None:
         self.events(StepEvent(run.layer.id, step, StepStatus.RUNNING))
         run.result.steps[step.value] = StepStatus.RUNNING.value
+        began = time.monotonic()
         try:
             self._check_cancel()
             if os.environ.get(TEST_PAUSE_ENV) == step.value:
@@ -394,6 +409,8 @@ class Builder:
                 type(exc).__name__
             self.events(StepEvent(run.layer.id, step, StepStatus.FAILED, text))
             raise
+        finally:
+            run.result.step_seconds[step.value] = time.monotonic() - began
         status = StepStatus.CACHED if step == Step.CACHE and run.cached else StepStatus.OK
         run.result.steps[step.value] = status.value
         self.events(StepEvent(run.layer.id, step, status, message))
@@ -491,13 +508,18 @@ class Builder:
             cache_key=run.inputs.key, inputs=run.inputs.to_label(),
             provisioner=f"{layer.provisioner} ({run.provisioner.version()})",
             revision=self._revision))
+        if run.release is not None:
+            run.config["Labels"][RELEASE_LABEL] = run.release.label
         secrets = self.options.secrets
         options = run.stack.enter_context(run.provisioner.toolchain(
-            self.engine, labels={BUILD_ID_LABEL: self.build_id}))
+            self.engine, labels={BUILD_ID_LABEL: self.build_id}, events=self.events))
+        run.apt = run.stack.enter_context(aptcache.claim(self.engine, run.release))
+        mounts = tuple(options.mounts) + (run.apt.mounts() if run.apt else ())
+        run.lent = tuple(str(m["target"]) for m in mounts if m.get("type") != "tmpfs")
         container = run.stack.enter_context(self.engine.container(
             run.parent.id, name=f"rolebake-build-{layer.file_stem}-{self.build_id}",
             labels={ROLE_LABEL: "build", BUILD_ID_LABEL: self.build_id, LAYER_LABEL: layer.id},
-            mounts=options.mounts, volumes_from=options.volumes_from,
+            mounts=mounts, volumes_from=options.volumes_from,
             tmpfs=secrets.tmpfs() if secrets else None))
         run.ctx = ProvisionContext(project=self.project, layer=layer,
                                    target=ContainerTarget(self.engine, container),
@@ -507,9 +529,14 @@ class Builder:
 
     def _bootstrap(self, run: _Run) -> None:
         assert run.ctx is not None
-        prepared = self.engine.shell(run.container, script("prepare.sh"))
+        prepared = self.engine.shell(run.container, script("prepare.sh"),
+                                     env=run.apt.env() if run.apt else None)
         if prepared.rc != 0:
             raise BuildFailed("could not prepare the build container", details=prepared.tail())
+        for line in prepared.output.splitlines():
+            if run.apt is not None and line.startswith("apt lists:"):
+                self.events(LogEvent(run.layer.id, f"apt cache {run.apt.name}: "
+                                                   f"{line.split(':', 1)[1].strip()}"))
         if self.options.secrets is not None:
             self.options.secrets.install(self.engine, run.container)
         run.provisioner.bootstrap(run.ctx)
@@ -534,11 +561,23 @@ class Builder:
         if self.options.secrets is not None:
             self.options.secrets.remove(self.engine, run.container)
         run.provisioner.clean(run.ctx)
-        cleaned = self.engine.shell(run.container, script("clean.sh"))
+        cleaned = self.engine.shell(run.container, script("clean.sh"),
+                                    env=run.apt.env() if run.apt else None)
         if cleaned.rc != 0:
             raise BuildFailed("clean step failed", details=cleaned.tail())
+        downloads = aptcache.parse_downloads(cleaned.output)
+        if run.apt is not None and downloads is not None:
+            count, size = downloads
+            self.events(LogEvent(run.layer.id, f"apt cache {run.apt.name}: {count} packages "
+                                               f"downloaded ({aptcache.human(size)})"))
 
     def _commit(self, run: _Run) -> str:
+        leaked = mount_residue(self.engine.diff(run.container), run.lent)
+        if leaked:
+            # Hidden under the mount, so nothing in the container can remove it.
+            raise BuildFailed(f"the engine made mount points in the layer: {', '.join(leaked)}",
+                              hint="a lent toolchain must be mounted on a folder the parent "
+                                   "image has (see docs/architecture.md)")
         image_id = run.result.image_id = self.engine.commit(run.container, run.config)
         try:
             run.stack.close()  # the build container goes as soon as its layer is committed
@@ -632,6 +671,22 @@ class Builder:
     def _check_cancel(self) -> None:
         if self.cancel.is_set():
             raise BuildFailed("cancelled")
+
+
+def mount_residue(changes: list[tuple[str, str]], targets: tuple[str, ...]) -> list[str]:
+    """Paths a commit would keep at or below where something was mounted.
+
+    Whatever a build writes there goes to the mount, so such a path is one the
+    engine made itself (a mount point) and nothing in the container can see.
+    """
+    found = []
+    for kind, path in changes:
+        for target in targets:
+            below = path.startswith(target.rstrip("/") + "/")
+            if below or (path == target and kind == "A"):
+                found.append(path)
+                break
+    return found
 
 
 @contextlib.contextmanager

@@ -30,6 +30,8 @@ from rolebake.plan import BuildPlan, Layer
 from rolebake.provision import provisioner_class
 from rolebake.provision.base import Provisioner
 from rolebake.registry import CacheRepo, RemoteImage
+from rolebake.release import RELEASE_LABEL, release_of
+from rolebake.rootfs import cache_dir
 from rolebake.spec import Project
 
 # Where a hit came from.
@@ -90,6 +92,7 @@ def layer_inputs(
     *,
     tools: Mapping[str, str] | None = None,
     notes: Iterable[str] = (),
+    runtime: str = "",
 ) -> LayerInputs:
     """Collect the digests of everything that decides a layer's content.
 
@@ -104,6 +107,8 @@ def layer_inputs(
         tools: inputs that are not project files (a collection's version, a
             toolchain image's id), by name.
         notes: why the key covers more than the layer needs; kept with the inputs.
+        runtime: how the provisioner runs in the build container (the lent python
+            toolchain of a release, or the apt bootstrap); "" when it has no say.
 
     Returns:
         The inputs; `.key` is the cache key.
@@ -113,7 +118,7 @@ def layer_inputs(
     """
     sensitive = set(layer.sensitive_vars)
     salt = sensitive_salt(project) if sensitive & set(layer.vars) else b""
-    return LayerInputs({
+    values: dict[str, Any] = {
         "parent": parent_image_id,
         "files": {_label_path(project, p): file_digest(p) for p in sorted(set(files))},
         "vars": {k: _digest_value(v, salt=salt + b"\0" + k.encode() if k in sensitive else b"")
@@ -126,7 +131,10 @@ def layer_inputs(
         "options": _digest_value(options or {}),
         "rolebake": rolebake_fingerprint(),
         "notes": list(notes),
-    })
+    }
+    if runtime:
+        values["runtime"] = runtime
+    return LayerInputs(values)
 
 
 def _label_path(project: Project, path: Path) -> str:
@@ -173,7 +181,7 @@ def explain_miss(current: LayerInputs, previous: LayerInputs | None) -> tuple[st
     reasons.extend(_tool_changes(now.get("tools", {}), before.get("tools", {})))
     for key, what in (("roles", "role list"), ("playbook", "playbook"),
                       ("provisioner", "provisioner version"), ("options", "provisioner settings"),
-                      ("rolebake", "rolebake version")):
+                      ("runtime", "provisioner runtime"), ("rolebake", "rolebake version")):
         if now.get(key) != before.get(key):
             reasons.append(f"{what} changed ({_show(before.get(key))} -> {_show(now.get(key))})")
     return tuple(reasons) or ("inputs changed",)
@@ -296,6 +304,24 @@ class Cache:
         """Use the images `engine` holds, and those `repo` holds after them."""
         self.engine = engine
         self.repo = repo
+        self._remote: dict[str, RemoteImage] = {}  # image id -> what the repo said of it
+
+    def image(self, ref: str) -> ImageInfo | None:
+        """An image on the engine, or one the cache repo was found to hold (not pulled).
+
+        `plan` computes the keys above a layer that only the cache repo has; the
+        image's labels (its release among them) come from the registry.
+        """
+        found = self.engine.image(ref)
+        if found is not None:
+            return found
+        remote = self._remote.get(ref)
+        if remote is None and self.repo is not None:
+            remote = self._remote.get(self.base(ref) or "")
+        if remote is None:
+            return None
+        return ImageInfo(id=remote.image_id, tags=(remote.ref,), labels=remote.labels,
+                         created="")
 
     @staticmethod
     def tag_for(layer: Layer, key: str) -> str:
@@ -324,6 +350,7 @@ class Cache:
             return CacheDecision(hit=True, key=key, image_id=found.id)
         remote = self._in_repo(layer, key)
         if remote is not None:
+            self._remote[remote.image_id] = remote
             image_id = remote.image_id
             if pull:
                 assert self.repo is not None
@@ -362,6 +389,7 @@ class Cache:
         remote = self.repo.find(self.repo.base_ref(ref))
         if remote is None:
             return None
+        self._remote[remote.image_id] = remote
         return self.repo.pull(remote, ref, progress, check).id if pull else remote.image_id
 
     def publish(self, layer: Layer, key: str, image_id: str, parent: ImageInfo,
@@ -403,13 +431,25 @@ class Cache:
         return None
 
 
-def provisioner_and_inputs(project: Project, layer: Layer, parent_id: str,
-                           engine: Engine) -> tuple[Provisioner, LayerInputs]:
-    """The layer's provisioner and the inputs that make its cache key (build and plan alike)."""
+def provisioner_and_inputs(engine: Engine, project: Project, layer: Layer,
+                           parent: ImageInfo | None) -> tuple[Provisioner, LayerInputs]:
+    """The layer's provisioner and the inputs that make its cache key (build and plan alike).
+
+    `parent` is None when it is not known yet (a parent that must be built
+    first): the inputs then say what they can (files, notes) for `plan`.
+    """
     provisioner = provisioner_class(layer.provisioner)(project, layer)
+    runtime = ""
+    if parent is not None:
+        # A parent found only in the cache repo carries its release as a label.
+        local = engine.image(parent.id) is not None
+        release = (release_of(engine, parent, cache_dir() / "releases")
+                   if local or RELEASE_LABEL in parent.labels else None)
+        runtime = provisioner.runtime(engine, parent, release)
     found = provisioner.inputs(engine)
-    inputs = layer_inputs(project, layer, parent_id, found.files, provisioner.version(),
-                          layer.spec.provisioner_options, tools=found.tools, notes=found.notes)
+    inputs = layer_inputs(project, layer, parent.id if parent else "", found.files,
+                          provisioner.version(), layer.spec.provisioner_options,
+                          tools=found.tools, notes=found.notes, runtime=runtime)
     return provisioner, inputs
 
 
@@ -454,18 +494,18 @@ def preview(engine: Engine, project: Project, plan: BuildPlan,
     for layer in plan.layers:
         depth = depths[layer.parent] + 1 if layer.parent_is_layer else 0
         depths[layer.id] = depth
-        parent_id = (images.get(layer.parent) if layer.parent_is_layer
-                     else cache.base(layer.parent))
-        if parent_id is None:
+        parent_ref = images.get(layer.parent) if layer.parent_is_layer else layer.parent
+        parent = cache.image(parent_ref) if parent_ref else None
+        if parent is None:
             reason = (f"parent {layer.parent} will be rebuilt first" if layer.parent_is_layer
                       else f"base image {layer.parent} is not on the engine"
                       + (" nor in the cache repo" if repo is not None else ""))
-            _, inputs = provisioner_and_inputs(project, layer, "", engine)
+            _, inputs = provisioner_and_inputs(engine, project, layer, None)
             rows.append(PlanRow(layer.id, layer.parent, depth, False, None, None, (reason,),
                                 layer.tags, inputs.notes))
             images[layer.id] = None
             continue
-        _, inputs = provisioner_and_inputs(project, layer, parent_id, engine)
+        _, inputs = provisioner_and_inputs(engine, project, layer, parent)
         decision = cache.decide(layer, inputs)
         images[layer.id] = decision.image_id
         rows.append(PlanRow(layer.id, layer.parent, depth, decision.hit, decision.image_id,

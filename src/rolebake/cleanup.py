@@ -21,7 +21,7 @@ from rolebake.state import sweep
 class Leftover:
     """A container or image rolebake made and nobody needs."""
 
-    kind: str  # container | failed image | dangling image
+    kind: str  # container | failed image | dangling image | toolchain volume
     id: str
     name: str
     age: str
@@ -29,7 +29,7 @@ class Leftover:
 
 def find_leftovers(engine: Engine, older_than: dt.timedelta,
                    labels: Mapping[str, str] | None = None) -> list[Leftover]:
-    """Build/verify containers, `:failed-` images and untagged rolebake layers, by age.
+    """Build/verify containers, `:failed-` images, untagged layers (by age), orphan volumes.
 
     With `labels`, only those that also carry every one of them (a shared
     engine: one CI job cleans up after its own builds, not its neighbours').
@@ -51,6 +51,12 @@ def find_leftovers(engine: Engine, older_than: dt.timedelta,
         age = now - _parse(image.created)
         if age >= older_than:
             found.append(Leftover("dangling image", image.id, image.short_id, _age(age)))
+    if not extra:
+        # A lent toolchain's filled volume outlives its image (made again for a new
+        # rolebake version): its name ends with the image's short id.
+        for volume in engine.volumes({ROLE_LABEL: "toolchain"}):
+            if engine.image(volume.rsplit("-", 1)[-1]) is None:
+                found.append(Leftover("toolchain volume", volume, volume, "image gone"))
     return found
 
 
@@ -59,6 +65,8 @@ def remove_leftovers(engine: Engine, leftovers: list[Leftover]) -> None:
     for item in leftovers:
         if item.kind == "container":
             engine.remove_container(item.id)
+        elif item.kind == "toolchain volume":
+            engine.remove_volume(item.id)
         else:
             engine.remove_image(item.id)
 

@@ -13,6 +13,7 @@ import hashlib
 import io
 import json
 import os
+import socket
 import tarfile
 import threading
 import time
@@ -24,6 +25,7 @@ from typing import Any
 import docker
 import docker.auth
 import docker.errors
+import docker.utils.socket
 import requests.exceptions
 
 from rolebake.errors import (
@@ -451,12 +453,127 @@ class Engine:
             for c in found
         ]
 
-    def create_stopped(self, image_id: str, *, name: str, labels: Mapping[str, str]) -> str:
+    def create_stopped(self, image_id: str, *, name: str, labels: Mapping[str, str],
+                       mounts: Sequence[Mapping[str, Any]] = ()) -> str:
         """Create, without starting, a container (a volume source, as kitchen-dokken does)."""
         created = self.client.containers.create(
-            image_id, name=name, labels=dict(labels), entrypoint=["/bin/true"], command=[]
+            image_id, name=name, labels=dict(labels), entrypoint=["/bin/true"], command=[],
+            mounts=[docker.types.Mount(**m) for m in mounts],
         )
         return str(created.id)
+
+    def volume_at(self, container_id: str, destination: str) -> str | None:
+        """The name of the volume a container has mounted at `destination`, if any."""
+        mounts = self.client.api.inspect_container(container_id).get("Mounts") or []
+        for mount in mounts:
+            if mount.get("Type") == "volume" and mount.get("Destination") == destination:
+                return str(mount["Name"])
+        return None
+
+    def diff(self, container: ContainerHandle) -> list[tuple[str, str]]:
+        """What a container changed in its image's filesystem (`docker diff`): (A|C|D, path).
+
+        Mounts (volumes, tmpfs, binds) are not part of it, and neither is
+        anything below them: this is what a commit would put in the layer.
+        """
+        kinds = {0: "C", 1: "A", 2: "D"}
+        changes = self.client.api.diff(container.id) or []
+        return [(kinds.get(int(c.get("Kind", -1)), "?"), str(c.get("Path"))) for c in changes]
+
+    def read_files(self, image_id: str, paths: Sequence[str], *,
+                   name: str) -> dict[str, bytes | None]:
+        """Read small files from an image without running it (None: not there, or not a file).
+
+        A container is created, never started, read from and removed. A symlink
+        is followed inside the image (/etc/os-release -> ../usr/lib/os-release).
+        """
+        found: dict[str, bytes | None] = {}
+        container = self.create_stopped(image_id, name=name, labels={ROLE_LABEL: "scan"})
+        try:
+            for path in paths:
+                found[path] = self._read_in(container, path)
+        finally:
+            self.remove_container(container)
+        return found
+
+    def _read_in(self, container: str, path: str, depth: int = 0) -> bytes | None:
+        try:
+            stream, stat = self.client.api.get_archive(container, path)
+            data = b"".join(stream)
+        except docker.errors.NotFound:
+            return None
+        target = str(stat.get("linkTarget") or "")
+        with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+            member = next(iter(tar.getmembers()), None)
+            if member is not None and member.issym() and depth < 5:
+                link = member.linkname
+                parent = path.rsplit("/", 1)[0] or "/"
+                resolved = target if target.startswith("/") else os.path.normpath(
+                    f"{parent}/{link}")
+                return self._read_in(container, resolved, depth + 1)
+            if member is None or not member.isfile():
+                return None
+            handle = tar.extractfile(member)
+            return handle.read() if handle is not None else None
+
+    def copy_out(self, container: ContainerHandle, path: str, dest: Path) -> None:
+        """Copy one file out of a container to `dest` on this machine, streaming."""
+        found = self.open_file(container.id, path)
+        if found is None:
+            raise BuildFailed(f"{path} is not a file in container {container.name}")
+        with dest.open("wb") as out:
+            for chunk in found[1]:
+                out.write(chunk)
+
+    def open_file(self, container_id: str, path: str) -> tuple[int, Iterator[bytes]] | None:
+        """Stream one file of a (possibly stopped) container: its size and its bytes.
+
+        Returns:
+            None when there is no such file.
+        """
+        try:
+            stream, _ = self.client.api.get_archive(container_id, path)
+        except docker.errors.NotFound:
+            return None
+        # Closed by the generator below, once the bytes are read.
+        tar = tarfile.open(fileobj=_ChunkReader(stream), mode="r|")  # noqa: SIM115
+        member = tar.next()
+        handle = tar.extractfile(member) if member is not None and member.isfile() else None
+        if member is None or handle is None:
+            tar.close()
+            return None
+
+        def chunks() -> Iterator[bytes]:
+            try:
+                yield from iter(lambda: handle.read(1 << 16), b"")
+            finally:
+                tar.close()
+
+        return member.size, chunks()
+
+    # Volumes ---------------------------------------------------------------------------
+
+    def ensure_volume(self, name: str, labels: Mapping[str, str]) -> None:
+        """Create a named volume unless it exists (creating an existing one is a no-op)."""
+        self.client.api.create_volume(name=name, labels=dict(labels))
+
+    def volumes(self, labels: Mapping[str, str | None]) -> list[str]:
+        """Names of the volumes carrying every label given."""
+        filters = [k if v is None else f"{k}={v}" for k, v in labels.items()]
+        found = self.client.api.volumes(filters={"label": filters}) or {}
+        return sorted(str(v["Name"]) for v in found.get("Volumes") or [])
+
+    def remove_volume(self, name: str) -> bool:
+        """Remove a volume; False when it is gone already or still in use."""
+        try:
+            self.client.api.remove_volume(name)
+        except docker.errors.NotFound:
+            return False
+        except docker.errors.APIError as exc:
+            if exc.status_code == 409:
+                return False
+            raise
+        return True
 
     def exec(
         self,
@@ -476,6 +593,19 @@ class Engine:
                                  exc) from None
         return ExecResult(rc=int(rc if rc is not None else -1),
                           output=(output or b"").decode("utf-8", "replace"))
+
+    def exec_stream(self, container: ContainerHandle, argv: Sequence[str], *,
+                    env: Mapping[str, str] | None = None) -> ExecStream:
+        """Start a long-lived command in a container, talking to it over its stdin and stdout."""
+        try:
+            created = self.client.api.exec_create(container.id, list(argv), stdin=True,
+                                                  stdout=True, stderr=True, user="root",
+                                                  environment=dict(env or {}))
+            sock = self.client.api.exec_start(created["Id"], socket=True)
+        except docker.errors.APIError as exc:
+            raise BuildFailed(f"could not start {argv[0]} in container {container.name}: "
+                              f"{_api_message(exc)}") from None
+        return ExecStream(sock)
 
     def shell(self, container: ContainerHandle, script: str, *args: str,
               env: Mapping[str, str] | None = None) -> ExecResult:
@@ -615,6 +745,74 @@ def disk_full_hint(text: str) -> str:
         return ""
     return ("the engine's disk is full: free space where it keeps its data "
             "(`docker system df`, `rolebake clean`), then build again")
+
+
+class ExecStream:
+    """A running exec's stdin (write) and stdout (read); its stderr is kept for errors."""
+
+    def __init__(self, sock: Any) -> None:
+        self._sock = sock
+        self._buffer = bytearray()
+        self.stderr = bytearray()
+
+    def write(self, data: bytes) -> None:
+        """Send bytes to the command's stdin."""
+        getattr(self._sock, "_sock", self._sock).sendall(data)
+
+    def readline(self) -> bytes:
+        """One line of stdout, with its newline; EOFError when the command ended."""
+        while b"\n" not in self._buffer:
+            self._fill()
+        end = self._buffer.index(b"\n") + 1
+        line = bytes(self._buffer[:end])
+        del self._buffer[:end]
+        return line
+
+    def read(self, size: int) -> bytes:
+        """Exactly `size` bytes of stdout; EOFError when the command ended first."""
+        while len(self._buffer) < size:
+            self._fill()
+        data = bytes(self._buffer[:size])
+        del self._buffer[:size]
+        return data
+
+    def close(self) -> None:
+        """Close stdin (the command sees end of input) and the connection."""
+        raw = getattr(self._sock, "_sock", self._sock)
+        with contextlib.suppress(OSError):
+            raw.shutdown(socket.SHUT_WR)
+        with contextlib.suppress(OSError):
+            self._sock.close()
+
+    def _fill(self) -> None:
+        # Without a tty the engine frames the output: 1 byte stream, 3 zero, 4 size.
+        kind, size = docker.utils.socket.next_frame_header(self._sock)
+        if size <= 0:
+            raise EOFError("the command in the container ended")
+        data = docker.utils.socket.read_exactly(self._sock, size)
+        (self.stderr if kind == docker.utils.socket.STDERR else self._buffer).extend(data)
+
+
+class _ChunkReader(io.RawIOBase):
+    """A file object over the chunks the SDK streams, for tarfile's stream mode."""
+
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self._chunks = iter(chunks)
+        self._buffer = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, target: Any) -> int:
+        while not self._buffer:
+            try:
+                self._buffer = next(self._chunks)
+            except StopIteration:
+                return 0
+        size = min(len(target), len(self._buffer))
+        target[:size] = self._buffer[:size]
+        self._buffer = self._buffer[size:]
+        return size
 
 
 def _has_tag(ref: str) -> bool:

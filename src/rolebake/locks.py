@@ -1,4 +1,4 @@
-"""File locks that serialise work on one shared thing (a rootfs, a VM disk, a layer on an engine).
+"""File locks that serialise work on one shared thing (a rootfs, a VM disk, a layer, a slot).
 
 A lock file can also hold a short record (who last changed the shared thing),
 read and written only by the lock's holder.
@@ -120,6 +120,16 @@ def try_exclusive(path: Path) -> Iterator[Held | None]:
             fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
         os.close(fd)
+
+
+@contextlib.contextmanager
+def attempt(path: Path) -> Iterator[bool]:
+    """Try to take an exclusive lock on `path` without waiting; yields whether it was taken.
+
+    The lock is the kernel's (flock), so a process that dies loses it: nothing stale stays.
+    """
+    with try_exclusive(path) as held:
+        yield held is not None
 
 
 def _open(path: Path) -> int:

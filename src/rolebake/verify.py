@@ -2,8 +2,9 @@
 
 A container is started from the new image id (never the tag), running its own
 command so services are up; rolebake waits until it is ready, then runs
-pytest-testinfra against it over the `docker://` backend. The container is
-removed afterwards, whatever happens.
+pytest-testinfra against it: the `docker` backend, with every command going
+through one shell in the container (verify_session.py) instead of a docker CLI
+process each. The container is removed afterwards, whatever happens.
 """
 
 from __future__ import annotations
@@ -149,15 +150,35 @@ def run_suite(
     # `name` may be an image reference (rolebake test registry/app:1.0): the engine
     # only takes [a-zA-Z0-9][a-zA-Z0-9_.-] in container names.
     name = re.sub(r"[^a-zA-Z0-9_.-]+", ".", name).strip(".") or "image"
-    with engine.container(image_id, name=f"rolebake-verify-{name}-{run_id}", labels=labels,
-                          keep_alive=False) as container:
-        if wait_ready(engine, container, ready):
-            return _pytest(tests, f"docker://{container.id}", project_root)
+    image = engine.image(image_id) if ready is None else None
+    if image is None or not _exits_at_once(image.config):
+        with engine.container(image_id, name=f"rolebake-verify-{name}-{run_id}", labels=labels,
+                              keep_alive=False) as container:
+            if wait_ready(engine, container, ready):
+                return _pytest(tests, session_url(container.id), project_root, SESSION_ARGS)
     # The image's command finished on its own (a shell, a one-shot tool): such an
     # image has nothing to wait for, so its files are tested in an idle container.
     with engine.container(image_id, name=f"rolebake-verify-{name}-{run_id}-idle",
                           labels=labels, keep_alive=True) as container:
-        return _pytest(tests, f"docker://{container.id}", project_root)
+        return _pytest(tests, session_url(container.id), project_root, SESSION_ARGS)
+
+
+SESSION_SCHEME = "rolebake"
+SESSION_ARGS = ("-p", "rolebake.verify_session")
+
+
+def session_url(container_id: str) -> str:
+    """The testinfra host of a container, reached through one shell (verify_session.py)."""
+    return f"{SESSION_SCHEME}://{container_id}"
+
+
+_SHELLS = {("bash",), ("/bin/bash",), ("/usr/bin/bash",), ("sh",), ("/bin/sh",)}
+
+
+def _exits_at_once(config: Mapping[str, Any]) -> bool:
+    """A shell as the image's command, with no stdin, ends as soon as it starts."""
+    return (not config.get("Entrypoint") and not config.get("Healthcheck")
+            and tuple(config.get("Cmd") or ()) in _SHELLS)
 
 
 def suite_for_host(tests: Path, host_url: str, project_root: Path,
@@ -228,7 +249,8 @@ def _pytest(tests: Path, host_url: str, project_root: Path,
         if not junit.exists():
             return [TestCase(suite=str(tests), name="pytest", outcome="error",
                              message=(proc.stdout + proc.stderr)[-2000:])]
-        cases = parse_junit(junit, host_url)
+        # testinfra names a test after the backend (docker), not the scheme it was given.
+        cases = parse_junit(junit, host_url.replace(f"{SESSION_SCHEME}://", "docker://"))
     if proc.returncode == 5 or not cases:
         return [TestCase(suite=str(tests), name="pytest", outcome="error",
                          message=f"no tests collected in {tests}")]

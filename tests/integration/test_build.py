@@ -78,6 +78,7 @@ def test_image_holds_no_build_tooling(built) -> None:
         "for p in /usr/bin/python3 /usr/sbin/policy-rc.d /root/.ansible /tmp/.rolebake-ansible "
         "/run/rolebake-secrets; do test -e $p && echo PRESENT $p; done; "
         "ls -A /var/lib/apt/lists | grep -v '^partial$' | sed 's/^/LIST /'; "
+        "ls -A /mnt | sed 's/^/MNT /'; ls /var/cache/apt/archives | grep '[.]deb$'; "
         "ls /home/*/.ansible 2>/dev/null | sed 's/^/ANSIBLE /'; "
         "dpkg-query -W -f '${Package}\\n' | grep -E '^(python3|python3-apt|ansible)$' "
         "| sed 's/^/PKG /'; "

@@ -1,4 +1,4 @@
-"""Unit-tier plumbing: builds take their layer locks in the test's own folder."""
+"""Unit-tier plumbing: layer locks and rolebake's machine-wide cache folder stay the test's own."""
 
 from __future__ import annotations
 
@@ -15,3 +15,9 @@ def private_lock_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     folder = tmp_path / "host-locks"
     monkeypatch.setenv(LOCK_DIR_ENV, str(folder))
     return folder
+
+
+@pytest.fixture(autouse=True)
+def _own_cache_dir(tmp_path_factory: pytest.TempPathFactory,
+                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ROLEBAKE_CACHE", str(Path(tmp_path_factory.mktemp("cache"))))

@@ -67,6 +67,7 @@ class FakeImage:
     config: dict[str, Any]
     created: str
     parent: str | None = None
+    files: dict[str, bytes] = field(default_factory=dict)  # what read_files finds
 
     def info(self) -> ImageInfo:
         """The record the real engine would return."""
@@ -129,6 +130,7 @@ class FakeEngine(Engine):
         # socket does; `answers` reports it; a restart sets `restarted()`.
         self.down = False
         self.engine_id = "fake-engine"
+        self.volumes_made: dict[str, dict[str, str]] = {}
         self._hooks: list[_Hook] = []
         self._lock = threading.RLock()
         self._ids = itertools.count(1)
@@ -384,7 +386,8 @@ class FakeEngine(Engine):
         with self._lock:
             return [c.info() for c in self.containers_by_id.values() if _has(c.labels, labels)]
 
-    def create_stopped(self, image_id: str, *, name: str, labels: Mapping[str, str]) -> str:
+    def create_stopped(self, image_id: str, *, name: str, labels: Mapping[str, str],
+                       mounts: Sequence[Mapping[str, Any]] = ()) -> str:
         """Create a container that is never started."""
         self._enter("create_stopped", image_id, name, dict(labels))
         with self._lock:
@@ -392,6 +395,43 @@ class FakeEngine(Engine):
                                  labels=dict(labels), running=False)
             self.containers_by_id[made.id] = made
             return made.id
+
+    def read_files(self, image_id: str, paths: Sequence[str], *,
+                   name: str) -> dict[str, bytes | None]:
+        """The files a test put on the image (FakeImage.files); nothing else exists."""
+        self._enter("read_files", image_id, tuple(paths))
+        with self._lock:
+            image = self._resolve(image_id)
+            files = image.files if image is not None else {}
+            return {p: files.get(p) for p in paths}
+
+    def volume_at(self, container_id: str, destination: str) -> str | None:
+        """A volume per toolchain container, named after it."""
+        self._enter("volume_at", container_id, destination)
+        return f"vol-{container_id[:12]}"
+
+    def diff(self, container: ContainerHandle) -> list[tuple[str, str]]:
+        """No changes recorded."""
+        self._enter("diff", container.name)
+        return []
+
+    def ensure_volume(self, name: str, labels: Mapping[str, str]) -> None:
+        """Remember the volume."""
+        self._enter("ensure_volume", name, dict(labels))
+        with self._lock:
+            self.volumes_made.setdefault(name, dict(labels))
+
+    def volumes(self, labels: Mapping[str, str | None]) -> list[str]:
+        """Volumes made with the labels."""
+        self._enter("volumes", dict(labels))
+        with self._lock:
+            return sorted(n for n, have in self.volumes_made.items() if _has(have, labels))
+
+    def remove_volume(self, name: str) -> bool:
+        """Forget the volume."""
+        self._enter("remove_volume", name)
+        with self._lock:
+            return self.volumes_made.pop(name, None) is not None
 
     def exec(self, container: ContainerHandle, argv: Sequence[str], *,
              env: Mapping[str, str] | None = None, user: str = "root") -> ExecResult:

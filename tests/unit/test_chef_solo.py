@@ -31,7 +31,7 @@ from rolebake.provision.chef import (
     toolchain_dir,
 )
 from rolebake.provision.chef import provisioner as chef_provisioner
-from rolebake.provision.chef.render import COOKBOOKS_DIR
+from rolebake.provision.chef.render import COOKBOOKS_DIR, TOOLCHAIN_MOUNT
 from rolebake.provision.target import ContainerTarget
 from rolebake.spec import Project
 
@@ -127,13 +127,16 @@ def test_container_options_mounts(tmp_path: Path) -> None:
     roles, config = tmp_path / "cookbooks" / "roles", tmp_path / "config"
     for folder in (web, base, roles, config):
         folder.mkdir(parents=True)
+    lent = {"target": TOOLCHAIN_MOUNT, "source": "vol1", "type": "volume", "read_only": True}
     options = container_options(cookbooks={"web": web, "base": base}, roles_dir=roles,
                                 environments_dir=tmp_path / "none", config_dir=config,
-                                toolchain_container="abc123")
-    assert options.volumes_from == ("abc123",)
-    tmpfs, *binds = options.mounts
-    # the workspace is a tmpfs on a folder every Debian image has: nothing is committed
+                                toolchain_mount=lent)
+    assert options.volumes_from == ()
+    tmpfs, *binds, toolchain = options.mounts
+    # the workspace is a tmpfs on a folder every Debian image has: nothing is committed,
+    # and the toolchain volume's mount point is made on it, not in the layer
     assert tmpfs == {"target": "/mnt", "source": None, "type": "tmpfs"}
+    assert toolchain == lent and TOOLCHAIN_MOUNT.startswith("/mnt/")
     assert {m["target"]: m["source"] for m in binds} == {
         "/mnt/rolebake-chef/config": str(config),
         f"{COOKBOOKS_DIR}/web": str(web),
@@ -147,8 +150,8 @@ def test_container_options_mounts(tmp_path: Path) -> None:
 
 def test_container_options_without_toolchain_image(tmp_path: Path) -> None:
     options = container_options(cookbooks={}, roles_dir=None, environments_dir=None,
-                                config_dir=tmp_path, toolchain_container=None)
-    assert options.volumes_from == ()
+                                config_dir=tmp_path, toolchain_mount=None)
+    assert [m["type"] for m in options.mounts] == ["tmpfs", "bind"]
 
 
 # Spec parsing -----------------------------------------------------------------------------
@@ -651,6 +654,8 @@ class FakeEngine:
         self.removed: list[str] = []
         self.shells: list[tuple[str, tuple[str, ...], dict[str, str]]] = []
         self.pulled: list[str] = []
+        self.filled: list[tuple[str, str]] = []  # (volume, where the image's files came from)
+        self.volume_labels: dict[str, dict[str, str]] = {}
         self.lock = threading.Lock()
 
     def image(self, ref: str) -> ImageInfo | None:
@@ -660,9 +665,20 @@ class FakeEngine:
         self.pulled.append(ref)
         raise InputError(f"base image {ref!r} is not on this engine and could not be pulled")
 
-    def create_stopped(self, image_id: str, *, name: str, labels: dict[str, str]) -> str:
+    def create_stopped(self, image_id: str, *, name: str, labels: dict[str, str],
+                       mounts: Any = ()) -> str:
         self.created.append((image_id, name, dict(labels)))
+        self.filled.extend((m["source"], m["target"]) for m in mounts)
         return "toolchain-container-id"
+
+    def volumes(self, labels: dict[str, str]) -> list[str]:
+        return [name for name, _ in self.filled]
+
+    def ensure_volume(self, name: str, labels: dict[str, str]) -> None:
+        self.volume_labels[name] = dict(labels)
+
+    def remove_volume(self, name: str) -> bool:
+        return self.volume_labels.pop(name, None) is not None
 
     def remove_container(self, ref: str) -> None:
         self.removed.append(ref)
@@ -683,6 +699,8 @@ class FakeEngine:
                 half.split("\n")) else "")
         if "--version" in script:
             return ExecResult(0, "Cinc Client: 18.4.12\n")
+        if args[:1] == ("link",):
+            return ExecResult(0, "absent\n")
         if "[ -e" in script:
             return ExecResult(0, self.existing)
         return ExecResult(0, "")
@@ -721,8 +739,11 @@ def test_toolchain_image_without_volume_is_input_error(project: Project) -> None
 def test_toolchain_lends_the_volume_and_is_always_removed(project: Project) -> None:
     engine = FakeEngine(images={TOOLCHAIN: toolchain_image()})
     provisioner = provisioner_for(project)
+    volume = "rolebake-toolchain-chef-" + "1" * 12
     with pytest.raises(RuntimeError), provisioner.toolchain(engine) as options:
-        assert options.volumes_from == ("toolchain-container-id",)
+        lent = next(m for m in options.mounts if m["type"] == "volume")
+        assert lent == {"target": TOOLCHAIN_MOUNT, "source": volume, "type": "volume",
+                        "read_only": True}
         config = Path(next(m["source"] for m in options.mounts
                            if m["target"] == "/mnt/rolebake-chef/config"))
         assert json.loads((config / "node.json").read_text())["run_list"] == ["role[web]"]
@@ -733,8 +754,15 @@ def test_toolchain_lends_the_volume_and_is_always_removed(project: Project) -> N
     image_id, name, labels = engine.created[0]
     assert image_id == toolchain_image().id  # pinned by id, not by a tag that may move
     assert labels[ROLE_LABEL] == "build"
-    assert name.startswith("rolebake-chef-web-chef-")
+    assert name.startswith("rolebake-fill-chef-")
+    # the volume is filled from the image once, by a container that is removed at once
+    assert engine.filled == [(volume, "/opt/cinc")]
+    assert engine.volume_labels[volume]["rolebake.toolchain.image"] == image_id
     assert engine.removed == ["toolchain-container-id"]
+    # a second layer reuses the volume: nothing is created
+    with provisioner_for(project).toolchain(engine):
+        pass
+    assert len(engine.created) == 1
     assert not config.exists()
     assert provisioner.binary == "/opt/cinc/bin/cinc-solo"
 

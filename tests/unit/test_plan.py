@@ -146,13 +146,13 @@ def test_chef_toolchain_image_id_is_part_of_the_key(project: Project) -> None:
 
     layer = plan_build(project, ["web-chef"]).layer("web-chef")
     engine = FakeEngine()
-    assert provisioner_and_inputs(project, layer, "sha256:p", engine)[1].values["tools"] == {
+    assert provisioner_and_inputs(engine, project, layer, None)[1].values["tools"] == {
         "chef toolchain image": "example/chef-toolchain:18 (not on the engine)"}
     first = engine.add_image("example/chef-toolchain:18")
-    _, before = provisioner_and_inputs(project, layer, "sha256:p", engine)
+    _, before = provisioner_and_inputs(engine, project, layer, None)
     assert before.values["tools"] == {"chef toolchain image": first.id}
     second = engine.add_image("example/chef-toolchain:18")  # the tag moves to a new image
-    _, after = provisioner_and_inputs(project, layer, "sha256:p", engine)
+    _, after = provisioner_and_inputs(engine, project, layer, None)
     assert after.key != before.key
     assert explain_miss(after, before) == (
         f"chef toolchain image changed ({first.id.rsplit(':', 1)[-1][:12]} -> "

@@ -64,6 +64,16 @@ def test_web_image_and_vm_agree(project: TestProject) -> None:
     assert all(c["outcome"] == "passed" for c in report["tests"]["vm"])
     # Expected differences are shown, never dropped: the kernel at least.
     assert any(i["key"] == "kernel" and i["status"] == "expected" for i in items), items
+    # The image was built while the VM booted and got the roles, not before: the
+    # step timings (seconds since the run began) overlap.
+    steps = report["steps"]
+    assert steps["vm_boot"]["start"] < steps["build"]["end"], steps
+    assert steps["build"]["start"] < steps["provision_vm"]["end"], steps
+    assert steps["vm_boot"]["end"] <= steps["provision_vm"]["start"], steps
+    # The VM's apt went through the shared cache's proxy (how much it found there
+    # depends on what the build had fetched by then).
+    assert "from the shared apt cache" in result.stderr, result.stderr[-3000:]
+    assert "[vm] up (" in result.stderr  # kvm, or tcg with a notice saying why
     assert project.build_containers() == []
 
 

@@ -1,15 +1,17 @@
 """The qemu side of `rolebake parity`: a throwaway local VM booted from the prepared VM disk.
 
-`QemuVM` boots a `rolebake.rootfs.VMImage` under qemu (always TCG: nested KVM is not something
-we can rely on) on a copy-on-write overlay, so every parity run starts from the same clean
-state and the cached disk is never written to; it hands out an `SSHTarget` for the running VM.
-qemu runs in a process group of its own and never outlives rolebake.
+`QemuVM` boots a `rolebake.rootfs.VMImage` under qemu on a copy-on-write overlay, so every
+parity run starts from the same clean state and the cached disk is never written to; it hands
+out an `SSHTarget` for the running VM. qemu runs in a process group of its own and never
+outlives rolebake. KVM is used when it works here (`kvm_works` boots the VM's kernel once to
+see: nested KVM often fails with emulation errors); otherwise TCG, with a notice.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import os
 import shlex
 import shutil
 import signal
@@ -28,7 +30,7 @@ from rolebake.procgroup import TAIL_LINES, Log, kill_group, run_logged
 from rolebake.provision.target import SSHTarget
 from rolebake.rootfs.vm_disk import VMImage
 
-__all__ = ["QemuVM", "qemu_argv"]
+__all__ = ["QemuVM", "kvm_works", "qemu_argv"]
 
 # Backgrounded so that ssh returns before the guest tears sshd down.
 _POWEROFF = "(sleep 1; systemctl poweroff) >/dev/null 2>&1 &"
@@ -43,6 +45,7 @@ def qemu_argv(
     memory_mb: int = 1024,
     cpus: int = 2,
     binary: str = "qemu-system-x86_64",
+    accel: str = "tcg",
 ) -> list[str]:
     """The qemu command line for a parity VM (pure; exposed for tests and `--debug`).
 
@@ -54,6 +57,7 @@ def qemu_argv(
         memory_mb: Guest memory.
         cpus: Guest vCPUs.
         binary: The qemu system emulator.
+        accel: `kvm` (the host's CPU model) or `tcg` (emulated, works everywhere).
 
     Returns:
         The argv.
@@ -65,10 +69,9 @@ def qemu_argv(
 
     return [
         binary,
-        # Nested KVM is not dependable on CI runners; TCG works everywhere.
-        "-accel", "tcg",
+        "-accel", accel,
         "-machine", "q35",
-        "-cpu", "max",
+        "-cpu", "host" if accel == "kvm" else "max",
         "-m", str(memory_mb),
         "-smp", str(cpus),
         "-nodefaults",
@@ -86,6 +89,44 @@ def qemu_argv(
         "-device", "virtio-net-pci,netdev=n0",
         "-device", "virtio-rng-pci",
     ]  # fmt: skip
+
+
+_kvm_verdict: dict[tuple[str, str], tuple[bool, str]] = {}
+
+
+def kvm_works(image: VMImage, binary: str = "qemu-system-x86_64",
+              timeout: float = 30.0) -> tuple[bool, str]:
+    """Whether KVM runs this VM's kernel here, and why not (asked once per process).
+
+    /dev/kvm being there is not enough: under nested virtualisation qemu may
+    abort on the first MSR it sets, or the guest may hang on emulation errors.
+    The probe boots the kernel with an init that does not exist, so a working
+    KVM ends in a kernel panic within seconds.
+    """
+    key = (binary, str(image.kernel))
+    if key in _kvm_verdict:
+        return _kvm_verdict[key]
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        verdict = (False, "no usable /dev/kvm")
+    else:
+        argv = [binary, "-accel", "kvm", "-cpu", "host", "-machine", "q35", "-m", "256",
+                "-smp", "1", "-nodefaults", "-no-user-config", "-display", "none",
+                "-monitor", "none", "-serial", "stdio", "-no-reboot",
+                "-kernel", str(image.kernel), "-initrd", str(image.initrd),
+                "-append", "console=ttyS0 panic=-1 rdinit=/rolebake-kvm-probe"]
+        try:
+            done = subprocess.run(argv, capture_output=True, text=True, errors="replace",
+                                  timeout=timeout, stdin=subprocess.DEVNULL, check=False)
+            output = done.stdout + done.stderr
+            ok = "Kernel panic" in output
+            last = next((ln for ln in reversed(output.splitlines()) if ln.strip()), "")
+            verdict = (ok, "" if ok else last.strip()[:200] or f"qemu exit {done.returncode}")
+        except subprocess.TimeoutExpired:
+            verdict = (False, f"the kernel did not get far in {timeout:.0f} s")
+        except OSError as exc:
+            verdict = (False, str(exc))
+    _kvm_verdict[key] = verdict
+    return verdict
 
 
 def _free_port() -> int:
@@ -144,6 +185,7 @@ class QemuVM:
         poweroff_timeout: float = 15.0,
         qemu_binary: str = "qemu-system-x86_64",
         log: Log | None = None,
+        accel: str | None = None,
     ) -> None:
         self.image = image
         self.memory_mb = memory_mb
@@ -152,6 +194,8 @@ class QemuVM:
         self.poweroff_timeout = poweroff_timeout
         self.qemu_binary = qemu_binary
         self._say = log or (lambda _line: None)
+        #: `kvm` or `tcg`; None: KVM when `kvm_works`, else TCG.
+        self.accel = accel
         self._tmp: Path | None = None
         self._boot: _Boot | None = None
         self._target: SSHTarget | None = None
@@ -259,6 +303,11 @@ class QemuVM:
         key = self._tmp / "id_ed25519"
         shutil.copyfile(self.image.private_key, key)
         key.chmod(0o600)
+        if self.accel is None:
+            works, why = kvm_works(self.image, self.qemu_binary)
+            self.accel = "kvm" if works else "tcg"
+            if not works:
+                self._say(f"notice: KVM does not work here ({why}); the VM runs on TCG")
         started = time.monotonic()
         deadline = started + self.boot_timeout
         for _attempt in range(3):
@@ -289,6 +338,7 @@ class QemuVM:
             memory_mb=self.memory_mb,
             cpus=self.cpus,
             binary=self.qemu_binary,
+            accel=self.accel or "tcg",
         )
         self._say(f"starting {shlex.join(argv)}")
         with (self._tmp / "qemu.log").open("wb") as qemu_log:

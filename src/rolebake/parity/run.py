@@ -13,17 +13,20 @@ import contextlib
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import testinfra
 
-from rolebake.build import Builder, BuildOptions
+from rolebake import verify_session
+from rolebake.build import Builder, BuildOptions, BuildReport
 from rolebake.engine import BUILD_ID_LABEL, ROLE_LABEL, Engine
 from rolebake.errors import BuildFailed, InputError, SnapshotError, VMError
 from rolebake.events import EventSink, LogEvent
 from rolebake.load import plan_build
+from rolebake.parity import aptproxy
 from rolebake.parity.diff import ParityReport, diff_snapshots
 from rolebake.parity.qemu import QemuVM
 from rolebake.parity.snapshot import take_snapshot
@@ -31,6 +34,7 @@ from rolebake.plan import BuildPlan, Layer
 from rolebake.provision import provisioner_class
 from rolebake.provision.base import ProvisionContext, TaskResult
 from rolebake.provision.target import SSHTarget
+from rolebake.release import release_of
 from rolebake.rootfs import (
     COMPLETE_STAMP,
     VMImage,
@@ -43,12 +47,13 @@ from rolebake.rootfs import (
 )
 from rolebake.secrets import SecretSet
 from rolebake.spec import Project
-from rolebake.verify import TestCase, suite_for_host, wait_ready
+from rolebake.verify import SESSION_ARGS, TestCase, session_url, suite_for_host, wait_ready
 
 # Modules whose `path`/`dest` is a file the roles manage.
 _FILE_MODULES = {"copy", "template", "file", "lineinfile", "blockinfile", "replace",
                  "ini_file", "get_url", "unarchive"}
 _ALWAYS_DIFFERENT = {"/etc/passwd", "/etc/group", "/etc/shadow", "/etc/gshadow"}
+_T = TypeVar("_T")
 
 
 @dataclass
@@ -62,6 +67,7 @@ class ParityResult:
     container_tests: list[TestCase]
     vm_tests: list[TestCase]
     timings: dict[str, float] = field(default_factory=dict)
+    steps: dict[str, tuple[float, float]] = field(default_factory=dict)  # start, end
 
     @property
     def tests_differ(self) -> list[str]:
@@ -91,12 +97,18 @@ class ParityResult:
                 "differ": self.tests_differ,
             },
             "seconds": {k: round(v, 1) for k, v in self.timings.items()},
+            "steps": {k: {"start": s, "end": e} for k, (s, e) in self.steps.items()},
         }
 
 
 def run_parity(engine: Engine, project: Project, image: str, vm: str, *,
                events: EventSink, secrets: SecretSet | None = None) -> ParityResult:
-    """Build `image`, apply the same layers to a VM, run one suite on both and diff them.
+    """Build `image` and, at the same time, apply the same layers to a VM; then check both.
+
+    The container build runs in a thread while this thread boots the VM and
+    provisions it (a local VM gets the build's apt cache through a proxy);
+    afterwards the suite and the state snapshot run on the container and on
+    the VM at the same time.
 
     Args:
         engine: the container engine.
@@ -110,48 +122,45 @@ def run_parity(engine: Engine, project: Project, image: str, vm: str, *,
         InputError: a bad --vm value, or an image built with a provisioner other than Ansible.
         BuildFailed: the build, the VM or the provisioning of the VM failed.
     """
-    timings: dict[str, float] = {}
+    clock = _Clock()
     target = None if vm == "qemu" else _parse_vm(vm)
     plan = plan_build(project, [image])
     for layer in plan.layers:
         if not provisioner_class(layer.provisioner).over_ssh:
             raise InputError(f"parity needs a provisioner that works over SSH; layer {layer.id} "
                              f"uses {layer.provisioner}", path=layer.spec.path)
-    started = time.monotonic()
-    builder = Builder(engine, project, events, BuildOptions(secrets=secrets))
-    report = builder.build(plan)
-    if report.error is not None:
-        raise report.error
-    timings["build"] = time.monotonic() - started
     final = plan.layer(image)
-    image_id = report.results[image].image_id
-    assert image_id is not None
-    with _vm(plan, target, events, timings) as (ssh, vm_image):
-        started = time.monotonic()
-        tasks = _apply_to_vm(project, plan, ssh, events, secrets)
-        timings["provision_vm"] = time.monotonic() - started
-        # What the roles managed on either side: a task that ran only in the
-        # container (a container-only branch) names its file here too. Layers
-        # reused from the cache add only the VM's view.
-        built = [task for result in report.results.values() if result.provision
-                 for task in result.provision.tasks]
-        managed = managed_paths(built + tasks)
-        started = time.monotonic()
-        container_tests, container_snapshot = _container_side(engine, project, final, image_id,
-                                                              managed, builder.build_id)
-        timings["container_checks"] = time.monotonic() - started
-        started = time.monotonic()
-        vm_tests = (suite_for_host(final.tests, ssh.url, project.root,
-                                   tuple(a for a in ssh.pytest_args()
-                                         if not a.startswith("--hosts=")))
-                    if final.tests else [])
+    builder = Builder(engine, project, events, BuildOptions(secrets=secrets))
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="rolebake-parity") as pool:
+        build = pool.submit(clock.timed, "build", builder.build, plan)
         try:
-            vm_snapshot = take_snapshot(testinfra.get_host(ssh.url, **ssh.testinfra_kwargs()),
-                                        managed)
-        except SnapshotError as exc:
-            raise BuildFailed(f"could not take the VM's state snapshot: {exc.message}",
-                              details=exc.details) from None
-        timings["vm_checks"] = time.monotonic() - started
+            with _vm(plan, target, events, clock) as (ssh, vm_image, machine):
+                with clock.step("provision_vm"), _apt_proxy(engine, plan, machine, events):
+                    tasks = _apply_to_vm(project, plan, ssh, events, secrets,
+                                         check=lambda: _raise_if_failed(build))
+                report = build.result()
+                if report.error is not None:
+                    raise report.error
+                image_id = report.results[image].image_id
+                assert image_id is not None
+                # What the roles managed on either side: a task that ran only in the
+                # container (a container-only branch) names its file here too. Layers
+                # reused from the cache add only the VM's view.
+                built = [task for result in report.results.values() if result.provision
+                         for task in result.provision.tasks]
+                managed = managed_paths(built + tasks)
+                container = pool.submit(clock.timed, "container_checks", _container_side,
+                                        engine, project, final, image_id, managed,
+                                        builder.build_id)
+                with clock.step("vm_checks"):
+                    vm_tests, vm_snapshot = _vm_side(project, final, ssh, managed)
+                container_tests, container_snapshot = container.result()
+        except BaseException:
+            # Ctrl-C, a failed VM: the build thread removes its containers before we go on.
+            builder.stop()
+            with contextlib.suppress(BaseException):
+                build.result()
+            raise
     diff = diff_snapshots(
         container_snapshot, vm_snapshot,
         vm_only_packages=vm_image.added_packages if vm_image else (),
@@ -159,7 +168,76 @@ def run_parity(engine: Engine, project: Project, image: str, vm: str, *,
         vm_only_groups=vm_image.added_groups if vm_image else (),
     )
     return ParityResult(image=image, image_id=image_id, vm=vm, report=diff,
-                        container_tests=container_tests, vm_tests=vm_tests, timings=timings)
+                        container_tests=container_tests, vm_tests=vm_tests,
+                        timings={k: e - s for k, (s, e) in clock.steps.items()},
+                        steps=dict(clock.steps))
+
+
+class _Clock:
+    """When each step of a parity run started and ended, in seconds since the run began."""
+
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+        self.steps: dict[str, tuple[float, float]] = {}
+
+    @contextlib.contextmanager
+    def step(self, name: str) -> Iterator[None]:
+        begun = time.monotonic() - self.started
+        try:
+            yield
+        finally:
+            self.steps[name] = (round(begun, 1), round(time.monotonic() - self.started, 1))
+
+    def timed(self, name: str, work: Callable[..., _T], *args: Any) -> _T:
+        with self.step(name):
+            return work(*args)
+
+
+def _raise_if_failed(build: Future[BuildReport]) -> None:
+    """Stop provisioning the VM as soon as the image build has failed."""
+    if build.done():
+        report = build.result()
+        if report.error is not None:
+            raise report.error
+
+
+@contextlib.contextmanager
+def _apt_proxy(engine: Engine, plan: BuildPlan, machine: QemuVM | None,
+               events: EventSink) -> Iterator[None]:
+    """Point a local VM's apt at the build's shared apt cache while the roles run on it."""
+    base = engine.image(plan.layers[0].parent)
+    release = (release_of(engine, base, cache_dir() / "releases")
+               if base is not None and machine is not None else None)
+    if machine is None or base is None or release is None:
+        yield
+        return
+    with aptproxy.serve(engine, release.key, base.id) as proxy:
+        if proxy is None:
+            yield
+            return
+        machine.run(["sh", "-c", 'printf "%s" "$1" > "$2"', "rolebake", proxy.apt_conf(),
+                     aptproxy.CONF])
+        events(LogEvent("vm", f"apt goes through {proxy.guest_url} (the shared apt cache of "
+                              f"{release}, then the mirror)"))
+        try:
+            yield
+        finally:
+            with contextlib.suppress(VMError):
+                machine.run(["rm", "-f", aptproxy.CONF])
+            events(LogEvent("vm", f"apt: {proxy.stats.summary()}"))
+
+
+def _vm_side(project: Project, final: Layer, ssh: SSHTarget,
+             managed: list[str]) -> tuple[list[TestCase], Any]:
+    tests = (suite_for_host(final.tests, ssh.url, project.root,
+                            tuple(a for a in ssh.pytest_args() if not a.startswith("--hosts=")))
+             if final.tests else [])
+    try:
+        snapshot = take_snapshot(testinfra.get_host(ssh.url, **ssh.testinfra_kwargs()), managed)
+    except SnapshotError as exc:
+        raise BuildFailed(f"could not take the VM's state snapshot: {exc.message}",
+                          details=exc.details) from None
+    return tests, snapshot
 
 
 def managed_paths(tasks: list[TaskResult]) -> list[str]:
@@ -188,18 +266,19 @@ def _parse_vm(vm: str) -> SSHTarget:
 
 @contextlib.contextmanager
 def _vm(plan: BuildPlan, target: SSHTarget | None, events: EventSink,
-        timings: dict[str, float]) -> Iterator[tuple[SSHTarget, VMImage | None]]:
+        clock: _Clock) -> Iterator[tuple[SSHTarget, VMImage | None, QemuVM | None]]:
     if target is not None:
-        yield target, None
+        yield target, None, None
         return
     base = plan.layers[0]
-    image = _prepare_local_vm(base, events)
-    started = time.monotonic()
     try:
-        with QemuVM(image, log=lambda line: events(LogEvent("vm", line))) as machine:
-            timings["vm_boot"] = time.monotonic() - started
-            events(LogEvent("vm", f"up in {timings['vm_boot']:.0f} s at {machine.ssh_target.url}"))
-            yield machine.ssh_target, image
+        with contextlib.ExitStack() as stack:
+            with clock.step("vm_boot"):
+                image = _prepare_local_vm(base, events)
+                machine = stack.enter_context(
+                    QemuVM(image, log=lambda line: events(LogEvent("vm", line))))
+            events(LogEvent("vm", f"up ({machine.accel}) at {machine.ssh_target.url}"))
+            yield machine.ssh_target, image, machine
     except VMError as exc:
         raise BuildFailed(f"the parity VM failed: {exc.message}", details=exc.details) from None
 
@@ -228,11 +307,13 @@ def _prepare_local_vm(base: Layer, events: EventSink) -> VMImage:
 
 
 def _apply_to_vm(project: Project, plan: BuildPlan, ssh: SSHTarget, events: EventSink,
-                 secrets: SecretSet | None = None) -> list[TaskResult]:
-    """Every layer's roles, parents first, with the same vars, over SSH."""
+                 secrets: SecretSet | None = None,
+                 check: Callable[[], None] = lambda: None) -> list[TaskResult]:
+    """Every layer's roles, parents first, with the same vars, over SSH (`check` between)."""
     tasks: list[TaskResult] = []
     run_id = uuid.uuid4().hex[:12]
     for layer in plan.layers:
+        check()
         ctx = ProvisionContext(project=project, layer=layer, target=ssh, events=events,
                                cancel=threading.Event(), log_path=project.private_dir("logs") /
                                f"parity-{layer.file_stem}-{run_id}.log", secrets=secrets)
@@ -259,12 +340,13 @@ def _container_side(engine: Engine, project: Project, layer: Layer, image_id: st
 
 def _check_container(project: Project, layer: Layer, container_id: str,
                      managed: list[str]) -> tuple[list[TestCase], Any]:
-    tests = (suite_for_host(layer.tests, f"docker://{container_id}", project.root)
+    host = session_url(container_id)
+    tests = (suite_for_host(layer.tests, host, project.root, SESSION_ARGS)
              if layer.tests else [])
+    verify_session.register()
     try:
-        snapshot = take_snapshot(testinfra.get_host(f"docker://root@{container_id}"), managed)
+        snapshot = take_snapshot(testinfra.get_host(host), managed)
     except SnapshotError as exc:
         raise BuildFailed(f"could not take the container's state snapshot: {exc.message}",
                           details=exc.details) from None
     return tests, snapshot
-

@@ -1,9 +1,10 @@
 """The Ansible provisioner: roles and playbooks applied with ansible-runner.
 
 Ansible stays on the host. A build container is reached over
-community.docker.docker_api and only needs a python3, which is bootstrapped
-when missing and removed again unless the roles need it; a VM (parity) is
-reached over SSH by the very same code.
+community.docker.docker_api and runs the modules with a python lent read-only
+from the toolchain image of its release (pytoolchain.py); only when there is
+none for it is python3 bootstrapped with apt, and removed again unless the
+roles need it. A VM (parity) is reached over SSH by the very same code.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shlex
 import shutil
 import sys
 import threading
@@ -21,12 +23,14 @@ from typing import Any
 
 import yaml
 
-from rolebake.engine import Engine
+from rolebake.engine import Engine, ExecResult, ImageInfo
 from rolebake.errors import BuildFailed, InputError
-from rolebake.events import LogEvent
+from rolebake.events import EventSink, LogEvent, discard
+from rolebake.provision import agent, pytoolchain
 from rolebake.provision.ansible_config import environment, read_config, runner_environment
 from rolebake.provision.ansible_inputs import AnsibleInputs, read_inputs
 from rolebake.provision.base import (
+    ContainerOptions,
     ProvisionContext,
     Provisioner,
     ProvisionerInputs,
@@ -35,15 +39,22 @@ from rolebake.provision.base import (
     TaskResult,
     append_log,
     first_line,
+    lend_volume,
     tail,
 )
+from rolebake.provision.pytoolchain import Runtime
 from rolebake.provision.target import ContainerTarget, SSHTarget
+from rolebake.release import Release
 from rolebake.scripts import script
 from rolebake.spec import ImageSpec, Project
 from rolebake.state import scratch_dir, write_private
 from rolebake.yamlfile import Vaulted, load_yaml
 
 REMOTE_TMP = "/tmp/.rolebake-ansible"
+SYSTEM_PYTHON = "/usr/bin/python3"
+# The lent python has apt_pkg; with the apt bootstrap python3-apt is installed
+# first. Either way the apt module must never install it into the layer itself.
+MODULE_DEFAULTS = {"ansible.builtin.apt": {"auto_install_module_deps": False}}
 IDEMPOTENCE_SKIP_TAGS = "molecule-notest,molecule-idempotence-notest"
 _ERROR_LOCATION = re.compile(r"The error appears to be in '([^']+)': line (\d+)")
 _INPUT_FAULT = re.compile(r"Could not find or access '[^']+'|'[^']+' is undefined")
@@ -60,6 +71,12 @@ class AnsibleProvisioner(Provisioner):
         """Bind to a layer; see Provisioner."""
         super().__init__(*args, **kwargs)
         self.bootstrapped: tuple[str, ...] = ()
+        self.interpreter = SYSTEM_PYTHON
+        self._runtime = Runtime(release=None)
+        self._parent: ImageInfo | None = None
+        self._lent = False
+        self._agent: contextlib.ExitStack | None = None
+        self._relay: agent.AgentRelay | None = None
 
     @classmethod
     def version(cls) -> str:
@@ -124,8 +141,53 @@ class AnsibleProvisioner(Provisioner):
         return _read_inputs(self.project, layer.spec, layer.roles, layer.playbook, layer.vars,
                             line=line)
 
+    def runtime(self, engine: Engine, parent: ImageInfo, release: Release | None) -> str:
+        """The lent python of the parent's release, or the apt bootstrap when there is none."""
+        self._runtime = pytoolchain.choose(engine, release)
+        self._parent = parent
+        return self._runtime.key
+
+    @contextlib.contextmanager
+    def toolchain(self, engine: Engine, labels: Mapping[str, str] | None = None,
+                  events: EventSink = discard) -> Iterator[ContainerOptions]:
+        """Lend the python toolchain (made first when this release has none yet)."""
+        runtime = self._runtime
+        try:
+            if runtime.toolchain is None or self._parent is None:
+                yield ContainerOptions()
+                return
+            image = pytoolchain.ensure(engine, runtime, self._parent, events, self.layer.id)
+            mount = lend_volume(engine, image.id, volume=pytoolchain.VOLUME,
+                                at=pytoolchain.VOLUME, kind="python", build_labels=labels)
+            self._lent = True
+            yield ContainerOptions(mounts=(mount,))
+        finally:
+            # The build container outlives no toolchain; neither does the agent in it.
+            self._lent = False
+            self._stop_agent()
+
     def bootstrap(self, ctx: ProvisionContext) -> None:
-        """Install python3 when the image has none; mark it removable for `clean`."""
+        """Check the lent python runs here; otherwise install python3 (marked removable)."""
+        runtime = self._runtime
+        if self._lent:
+            assert runtime.release is not None
+            self.interpreter = pytoolchain.INTERPRETER
+            agent_started = self._start_agent(ctx, quiet=True)
+            checked = self._shell(ctx, _CHECK_LENT, pytoolchain.INTERPRETER)
+            lines = checked.output.strip().splitlines()
+            here = Release.parse("\n".join(lines[:-1])) if lines else None
+            if checked.rc == 0 and here is not None and here.key == runtime.release.key:
+                how = "rolebake's agent" if agent_started else "the engine's exec API"
+                ctx.events(LogEvent(ctx.layer.id, f"python lent: {lines[-1]} for {here}; "
+                                                  f"tasks run through {how}"))
+                return
+            self._stop_agent()
+            ctx.events(LogEvent(ctx.layer.id, "notice: the lent python does not run on "
+                                f"{here or 'this image'} ({first_line(checked.tail(1))}): "
+                                "python3 bootstrapped"))
+        elif runtime.notice:
+            ctx.events(LogEvent(ctx.layer.id, f"notice: {runtime.notice}"))
+        self.interpreter = SYSTEM_PYTHON
         result = ctx.engine.shell(ctx.container, script("bootstrap-python.sh"))
         if result.rc != 0:
             raise BuildFailed(
@@ -141,6 +203,39 @@ class AnsibleProvisioner(Provisioner):
         summary = next((line for line in lines if line.startswith(("installed", "python3"))),
                        "python3 checked")
         ctx.events(LogEvent(ctx.layer.id, summary))
+        self._start_agent(ctx)
+
+    def _start_agent(self, ctx: ProvisionContext, *, quiet: bool = False) -> bool:
+        """One python for every task of the layer (agent.py); the exec API when it fails."""
+        stack = contextlib.ExitStack()
+        try:
+            self._relay = stack.enter_context(agent.relay(
+                ctx.engine, ctx.container, self.interpreter, env=dict(CONTAINER_ENV)))
+        except BuildFailed as exc:
+            stack.close()
+            if not quiet:
+                ctx.events(LogEvent(ctx.layer.id, f"notice: {exc.message}; tasks use the "
+                                                  "engine's exec API"))
+            return False
+        self._agent = stack
+        return True
+
+    def _shell(self, ctx: ProvisionContext, text: str, *args: str) -> ExecResult:
+        """A shell script in the build container: through the agent when it runs."""
+        if self._relay is None:
+            return ctx.engine.shell(ctx.container, text, *args)
+        command = shlex.join(["/bin/sh", "-c", text, "rolebake", *args])
+        try:
+            answer, parts = self._relay.call({"op": "exec", "shell": "/bin/sh", "cmd": command})
+        except (EOFError, OSError, ValueError):
+            return ctx.engine.shell(ctx.container, text, *args)
+        output = b"".join(parts).decode("utf-8", "replace")
+        return ExecResult(rc=int(answer.get("rc", 255)), output=output or answer.get("error", ""))
+
+    def _stop_agent(self) -> None:
+        agent_stack, self._agent, self._relay = self._agent, None, None
+        if agent_stack is not None:
+            agent_stack.close()
 
     def provision(self, ctx: ProvisionContext, *, idempotence: bool = False) -> ProvisionResult:
         """Apply the layer's roles to the target and report each task as it goes.
@@ -152,7 +247,7 @@ class AnsibleProvisioner(Provisioner):
         Returns:
             Every task's result.
         """
-        host_vars = _host_vars(ctx.target)
+        host_vars = _host_vars(ctx.target, self.interpreter, self._relay)
         with _private_data_dir(ctx) as data_dir:
             playbook = self._write_run_files(ctx, data_dir, host_vars)
             watcher = EventWatcher(ctx)
@@ -183,20 +278,21 @@ class AnsibleProvisioner(Provisioner):
         return result
 
     def clean(self, ctx: ProvisionContext) -> None:
-        """Remove the bootstrap python (unless needed) and Ansible's remote files."""
+        """Remove Ansible's remote files, then the bootstrap python (unless the roles need it)."""
+        self._shell(
+            ctx,
+            'rm -rf "$1" /root/.ansible /root/.ansible_async; '
+            "for h in /home/*; do rm -rf \"$h/.ansible\" \"$h/.ansible_async\"; done; "
+            "rm -rf /tmp/ansible_* /var/tmp/ansible_*",
+            REMOTE_TMP,
+        )
+        self._stop_agent()
         if self.bootstrapped:
             result = ctx.engine.shell(ctx.container, script("unbootstrap-python.sh"),
                                       *self.bootstrapped)
             if result.rc != 0:
                 raise BuildFailed("could not remove the bootstrap python", details=result.tail())
             ctx.events(LogEvent(ctx.layer.id, result.output.strip()))
-        ctx.engine.shell(
-            ctx.container,
-            'rm -rf "$1" /root/.ansible /root/.ansible_async; '
-            "for h in /home/*; do rm -rf \"$h/.ansible\" \"$h/.ansible_async\"; done; "
-            "rm -rf /tmp/ansible_* /var/tmp/ansible_*",
-            REMOTE_TMP,
-        )
 
     # ----------------------------------------------------------------------------------
 
@@ -221,6 +317,7 @@ class AnsibleProvisioner(Provisioner):
             "name": f"rolebake {layer.id}",
             "hosts": "all",
             "gather_facts": True,
+            "module_defaults": MODULE_DEFAULTS,
             "roles": list(layer.roles),
         }]
         _write(data_dir / "project" / "rolebake.yml", yaml.safe_dump(play, sort_keys=False))
@@ -232,8 +329,13 @@ class AnsibleProvisioner(Provisioner):
             roles_path.insert(0, (self.layer.playbook.parent / "roles").resolve())
         # Built, not inherited: see ansible_config. ansible-runner finds
         # ansible-playbook on PATH, so ours goes first.
-        env = environment(read_config(self.project), data_dir, roles_path=roles_path,
+        config = read_config(self.project)
+        env = environment(config, data_dir, roles_path=roles_path,
                           remote_tmp=REMOTE_TMP, programs=Path(_ansible_playbook()).parent)
+        # rolebake's agent connection (agent.py) first; the project's own after it.
+        env["ANSIBLE_CONNECTION_PLUGINS"] = os.pathsep.join(filter(None, [
+            str(agent.PLUGINS / "connection"),
+            env.get("ANSIBLE_CONNECTION_PLUGINS") or config.get("connection_plugins") or ""]))
         if ctx.secrets is not None:
             password_file = ctx.secrets.write_vault_password(data_dir)
             if password_file is not None:
@@ -241,18 +343,32 @@ class AnsibleProvisioner(Provisioner):
         return env
 
 
-def _host_vars(target: ContainerTarget | SSHTarget) -> dict[str, Any]:
-    """How Ansible reaches the target: the engine's API for a container, SSH for a VM."""
+_CHECK_LENT = ('cat /etc/os-release 2>/dev/null; "$1" -c "import apt_pkg, sys; '
+               'print(\'python %d.%d\' % sys.version_info[:2])" 2>&1')
+
+
+CONTAINER_ENV = {
+    # Enable systemd units offline: there is no systemd running in a build
+    # container; start/restart requests are skipped with a warning.
+    "SYSTEMD_OFFLINE": "1",
+}
+
+
+def _host_vars(target: ContainerTarget | SSHTarget, interpreter: str = SYSTEM_PYTHON,
+               relay: agent.AgentRelay | None = None) -> dict[str, Any]:
+    """How Ansible reaches the target: rolebake's agent (or the engine's exec API), or SSH."""
     if isinstance(target, SSHTarget):
         return dict(target.ansible_host_vars())
+    if relay is not None:
+        return {"ansible_connection": agent.CONNECTION, "ansible_host": target.container.id,
+                "ansible_rolebake_socket": str(relay.socket_path), "ansible_user": "root",
+                "ansible_python_interpreter": interpreter}
     host_vars: dict[str, Any] = {
         "ansible_connection": "community.docker.docker_api",
         "ansible_host": target.container.id,
         "ansible_user": "root",
-        "ansible_python_interpreter": "/usr/bin/python3",
-        # Enable systemd units offline: there is no systemd running in a
-        # build container; start/restart requests are skipped with a warning.
-        "ansible_docker_extra_env": {"SYSTEMD_OFFLINE": "1"},
+        "ansible_python_interpreter": interpreter,
+        "ansible_docker_extra_env": dict(CONTAINER_ENV),
     }
     if os.environ.get("DOCKER_HOST"):
         # The connection plugin does not read DOCKER_HOST by itself: name the

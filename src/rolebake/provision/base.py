@@ -1,9 +1,15 @@
 """The provisioner interface, named after the build lifecycle, and the helpers provisioners share.
 
 A provisioner turns a layer's configuration-management code into changes on a
-target: `bootstrap` what it needs to run, `provision`, then `clean` away every
-trace of itself before the pipeline commits. The target is a build container
-or (for `rolebake parity`) a machine over SSH; only `provision` runs there.
+target: decide its `runtime`, lend its `toolchain`, `bootstrap` what it needs
+to run, `provision`, then `clean` away every trace of itself before the
+pipeline commits. The target is a build container or (for `rolebake parity`)
+a machine over SSH; only `provision` runs there.
+
+Toolchains are lent, never installed: a toolchain image's VOLUME, filled once
+into a named volume, is mounted read-only in the build container
+(`lend_volume`) on SCRATCH or below it, so not even a mount point is left in
+the layer.
 """
 
 from __future__ import annotations
@@ -12,23 +18,39 @@ import abc
 import contextlib
 import os
 import threading
+import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from rolebake import redact
-from rolebake.engine import ContainerHandle, Engine
-from rolebake.errors import InputError
-from rolebake.events import EventSink, TaskEvent
+from rolebake.engine import ROLE_LABEL, ContainerHandle, Engine, ImageInfo
+from rolebake.errors import BuildFailed, InputError, RolebakeError
+from rolebake.events import EventSink, TaskEvent, discard
+from rolebake.locks import exclusive
 from rolebake.plan import Layer
 from rolebake.provision.target import ContainerTarget, Target
+from rolebake.rootfs import cache_dir
 from rolebake.spec import ImageSpec, Project
 from rolebake.state import append_private
 from rolebake.yamlfile import Fields
 
 if TYPE_CHECKING:
+    from rolebake.release import Release
     from rolebake.secrets import SecretSet
+
+# /mnt exists in Debian-style images and is meant for temporary mounts. A mount
+# point that does not exist in the image stays in the layer as an empty folder;
+# /mnt itself exists, and mount points below a tmpfs on it live on the tmpfs --
+# unless something uses the engine's archive API (docker cp) on the container,
+# which makes them in the layer (Ansible's docker_api copies files that way).
+SCRATCH = "/mnt"
+
+
+def scratch_mount() -> dict[str, Any]:
+    """The build container's scratch tmpfs, where toolchains and workspaces are mounted."""
+    return {"target": SCRATCH, "source": None, "type": "tmpfs"}
 
 
 @dataclass(frozen=True)
@@ -37,6 +59,64 @@ class ContainerOptions:
 
     mounts: tuple[Mapping[str, Any], ...] = ()
     volumes_from: tuple[str, ...] = ()
+
+    def merge(self, other: ContainerOptions) -> ContainerOptions:
+        """Both sets of mounts (one mount per target: the first one given wins)."""
+        targets = {m["target"] for m in self.mounts}
+        extra = tuple(m for m in other.mounts if m["target"] not in targets)
+        return ContainerOptions(mounts=self.mounts + extra,
+                                volumes_from=self.volumes_from + other.volumes_from)
+
+
+TOOLCHAIN_IMAGE_LABEL = "rolebake.toolchain.image"
+
+
+def lend_volume(engine: Engine, image_id: str, *, volume: str, at: str, kind: str,
+                build_labels: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The mount that lends a toolchain image's VOLUME read-only at `at`.
+
+    The volume is the image's own, filled once: a named volume per toolchain
+    image id, which the engine fills from the image when a created, never
+    started container of it mounts the empty volume (kitchen-dokken lends chef
+    the same way, with one container per run). Every build container then mounts
+    it without copying anything (the volume stays until `rolebake clean` finds
+    its image gone). `at` should be SCRATCH, or below it on a tmpfs when
+    nothing uses the archive API on the build container.
+
+    `build_labels` (the build id) go on the container that fills the volume,
+    so an interrupted build and `rolebake clean` find it.
+
+    Raises:
+        BuildFailed: the engine could not fill the volume from the image.
+    """
+    labels = {ROLE_LABEL: "toolchain", "rolebake.toolchain": kind,
+              TOOLCHAIN_IMAGE_LABEL: image_id}
+    name = f"rolebake-toolchain-{kind}-{image_id.rsplit(':', maxsplit=1)[-1][:12]}"
+    # One build fills it; the others wait, and never mount a half-filled volume.
+    with exclusive(cache_dir() / "locks" / f"{name}.lock"):
+        found = engine.volumes({TOOLCHAIN_IMAGE_LABEL: image_id, "rolebake.toolchain": kind})
+        if name not in found:
+            _fill_volume(engine, image_id, name, volume, labels, kind, build_labels or {})
+    return {"target": at, "source": name, "type": "volume", "read_only": True}
+
+
+def _fill_volume(engine: Engine, image_id: str, name: str, volume: str,
+                 labels: Mapping[str, str], kind: str, build_labels: Mapping[str, str]) -> None:
+    engine.ensure_volume(name, labels)
+    filler = f"rolebake-fill-{kind}-{uuid.uuid4().hex[:8]}"
+    try:
+        # The engine copies the image's files into an empty named volume it mounts.
+        engine.remove_container(engine.create_stopped(
+            image_id, name=filler,
+            labels={**build_labels, ROLE_LABEL: "build", "rolebake.toolchain": kind},
+            mounts=[{"target": volume, "source": name, "type": "volume"}]))
+    except Exception as exc:  # the engine's own error too; engine.py does not wrap it
+        engine.remove_container(filler)
+        engine.remove_volume(name)
+        if isinstance(exc, RolebakeError):
+            raise
+        raise BuildFailed(f"could not fill the {kind} toolchain volume from "
+                          f"{image_id[:19]}: {exc}") from None
 
 
 @dataclass(frozen=True)
@@ -159,17 +239,28 @@ class Provisioner(abc.ABC):
     def preflight(self, engine: Engine) -> None:
         """Check what the build needs from the engine, before any container is made."""
 
+    def runtime(self, engine: Engine, parent: ImageInfo, release: Release | None) -> str:
+        """Decide how the provisioner will run on `parent`; the text is a cache-key input.
+
+        Called for the layer before its cache key is made (by a build and by
+        `rolebake plan` alike), so it must not make anything.
+        """
+        del engine, parent, release
+        return ""
+
     @contextlib.contextmanager
     def toolchain(self, engine: Engine,
-                  labels: Mapping[str, str] | None = None) -> Iterator[ContainerOptions]:
+                  labels: Mapping[str, str] | None = None,
+                  events: EventSink = discard) -> Iterator[ContainerOptions]:
         """Make the provisioner's toolchain available to build containers for a while.
 
         Args:
             engine: the engine the build containers run on.
             labels: to put on every container the toolchain makes (the build id),
                 so an interrupted build and `rolebake clean` find them.
+            events: where to say what the toolchain needed (made once, lent).
         """
-        del engine, labels
+        del engine, labels, events
         yield ContainerOptions()
 
     @abc.abstractmethod

@@ -19,6 +19,7 @@ from rolebake.errors import BuildFailed
 from rolebake.events import EventSink, LogEvent
 from rolebake.locks import exclusive
 from rolebake.registry import CacheRepo
+from rolebake.release import RELEASE_LABEL, Release
 from rolebake.rootfs.debootstrap import (
     COMPLETE_STAMP,
     default_mirror,
@@ -131,6 +132,12 @@ def _import(engine: Engine, rootfs: Path, ref: str, suite: str, mirror: str,
             f"LABEL rolebake.base.mirror={mirror}",
             f"LABEL rolebake.base.date={timestamp()}",
         ]
+        os_release = rootfs / "usr" / "lib" / "os-release"
+        release = Release.parse(os_release.read_text(encoding="utf-8", errors="replace")) \
+            if os_release.is_file() else None
+        if release is not None:
+            # Layers built on it know its release without reading the file again.
+            changes.append(f"LABEL {RELEASE_LABEL}={release.label}")
         image = engine.import_rootfs(tarball, ref, changes)
     events(LogEvent("base", f"{ref} is {image.short_id}"))
     return image

@@ -9,7 +9,21 @@ for pid_dir in /proc/[0-9]*; do
     [ "$pid" = "$$" ] && continue
     kill -TERM "$pid" 2>/dev/null || true
 done
-sleep 1
+# Give them up to a second to go, without waiting when there was nothing to stop.
+tries=0
+while [ "$tries" -lt 20 ]; do
+    alive=""
+    for pid_dir in /proc/[0-9]*; do
+        pid=${pid_dir#/proc/}
+        [ "$pid" = 1 ] || [ "$pid" = "$$" ] || [ ! -e "$pid_dir/stat" ] && continue
+        # A zombie (state Z) is gone already; its parent reaps it.
+        state=$(cut -d' ' -f3 "$pid_dir/stat" 2>/dev/null || echo Z)
+        [ "$state" = Z ] || { alive=1; break; }
+    done
+    [ -z "$alive" ] && break
+    sleep 0.05
+    tries=$((tries + 1))
+done
 for pid_dir in /proc/[0-9]*; do
     pid=${pid_dir#/proc/}
     [ "$pid" = 1 ] && continue
@@ -17,14 +31,26 @@ for pid_dir in /proc/[0-9]*; do
     kill -KILL "$pid" 2>/dev/null || true
 done
 find /run /var/run -xdev -name '*.pid' -type f -delete 2>/dev/null || true
+rm -f /etc/dpkg/dpkg.cfg.d/zz-rolebake-unsafe-io
 if [ -e /usr/sbin/.rolebake-policy-rc.d ]; then
     rm -f /usr/sbin/policy-rc.d /usr/sbin/.rolebake-policy-rc.d
 fi
-rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin /var/cache/apt/archives/*.deb \
-       /var/cache/apt/archives/partial/* /var/cache/debconf/*-old /var/lib/dpkg/*-old \
+rm -rf /var/cache/apt/*.bin /var/cache/debconf/*-old /var/lib/dpkg/*-old \
        /var/lib/apt/periodic/update-success-stamp
-# Emptying the lists makes their folder look freshly updated, and Ansible's
-# `apt: cache_valid_time` would then skip the update a child layer needs.
-[ -d /var/lib/apt/lists ] && touch -d @0 /var/lib/apt/lists
+if [ "${ROLEBAKE_APT_CACHE:-}" = 1 ]; then
+    # The lists and archives folders are the shared cache's volumes, never committed:
+    # leave them for the next build, and say what this one downloaded into them.
+    rm -f /etc/apt/apt.conf.d/00rolebake-apt-cache
+    if [ -e /tmp/.rolebake-apt-since ]; then
+        # ctime, not mtime: apt dates a package file with the mirror's Last-Modified.
+        find /var/cache/apt/archives -maxdepth 1 -name '*.deb' -cnewer /tmp/.rolebake-apt-since \
+            -printf '%s\n' | awk '{n++; s+=$1} END {printf "apt cache: %d packages downloaded (%d bytes)\n", n, s}'
+    fi
+else
+    rm -rf /var/lib/apt/lists/* /var/cache/apt/archives/*.deb /var/cache/apt/archives/partial/*
+    # Emptying the lists makes their folder look freshly updated, and Ansible's
+    # `apt: cache_valid_time` would then skip the update a child layer needs.
+    [ -d /var/lib/apt/lists ] && touch -d @0 /var/lib/apt/lists
+fi
 rm -rf /tmp/.rolebake* /var/tmp/.rolebake*
 exit 0

@@ -5,10 +5,42 @@ set -eu
 if [ -e /usr/sbin/policy-rc.d ]; then
     # The parent image has its own; keep it and leave it as it was.
     echo "policy-rc.d: kept the image's own"
+else
+    mkdir -p /usr/sbin
+    printf '#!/bin/sh\n# rolebake: no daemon starts during an image build\nexit 101\n' \
+        > /usr/sbin/policy-rc.d
+    chmod 0755 /usr/sbin/policy-rc.d
+    : > /usr/sbin/.rolebake-policy-rc.d
+    echo "policy-rc.d: installed"
+fi
+# As Debian's own container images do: dpkg skips its fsync calls during the build
+# (a build that dies is thrown away with its container anyway). Removed by clean.sh.
+if [ -d /etc/dpkg/dpkg.cfg.d ] && [ ! -e /etc/dpkg/dpkg.cfg.d/zz-rolebake-unsafe-io ]; then
+    echo force-unsafe-io > /etc/dpkg/dpkg.cfg.d/zz-rolebake-unsafe-io
+fi
+# The shared apt cache (aptcache.py) is mounted over the lists and archives folders.
+[ "${ROLEBAKE_APT_CACHE:-}" = 1 ] || exit 0
+command -v apt-get >/dev/null 2>&1 || exit 0
+# Keep what apt downloads: the archives folder is the cache, not the layer.
+printf '%s\n' 'Binary::apt::APT::Keep-Downloaded-Packages "true";' \
+    'APT::Keep-Downloaded-Packages "true";' > /etc/apt/apt.conf.d/00rolebake-apt-cache
+: > /tmp/.rolebake-apt-since
+stamp=/var/cache/apt/archives/rolebake-lists.stamp
+sources=$(cat /etc/apt/sources.list /etc/apt/sources.list.d/* 2>/dev/null | cksum | cut -d' ' -f1)
+age=""
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$sources" ] && [ -n "$(ls /var/lib/apt/lists)" ]; then
+    age=$(( $(date +%s) - $(stat -c %Y "$stamp") ))
+fi
+if [ -n "$age" ] && [ "$age" -le "${ROLEBAKE_APT_MAX_AGE:-3600}" ]; then
+    echo "apt lists: shared, $age s old"
     exit 0
 fi
-mkdir -p /usr/sbin
-printf '#!/bin/sh\n# rolebake: no daemon starts during an image build\nexit 101\n' > /usr/sbin/policy-rc.d
-chmod 0755 /usr/sbin/policy-rc.d
-: > /usr/sbin/.rolebake-policy-rc.d
-echo "policy-rc.d: installed"
+rm -f "$stamp"
+if apt-get update -qq >/tmp/.rolebake-apt-update.log 2>&1; then
+    printf '%s\n' "$sources" > "$stamp"
+    # Ansible's `apt: cache_valid_time` reads the folder's time: they are fresh now.
+    touch /var/lib/apt/lists
+    echo "apt lists: refreshed"
+else
+    echo "apt lists: refresh failed, the roles update them: $(tail -n 1 /tmp/.rolebake-apt-update.log)"
+fi

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from rolebake.errors import VMError
-from rolebake.parity.qemu import qemu_argv
+from rolebake.parity import qemu
+from rolebake.parity.qemu import kvm_works, qemu_argv
 from rolebake.provision.target import SSHTarget
 from rolebake.rootfs import vm_disk
 from rolebake.rootfs.vm_disk import VMImage, prepare_vm_image
@@ -152,6 +153,36 @@ def test_qemu_argv(tmp_path: Path) -> None:
     drive = argv[argv.index("-drive") + 1]
     assert drive.startswith(f"file={tmp_path}/a,,b/overlay.qcow2,")
     assert "root=/dev/vda" in argv[argv.index("-append") + 1]
+
+
+def test_qemu_argv_with_kvm(tmp_path: Path) -> None:
+    argv = qemu_argv(_fake_image(tmp_path), overlay=tmp_path / "o.qcow2",
+                     console_log=tmp_path / "c.log", ssh_port=1, accel="kvm")
+    assert argv[argv.index("-accel") + 1] == "kvm"
+    assert argv[argv.index("-cpu") + 1] == "host"
+
+
+@pytest.mark.parametrize(("prints", "works", "why"), [
+    ("[    0.9] Kernel panic - not syncing: No working init found", True, ""),
+    ("qemu: error: failed to set MSR 0x10a to 0x69", False,
+     "qemu: error: failed to set MSR 0x10a to 0x69"),
+])
+def test_kvm_probe(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, prints: str, works: bool,
+                   why: str) -> None:
+    fake = tmp_path / "qemu"
+    fake.write_text(f"#!/bin/sh\necho '{prints}'\n")
+    fake.chmod(0o755)
+    monkeypatch.setattr(qemu.os, "access", lambda path, mode: True)
+    monkeypatch.setattr(qemu, "_kvm_verdict", {})
+    assert kvm_works(_fake_image(tmp_path), str(fake)) == (works, why)
+    fake.write_text("#!/bin/sh\nexit 9\n")  # asked once per process: the verdict stays
+    assert kvm_works(_fake_image(tmp_path), str(fake)) == (works, why)
+
+
+def test_kvm_probe_without_dev_kvm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(qemu.os, "access", lambda path, mode: False)
+    monkeypatch.setattr(qemu, "_kvm_verdict", {})
+    assert kvm_works(_fake_image(tmp_path), "/nonexistent/qemu") == (False, "no usable /dev/kvm")
 
 
 def test_image_load(tmp_path: Path) -> None:

@@ -3,7 +3,8 @@
 Chef never enters the image. As kitchen-dokken does, the toolchain comes from
 a toolchain image (chef/chef, cincproject/cinc or your own) that declares
 `VOLUME /opt/chef` or `VOLUME /opt/cinc`: a created, never started, container
-of it lends that volume to the build container (`volumes_from`). Or the parent
+of it lends that volume to the build container (base.lend_volume), mounted on
+the scratch tmpfs, with /opt/cinc a link to it while chef runs. Or the parent
 image already has chef-solo (`chef.path`).
 """
 
@@ -11,14 +12,13 @@ from __future__ import annotations
 
 import contextlib
 import threading
-import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from rolebake.engine import ROLE_LABEL, Engine, ExecResult
+from rolebake.engine import Engine, ExecResult
 from rolebake.errors import BuildFailed, InputError, RolebakeError
-from rolebake.events import LogEvent
+from rolebake.events import EventSink, LogEvent, discard
 from rolebake.provision.base import (
     ContainerOptions,
     ProvisionContext,
@@ -27,6 +27,7 @@ from rolebake.provision.base import (
     ProvisionResult,
     TaskCounter,
     append_log,
+    lend_volume,
 )
 from rolebake.provision.chef.cookbooks import Resolved, layer_run_list, resolve
 from rolebake.provision.chef.options import (
@@ -42,6 +43,7 @@ from rolebake.provision.chef.render import (
     ENVIRONMENTS_DIR,
     OUTPUT_FILE,
     ROLES_DIR,
+    TOOLCHAIN_MOUNT,
     WORKSPACE,
     chef_argv,
     chef_env,
@@ -50,6 +52,7 @@ from rolebake.provision.chef.render import (
     solo_rb,
     toolchain_dir,
 )
+from rolebake.scripts import script
 from rolebake.spec import ImageSpec, Project
 from rolebake.state import scratch_dir
 from rolebake.yamlfile import Fields, YamlList
@@ -80,6 +83,8 @@ class ChefSoloProvisioner(Provisioner):
         self.binary: str | None = self.options.path
         self.chef_version: str | None = None
         self.preexisting: tuple[str, ...] = ()
+        self.lent_folder: str | None = None  # /opt/cinc while the toolchain volume is lent
+        self.link_made: str | None = None  # how bootstrap made /opt/cinc point at it
 
     @classmethod
     def version(cls) -> str:
@@ -150,7 +155,8 @@ class ChefSoloProvisioner(Provisioner):
 
     @contextlib.contextmanager
     def toolchain(self, engine: Engine,
-                  labels: Mapping[str, str] | None = None) -> Iterator[ContainerOptions]:
+                  labels: Mapping[str, str] | None = None,
+                  events: EventSink = discard) -> Iterator[ContainerOptions]:
         """Lend the toolchain volume and mount the inputs; remove the toolchain container after.
 
         Raises:
@@ -158,13 +164,12 @@ class ChefSoloProvisioner(Provisioner):
                 pulled) or declares neither /opt/chef nor /opt/cinc. Raised
                 before any container exists.
         """
-        image_id = None
+        del events
+        image_id = folder = None
         if self.options.image is not None:
             image_id, folder = self._toolchain_image(engine)
             self.binary = TOOLCHAIN_DIRS[folder]
         resolved = self.resolved()
-        name = f"rolebake-chef-{self.layer.id.replace(':', '.')}-{uuid.uuid4().hex[:8]}"
-        source: str | None = None
         # Removed at the end, or by the next run or `rolebake clean` if this one dies.
         with scratch_dir(self.project.private_dir("tmp"), "chef-") as config_dir:
             try:
@@ -172,28 +177,21 @@ class ChefSoloProvisioner(Provisioner):
                 _write(config_dir / "solo.rb", solo_rb(environment=self.options.environment))
                 _write(config_dir / "node.json",
                        node_json(self.run_list(), self.options.attributes))
-                if image_id is not None:
-                    try:
-                        source = engine.create_stopped(
-                            image_id, name=name,
-                            labels={**(labels or {}), ROLE_LABEL: "build",
-                                    "rolebake.toolchain": "chef"})
-                    except RolebakeError:
-                        raise
-                    except Exception as exc:  # the engine's own error; engine.py does not wrap it
-                        raise BuildFailed(f"could not create the chef toolchain container from "
-                                          f"{self.options.image}: {exc}") from None
+                mount = None
+                if image_id is not None and folder is not None:
+                    mount = lend_volume(engine, image_id, volume=folder, at=TOOLCHAIN_MOUNT,
+                                        kind="chef", build_labels=labels)
+                    self.lent_folder = folder
                 yield container_options(
                     cookbooks=resolved.cookbooks,
                     roles_dir=self.project.root / self.options.roles if resolved.roles else None,
                     environments_dir=(self.project.root / self.options.environments
                                       if resolved.environment else None),
                     config_dir=config_dir,
-                    toolchain_container=source,
+                    toolchain_mount=mount,
                 )
             finally:
-                if image_id is not None:
-                    engine.remove_container(source or name)
+                self.lent_folder = None
 
     def _toolchain_image(self, engine: Engine) -> tuple[str, str]:
         image = self.options.image
@@ -224,6 +222,16 @@ class ChefSoloProvisioner(Provisioner):
         binary = self.binary
         if binary is None:
             raise BuildFailed("the chef toolchain was not set up (no chef.image or chef.path)")
+        if self.lent_folder is not None:
+            linked = ctx.engine.shell(ctx.container, script("chef-link.sh"), "link",
+                                      self.lent_folder, TOOLCHAIN_MOUNT)
+            if linked.rc != 0:
+                raise BuildFailed(f"cannot lend chef at {self.lent_folder} in this image",
+                                  details=linked.tail(),
+                                  hint="the parent image has its own chef there: use "
+                                       "`chef.path:` to run it instead of a toolchain image")
+            made = linked.output.strip().splitlines()
+            self.link_made = made[-1] if made else "absent"
         checked = ctx.engine.shell(ctx.container, 'test -x "$1" && "$1" --version', binary,
                                    env=chef_env())
         if checked.rc != 0:
@@ -263,6 +271,12 @@ class ChefSoloProvisioner(Provisioner):
     def clean(self, ctx: ProvisionContext) -> None:
         """Remove chef's state and cache folders (the workspace tmpfs is never committed)."""
         created = [p for p in STATE_PATHS if p not in self.preexisting]
+        if self.lent_folder is not None and self.link_made is not None:
+            unlinked = ctx.engine.shell(ctx.container, script("chef-link.sh"), "unlink",
+                                        self.lent_folder, self.link_made)
+            if unlinked.rc != 0:
+                raise BuildFailed(f"could not remove the link {self.lent_folder}",
+                                  details=unlinked.tail())
         result = ctx.engine.shell(
             ctx.container,
             'ws="$1"; shift; rm -rf "$ws/state" "$@" 2>/dev/null; '

@@ -12,14 +12,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from rolebake.provision.base import ContainerOptions
+from rolebake.provision.base import SCRATCH, ContainerOptions, scratch_mount
 from rolebake.provision.chef.options import TOOLCHAIN_DIRS
 
-# /mnt exists in Debian-style images and is meant for temporary mounts; a tmpfs
-# there leaves nothing in the layer (mount points made below it live on the
-# tmpfs too, where a directory made in /tmp would be committed).
-TMPFS = "/mnt"
+TMPFS = SCRATCH
 WORKSPACE = f"{TMPFS}/rolebake-chef"
+# The lent toolchain volume is mounted here, on the tmpfs; /opt/chef or /opt/cinc
+# is a link to it for the length of the build (the omnibus prefix is hard-coded).
+TOOLCHAIN_MOUNT = f"{WORKSPACE}/toolchain"
 CONFIG_DIR = f"{WORKSPACE}/config"
 COOKBOOKS_DIR = f"{WORKSPACE}/cookbooks"
 ROLES_DIR = f"{WORKSPACE}/roles"
@@ -94,13 +94,13 @@ def toolchain_dir(volumes: Mapping[str, Any] | None) -> str | None:
 
 def container_options(*, cookbooks: Mapping[str, Path], roles_dir: Path | None,
                       environments_dir: Path | None, config_dir: Path,
-                      toolchain_container: str | None) -> ContainerOptions:
+                      toolchain_mount: Mapping[str, Any] | None) -> ContainerOptions:
     """The build container's mounts: a tmpfs workspace, the inputs read-only, the toolchain.
 
     Only the cookbooks the run list uses are mounted, one by one, so chef sees
     exactly the files the cache key covers.
     """
-    mounts: list[dict[str, Any]] = [{"target": TMPFS, "source": None, "type": "tmpfs"}]
+    mounts: list[Mapping[str, Any]] = [scratch_mount()]
 
     def bind(source: Path, target: str) -> None:
         mounts.append({"target": target, "source": str(source.resolve()), "type": "bind",
@@ -113,6 +113,7 @@ def container_options(*, cookbooks: Mapping[str, Path], roles_dir: Path | None,
         bind(roles_dir, ROLES_DIR)
     if environments_dir is not None and environments_dir.is_dir():
         bind(environments_dir, ENVIRONMENTS_DIR)
-    return ContainerOptions(mounts=tuple(mounts),
-                            volumes_from=(toolchain_container,) if toolchain_container else ())
+    if toolchain_mount is not None:
+        mounts.append(toolchain_mount)
+    return ContainerOptions(mounts=tuple(mounts))
 
