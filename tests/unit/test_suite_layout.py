@@ -15,8 +15,7 @@ TESTS = Path(__file__).resolve().parents[1]
 
 def test_no_two_test_modules_share_a_file_name() -> None:
     seen: dict[str, list[str]] = defaultdict(list)
-    for path in TESTS.rglob("*.py"):
-        if path.name != "conftest.py" and path.name != "__init__.py":
-            seen[path.name].append(str(path.relative_to(TESTS)))
+    for path in TESTS.rglob("test_*.py"):
+        seen[path.name].append(str(path.relative_to(TESTS)))
     clashes = {name: paths for name, paths in seen.items() if len(paths) > 1}
     assert clashes == {}
