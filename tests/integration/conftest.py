@@ -19,6 +19,7 @@ import docker
 import pytest
 import yaml
 
+from rolebake.engine import BUILD_ID_LABEL
 from tests.conftest import REPO
 
 BASE_IMAGE = "rolebake/debian:bookworm"
@@ -36,12 +37,16 @@ def _engine() -> docker.DockerClient:
 
 
 @pytest.fixture(scope="session")
-def engine() -> Iterator[docker.DockerClient]:
+def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[docker.DockerClient]:
     """The Docker engine; missing in CI is a failure, never a skip.
 
     Layers with the same inputs are cache hits across the tests of one session
-    (that is what keeps the tier fast); the internal cache tags the session
-    made are removed when it ends, so it leaves no `rolebake-cache/*` behind.
+    (that is what keeps the tier fast); the internal cache tags the session's
+    own builds made are removed when it ends, so it leaves no `rolebake-cache/*`
+    behind. Another session's tags stay, even when they appeared meanwhile: its
+    builds are told apart by the build id each layer's log file is named with.
+    The session also checks it left the host's `docker0` bridge in place (a
+    dockerd started with `--bridge=none` in the host's namespace deletes it).
     """
     client = _engine()
     try:
@@ -49,15 +54,31 @@ def engine() -> Iterator[docker.DockerClient]:
     except docker.errors.ImageNotFound:
         pytest.fail(f"{BASE_IMAGE} is missing: run `make base` first")
     before = _cache_tags(client)
+    had_bridge = _DOCKER0.exists()
     yield client
-    for tag in sorted(_cache_tags(client) - before):
-        with contextlib.suppress(docker.errors.APIError):
-            client.images.remove(tag, force=True)
+    ours = _session_build_ids(tmp_path_factory.getbasetemp())
+    for tag, build_id in sorted(_cache_tags(client).items()):
+        if tag not in before and build_id in ours:
+            with contextlib.suppress(docker.errors.APIError):
+                client.images.remove(tag, force=True)
+    if had_bridge and not _DOCKER0.exists():
+        pytest.fail("the host's docker0 bridge was deleted during the session")
 
 
-def _cache_tags(client: docker.DockerClient) -> set[str]:
-    return {tag for image in client.images.list() for tag in image.tags
+_DOCKER0 = Path("/sys/class/net/docker0")
+
+
+def _cache_tags(client: docker.DockerClient) -> dict[str, str]:
+    """Every `rolebake-cache/*` tag on the engine, with the build id of its image."""
+    return {tag: (image.labels or {}).get(BUILD_ID_LABEL, "")
+            for image in client.images.list() for tag in image.tags
             if tag.startswith("rolebake-cache/")}
+
+
+def _session_build_ids(basetemp: Path) -> set[str]:
+    """Build ids of this session's builds: each layer's log is `<layer>-<build id>.log`."""
+    return {log.stem.rsplit("-", 1)[-1]
+            for log in basetemp.glob("**/.rolebake/logs/*.log")}
 
 
 @dataclass

@@ -3,7 +3,7 @@
 The engine restarts in the middle of a build; the engine's disk fills up during
 provisioning or at the commit. Each ends with one clear error, no tag moved, and
 nothing left on the engine after `rolebake clean` (DESIGN.md invariant 1, exit
-codes). The engine (tests/engines.py) has no network, so the layer is the tiny
+codes). The engine (tests/integration/engines.py) has no network, so the layer is the tiny
 role (files and commands only) on a base that already has python3, made on the
 shared engine and loaded into this one.
 """
@@ -19,8 +19,8 @@ import docker
 import pytest
 
 from tests.conftest import Run, run_cli
-from tests.engines import ThrowawayEngine, can_run_engines
 from tests.integration.conftest import TestProject
+from tests.integration.engines import ThrowawayEngine, can_run_engines
 from tests.integration.tinyproject import (
     Build,
     add_role,
