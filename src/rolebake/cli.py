@@ -224,7 +224,7 @@ def build(ctx: click.Context, images: tuple[str, ...], no_cache: bool, jobs: int
           vault_password_file: Path | None, as_json: bool, junit: Path | None, push: bool,
           cache_repo: str | None) -> None:
     """Build IMAGES (spec names, or name:variant; none means all) and tag them when verified."""
-    from rolebake.build import Builder, BuildOptions
+    from rolebake.builder import Builder, BuildOptions
     from rolebake.engine import Engine
     from rolebake.load import plan_build
     from rolebake.report import build_summary

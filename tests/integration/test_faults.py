@@ -7,8 +7,8 @@ Every fault hits a build that misses the cache (a new `tiny_nonce` var) of an
 image that was built once before, so "no tag moved" is checked against a real
 previous image. A step is hit by waiting for its progress line; the steps that
 take milliseconds (create, cache lookup, commit, scan, tag) are held open with
-the ROLEBAKE_TEST_PAUSE test hook in build.Builder._step, and so are bootstrap and
-clean, which take a fraction of a second now that python is lent instead of installed;
+the ROLEBAKE_TEST_PAUSE test hook in builder.runner.Runner._step, and so are bootstrap
+and clean, which take a fraction of a second now that python is lent instead of installed;
 the others (lock wait, provision, idempotence, verify) are hit in real time.
 """
 

@@ -23,7 +23,7 @@ import pytest
 from click.testing import CliRunner
 
 from rolebake import provision
-from rolebake.build import Builder, BuildOptions, BuildReport
+from rolebake.builder import Builder, BuildOptions, BuildReport
 from rolebake.cache import Cache
 from rolebake.cli import _handled, main
 from rolebake.engine import BUILD_ID_LABEL, ROLE_LABEL, ContainerHandle

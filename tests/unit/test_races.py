@@ -22,9 +22,9 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from rolebake import build as build_module
 from rolebake import provision
-from rolebake.build import Builder, BuildOptions
+from rolebake.builder import Builder, BuildOptions
+from rolebake.builder import runner as build_runner
 from rolebake.cleanup import find_leftovers, remove_leftovers
 from rolebake.cli import main
 from rolebake.engine import BUILD_ID_LABEL, ROLE_LABEL, Engine
@@ -439,7 +439,7 @@ def test_an_engine_that_stops_and_stays_down_is_exit_4_and_clean_finds_the_rest(
     run_build(engine, project, ["base"])
     before = engine.tagged("rolebake/base:latest")
     change_roles(project, "common")
-    monkeypatch.setattr(build_module, "ENGINE_RETURN_S", 0.2)
+    monkeypatch.setattr(build_runner, "ENGINE_RETURN_S", 0.2)
 
     def stop(_ctx: ProvisionContext) -> None:
         engine.stop()

@@ -8,7 +8,7 @@ import re
 import pytest
 from rich.console import Console
 
-from rolebake.build import BuildReport, LayerResult
+from rolebake.builder import BuildReport, LayerResult
 from rolebake.events import Event, LogEvent, Step, StepEvent, StepStatus, TaskEvent
 from rolebake.parity.diff import Category, ParityItem, ParityReport, Status
 from rolebake.report import (

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from rolebake import aptcache
-from rolebake.build import mount_residue
+from rolebake.builder import mount_residue
 from rolebake.errors import InputError
 from rolebake.provision import pytoolchain
 from rolebake.release import RELEASE_LABEL, Release, release_of

@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 import testinfra
 
 from rolebake import verify_session
-from rolebake.build import Builder, BuildOptions, BuildReport
+from rolebake.builder import Builder, BuildOptions, BuildReport
 from rolebake.engine import BUILD_ID_LABEL, ROLE_LABEL, Engine
 from rolebake.errors import BuildFailed, InputError, SnapshotError, VMError
 from rolebake.events import EventSink, LogEvent

@@ -27,7 +27,7 @@ from rolebake.report.text import (
 )
 
 if TYPE_CHECKING:
-    from rolebake.build import BuildReport, LayerResult
+    from rolebake.builder import BuildReport, LayerResult
     from rolebake.parity.diff import ParityItem, ParityReport
     from rolebake.verify import TestCase
 

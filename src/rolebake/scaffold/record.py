@@ -91,7 +91,7 @@ def record(engine: Engine, project: Project, image: str, events: EventSink,
     """
     # Imported here: building pulls in the engine SDK and the provisioners, which
     # rendering (and importing this package) does not need.
-    from rolebake.build import Builder, BuildOptions
+    from rolebake.builder import Builder, BuildOptions
     from rolebake.cache import preview
     from rolebake.engine import BUILD_ID_LABEL, ROLE_LABEL
     from rolebake.errors import InputError

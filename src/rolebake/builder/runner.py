@@ -1,0 +1,221 @@
+"""One layer through the pipeline: its lock, which steps apply, events, and what a failure means.
+
+The pipeline is data (`events.PIPELINE`); the runner walks it, reports the
+status of every step it runs and decides which steps apply (a cache hit runs
+only `cache`, `tag` and `push`). When a step fails it says plainly whether the
+engine or the build container died under it, and keeps or drops the image.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from rolebake.builder.records import LayerResult
+from rolebake.builder.steps import LayerRun, Steps
+from rolebake.cache import provisioner_and_inputs
+from rolebake.engine import ContainerHandle, ImageInfo, as_error, disk_full_hint
+from rolebake.errors import BuildFailed, EngineUnavailable, InputError, Interrupted, RolebakeError
+from rolebake.events import (
+    CONTAINER_STEPS,
+    HIT_STEPS,
+    PIPELINE,
+    LogEvent,
+    Step,
+    StepEvent,
+    StepStatus,
+)
+from rolebake.image import keep_failed
+from rolebake.locks import exclusive, host_lock
+from rolebake.plan import Layer
+from rolebake.release import release_of
+from rolebake.rootfs import cache_dir
+
+# Test hook, for the fault-injection tests only: ROLEBAKE_TEST_PAUSE=<step> makes
+# every layer wait (up to ROLEBAKE_TEST_PAUSE_SECONDS, default 60) at the start
+# of that step, so a signal can be sent at a step too short to hit otherwise;
+# `after:<step>` waits once the step has passed, with no cancel check after it.
+TEST_PAUSE_ENV = "ROLEBAKE_TEST_PAUSE"
+
+# How long a failed step waits for an engine that stopped answering to come back
+# (a restart), so it can say what happened and remove its container.
+ENGINE_RETURN_S = 60.0
+
+
+class Runner(Steps):
+    """Runs one layer through the pipeline (the steps are `Steps`' methods)."""
+
+    _locks: dict[str, Path]  # layer id -> its host-wide lock file
+    _engine_identity: str | None
+    _steps: dict[Step, Callable[[LayerRun], Any]]
+
+    def _build_layer(self, layer: Layer, parent: ImageInfo | None,
+                     result: LayerResult) -> ImageInfo:
+        started = time.monotonic()
+        try:
+            parent = parent or self._base_image(layer)
+            provisioner, inputs = provisioner_and_inputs(self.engine, self.project, layer, parent)
+            result.cache_key = inputs.key
+            lock = self._locks[layer.id] = self._lock_for(layer)
+            with exclusive(lock, on_busy=lambda: self.events(LogEvent(
+                               layer.id, "another build of this layer is running; waiting")),
+                           check=self._check_cancel) as held, contextlib.ExitStack() as stack:
+                run = LayerRun(layer=layer, result=result, parent=parent,
+                               provisioner=provisioner, inputs=inputs, stack=stack, lock=held,
+                               release=release_of(self.engine, parent, cache_dir() / "releases"))
+                self._run_pipeline(run)
+            result.status = StepStatus.CACHED if run.cached else StepStatus.OK
+            assert run.image_id is not None
+            found = self.engine.image(run.image_id)
+            assert found is not None
+            return found
+        except Exception as exc:  # whatever it was fails this layer only, as a RolebakeError
+            if isinstance(exc, RolebakeError):
+                raise
+            raise as_error(exc) from exc
+        finally:
+            result.seconds = time.monotonic() - started
+
+    def _base_image(self, layer: Layer) -> ImageInfo:
+        found = self.engine.image(layer.parent)
+        if found is None and self.cache.repo is not None:
+            # Every engine of a fleet builds on the base the cache repo holds.
+            base_id = self.cache.base(layer.parent, pull=True, progress=self._progress(layer),
+                                      check=self._check_cancel)
+            found = self.engine.image(base_id) if base_id else None
+            if found is not None:
+                self.events(LogEvent(layer.id, f"{layer.parent} pulled from the cache repo"))
+        if found is None:
+            self.events(LogEvent(layer.id, f"pulling {layer.parent}"))
+            try:
+                found = self.engine.pull(layer.parent, self._progress(layer))
+            except InputError as exc:
+                raise InputError(exc.message, path=layer.spec.path,
+                                 line=layer.spec.line_of("from"), hint=exc.hint) from None
+        return found
+
+    def _lock_for(self, layer: Layer) -> Path:
+        """The host-wide lock of `layer` on this engine, shared by every checkout."""
+        if self._engine_identity is None:
+            self._engine_identity = self.engine.identity()
+        return host_lock(layer.file_stem, self._engine_identity, layer.cache_repository)
+
+    def _run_pipeline(self, run: LayerRun) -> None:
+        for step in PIPELINE:
+            if run.cached and step not in HIT_STEPS:
+                continue  # a hit is reused as it is: only its tags move, then it is pushed
+            if not self._applies(run, step):
+                if run.cached:
+                    continue
+                run.result.steps[step.value] = StepStatus.SKIPPED.value
+                self.events(StepEvent(run.layer.id, step, StepStatus.SKIPPED))
+                continue
+            try:
+                self._step(run, step)
+            except BaseException as exc:
+                self._on_failure(run, step, exc)
+                raise
+
+    def _applies(self, run: LayerRun, step: Step) -> bool:
+        if step == Step.IDEMPOTENCE:
+            return self.options.idempotence or run.layer.spec.idempotence
+        if step == Step.SCAN:
+            return self.options.secrets is not None and bool(self.options.secrets.values())
+        if step == Step.VERIFY:
+            return self.options.verify
+        if step == Step.PUSH:
+            # Only verified images leave the engine: never a --no-verify build's.
+            return self.options.verify and (self.cache.repo is not None or (
+                self.options.push and run.layer.id in self._targets))
+        return True
+
+    def _step(self, run: LayerRun, step: Step) -> None:
+        self.events(StepEvent(run.layer.id, step, StepStatus.RUNNING))
+        run.result.steps[step.value] = StepStatus.RUNNING.value
+        began = time.monotonic()
+        try:
+            self._check_cancel()
+            if os.environ.get(TEST_PAUSE_ENV) == step.value:
+                self.cancel.wait(float(os.environ.get(TEST_PAUSE_ENV + "_SECONDS", "60")))
+                self._check_cancel()
+            message = self._steps[step](run) or ""
+        except BaseException as exc:
+            run.result.steps[step.value] = StepStatus.FAILED.value
+            text = as_error(exc).message if isinstance(exc, Exception) else \
+                type(exc).__name__
+            self.events(StepEvent(run.layer.id, step, StepStatus.FAILED, text))
+            raise
+        finally:
+            run.result.step_seconds[step.value] = time.monotonic() - began
+        status = StepStatus.CACHED if step == Step.CACHE and run.cached else StepStatus.OK
+        run.result.steps[step.value] = status.value
+        self.events(StepEvent(run.layer.id, step, status, message))
+        if os.environ.get(TEST_PAUSE_ENV) == f"after:{step.value}":
+            self.cancel.wait(float(os.environ.get(TEST_PAUSE_ENV + "_SECONDS", "60")))
+
+    def _on_failure(self, run: LayerRun, step: Step, exc: BaseException) -> None:
+        """Say plainly when the engine or the container died under a step; keep or drop an image."""
+        cancelled = (self.cancel.is_set() or isinstance(exc, Interrupted)
+                     or not isinstance(exc, Exception))
+        plainly: RolebakeError | None = None
+        if isinstance(exc, RolebakeError) and (full := disk_full_hint(str(exc))) not in exc.hint:
+            exc.hint = f"{full}; {exc.hint}" if exc.hint else full
+        if not cancelled:
+            plainly = self._engine_lost(run, step, exc)
+            if plainly is None and step in CONTAINER_STEPS and isinstance(exc, RolebakeError) \
+                    and run.ctx is not None and not self._running(run.container):
+                plainly = BuildFailed(f"the build container {run.container.name} stopped "
+                                      f"during {step.value} (killed from outside)",
+                                      details=exc.message, hint=exc.hint)
+        after_tag = PIPELINE.index(step) > PIPELINE.index(Step.TAG)
+        if run.image_id is not None and not run.cached and step not in CONTAINER_STEPS \
+                and not after_tag:  # a failed push leaves the tagged image as it is
+            # A cancelled build keeps nothing, whatever --keep-failed says.
+            keep = (plainly is None and isinstance(exc, RolebakeError) and not cancelled
+                    and self.options.keep_failed)
+            try:
+                self._keep_or_drop(run, keep)
+            except Exception as gone:  # the build's own error matters more
+                self.events(LogEvent(run.layer.id, f"could not remove image {run.image_id}: "
+                                     f"{as_error(gone).message}"))
+        if plainly is not None:
+            raise plainly from exc
+
+    def _engine_lost(self, run: LayerRun, step: Step, exc: BaseException) -> RolebakeError | None:
+        """The error to report when the engine stopped or restarted under `step`, else None."""
+        details = exc.message if isinstance(exc, RolebakeError) else str(exc)
+        if not self.engine.answers(wait_s=ENGINE_RETURN_S):
+            return EngineUnavailable(
+                f"the container engine stopped answering during {step.value} and did not "
+                f"come back within {ENGINE_RETURN_S:g} s", details=details,
+                hint="start it again; `rolebake clean` then removes what this build left")
+        if not self.engine.restarted():
+            return None
+        container = (f"; the build container {run.container.name} stopped with it"
+                     if step in CONTAINER_STEPS and run.ctx is not None else "")
+        return BuildFailed(f"the container engine restarted during {step.value}{container}",
+                           details=details, hint="build again")
+
+    def _keep_or_drop(self, run: LayerRun, keep: bool) -> None:
+        assert run.image_id is not None
+        if keep and self.engine.image(run.image_id) is not None:
+            try:
+                run.result.failed_tag = keep_failed(self.engine, run.image_id, run.layer.tags)
+            except RolebakeError as kept_error:  # the build's own error matters more
+                self.events(LogEvent(run.layer.id, "could not keep the failed image: "
+                                     f"{kept_error.message}"))
+            else:
+                self.events(LogEvent(run.layer.id,
+                                     f"kept for inspection as {run.result.failed_tag}"))
+        else:
+            self.engine.remove_image(run.image_id, force=True)
+
+    def _running(self, container: ContainerHandle) -> bool:
+        try:
+            return bool(self.engine.container_state(container).get("Running"))
+        except Exception:  # gone, or no engine to ask: not running either way
+            return False

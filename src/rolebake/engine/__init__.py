@@ -1,0 +1,67 @@
+"""The container engine, wrapped once: the only package that imports `docker`.
+
+Everything else speaks in rolebake's own records (ContainerHandle, ImageInfo,
+ExecResult) and imports them from here. Containers made here are always
+removed by a context manager (DESIGN.md invariant 1).
+
+`Engine` is one object put together from one module per concern, each a class
+over the same SDK client (as docker-py's own `APIClient` is):
+
+- `connection`: connecting, which engine answers (Docker or Podman), its
+  identity, and noticing when it stops or restarts;
+- `images`: lookups, tags, removal, import, save, and commit (with Podman's
+  commit dialect);
+- `transfer`: pulls and pushes with per-blob progress, registry credentials;
+- `containers`: containers for a `with` block, always removed; listing,
+  state, health and logs;
+- `commands`: commands run in a container, waited for or streamed;
+- `files`: files into and out of containers, and read from images;
+- `volumes`: named volumes, and which one a container has mounted where;
+- `records` (what callers hold) and `failures` (the SDK's exceptions as
+  rolebake errors).
+"""
+
+from __future__ import annotations
+
+from rolebake.engine.commands import Commands, ExecStream
+from rolebake.engine.connection import Connection
+from rolebake.engine.containers import Containers
+from rolebake.engine.failures import as_error, disk_full_hint, engine_failure
+from rolebake.engine.files import Files
+from rolebake.engine.images import Images, commit_changes, familiar
+from rolebake.engine.records import (
+    BUILD_ID_LABEL,
+    LABEL_PREFIX,
+    LEFTOVER_ROLES,
+    ROLE_LABEL,
+    ContainerHandle,
+    ContainerInfo,
+    ExecResult,
+    ImageInfo,
+    Progress,
+)
+from rolebake.engine.transfer import Transfers
+from rolebake.engine.volumes import Volumes
+
+__all__ = [
+    "BUILD_ID_LABEL",
+    "LABEL_PREFIX",
+    "LEFTOVER_ROLES",
+    "ROLE_LABEL",
+    "ContainerHandle",
+    "ContainerInfo",
+    "Engine",
+    "ExecResult",
+    "ExecStream",
+    "ImageInfo",
+    "Progress",
+    "as_error",
+    "commit_changes",
+    "disk_full_hint",
+    "engine_failure",
+    "familiar",
+]
+
+
+class Engine(Transfers, Images, Files, Containers, Commands, Volumes, Connection):
+    """rolebake's view of a Docker engine."""
