@@ -20,7 +20,7 @@ import docker
 import pytest
 
 from rolebake.provision import pytoolchain
-from rolebake.release import Release
+from rolebake.release import RELEASE_LABEL, Release
 from tests.conftest import run_cli
 from tests.integration.conftest import BASE_IMAGE, TestProject
 from tests.integration.tinyproject import (
@@ -134,7 +134,8 @@ def test_apt_cache_is_used_by_the_next_build(project: TestProject) -> None:
     assert out.strip() == "done", out
 
 
-def test_other_release_falls_back_to_the_apt_bootstrap(project: TestProject) -> None:
+@pytest.mark.parametrize("label", ["unlabelled", "mislabelled"])
+def test_other_release_falls_back_to_the_apt_bootstrap(project: TestProject, label: str) -> None:
     client = project.client
     # The toolchain of the base image's release, made by a build if it is not there yet.
     bookworm = add_spec(project, f"bw{project.token}", roles=("aptly",), suite=SUITE)
@@ -145,26 +146,36 @@ def test_other_release_falls_back_to_the_apt_bootstrap(project: TestProject) -> 
     toolchain = pytoolchain.tag_for(release)
     assert client.images.get(toolchain)
     # A parent image of a release no toolchain is made for: the same rootfs, relabelled.
-    other = project.tag("otherrelease", "1")
+    other = project.tag(f"otherrelease-{label}", "1")
     container = client.containers.run(BASE_IMAGE, ["/bin/sh", "-c",
                                       "sed -i -e 's/^VERSION_ID=.*/VERSION_ID=\"99\"/' "
                                       "-e 's/^VERSION_CODENAME=.*/VERSION_CODENAME=rbtest/' "
                                       "/usr/lib/os-release"], detach=True)
     try:
         assert container.wait(timeout=60)["StatusCode"] == 0
-        container.commit(repository=other.split(":")[0], tag="1", changes=['CMD ["bash"]'])
+        # Unlabelled: an image made without rolebake, its release read from os-release.
+        # Mislabelled: the base's release label survived a change made by other means;
+        # the lent python's own check in the build container catches it.
+        changes = ['CMD ["bash"]'] + (
+            [f'LABEL {RELEASE_LABEL}=""'] if label == "unlabelled" else [])
+        container.commit(repository=other.split(":")[0], tag="1", changes=changes)
     finally:
         container.remove(force=True)
-    spec = add_spec(project, f"other{project.token}", parent=other, roles=("aptly",),
+    spec = add_spec(project, f"other{label[:2]}{project.token}", parent=other, roles=("aptly",),
                     suite=SUITE)
     result = run_cli("build", spec, cwd=project.root,
                      env={"ROLEBAKE_PYTHON_TOOLCHAIN": toolchain, "ROLEBAKE_APT_CACHE": "off"})
     assert result.rc == 0, result.stderr
     notices = [line for line in result.stderr.splitlines() if "notice:" in line]
     assert len(notices) == 1, notices
-    assert notices[0].endswith(f"notice: the python toolchain {toolchain} is for debian 12 "
-                               "(bookworm), the parent image is debian 99 (rbtest): python3 "
-                               "bootstrapped")
+    if label == "unlabelled":
+        assert notices[0].endswith(f"notice: the python toolchain {toolchain} is for debian 12 "
+                                   "(bookworm), the parent image is debian 99 (rbtest): python3 "
+                                   "bootstrapped"), notices
+    else:
+        assert notices[0].endswith("notice: the lent python is for debian 12 (bookworm), the "
+                                   "build container is debian 99 (rbtest): python3 "
+                                   "bootstrapped"), notices
     assert "installed for the build:python3 python3-apt" in result.stderr
     out = sh(client, project.tag(spec), IMAGE_PROBE)
     assert out.strip() == "done", out

@@ -1,7 +1,10 @@
-"""The committed image config: the parent's, with the spec's settings over it."""
+"""The committed image config: the parent's, with the spec's settings over it; imported images."""
 
 from __future__ import annotations
 
+import pytest
+
+from rolebake.engine.images import _imported_id
 from rolebake.image import commit_config
 from rolebake.spec import HealthCheck, ImageConfig
 
@@ -40,3 +43,19 @@ def test_new_entrypoint_drops_the_inherited_cmd() -> None:
     config = commit_config(PARENT, ImageConfig(entrypoint=("/app",)), {})
     assert config["Entrypoint"] == ["/app"] and config["Cmd"] == []
 
+
+
+@pytest.mark.parametrize("answer", [
+    '{"status":"sha256:38d07620fc437ff07e50d0bf57b207ed8d760a8996881b0f91081905353a6a2d"}\r\n',
+    '{"status":"sha256:38d07620fc437ff07e50d0bf57b207ed8d760a8996881b0f91081905353a6a2d",'
+    '"progress":"","progressDetail":{},'
+    '"id":"sha256:38d07620fc437ff07e50d0bf57b207ed8d760a8996881b0f91081905353a6a2d"}\n',
+], ids=["docker", "podman"])
+def test_the_id_of_an_import_is_read_from_either_engines_answer(answer: str) -> None:
+    assert _imported_id(answer) == (
+        "sha256:38d07620fc437ff07e50d0bf57b207ed8d760a8996881b0f91081905353a6a2d")
+
+
+def test_an_import_answer_without_an_id_gives_none() -> None:
+    assert _imported_id('{"error":"bad tar"}\n') is None
+    assert _imported_id("not json") is None

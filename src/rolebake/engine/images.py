@@ -65,12 +65,18 @@ class Images(Connection):
         return True
 
     def import_rootfs(self, tarball: Path, ref: str, changes: Sequence[str]) -> ImageInfo:
-        """Make an image from a root filesystem tarball (`docker import`)."""
-        repository, _, tag = ref.rpartition(":")
+        """Make an image from a root filesystem tarball (`docker import`), tagged `ref`.
+
+        The import is untagged and the tag is set afterwards: Podman's compatible
+        API ignores the tag of an import and tags the image `:latest` instead.
+        """
         # From a file: the SDK then sends a Content-Length, which every engine accepts.
-        self.client.api.import_image_from_file(
-            str(tarball), repository=repository, tag=tag, changes=list(changes)
-        )
+        answer = self.client.api.import_image_from_file(str(tarball), changes=list(changes))
+        image_id = _imported_id(answer)
+        if image_id is None or self.image(image_id) is None:
+            raise BuildFailed(f"importing {tarball} did not produce an image",
+                              details=str(answer)[-2000:])
+        self.tag(image_id, ref)
         found = self.image(ref)
         if found is None:
             raise BuildFailed(f"importing {tarball} did not produce {ref}")
@@ -171,3 +177,19 @@ def _image_info(image: Any) -> ImageInfo:
         config=config,
         size=int(attrs.get("Size") or 0),
     )
+
+
+def _imported_id(answer: object) -> str | None:
+    """The image id in an import's answer: JSON lines, the id in the last `status`."""
+    found = None
+    for line in str(answer).splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict):
+            for key in ("id", "status"):
+                value = record.get(key)
+                if isinstance(value, str) and value.startswith("sha256:"):
+                    found = value
+    return found

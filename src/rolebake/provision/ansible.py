@@ -182,8 +182,10 @@ class AnsibleProvisioner(Provisioner):
                                                   f"tasks run through {how}"))
                 return
             self._stop_agent()
-            ctx.events(LogEvent(ctx.layer.id, "notice: the lent python does not run on "
-                                f"{here or 'this image'} ({first_line(checked.tail(1))}): "
+            why = (f"is for {runtime.release}, the build container is {here}"
+                   if checked.rc == 0 and here is not None
+                   else f"does not run on {here or 'this image'} ({first_line(checked.tail(1))})")
+            ctx.events(LogEvent(ctx.layer.id, f"notice: the lent python {why}: "
                                 "python3 bootstrapped"))
         elif runtime.notice:
             ctx.events(LogEvent(ctx.layer.id, f"notice: {runtime.notice}"))
