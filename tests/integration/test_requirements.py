@@ -134,3 +134,31 @@ def test_unreachable_source_is_bad_input_before_any_container(
     assert "Traceback" not in result.output
     assert project.build_containers() == []
     assert spec_images(project.client, name) == set()
+
+
+def test_a_collection_from_a_folder_is_on_the_collections_path(project: TestProject,
+                                                                tmp_path: Path) -> None:
+    collection = tmp_path / "src" / "rbtest" / "tools"
+    (collection / "plugins" / "filter").mkdir(parents=True)
+    (collection / "galaxy.yml").write_text(
+        "namespace: rbtest\nname: tools\nversion: 1.4.0\nreadme: README.md\nauthors: [t]\n")
+    (collection / "README.md").write_text("test\n")
+    (collection / "plugins" / "filter" / "shout.py").write_text(
+        "class FilterModule:\n    def filters(self):\n"
+        "        return {'shout': lambda s: str(s).upper()}\n")
+    role = project.root / "roles" / "shouter" / "tasks"
+    role.mkdir(parents=True)
+    (role / "main.yml").write_text(dedent("""
+        - name: Write through the collection's filter
+          ansible.builtin.copy:
+            dest: /etc/req-role-version
+            content: "{{ 'v1' | rbtest.tools.shout }}\\n"
+        """))
+    (project.root / "requirements.yml").write_text(
+        f"collections:\n  - name: {collection}\n    type: dir\n")
+    name = add_spec(project, f"reqc{project.token}", roles=("shouter",), suite=None)
+    planned = run_cli("plan", name, cwd=project.root)
+    assert "requirement collection rbtest.tools: 1.4.0" in planned.stdout, planned.output
+    built = run_cli("build", "--no-verify", name, cwd=project.root)
+    assert built.rc == 0, built.output
+    assert file_in(project, project.tag(name)) == "V1"

@@ -271,3 +271,11 @@ def test_a_project_without_requirements_installs_nothing(project: Project) -> No
     assert ensure(project) is None
     assert not (project.root / ".rolebake" / "requirements").exists()
     assert yaml.safe_load(project.spec_path("img").read_text())["roles"] == ["reqrole"]
+
+
+def test_credentials_in_a_url_are_never_shown(project: Project, tmp_path: Path) -> None:
+    pin(project, "roles:\n  - {name: r, src: 'git+https://deploy:s3cr3t@127.0.0.1:9/r.git'}\n")
+    with pytest.raises(InputError) as caught:
+        read_requirements(project)
+    assert "s3cr3t" not in str(caught.value) and "https://***@127.0.0.1:9/r.git" in str(
+        caught.value)

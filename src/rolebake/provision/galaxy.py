@@ -34,6 +34,7 @@ from rolebake.provision.requirements import (
     git_url,
     local_path,
     read_requirements,
+    shown,
     tree_digest,
 )
 from rolebake.spec import Project
@@ -176,7 +177,8 @@ def _galaxy(project: Project, args: list[str], entries: list[Requirement],
     if where.source in ("galaxy", "galaxy server") and ("galaxy" in output.lower()):
         hint = ("no Galaxy server answered; pin a git URL, a tarball or a folder as `src:` "
                 "(roles) or `type: git|file|dir` (collections)")
-    raise InputError(f"requirement {where.label}: ansible-galaxy could not install it: {why}",
+    raise InputError(f"requirement {where.label}: ansible-galaxy could not install it: "
+                     f"{shown(why)}",
                      path=where.path, line=where.line, hint=hint)
 
 

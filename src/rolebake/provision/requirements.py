@@ -41,6 +41,7 @@ GIT_TIMEOUT_S = 30
 TARBALL = (".tar.gz", ".tgz", ".tar", ".tar.bz2", ".tar.xz")
 # ansible-galaxy records when it installed a role: not content, and never keyed.
 VOLATILE = frozenset({"meta/.galaxy_install_info"})
+_USERINFO = re.compile(r"(\w+://)[^/@\s]+@")
 _SHA = re.compile(r"^[0-9a-f]{7,40}$")
 _ROLE_KEYS = frozenset({"src", "name", "version", "scm"})
 _COLLECTION_KEYS = frozenset({"name", "version", "source", "type", "signatures"})
@@ -62,7 +63,7 @@ class Requirement:
     @property
     def label(self) -> str:
         """How messages name it: `role web_base` or `collection ns.name`."""
-        return f"{self.kind} {self.name}"
+        return f"{self.kind} {shown(self.name)}"
 
 
 @dataclass(frozen=True)
@@ -340,6 +341,11 @@ def local_path(project: Project, entry: Requirement) -> Path:
     return path if path.is_absolute() else project.root / path
 
 
+def shown(text: str) -> str:
+    """`text` with the credentials of any URL in it (`https://user:token@host`) hidden."""
+    return _USERINFO.sub(r"\1***@", text)
+
+
 def git_url(src: str) -> str:
     """The URL git is given: no `git+` prefix, no `,version` suffix."""
     url = src.removeprefix("git+")
@@ -358,13 +364,13 @@ def _git_commit(entry: Requirement) -> str:
         raise InputError(f"requirement {entry.label}: git is not installed",
                          path=entry.path, line=entry.line) from None
     except subprocess.TimeoutExpired:
-        raise InputError(f"requirement {entry.label}: {url} did not answer within "
+        raise InputError(f"requirement {entry.label}: {shown(url)} did not answer within "
                          f"{GIT_TIMEOUT_S}s", path=entry.path, line=entry.line) from None
     if done.returncode != 0:
         lines = done.stderr.strip().splitlines() or ["git ls-remote failed"]
         why = next((ln for ln in lines if ln.startswith("fatal:")), lines[-1])
         why = why.removeprefix("fatal:").strip()
-        raise InputError(f"requirement {entry.label}: cannot reach {url}: {why}",
+        raise InputError(f"requirement {entry.label}: cannot reach {shown(url)}: {shown(why)}",
                          path=entry.path, line=entry.line)
     refs: dict[str, str] = {}
     for line in done.stdout.splitlines():
@@ -377,7 +383,8 @@ def _git_commit(entry: Requirement) -> str:
             return refs[ref]
     if _SHA.match(version):
         return version  # a commit: git checks it out as it is
-    raise InputError(f"requirement {entry.label}: {version!r} is not a tag or branch of {url}",
+    raise InputError(f"requirement {entry.label}: {version!r} is not a tag or branch of "
+                     f"{shown(url)}",
                      path=entry.path, line=entry.line)
 
 
