@@ -167,13 +167,15 @@ _CACHE_REPO_HELP = ("Share verified layers through this registry repository (REG
 
 
 def _progress(ctx: click.Context) -> Any:
+    """The command's one progress view on stderr (installing requirements, then building)."""
     from rolebake.report import progress_for
 
     if ctx.find_root().params.get("quiet"):
         return lambda _event: None
-    view = progress_for(sys.stderr)
-    ctx.call_on_close(view.close)
-    return view
+    if "progress" not in ctx.meta:
+        ctx.meta["progress"] = view = progress_for(sys.stderr)
+        ctx.call_on_close(view.close)
+    return ctx.meta["progress"]
 
 
 _secret_files_option = click.option(
@@ -234,7 +236,7 @@ def build(ctx: click.Context, images: tuple[str, ...], no_cache: bool, jobs: int
         raise InputError("--push publishes verified images only; drop --no-verify")
     repository = _cache_repo(cache_repo)
     project = _project(ctx)
-    plan = plan_build(project, images)
+    plan = plan_build(project, images, _progress(ctx))
     secret_set = _secrets(ctx, project, plan, secrets, vault_password_file)
     engine = Engine.connect()
     options = BuildOptions(no_cache=no_cache, jobs=jobs, keep_failed=keep_failed,
@@ -279,19 +281,25 @@ def plan(ctx: click.Context, images: tuple[str, ...], as_json: bool,
     from rolebake.engine import Engine
     from rolebake.events import PIPELINE
     from rolebake.load import plan_build
+    from rolebake.provision.requirements import installed
     from rolebake.registry import CacheRepo
     from rolebake.report import plan_table
 
     repository = _cache_repo(cache_repo)
     project = _project(ctx)
-    build_plan = plan_build(project, images)
+    build_plan = plan_build(project, images, _progress(ctx))
     engine = Engine.connect()
     rows = preview(engine, project, build_plan,
                    CacheRepo(engine, repository) if repository else None)
+    required = installed(project)
+    pins = {e.tool: e.value for e in required.manifest().values()} if required else {}
     if as_json:
-        _echo_json({"steps": [s.value for s in PIPELINE], "layers": [r.to_dict() for r in rows]})
+        _echo_json({"steps": [s.value for s in PIPELINE], "layers": [r.to_dict() for r in rows],
+                    "requirements": pins})
         return
     click.echo("steps per layer: " + " -> ".join(s.value for s in PIPELINE))
+    for name, value in pins.items():
+        click.echo(f"{name}: {value}")
     for line in plan_table((r.to_dict() for r in rows), color=sys.stdout.isatty()):
         click.echo(line)
 
@@ -354,7 +362,7 @@ def test_command(ctx: click.Context, image: str, tests_dir: Path | None, as_json
     ref = image
     layer = None
     if project.has_spec(image.split(":", maxsplit=1)[0]):
-        test_plan = plan_build(project, [image])
+        test_plan = plan_build(project, [image], _progress(ctx))
         layer = test_plan.layer(image)
         if not layer.tags:
             raise InputError(f"image {image} has no tags to find it by",
@@ -425,7 +433,7 @@ def scaffold_tests(ctx: click.Context, image: str, output: Path | None, force: b
     if not project.has_spec(image.split(":", maxsplit=1)[0]):
         raise InputError(f"no image spec named {image.split(':', maxsplit=1)[0]!r}",
                          hint=f"known: {', '.join(project.spec_names()) or 'none'}")
-    scaffold_plan = plan_build(project, [image])
+    scaffold_plan = plan_build(project, [image], _progress(ctx))
     layer = scaffold_plan.layer(image)
     folder = image.replace(":", "-")
     target = output or project.root / "tests" / "images" / folder / "test_scaffold.py"
@@ -464,7 +472,7 @@ def parity(ctx: click.Context, image: str, vm: str, as_json: bool, show_equal: b
     from rolebake.report import parity_table, tests_side_by_side
 
     project = _project(ctx)
-    secret_set = _secrets(ctx, project, plan_build(project, [image]),
+    secret_set = _secrets(ctx, project, plan_build(project, [image], _progress(ctx)),
                           vault_password_file=vault_password_file)
     result = run_parity(Engine.connect(), project, image, vm, events=_progress(ctx),
                         secrets=secret_set)
@@ -553,7 +561,8 @@ def makefile(ctx: click.Context, output: Path | None, cache_repo: str | None,
 
     repository = _cache_repo(cache_repo)
     project = _project(ctx)
-    text = render_makefile(plan_build(project), cache_repo=str(repository or ""), push=push)
+    text = render_makefile(plan_build(project, (), _progress(ctx)),
+                           cache_repo=str(repository or ""), push=push)
     if output:
         output.write_text(text, encoding="utf-8")
         _err(f"wrote {output}")

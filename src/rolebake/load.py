@@ -15,7 +15,9 @@ from pathlib import Path
 
 from rolebake import provision
 from rolebake.errors import InputError
+from rolebake.events import EventSink, discard
 from rolebake.plan import BuildPlan, Layer, make_plan, spec_layers
+from rolebake.provision import galaxy
 from rolebake.reference import normal_tag
 from rolebake.secrets import SecretSet, vault_values
 from rolebake.spec import ImageSpec, Project
@@ -46,12 +48,18 @@ def load_spec(project: Project, name: str) -> ImageSpec:
     return spec
 
 
-def plan_build(project: Project, targets: Iterable[str] = ()) -> BuildPlan:
+def plan_build(project: Project, targets: Iterable[str] = (),
+               events: EventSink = discard) -> BuildPlan:
     """Turn image names (`web`, `web:dev`; none means every image and variant) into a plan.
 
+    The project's requirements.yml is installed first (`provision.galaxy`):
+    the specs may name the roles it brings.
+
     Raises:
-        InputError: a bad spec, an unknown image or variant, or a cycle in `from:`.
+        InputError: a bad spec, an unknown image or variant, or a cycle in `from:`;
+            a requirement that cannot be reached or installed.
     """
+    galaxy.ensure(project, events)
     wanted = list(targets) or all_targets(project)
     plan = make_plan(project, wanted, lambda name: load_spec(project, name))
     _check_shared_names(project, plan)

@@ -26,8 +26,14 @@ import yaml
 from rolebake.engine import Engine, ExecResult, ImageInfo
 from rolebake.errors import BuildFailed, InputError
 from rolebake.events import EventSink, LogEvent, discard
-from rolebake.provision import agent, pytoolchain
-from rolebake.provision.ansible_config import environment, read_config, runner_environment
+from rolebake.provision import agent, pytoolchain, requirements
+from rolebake.provision.ansible_config import (
+    COLLECTIONS_KEYS,
+    content_paths,
+    environment,
+    read_config,
+    runner_environment,
+)
 from rolebake.provision.ansible_inputs import AnsibleInputs, read_inputs
 from rolebake.provision.base import (
     ContainerOptions,
@@ -132,7 +138,8 @@ class AnsibleProvisioner(Provisioner):
         found = self._inputs()
         return ProvisionerInputs(
             files=found.files,
-            tools={f"collection {name}": version for name, version in found.collections.items()},
+            tools={**{f"collection {name}": version
+                      for name, version in found.collections.items()}, **found.requirements},
             notes=found.notes)
 
     def _inputs(self) -> AnsibleInputs:
@@ -329,11 +336,18 @@ class AnsibleProvisioner(Provisioner):
         roles_path = [self.project.roles_dir.resolve()]
         if self.layer.playbook is not None:
             roles_path.insert(0, (self.layer.playbook.parent / "roles").resolve())
+        required = requirements.installed(self.project)
+        if required is not None:
+            roles_path.append(required.roles_dir.resolve())
         # Built, not inherited: see ansible_config. ansible-runner finds
         # ansible-playbook on PATH, so ours goes first.
         config = read_config(self.project)
         env = environment(config, data_dir, roles_path=roles_path,
                           remote_tmp=REMOTE_TMP, programs=Path(_ansible_playbook()).parent)
+        if required is not None:  # after the cfg's own collections_path, as the inputs have it
+            env["ANSIBLE_COLLECTIONS_PATH"] = os.pathsep.join([
+                *(str(p) for key, p in content_paths(self.project, config)
+                  if key in COLLECTIONS_KEYS), str(required.collections_dir.resolve())])
         # rolebake's agent connection (agent.py) first; the project's own after it.
         env["ANSIBLE_CONNECTION_PLUGINS"] = os.pathsep.join(filter(None, [
             str(agent.PLUGINS / "connection"),
@@ -537,6 +551,9 @@ def _role_dir(project: Project, role: str, spec: ImageSpec, line: int | None = N
     if not project.inside(path):
         raise InputError(f"role {role!r} is outside the project's roles/", path=spec.path,
                          line=line)
+    required = requirements.installed(project)
+    if not path.is_dir() and required is not None and (required.roles_dir / role).is_dir():
+        return required.roles_dir / role  # installed from requirements.yml
     if not path.is_dir():
         known = sorted(p.name for p in project.roles_dir.iterdir()) if project.roles_dir.is_dir() \
             else []

@@ -31,6 +31,7 @@ from rolebake.errors import InputError
 from rolebake.provision.ansible_config import COLLECTIONS_KEYS, content_paths, read_config
 from rolebake.provision.base import check_inside, tree_files
 from rolebake.provision.collection_versions import collection_version, find_collection
+from rolebake.provision.requirements import Requirements, installed, used
 from rolebake.spec import Project
 from rolebake.yamlfile import YamlList, YamlMap, read_ansible_yaml
 
@@ -66,6 +67,7 @@ class AnsibleInputs:
     files: tuple[Path, ...]  # project files, by the path Ansible sees
     collections: Mapping[str, str]  # "namespace.name" -> version (or where it is)
     notes: tuple[str, ...]  # why the key covers more than the layer needs
+    requirements: Mapping[str, str] = field(default_factory=dict)  # installed ones used
 
 
 def read_inputs(project: Project, *, roles: Sequence[str], playbook: Path | None,
@@ -87,7 +89,7 @@ def read_inputs(project: Project, *, roles: Sequence[str], playbook: Path | None
         InputError: a path or link that leaves the project, an absolute role
             or include path, a meta dependency or play role that is nowhere.
     """
-    walker = _Walker(project, variables, playbook)
+    walker = _Walker(project, variables, playbook, installed(project))
     config = read_config(project)
     if config.path is not None:
         walker.add(config.path)
@@ -96,6 +98,8 @@ def read_inputs(project: Project, *, roles: Sequence[str], playbook: Path | None
             walker.collection_roots.append(path)
         else:
             walker.add_tree(path)
+    if walker.required is not None:  # after the cfg's, as ANSIBLE_COLLECTIONS_PATH has it
+        walker.collection_roots.append(walker.required.collections_dir)
     walker.collections.update(config.collections())
     if playbook is not None:
         walker.playbook(playbook, where=where)
@@ -106,8 +110,11 @@ def read_inputs(project: Project, *, roles: Sequence[str], playbook: Path | None
                 walker.role(found)
     walker.finish()
     collections = walker.versions()  # keys the files of collections inside the project too
+    required = used(walker.required, walker.owners) if walker.required else {}
+    notes = [*walker.notes, *(f"{tool} (requirements.yml): keyed on its installed content"
+                              for tool in required)]
     return AnsibleInputs(files=tuple(sorted(walker.files)), collections=collections,
-                         notes=tuple(walker.notes))
+                         notes=tuple(notes), requirements=required)
 
 
 @dataclass(frozen=True)
@@ -123,6 +130,8 @@ class _Walker:
     project: Project
     variables: Mapping[str, Any]
     top_playbook: Path | None
+    required: Requirements | None  # installed from requirements.yml: keyed by their digest
+    owners: dict[str, None] = field(default_factory=dict)  # of those, the ones used
     files: dict[Path, None] = field(default_factory=dict)
     collections: set[str] = field(default_factory=lambda: set(ALWAYS_USED))
     collection_roots: list[Path] = field(default_factory=list)
@@ -139,22 +148,35 @@ class _Walker:
         if self.top_playbook is not None:
             self.roles_dirs[self.top_playbook.parent / "roles"] = None
         self.roles_dirs[self.project.roles_dir] = None
+        if self.required is not None:
+            self.roles_dirs[self.required.roles_dir] = None
 
     # Files -----------------------------------------------------------------------------
 
     def add(self, path: Path) -> None:
         """Key one file (a link inside the project is keyed by its target's bytes)."""
         check_inside(path, self.project)
+        if self._required(path):
+            return
         if path not in self.files:
             self.files[path] = None
             self._scan(path)
 
     def add_tree(self, root: Path) -> None:
         """Key every file below a folder (or the file itself)."""
+        if self._required(root):
+            return
         for path in tree_files(root, self.project, seen=self.seen_dirs):
             if path not in self.files:
                 self.files[path] = None
                 self._scan(path)
+
+    def _required(self, path: Path) -> bool:
+        """Note an installed requirement's file: its tree is keyed whole, by its digest."""
+        owner = self.required.owner(path) if self.required is not None else None
+        if owner is not None:
+            self.owners[owner] = None
+        return owner is not None
 
     def _scan(self, path: Path) -> None:
         # Filters, tests and lookups named by FQCN inside templates and vars.
@@ -522,7 +544,9 @@ class _Walker:
         for name in sorted(self.collections):
             folder = find_collection(name, self.collection_roots, self.project)
             found[name] = collection_version(folder) if folder is not None else "not installed"
-            if folder is not None and self.project.inside(folder):
+            if folder is not None and self._required(folder):
+                found[name] += " (requirements.yml)"
+            elif folder is not None and self.project.inside(folder):
                 self.add_tree(folder)
                 found[name] += " (in the project)"
         return found
