@@ -67,7 +67,9 @@ CONTROLLED: Mapping[str, str] = {
     "ANSIBLE_CALLBACK_PLUGINS": "",
     "ANSIBLE_DEPRECATION_WARNINGS": "False",
     "ANSIBLE_SYSTEM_WARNINGS": "False",
-    "ANSIBLE_INVENTORY_ENABLED": "yaml",  # rolebake writes the inventory, as YAML
+    # rolebake writes the target's inventory as YAML; a project's is INI or YAML.
+    # Never a script or a plugin that would reach outside the project.
+    "ANSIBLE_INVENTORY_ENABLED": "yaml,ini",
     "ANSIBLE_COLLECTIONS_SCAN_SYS_PATH": "True",  # community.docker comes from there
     "ANSIBLE_LOG_PATH": "/dev/null",  # the layer's log is rolebake's, redacted
     "ANSIBLE_ENABLE_TASK_DEBUGGER": "False",

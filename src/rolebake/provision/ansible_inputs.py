@@ -29,6 +29,7 @@ from typing import Any
 
 from rolebake.errors import InputError
 from rolebake.provision.ansible_config import COLLECTIONS_KEYS, content_paths, read_config
+from rolebake.provision.ansible_inventory import Membership
 from rolebake.provision.base import check_inside, tree_files
 from rolebake.provision.collection_versions import collection_version, find_collection
 from rolebake.spec import Project
@@ -47,6 +48,7 @@ PLAYBOOK_PLUGIN_DIRS = (
     "httpapi_plugins", "inventory_plugins", "lookup_plugins", "netconf_plugins",
     "strategy_plugins", "terminal_plugins", "test_plugins", "vars_plugins",
 )
+VARS_SUFFIXES = ("", ".yml", ".yaml", ".json")  # how Ansible finds group_vars/<name>
 SCAN_LIMIT = 1 << 20  # bytes of a file searched for collection names
 
 _TEMPLATED = re.compile(r"\{\{|\{%")
@@ -66,10 +68,13 @@ class AnsibleInputs:
     files: tuple[Path, ...]  # project files, by the path Ansible sees
     collections: Mapping[str, str]  # "namespace.name" -> version (or where it is)
     notes: tuple[str, ...]  # why the key covers more than the layer needs
+    vars_files: tuple[str, ...] | None = None  # group_vars/host_vars entries of a host's names
 
 
 def read_inputs(project: Project, *, roles: Sequence[str], playbook: Path | None,
-                variables: Mapping[str, Any], where: tuple[Path, int | None]) -> AnsibleInputs:
+                variables: Mapping[str, Any], where: tuple[Path, int | None],
+                inventory: Membership | None = None,
+                not_applied: frozenset[tuple[str, int | None]] = frozenset()) -> AnsibleInputs:
     """Follow everything Ansible will read for a layer.
 
     Args:
@@ -79,6 +84,9 @@ def read_inputs(project: Project, *, roles: Sequence[str], playbook: Path | None
         variables: the layer's vars that may resolve a templated name (never
             sensitive ones: a resolved name ends up in the inputs label).
         where: the spec file and the line of `roles:`, for errors about them.
+        inventory: the target as a host of the inventory (spec `groups:`): its files, and
+            only its groups' and host's group_vars/host_vars entries (else whole folders).
+        not_applied: plays (real path, line) that do not apply: not followed.
 
     Returns:
         The files, the collections with their versions, and the notes.
@@ -87,7 +95,9 @@ def read_inputs(project: Project, *, roles: Sequence[str], playbook: Path | None
         InputError: a path or link that leaves the project, an absolute role
             or include path, a meta dependency or play role that is nowhere.
     """
-    walker = _Walker(project, variables, playbook)
+    walker = _Walker(project, variables, playbook, not_applied=not_applied)
+    if inventory is not None:
+        walker.vars_names = {"group_vars": inventory.groups, "host_vars": (inventory.host,)}
     config = read_config(project)
     if config.path is not None:
         walker.add(config.path)
@@ -97,6 +107,11 @@ def read_inputs(project: Project, *, roles: Sequence[str], playbook: Path | None
         else:
             walker.add_tree(path)
     walker.collections.update(config.collections())
+    if inventory is not None:
+        for path in inventory.inventory.files:
+            walker.add(path)
+        for folder in inventory.inventory.vars_dirs:
+            walker.vars_dirs(folder)
     if playbook is not None:
         walker.playbook(playbook, where=where)
     else:
@@ -107,7 +122,8 @@ def read_inputs(project: Project, *, roles: Sequence[str], playbook: Path | None
     walker.finish()
     collections = walker.versions()  # keys the files of collections inside the project too
     return AnsibleInputs(files=tuple(sorted(walker.files)), collections=collections,
-                         notes=tuple(walker.notes))
+                         notes=tuple(walker.notes),
+                         vars_files=tuple(walker.vars_found) if inventory is not None else None)
 
 
 @dataclass(frozen=True)
@@ -133,6 +149,9 @@ class _Walker:
     lenient: bool = False  # walking every role for a templated name: a missing one is no error
     whole_folders: dict[Path, None] = field(default_factory=dict)
     roles_dirs: dict[Path, None] = field(default_factory=dict)
+    vars_names: Mapping[str, tuple[str, ...]] | None = None  # group_vars/host_vars to key
+    vars_found: dict[str, None] = field(default_factory=dict)
+    not_applied: frozenset[tuple[str, int | None]] = frozenset()  # plays: (realpath, line)
 
     def __post_init__(self) -> None:
         # The same search path the run gets (ansible_config.environment's roles_path).
@@ -433,7 +452,8 @@ class _Walker:
         check_inside(path, self.project, where=where[0], line=where[1])
         self.add(path)
         folder = path.parent
-        for sub in ("group_vars", "host_vars", *PLAYBOOK_PLUGIN_DIRS):
+        self.vars_dirs(folder)
+        for sub in PLAYBOOK_PLUGIN_DIRS:
             if (folder / sub).is_dir():
                 self.add_tree(folder / sub)
         if (folder / "collections").is_dir():
@@ -448,7 +468,21 @@ class _Walker:
             line = plays.line_of(index) if isinstance(plays, YamlList) else None
             self._play(play, path, line, ctx)
 
+    def vars_dirs(self, folder: Path) -> None:
+        """Key a folder's group_vars/ and host_vars/: whole, or the target's entries (and which)."""
+        for sub in ("group_vars", "host_vars"):
+            if (folder / sub).is_dir() and self.vars_names is None:
+                self.add_tree(folder / sub)
+            for name in self.vars_names[sub] if self.vars_names is not None else ():
+                for suffix in VARS_SUFFIXES:
+                    entry = folder / sub / f"{name}{suffix}"
+                    if entry.exists() or entry.is_symlink():
+                        self.add_tree(entry)
+                        self.vars_found[self.project.logical(entry)] = None
+
     def _play(self, play: dict[Any, Any], path: Path, line: int | None, ctx: _Context) -> None:
+        if (os.path.realpath(path), line) in self.not_applied:
+            return  # not for the target's groups, or a parent layer applied it
         for keyword in ("import_playbook", "ansible.builtin.import_playbook"):
             name = play.get(keyword)
             if isinstance(name, str):
