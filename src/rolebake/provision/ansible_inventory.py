@@ -117,8 +117,17 @@ def membership(project: Project, spec: ImageSpec) -> Membership | None:
 
 def find_inventory(project: Project, spec: ImageSpec) -> Path | None:
     """The spec's inventory, else ansible.cfg's `inventory`, else a default; None when none."""
-    if spec.inventory is not None:
-        return spec.inventory
+    return locate_inventory(project, spec.inventory, spec.playbook)
+
+
+def locate_inventory(project: Project, given: Path | None, playbook: Path | None) -> Path | None:
+    """`given`, else ansible.cfg's `inventory`, else a default name (root, then beside playbook).
+
+    Raises:
+        InputError: the cfg names an inventory outside the project, or none there.
+    """
+    if given is not None:
+        return given
     config = read_config(project)
     value = config.get("inventory")
     if value and config.path is not None:
@@ -133,8 +142,8 @@ def find_inventory(project: Project, spec: ImageSpec) -> Path | None:
                              line=config.line("inventory"))
         return path
     folders = [project.root]
-    if spec.playbook is not None:
-        folders.append(spec.playbook.parent)
+    if playbook is not None:
+        folders.append(playbook.parent)
     for folder in folders:
         for name in DEFAULT_NAMES:
             if (folder / name).exists() and project.inside(folder / name):
