@@ -222,3 +222,11 @@ def test_init_specs_load(project: Project) -> None:
     assert project.root / "tests/images/web/test_web.py" in written
     plan = plan_build(project, ["web", "app", "dev"])
     assert plan.layers[0].id == "base"
+
+
+def test_a_role_on_the_cfg_roles_path_is_found_and_keyed(project: Project) -> None:
+    shutil.copytree(project.roles_dir / "devtools", project.root / "galaxy" / "vendored")
+    (project.root / "ansible.cfg").write_text("[defaults]\nroles_path = galaxy\n")
+    (project.images_dir / "tools.yml").write_text("from: base\nroles: [vendored]\n")
+    files = inputs(project, "tools").values["files"]
+    assert "galaxy/vendored/tasks/main.yml" in files and "ansible.cfg" in files

@@ -27,7 +27,12 @@ from rolebake.engine import Engine, ExecResult, ImageInfo
 from rolebake.errors import BuildFailed, InputError
 from rolebake.events import EventSink, LogEvent, discard
 from rolebake.provision import agent, ansible_inventory, pytoolchain
-from rolebake.provision.ansible_config import environment, read_config, runner_environment
+from rolebake.provision.ansible_config import (
+    environment,
+    read_config,
+    roles_path,
+    runner_environment,
+)
 from rolebake.provision.ansible_inputs import AnsibleInputs, read_inputs
 from rolebake.provision.base import (
     ContainerOptions,
@@ -340,13 +345,11 @@ class AnsibleProvisioner(Provisioner):
         return "rolebake.yml"
 
     def _envvars(self, ctx: ProvisionContext, data_dir: Path) -> dict[str, str]:
-        roles_path = [self.project.roles_dir.resolve()]
-        if self.layer.playbook is not None:
-            roles_path.insert(0, (self.layer.playbook.parent / "roles").resolve())
         # Built, not inherited: see ansible_config. ansible-runner finds
         # ansible-playbook on PATH, so ours goes first.
         config = read_config(self.project)
-        env = environment(config, data_dir, roles_path=roles_path,
+        found = roles_path(self.project, config, self.layer.playbook)
+        env = environment(config, data_dir, roles_path=[p.resolve() for p in found],
                           remote_tmp=REMOTE_TMP, programs=Path(_ansible_playbook()).parent)
         # rolebake's agent connection (agent.py) first; the project's own after it.
         env["ANSIBLE_CONNECTION_PLUGINS"] = os.pathsep.join(filter(None, [
@@ -546,7 +549,8 @@ def _extravars(variables: Mapping[str, Any]) -> str:
 
 
 def _role_dir(project: Project, role: str, spec: ImageSpec, line: int | None = None) -> Path:
-    path = project.roles_dir / role
+    folders = roles_path(project, read_config(project), None)  # roles/ and the cfg's roles_path
+    path = next((f / role for f in folders if (f / role).is_dir()), project.roles_dir / role)
     line = line or spec.line_of("roles")
     if not project.inside(path):
         raise InputError(f"role {role!r} is outside the project's roles/", path=spec.path,

@@ -28,7 +28,12 @@ from pathlib import Path
 from typing import Any
 
 from rolebake.errors import InputError
-from rolebake.provision.ansible_config import COLLECTIONS_KEYS, content_paths, read_config
+from rolebake.provision.ansible_config import (
+    COLLECTIONS_KEYS,
+    content_paths,
+    read_config,
+    roles_path,
+)
 from rolebake.provision.ansible_inventory import Membership
 from rolebake.provision.base import check_inside, tree_files
 from rolebake.provision.collection_versions import collection_version, find_collection
@@ -99,6 +104,7 @@ def read_inputs(project: Project, *, roles: Sequence[str], playbook: Path | None
     if inventory is not None:
         walker.vars_names = {"group_vars": inventory.groups, "host_vars": (inventory.host,)}
     config = read_config(project)
+    walker.roles_dirs = dict.fromkeys(roles_path(project, config, playbook))
     if config.path is not None:
         walker.add(config.path)
     for key, path in content_paths(project, config):
@@ -148,16 +154,10 @@ class _Walker:
     whole_roles: bool = False
     lenient: bool = False  # walking every role for a templated name: a missing one is no error
     whole_folders: dict[Path, None] = field(default_factory=dict)
-    roles_dirs: dict[Path, None] = field(default_factory=dict)
+    roles_dirs: dict[Path, None] = field(default_factory=dict)  # as the run's (roles_path)
     vars_names: Mapping[str, tuple[str, ...]] | None = None  # group_vars/host_vars to key
     vars_found: dict[str, None] = field(default_factory=dict)
     not_applied: frozenset[tuple[str, int | None]] = frozenset()  # plays: (realpath, line)
-
-    def __post_init__(self) -> None:
-        # The same search path the run gets (ansible_config.environment's roles_path).
-        if self.top_playbook is not None:
-            self.roles_dirs[self.top_playbook.parent / "roles"] = None
-        self.roles_dirs[self.project.roles_dir] = None
 
     # Files -----------------------------------------------------------------------------
 
