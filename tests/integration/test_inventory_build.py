@@ -8,6 +8,8 @@ and nothing of the `app` or `dev` plays.
 
 from __future__ import annotations
 
+import json
+
 import docker
 import pytest
 
@@ -39,8 +41,18 @@ def test_web_image_is_a_host_of_group_web(project: TestProject) -> None:
     assert "skips play 'Apply the base configuration to every host'" in planned.stdout
     assert "Configure application servers" not in planned.stdout
 
-    result = run_cli("build", "web", cwd=project.root)
+    result = run_cli("build", "web", "--json", cwd=project.root)
     assert result.rc == 0, result.output
+    layers = {layer["layer"]: layer for layer in json.loads(result.stdout)["layers"]}
+    # Ansible saw the plays: common (base applied it) skipped task by task, app
+    # and dev matched no host, web ran.
+    log = (project.root / layers["web"]["log"]).read_text()  # an absolute path stays one
+    common = log.split("PLAY [Apply the base configuration to every host]")[1] \
+        .split("PLAY [Configure web servers]")[0]
+    assert "TASK [common" in common and "changed:" not in common and "ok:" not in common, log
+    assert "PLAY [Configure application servers] ***" in log
+    assert log.split("PLAY [Configure application servers]")[1].split("\n")[1].startswith(
+        "skipping: no hosts matched"), log
     image = project.tag("web")
     client = project.client
 
