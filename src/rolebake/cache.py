@@ -55,6 +55,11 @@ class LayerInputs:
         """Why the key covers more than the layer needs (a name known only at run time)."""
         return tuple(self.values.get("notes") or ())
 
+    @property
+    def plays(self) -> tuple[str, ...]:
+        """The plays of the layer's playbook that apply."""
+        return tuple(self.values.get("plays") or ())
+
     def to_label(self) -> str:
         """Compact JSON stored on the image, so a later miss can be explained."""
         return _canonical(self.values)
@@ -93,6 +98,7 @@ def layer_inputs(
     tools: Mapping[str, str] | None = None,
     notes: Iterable[str] = (),
     runtime: str = "",
+    plays: Iterable[str] = (),
 ) -> LayerInputs:
     """Collect the digests of everything that decides a layer's content.
 
@@ -109,6 +115,7 @@ def layer_inputs(
         notes: why the key covers more than the layer needs; kept with the inputs.
         runtime: how the provisioner runs in the build container (the lent python
             toolchain of a release, or the apt bootstrap); "" when it has no say.
+        plays: the plays of the layer's playbook that apply (listed by `plan`).
 
     Returns:
         The inputs; `.key` is the cache key.
@@ -134,6 +141,8 @@ def layer_inputs(
     }
     if runtime:
         values["runtime"] = runtime
+    if plays:
+        values["plays"] = list(plays)
     return LayerInputs(values)
 
 
@@ -181,7 +190,8 @@ def explain_miss(current: LayerInputs, previous: LayerInputs | None) -> tuple[st
     reasons.extend(_tool_changes(now.get("tools", {}), before.get("tools", {})))
     for key, what in (("roles", "role list"), ("playbook", "playbook"),
                       ("provisioner", "provisioner version"), ("options", "provisioner settings"),
-                      ("runtime", "provisioner runtime"), ("rolebake", "rolebake version")):
+                      ("runtime", "provisioner runtime"), ("plays", "plays applied"),
+                      ("rolebake", "rolebake version")):
         if now.get(key) != before.get(key):
             reasons.append(f"{what} changed ({_show(before.get(key))} -> {_show(now.get(key))})")
     return tuple(reasons) or ("inputs changed",)
@@ -449,7 +459,8 @@ def provisioner_and_inputs(engine: Engine, project: Project, layer: Layer,
     found = provisioner.inputs(engine)
     inputs = layer_inputs(project, layer, parent.id if parent else "", found.files,
                           provisioner.version(), layer.spec.provisioner_options,
-                          tools=found.tools, notes=found.notes, runtime=runtime)
+                          tools=found.tools, notes=found.notes, runtime=runtime,
+                          plays=found.plays)
     return provisioner, inputs
 
 
@@ -467,6 +478,7 @@ class PlanRow:
     tags: tuple[str, ...]
     notes: tuple[str, ...] = ()  # why the key covers more than the layer needs
     source: str | None = None  # of a hit: LOCAL or FROM_REPO
+    plays: tuple[str, ...] = ()  # the plays of the layer's playbook that apply
 
     @property
     def status(self) -> str:
@@ -478,7 +490,7 @@ class PlanRow:
         return {"layer": self.layer, "parent": self.parent, "depth": self.depth,
                 "status": self.status, "image": self.image, "cache_key": self.key,
                 "reasons": list(self.reasons), "notes": list(self.notes),
-                "tags": list(self.tags), "source": self.source}
+                "tags": list(self.tags), "source": self.source, "plays": list(self.plays)}
 
 
 def preview(engine: Engine, project: Project, plan: BuildPlan,
@@ -502,7 +514,7 @@ def preview(engine: Engine, project: Project, plan: BuildPlan,
                       + (" nor in the cache repo" if repo is not None else ""))
             _, inputs = provisioner_and_inputs(engine, project, layer, None)
             rows.append(PlanRow(layer.id, layer.parent, depth, False, None, None, (reason,),
-                                layer.tags, inputs.notes))
+                                layer.tags, inputs.notes, plays=inputs.plays))
             images[layer.id] = None
             continue
         _, inputs = provisioner_and_inputs(engine, project, layer, parent)
@@ -510,5 +522,5 @@ def preview(engine: Engine, project: Project, plan: BuildPlan,
         images[layer.id] = decision.image_id
         rows.append(PlanRow(layer.id, layer.parent, depth, decision.hit, decision.image_id,
                             decision.key, decision.reasons, layer.tags, inputs.notes,
-                            decision.source if decision.hit else None))
+                            decision.source if decision.hit else None, inputs.plays))
     return rows

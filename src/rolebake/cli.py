@@ -145,11 +145,11 @@ def _echo_json(data: Any) -> None:
     click.echo(json.dumps(redact.data(data), indent=2))
 
 
-def _project(ctx: click.Context) -> Any:
+def _project(ctx: click.Context, *, made: bool = True) -> Any:
     from rolebake.spec import Project
 
     root = Path(ctx.find_root().params.get("project") or ".").resolve()
-    if not (root / "images").is_dir():
+    if made and not (root / "images").is_dir():
         raise InputError("not a rolebake project: no images/ folder", path=root,
                          hint="run from the project root, or pass --project DIR")
     return Project(root)
@@ -447,6 +447,34 @@ def scaffold_tests(ctx: click.Context, image: str, output: Path | None, force: b
     target.write_text(render(recording), encoding="utf-8")
     _err(f"wrote {target} from {len(recording.tasks)} task results "
          f"(kept in {project.relative(kept)})")
+
+
+@main.command()
+@click.option("--playbook", type=click.Path(dir_okay=False, path_type=Path),
+              help="The site playbook (default: site.yml or playbooks/site.yml).")
+@click.option("--inventory", type=click.Path(path_type=Path),
+              help="The inventory (default: ansible.cfg's, or inventory/hosts at the root or "
+                   "beside the playbook).")
+@click.option("--from", "base_from", default="rolebake/debian:bookworm", show_default=True,
+              help="The image the first layer starts from.")
+@click.pass_context
+@_handled
+def init(ctx: click.Context, playbook: Path | None, inventory: Path | None,
+         base_from: str) -> None:
+    """Propose images/<group>.yml and a starting suite per group of an Ansible repository."""
+    from rolebake.scaffold import init as scaffold_init
+
+    project = _project(ctx, made=False)  # an Ansible repository without images/ yet
+    site = scaffold_init.find_playbook(project, playbook)
+    proposals = scaffold_init.propose(site, base_from)
+    given = (project.root / inventory) if inventory is not None else None
+    for line in scaffold_init.check(project, site, given, proposals):
+        _err(line)
+    for path in scaffold_init.write(project, proposals, site, given):
+        click.echo(f"wrote {project.relative(path)}")
+    _err("check by hand in each service image: config.cmd (its service in the foreground), "
+         "config.expose and a ready check (ready.port or ready.command); then "
+         "`rolebake build` and `rolebake scaffold-tests <image>` for real checks")
 
 
 def _first_line(text: str) -> str:

@@ -7,11 +7,10 @@ Every problem is reported as one InputError naming the file and line
 from __future__ import annotations
 
 import difflib
-import math
 import os
 import re
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +23,18 @@ from rolebake.reference import (
     is_tag,
     normal_tag,
 )
+from rolebake.spec_config import (
+    MAX_DURATION_S,
+    HealthCheck,
+    ImageConfig,
+    _config,
+    _key_text,
+)
 from rolebake.state import private_dir
-from rolebake.yamlfile import Fields, YamlList, kind, load_yaml, plain, require_json
+from rolebake.yamlfile import Fields, YamlList, load_yaml, plain, require_json
+
+__all__ = ["HealthCheck", "ImageConfig", "ImageSpec", "Project", "ReadyCheck", "Variant",
+           "load_spec"]
 
 # Every pattern is used with fullmatch: `re.match` with a `$` anchor lets a
 # trailing newline through ("web\n"), and that name then reaches the engine.
@@ -37,80 +46,13 @@ VARIANT_NAME_RE = SPEC_NAME_RE
 NAME_RULE = "lowercase letters and digits, with '.', '_' or '-' between them, up to 100"
 ROLE_NAME_RE = re.compile(r"(?=.{1,255}\Z)[A-Za-z0-9_][A-Za-z0-9_.-]*")  # a folder name
 VAR_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-LABEL_NAME_RE = re.compile(r"(?=.*\S)[^\x00-\x1f\x7f]+")
-PORT_RE = re.compile(r"(\d{1,5})(?:/(tcp|udp|sctp))?")
+# An Ansible group name (Ansible warns about, and may rewrite, anything else).
+GROUP_NAME_RE = re.compile(r"(?=.{1,255}\Z)[A-Za-z_][A-Za-z0-9_]*")
+# An inventory host name: a DNS name or an address, no pattern characters.
+HOST_NAME_RE = re.compile(r"(?=.{1,255}\Z)[A-Za-z0-9_][A-Za-z0-9_.-]*")
 
 DEFAULT_PROVISIONER = "ansible"
 DEFAULT_READY_TIMEOUT = 60.0
-# Docker keeps durations as int64 nanoseconds; a year is past any sane wait
-# and far inside that range.
-MAX_DURATION_S = 365 * 24 * 3600.0
-MAX_RETRIES = 1_000_000
-
-
-@dataclass(frozen=True)
-class HealthCheck:
-    """A HEALTHCHECK for the image config, as Docker stores it."""
-
-    test: tuple[str, ...]
-    interval_s: float | None = None
-    timeout_s: float | None = None
-    retries: int | None = None
-    start_period_s: float | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        """Return the canonical form used for hashing and reports."""
-        return {
-            "test": list(self.test),
-            "interval_s": self.interval_s,
-            "timeout_s": self.timeout_s,
-            "retries": self.retries,
-            "start_period_s": self.start_period_s,
-        }
-
-
-@dataclass(frozen=True)
-class ImageConfig:
-    """The runtime config committed with an image. None means "inherit from the parent"."""
-
-    cmd: tuple[str, ...] | None = None
-    entrypoint: tuple[str, ...] | None = None
-    env: Mapping[str, str] = field(default_factory=dict)
-    user: str | None = None
-    workdir: str | None = None
-    expose: tuple[str, ...] = ()
-    volumes: tuple[str, ...] = ()
-    labels: Mapping[str, str] = field(default_factory=dict)
-    healthcheck: HealthCheck | None = None
-
-    def overlay(self, top: ImageConfig) -> ImageConfig:
-        """Return this config with every setting `top` makes applied over it."""
-        return ImageConfig(
-            cmd=top.cmd if top.cmd is not None else self.cmd,
-            entrypoint=top.entrypoint if top.entrypoint is not None else self.entrypoint,
-            env={**self.env, **top.env},
-            user=top.user if top.user is not None else self.user,
-            workdir=top.workdir if top.workdir is not None else self.workdir,
-            expose=tuple(dict.fromkeys(self.expose + top.expose)),
-            volumes=tuple(dict.fromkeys(self.volumes + top.volumes)),
-            labels={**self.labels, **top.labels},
-            healthcheck=top.healthcheck if top.healthcheck is not None else self.healthcheck,
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        """Return the canonical form used for hashing and reports."""
-        return {
-            "cmd": list(self.cmd) if self.cmd is not None else None,
-            "entrypoint": list(self.entrypoint) if self.entrypoint is not None else None,
-            "env": dict(sorted(self.env.items())),
-            "user": self.user,
-            "workdir": self.workdir,
-            "expose": sorted(self.expose),
-            "volumes": sorted(self.volumes),
-            "labels": dict(sorted(self.labels.items())),
-            "healthcheck": self.healthcheck.to_dict() if self.healthcheck else None,
-        }
 
 
 @dataclass(frozen=True)
@@ -154,6 +96,9 @@ class ImageSpec:
     idempotence: bool
     variants: tuple[Variant, ...]
     sensitive_vars: tuple[str, ...]
+    groups: tuple[str, ...] | None  # inventory groups the image is a host of; None: not said
+    host: str | None  # the inventory host name the image takes (its host_vars)
+    inventory: Path | None  # the inventory given by the spec
     provisioner_options: Mapping[str, Any]
     sections: Mapping[str, Any]  # provisioner sections, raw, until the provisioner parses them
     lines: Mapping[str, int]
@@ -259,10 +204,7 @@ class Project:
 
 TOP_LEVEL_KEYS = {
     "from", "provisioner", "roles", "playbook", "vars", "sensitive_vars", "config", "tags",
-    "tests", "ready", "idempotence", "variants",
-}
-CONFIG_KEYS = {
-    "cmd", "entrypoint", "env", "user", "workdir", "expose", "volumes", "labels", "healthcheck",
+    "tests", "ready", "idempotence", "variants", "groups", "host", "inventory",
 }
 VARIANT_KEYS = {"roles_append", "vars", "config", "tags"}
 
@@ -322,6 +264,7 @@ def load_spec(project: Project, name: str, *, sections: Collection[str] = ()) ->
     variants = _variants(top, name)
     _check_sensitive_known(top, sensitive, vars_, variants)
 
+    groups, host, inventory = _inventory_fields(project, top)
     spec = ImageSpec(
         name=name,
         path=path,
@@ -339,6 +282,9 @@ def load_spec(project: Project, name: str, *, sections: Collection[str] = ()) ->
         idempotence=top.flag("idempotence", False),
         variants=variants,
         sensitive_vars=sensitive,
+        groups=groups,
+        host=host,
+        inventory=inventory,
         provisioner_options={},
         sections={k: top.data[k] for k in sections if k in top.data},
         lines={k: top.line_of(k) for k in top.data if isinstance(k, str)},
@@ -400,6 +346,27 @@ def _project_path(project: Project, fields: Fields, key: str) -> Path | None:
     return path
 
 
+def _inventory_fields(project: Project, top: Fields) -> tuple[tuple[str, ...] | None,
+                                                             str | None, Path | None]:
+    """`groups:`, `host:` and `inventory:`: where the image sits in the Ansible inventory."""
+    groups = None
+    if top.has("groups"):
+        groups = top.text_list("groups", pattern=GROUP_NAME_RE,
+                               what="an inventory group name (letters, digits, _)")
+        if "ungrouped" in groups:
+            raise top.fail("groups", "'ungrouped' is Ansible's group of hosts in no group; "
+                                     "give `groups: [all]` for a host of no group")
+    host = top.text("host", pattern=HOST_NAME_RE, what="an inventory host name")
+    inventory = _project_path(project, top, "inventory")
+    if inventory is not None and not inventory.exists():
+        raise top.fail("inventory", f"{top.data['inventory']!r} does not exist")
+    if groups is None and (host is not None or inventory is not None):
+        key = "host" if host is not None else "inventory"
+        raise top.fail(key, f"`{key}:` needs `groups:` (the inventory groups the image is a "
+                            "host of; `[all]` for none but all)")
+    return groups, host, inventory
+
+
 def _vars(fields: Fields, key: str) -> dict[str, Any]:
     section = fields.mapping(key)
     if section is None:
@@ -413,117 +380,6 @@ def _vars(fields: Fields, key: str) -> dict[str, Any]:
     # Vars reach Ansible as JSON extra vars: refuse here what JSON cannot carry.
     require_json(section.data, section.path, section.where, section.line)
     return dict(plain(section.data))
-
-
-def _key_text(key: Any) -> str:
-    """A mapping key in a message; YAML 1.1 turns unquoted yes/no/on/off into booleans."""
-    if isinstance(key, bool):
-        return f"{key!r} (YAML reads an unquoted yes, no, on, off, true or false as a " \
-               "boolean: quote it)"
-    return repr(key)
-
-
-def _scalar_text(fields: Fields, key: Any) -> str:
-    """An env or label value: a string, or a finite number written as one."""
-    value = fields.data[key]
-    if isinstance(value, bool) or not isinstance(value, str | int | float):
-        raise fields.fail(key, f"expected a string, got {kind(value)}")
-    if isinstance(value, float) and not math.isfinite(value):
-        raise fields.fail(key, f"expected a string, got {value} (quote it)")
-    if isinstance(value, str) and "\x00" in value:
-        raise fields.fail(key, "a value cannot hold a NUL byte")
-    return str(value)
-
-
-def _config(section: Fields | None) -> ImageConfig:
-    if section is None:
-        return ImageConfig()
-    section.reject_unknown(CONFIG_KEYS)
-    env: dict[str, str] = {}
-    env_fields = section.mapping("env")
-    if env_fields is not None:
-        for key in env_fields.data:
-            if not isinstance(key, str) or not ENV_NAME_RE.fullmatch(key):
-                raise InputError(f"config.env: {_key_text(key)} is not a valid variable name",
-                                 path=section.path, line=env_fields.line_of(key))
-            env[key] = _scalar_text(env_fields, key)
-    labels: dict[str, str] = {}
-    label_fields = section.mapping("labels")
-    if label_fields is not None:
-        for key in label_fields.data:
-            line = label_fields.line_of(key)
-            if isinstance(key, str) and key.startswith("rolebake."):
-                raise InputError(f"config.labels: {key!r} is not allowed (the rolebake.* labels "
-                                 "are the tool's)", path=section.path, line=line)
-            if not isinstance(key, str) or not LABEL_NAME_RE.fullmatch(key):
-                raise InputError(f"config.labels: {_key_text(key)} is not a label name "
-                                 "(no line breaks or control characters)",
-                                 path=section.path, line=line)
-            labels[key] = _scalar_text(label_fields, key)
-    expose = _ports(section)
-    user = section.text("user", what="a user (name or uid, optionally :group)")
-    workdir = section.text("workdir", what="an absolute path")
-    if workdir is not None and not workdir.startswith("/"):
-        raise section.fail("workdir", f"{workdir!r} must be an absolute path")
-    volumes = section.text_list("volumes", check=lambda v: v.startswith("/"),
-                               what="an absolute path")
-    return ImageConfig(
-        cmd=section.command("cmd", allow_empty=True),
-        entrypoint=section.command("entrypoint", allow_empty=True),
-        env=env,
-        user=user,
-        workdir=workdir,
-        expose=expose,
-        volumes=volumes,
-        labels=labels,
-        healthcheck=_healthcheck(section.mapping("healthcheck")),
-    )
-
-
-def _ports(section: Fields) -> tuple[str, ...]:
-    if not section.has("expose"):
-        return ()
-    value = section.data["expose"]
-    if not isinstance(value, list):
-        raise section.fail("expose", f"expected a list of ports, got {kind(value)}")
-    ports: list[str] = []
-    for index, item in enumerate(value):
-        line = value.line_of(index) if isinstance(value, YamlList) else section.line
-        match = PORT_RE.fullmatch(str(item)) if isinstance(item, int | str) else None
-        if isinstance(item, bool) or match is None or not 0 < int(match.group(1)) < 65536:
-            raise InputError(f"config.expose[{index}]: {item!r} is not a port (1-65535[/tcp|udp])",
-                             path=section.path, line=line)
-        ports.append(f"{int(match.group(1))}/{match.group(2) or 'tcp'}")
-    return tuple(dict.fromkeys(ports))
-
-
-def _healthcheck(section: Fields | None) -> HealthCheck | None:
-    if section is None:
-        return None
-    section.reject_unknown({"test", "interval", "timeout", "retries", "start_period"})
-    test = section.command("test")
-    if test is None:
-        raise InputError("config.healthcheck: missing required key 'test'",
-                         path=section.path, line=section.line)
-    if test[:2] == ("/bin/sh", "-c"):
-        test = ("CMD-SHELL", test[2])
-    elif test[0] not in ("CMD", "CMD-SHELL", "NONE"):
-        test = ("CMD", *test)
-    # Docker's forms: [NONE], [CMD, program, args...], [CMD-SHELL, one command line].
-    if test[0] == "NONE" and len(test) > 1:
-        raise section.fail("test", "NONE (no healthcheck) takes nothing after it")
-    if test[0] == "CMD" and (len(test) < 2 or not test[1].strip()):
-        raise section.fail("test", "CMD needs the program to run after it")
-    if test[0] == "CMD-SHELL" and (len(test) != 2 or not test[1].strip()):
-        raise section.fail("test", "CMD-SHELL needs exactly one command line after it")
-    retries = section.number("retries", minimum=0, maximum=MAX_RETRIES, integer=True)
-    return HealthCheck(
-        test=test,
-        interval_s=section.number("interval", minimum=0.001, maximum=MAX_DURATION_S),
-        timeout_s=section.number("timeout", minimum=0.001, maximum=MAX_DURATION_S),
-        retries=int(retries) if retries is not None else None,
-        start_period_s=section.number("start_period", maximum=MAX_DURATION_S),
-    )
 
 
 def _ready(section: Fields | None) -> ReadyCheck | None:

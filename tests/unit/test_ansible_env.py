@@ -143,3 +143,35 @@ def test_a_real_run_sees_only_the_project_cfg(host: Path, tmp_path: Path,
     timeout, managed = out.read_text().split("|")
     assert timeout == "10"  # Ansible's default: the host's ANSIBLE_TIMEOUT=77 did not reach it
     assert managed == ("from the project" if cfg else "Ansible managed")
+
+
+def test_the_cfg_roles_path_is_searched_after_the_playbooks_and_before_roles(
+        host: Path, tmp_path: Path) -> None:
+    from rolebake.errors import InputError
+    from rolebake.provision.ansible_config import roles_path
+
+    project = project_at(tmp_path, "[defaults]\nroles_path = galaxy_roles:vendor/roles\n")
+    playbook = project.root / "playbooks" / "site.yml"
+    assert roles_path(project, read_config(project), playbook) == [
+        project.root / "playbooks" / "roles", project.root / "galaxy_roles",
+        project.root / "vendor" / "roles", project.roles_dir]
+    (project.root / "ansible.cfg").write_text("[defaults]\nroles_path = /etc/ansible/roles\n")
+    with pytest.raises(InputError, match="outside the project") as caught:
+        roles_path(project, read_config(project), None)
+    assert caught.value.line == 2
+
+
+def test_settings_rolebake_controls_win_over_the_project_cfg(host: Path, tmp_path: Path) -> None:
+    # What the brief's "connection, interpreter, remote tmp" become: the cfg says
+    # them, the environment (and the target's host vars) say otherwise.
+    project = project_at(tmp_path, "[defaults]\nremote_tmp = /var/tmp/x\n"
+                                   "stdout_callback = json\ncallbacks_enabled = profile_tasks\n"
+                                   "transport = paramiko\n"
+                                   "interpreter_python = /usr/bin/python2\n"
+                                   "[inventory]\nenable_plugins = script\n")
+    env = build_env(project, tmp_path / "data")
+    assert env["ANSIBLE_REMOTE_TMP"] == "/tmp/.rb"
+    assert env["ANSIBLE_STDOUT_CALLBACK"] == "default"
+    assert env["ANSIBLE_INVENTORY_ENABLED"] == "yaml,ini"
+    assert "ANSIBLE_CALLBACKS_ENABLED" not in env  # the cfg's callbacks apply
+    assert env["ANSIBLE_CONFIG"] == str(project.root / "ansible.cfg")

@@ -22,7 +22,7 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Project:
     shutil.copytree(REPO / "cookbooks", root / "cookbooks")
     shutil.copytree(REPO / "roles", root / "roles")
     shutil.copytree(REPO / "images", root / "images")
-    shutil.copytree(REPO / "playbooks", root / "playbooks")
+    shutil.copytree(REPO / "playbooks", root / "playbooks", symlinks=True)
     return Project(root)
 
 
@@ -54,7 +54,7 @@ def test_same_inputs_same_key(project: Project) -> None:
 
 def test_key_does_not_depend_on_where_the_project_is(project: Project, tmp_path: Path) -> None:
     other = Project(tmp_path / "elsewhere")
-    shutil.copytree(project.root, other.root)
+    shutil.copytree(project.root, other.root, symlinks=True)
     assert inputs(project, "web").key == inputs(other, "web").key
 
 

@@ -26,12 +26,13 @@ import yaml
 from rolebake.engine import Engine, ExecResult, ImageInfo
 from rolebake.errors import BuildFailed, InputError
 from rolebake.events import EventSink, LogEvent, discard
-from rolebake.provision import agent, pytoolchain, requirements
+from rolebake.provision import agent, ansible_inventory, pytoolchain, requirements
 from rolebake.provision.ansible_config import (
     COLLECTIONS_KEYS,
     content_paths,
     environment,
     read_config,
+    roles_path,
     runner_environment,
 )
 from rolebake.provision.ansible_inputs import AnsibleInputs, read_inputs
@@ -83,6 +84,7 @@ class AnsibleProvisioner(Provisioner):
         self._lent = False
         self._agent: contextlib.ExitStack | None = None
         self._relay: agent.AgentRelay | None = None
+        self._run: ansible_inventory.RunInventory | None = None
 
     @classmethod
     def version(cls) -> str:
@@ -136,11 +138,20 @@ class AnsibleProvisioner(Provisioner):
         """The files, the versions of the collections used, and why the key is wide if it is."""
         del engine
         found = self._inputs()
-        return ProvisionerInputs(
-            files=found.files,
-            tools={**{f"collection {name}": version
-                      for name, version in found.collections.items()}, **found.requirements},
-            notes=found.notes)
+        tools = {**{f"collection {name}": version for name, version in found.collections.items()},
+                 **found.requirements}
+        member = ansible_inventory.membership(self.project, self.layer.spec)
+        plays: tuple[str, ...] = ()
+        notes = found.notes
+        if member is not None:
+            tools["inventory host"] = f"{member.host} in {', '.join(member.groups)}"
+            tools["group_vars and host_vars"] = ", ".join(found.vars_files or ()) or "none"
+        if self.layer.playbook is not None and self.layer.spec.groups is not None:
+            selection = ansible_inventory.select_plays(
+                self.layer.playbook, member, ansible_inventory.parent_memberships(
+                    self.project, self.layer.spec, self.layer.playbook))
+            plays, notes = tuple(selection.lines()), (*notes, *selection.notes)
+        return ProvisionerInputs(files=found.files, tools=tools, notes=notes, plays=plays)
 
     def _inputs(self) -> AnsibleInputs:
         layer = self.layer
@@ -261,11 +272,16 @@ class AnsibleProvisioner(Provisioner):
             playbook = self._write_run_files(ctx, data_dir, host_vars)
             watcher = EventWatcher(ctx)
             envvars = self._envvars(ctx, data_dir)
+            run = self._run
+            assert run is not None
             thread, runner = _runner_async(
                 envvars,
                 private_data_dir=str(data_dir),
                 playbook=playbook,
-                inventory=str(data_dir / "inventory" / "hosts.yml"),
+                # The project's inventory first (its groups, its group_vars), then the
+                # target; --limit, as on a server of those groups.
+                inventory=[*map(str, run.sources), str(data_dir / "inventory" / "hosts.yml")],
+                limit=run.host if run.sources else None,
                 event_handler=watcher,
                 cancel_callback=ctx.cancel.is_set,
                 quiet=True,
@@ -308,18 +324,19 @@ class AnsibleProvisioner(Provisioner):
     def _write_run_files(self, ctx: ProvisionContext, data_dir: Path,
                          target_vars: Mapping[str, Any]) -> str:
         layer = self.layer
-        host = "rolebake-build"
         host_vars = dict(target_vars)
         if ctx.secrets is not None:
             host_vars.update(ctx.secrets.ansible_vars())
-        groups = _playbook_groups(layer.playbook) if layer.playbook else set()
-        inventory: dict[str, Any] = {"all": {"hosts": {host: host_vars}}}
-        if groups:
-            inventory["all"]["children"] = {g: {"hosts": {host: {}}} for g in sorted(groups)}
-        _write(data_dir / "inventory" / "hosts.yml", yaml.safe_dump(inventory))
+        # The target as a host of the project's inventory (ansible_inventory.py).
+        run = ansible_inventory.prepare(self.project, layer.spec, layer.playbook, host_vars)
+        _write(data_dir / "inventory" / "hosts.yml", yaml.safe_dump(dict(run.generated)))
+        self._run = run
         # Vars go in a file, not on ansible-playbook's command line where `ps` shows them;
         # YAML, so that a `!vault` var of the spec reaches Ansible still encrypted.
-        _write(data_dir / "env" / "extravars", _extravars(layer.vars))
+        _write(data_dir / "env" / "extravars", _extravars({**layer.vars, **run.extravars}))
+        if layer.playbook is not None and run.wrapper is not None:
+            _write(data_dir / "project" / "rolebake.yml", yaml.safe_dump(run.wrapper))
+            return "rolebake.yml"
         if layer.playbook is not None:
             return str(layer.playbook.resolve())
         play = [{
@@ -333,16 +350,14 @@ class AnsibleProvisioner(Provisioner):
         return "rolebake.yml"
 
     def _envvars(self, ctx: ProvisionContext, data_dir: Path) -> dict[str, str]:
-        roles_path = [self.project.roles_dir.resolve()]
-        if self.layer.playbook is not None:
-            roles_path.insert(0, (self.layer.playbook.parent / "roles").resolve())
         required = requirements.installed(self.project)
-        if required is not None:
-            roles_path.append(required.roles_dir.resolve())
         # Built, not inherited: see ansible_config. ansible-runner finds
         # ansible-playbook on PATH, so ours goes first.
         config = read_config(self.project)
-        env = environment(config, data_dir, roles_path=roles_path,
+        found = roles_path(self.project, config, self.layer.playbook)
+        if required is not None:  # last, as the inputs' walker searches them
+            found.append(required.roles_dir)
+        env = environment(config, data_dir, roles_path=[p.resolve() for p in found],
                           remote_tmp=REMOTE_TMP, programs=Path(_ansible_playbook()).parent)
         if required is not None:  # after the cfg's own collections_path, as the inputs have it
             env["ANSIBLE_COLLECTIONS_PATH"] = os.pathsep.join([
@@ -546,7 +561,8 @@ def _extravars(variables: Mapping[str, Any]) -> str:
 
 
 def _role_dir(project: Project, role: str, spec: ImageSpec, line: int | None = None) -> Path:
-    path = project.roles_dir / role
+    folders = roles_path(project, read_config(project), None)  # roles/ and the cfg's roles_path
+    path = next((f / role for f in folders if (f / role).is_dir()), project.roles_dir / role)
     line = line or spec.line_of("roles")
     if not project.inside(path):
         raise InputError(f"role {role!r} is outside the project's roles/", path=spec.path,
@@ -568,21 +584,10 @@ def _read_inputs(project: Project, spec: ImageSpec, roles: tuple[str, ...],
     # Sensitive values never name a file: the name would end up in the inputs label.
     resolvable = {k: v for k, v in variables.items() if k not in spec.sensitive_vars}
     where = line or spec.line_of("playbook" if playbook is not None else "roles")
+    member = ansible_inventory.membership(project, spec)
     return read_inputs(project, roles=roles, playbook=playbook, variables=resolvable,
-                       where=(spec.path, where))
-
-
-def _playbook_groups(playbook: Path) -> set[str]:
-    plays = load_yaml(playbook) or []
-    groups: set[str] = set()
-    for play in plays if isinstance(plays, list) else []:
-        hosts = play.get("hosts") if isinstance(play, dict) else None
-        patterns = hosts if isinstance(hosts, list) else str(hosts or "").split(",")
-        for pattern in patterns:
-            name = str(pattern).strip().lstrip("&!")
-            if name and name != "all" and re.match(r"^[A-Za-z_][A-Za-z0-9_-]*$", name):
-                groups.add(name)
-    return groups
+                       where=(spec.path, where), inventory=member,
+                       not_applied=ansible_inventory.not_applied(project, spec, playbook, member))
 
 
 def _trim(res: Mapping[str, Any]) -> dict[str, Any]:

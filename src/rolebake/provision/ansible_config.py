@@ -67,7 +67,9 @@ CONTROLLED: Mapping[str, str] = {
     "ANSIBLE_CALLBACK_PLUGINS": "",
     "ANSIBLE_DEPRECATION_WARNINGS": "False",
     "ANSIBLE_SYSTEM_WARNINGS": "False",
-    "ANSIBLE_INVENTORY_ENABLED": "yaml",  # rolebake writes the inventory, as YAML
+    # rolebake writes the target's inventory as YAML; a project's is INI or YAML.
+    # Never a script or a plugin that would reach outside the project.
+    "ANSIBLE_INVENTORY_ENABLED": "yaml,ini",
     "ANSIBLE_COLLECTIONS_SCAN_SYS_PATH": "True",  # community.docker comes from there
     "ANSIBLE_LOG_PATH": "/dev/null",  # the layer's log is rolebake's, redacted
     "ANSIBLE_ENABLE_TASK_DEBUGGER": "False",
@@ -185,6 +187,28 @@ def content_paths(project: Project, config: AnsibleConfig) -> list[tuple[str, Pa
                                  line=config.line(key))
             found.append((key, path))
     return found
+
+
+def roles_path(project: Project, config: AnsibleConfig, playbook: Path | None) -> list[Path]:
+    """Where roles are looked up, in order: beside the playbook, the cfg's `roles_path`, roles/.
+
+    Raises:
+        InputError: a `roles_path` entry outside the project, at the cfg's line.
+    """
+    found = [playbook.parent / "roles"] if playbook is not None else []
+    value = config.get("roles_path") or ""
+    for entry in (e.strip() for e in value.split(os.pathsep)):
+        if not entry or "{{" in entry or config.path is None:
+            continue
+        expanded = Path(os.path.expandvars(os.path.expanduser(entry)))
+        path = expanded if expanded.is_absolute() else config.path.parent / expanded
+        if not project.inside(path):
+            raise InputError(f"roles_path = {value}: {path} is outside the project; rolebake "
+                             "reads nothing from outside it", path=config.path,
+                             line=config.line("roles_path"))
+        found.append(path)
+    found.append(project.roles_dir)
+    return list(dict.fromkeys(found))
 
 
 def environment(config: AnsibleConfig, data_dir: Path, *, roles_path: Sequence[Path],

@@ -28,15 +28,26 @@ from pathlib import Path
 from typing import Any
 
 from rolebake.errors import InputError
-from rolebake.provision.ansible_config import COLLECTIONS_KEYS, content_paths, read_config
+from rolebake.provision.ansible_config import (
+    COLLECTIONS_KEYS,
+    content_paths,
+    read_config,
+    roles_path,
+)
+from rolebake.provision.ansible_inventory import Membership
 from rolebake.provision.base import check_inside, tree_files
-from rolebake.provision.collection_versions import collection_version, find_collection
+from rolebake.provision.collection_versions import (
+    ALWAYS_USED,
+    collection_version,
+    find_collection,
+    named_in_file,
+    named_in_keyword,
+    named_in_module,
+)
 from rolebake.provision.requirements import Requirements, installed, used
 from rolebake.spec import Project
 from rolebake.yamlfile import YamlList, YamlMap, read_ansible_yaml
 
-# Every container build reaches its container through this collection's connection.
-ALWAYS_USED = ("community.docker",)
 TASK_INCLUDES = frozenset({"include_tasks", "import_tasks", "include"})
 ROLE_INCLUDES = frozenset({"include_role", "import_role"})
 BLOCK_KEYS = ("block", "rescue", "always")
@@ -48,16 +59,10 @@ PLAYBOOK_PLUGIN_DIRS = (
     "httpapi_plugins", "inventory_plugins", "lookup_plugins", "netconf_plugins",
     "strategy_plugins", "terminal_plugins", "test_plugins", "vars_plugins",
 )
-SCAN_LIMIT = 1 << 20  # bytes of a file searched for collection names
+VARS_SUFFIXES = ("", ".yml", ".yaml", ".json")  # how Ansible finds group_vars/<name>
 
 _TEMPLATED = re.compile(r"\{\{|\{%")
 _ONE_VAR = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
-_MODULE_FQCN = re.compile(r"^([a-z][a-z0-9_]*\.[a-z][a-z0-9_]*)\.[a-z_][a-z0-9_.]*$")
-# A filter or lookup named by FQCN inside a Jinja expression.
-_JINJA_FQCN = re.compile(
-    r"(?:\|\s*|\b(?:lookup|query|q)\(\s*['\"])"
-    r"([a-z][a-z0-9_]*\.[a-z][a-z0-9_]*)\.[a-z_][a-z0-9_]*")
-_BUILTIN = ("ansible.builtin", "ansible.legacy")
 
 
 @dataclass(frozen=True)
@@ -68,10 +73,13 @@ class AnsibleInputs:
     collections: Mapping[str, str]  # "namespace.name" -> version (or where it is)
     notes: tuple[str, ...]  # why the key covers more than the layer needs
     requirements: Mapping[str, str] = field(default_factory=dict)  # installed ones used
+    vars_files: tuple[str, ...] | None = None  # group_vars/host_vars entries of a host's names
 
 
 def read_inputs(project: Project, *, roles: Sequence[str], playbook: Path | None,
-                variables: Mapping[str, Any], where: tuple[Path, int | None]) -> AnsibleInputs:
+                variables: Mapping[str, Any], where: tuple[Path, int | None],
+                inventory: Membership | None = None,
+                not_applied: frozenset[tuple[str, int | None]] = frozenset()) -> AnsibleInputs:
     """Follow everything Ansible will read for a layer.
 
     Args:
@@ -81,16 +89,21 @@ def read_inputs(project: Project, *, roles: Sequence[str], playbook: Path | None
         variables: the layer's vars that may resolve a templated name (never
             sensitive ones: a resolved name ends up in the inputs label).
         where: the spec file and the line of `roles:`, for errors about them.
-
-    Returns:
-        The files, the collections with their versions, and the notes.
+        inventory: the target as a host of the inventory (spec `groups:`): its files, and
+            only its groups' and host's group_vars/host_vars entries (else whole folders).
+        not_applied: plays (real path, line) that do not apply: not followed.
 
     Raises:
         InputError: a path or link that leaves the project, an absolute role
             or include path, a meta dependency or play role that is nowhere.
     """
-    walker = _Walker(project, variables, playbook, installed(project))
+    walker = _Walker(project, variables, playbook, installed(project), not_applied=not_applied)
+    if inventory is not None:
+        walker.vars_names = {"group_vars": inventory.groups, "host_vars": (inventory.host,)}
     config = read_config(project)
+    walker.roles_dirs = dict.fromkeys(roles_path(project, config, playbook))
+    if walker.required is not None:  # last, as the run's roles_path has them
+        walker.roles_dirs[walker.required.roles_dir] = None
     if config.path is not None:
         walker.add(config.path)
     for key, path in content_paths(project, config):
@@ -101,6 +114,11 @@ def read_inputs(project: Project, *, roles: Sequence[str], playbook: Path | None
     if walker.required is not None:  # after the cfg's, as ANSIBLE_COLLECTIONS_PATH has it
         walker.collection_roots.append(walker.required.collections_dir)
     walker.collections.update(config.collections())
+    if inventory is not None:
+        for path in inventory.inventory.files:
+            walker.add(path)
+        for folder in inventory.inventory.vars_dirs:
+            walker.vars_dirs(folder)
     if playbook is not None:
         walker.playbook(playbook, where=where)
     else:
@@ -114,7 +132,8 @@ def read_inputs(project: Project, *, roles: Sequence[str], playbook: Path | None
     notes = [*walker.notes, *(f"{tool} (requirements.yml): keyed on its installed content"
                               for tool in required)]
     return AnsibleInputs(files=tuple(sorted(walker.files)), collections=collections,
-                         notes=tuple(notes), requirements=required)
+                         notes=tuple(notes), requirements=required,
+                         vars_files=tuple(walker.vars_found) if inventory is not None else None)
 
 
 @dataclass(frozen=True)
@@ -141,15 +160,10 @@ class _Walker:
     whole_roles: bool = False
     lenient: bool = False  # walking every role for a templated name: a missing one is no error
     whole_folders: dict[Path, None] = field(default_factory=dict)
-    roles_dirs: dict[Path, None] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        # The same search path the run gets (ansible_config.environment's roles_path).
-        if self.top_playbook is not None:
-            self.roles_dirs[self.top_playbook.parent / "roles"] = None
-        self.roles_dirs[self.project.roles_dir] = None
-        if self.required is not None:
-            self.roles_dirs[self.required.roles_dir] = None
+    roles_dirs: dict[Path, None] = field(default_factory=dict)  # as the run's (roles_path)
+    vars_names: Mapping[str, tuple[str, ...]] | None = None  # group_vars/host_vars to key
+    vars_found: dict[str, None] = field(default_factory=dict)
+    not_applied: frozenset[tuple[str, int | None]] = frozenset()  # plays: (realpath, line)
 
     # Files -----------------------------------------------------------------------------
 
@@ -160,7 +174,7 @@ class _Walker:
             return
         if path not in self.files:
             self.files[path] = None
-            self._scan(path)
+            self.collections.update(named_in_file(path))
 
     def add_tree(self, root: Path) -> None:
         """Key every file below a folder (or the file itself)."""
@@ -169,7 +183,7 @@ class _Walker:
         for path in tree_files(root, self.project, seen=self.seen_dirs):
             if path not in self.files:
                 self.files[path] = None
-                self._scan(path)
+                self.collections.update(named_in_file(path))
 
     def _required(self, path: Path) -> bool:
         """Note an installed requirement's file: its tree is keyed whole, by its digest."""
@@ -177,17 +191,6 @@ class _Walker:
         if owner is not None:
             self.owners[owner] = None
         return owner is not None
-
-    def _scan(self, path: Path) -> None:
-        # Filters, tests and lookups named by FQCN inside templates and vars.
-        try:
-            with path.open("rb") as stream:
-                text = stream.read(SCAN_LIMIT).decode("utf-8", errors="replace")
-        except OSError:
-            return
-        for match in _JINJA_FQCN.finditer(text):
-            if match.group(1) not in _BUILTIN:
-                self.collections.add(match.group(1))
 
     # Names known only at run time ------------------------------------------------------------
 
@@ -307,7 +310,7 @@ class _Walker:
         data = read_ansible_yaml(meta)
         if not isinstance(data, dict):
             return
-        self._collections_keyword(data.get("collections"))
+        self.collections.update(named_in_keyword(data.get("collections")))
         deps = data.get("dependencies") or []
         for index, dep in enumerate(deps if isinstance(deps, list) else []):
             line = deps.line_of(index) if isinstance(deps, YamlList) else None
@@ -318,11 +321,6 @@ class _Walker:
                                    playbook_dir=ctx.playbook_dir)
             if found is not None:
                 self.role(found, playbook_dir=ctx.playbook_dir)
-
-    def _collections_keyword(self, value: Any) -> None:
-        for name in value if isinstance(value, list) else []:
-            if isinstance(name, str) and name.count(".") == 1 and name not in _BUILTIN:
-                self.collections.add(name)
 
     # Task files -------------------------------------------------------------------------
 
@@ -359,9 +357,7 @@ class _Walker:
                 elif action == "include_vars":
                     self._include_vars(args, path, at, ctx)
                 else:
-                    module = _MODULE_FQCN.match(raw_key)
-                    if module and module.group(1) not in _BUILTIN:
-                        self.collections.add(module.group(1))
+                    self.collections.update(named_in_module(raw_key))
 
     def _include_tasks(self, args: Mapping[str, Any], path: Path, line: int | None,
                        ctx: _Context, keyword: str) -> None:
@@ -455,7 +451,8 @@ class _Walker:
         check_inside(path, self.project, where=where[0], line=where[1])
         self.add(path)
         folder = path.parent
-        for sub in ("group_vars", "host_vars", *PLAYBOOK_PLUGIN_DIRS):
+        self.vars_dirs(folder)
+        for sub in PLAYBOOK_PLUGIN_DIRS:
             if (folder / sub).is_dir():
                 self.add_tree(folder / sub)
         if (folder / "collections").is_dir():
@@ -470,12 +467,26 @@ class _Walker:
             line = plays.line_of(index) if isinstance(plays, YamlList) else None
             self._play(play, path, line, ctx)
 
+    def vars_dirs(self, folder: Path) -> None:
+        """Key a folder's group_vars/ and host_vars/: whole, or the target's entries (and which)."""
+        for sub in ("group_vars", "host_vars"):
+            if (folder / sub).is_dir() and self.vars_names is None:
+                self.add_tree(folder / sub)
+            for name in self.vars_names[sub] if self.vars_names is not None else ():
+                for suffix in VARS_SUFFIXES:
+                    entry = folder / sub / f"{name}{suffix}"
+                    if entry.exists() or entry.is_symlink():
+                        self.add_tree(entry)
+                        self.vars_found[self.project.logical(entry)] = None
+
     def _play(self, play: dict[Any, Any], path: Path, line: int | None, ctx: _Context) -> None:
+        if (os.path.realpath(path), line) in self.not_applied:
+            return  # not for the target's groups, or a parent layer applied it
         for keyword in ("import_playbook", "ansible.builtin.import_playbook"):
             name = play.get(keyword)
             if isinstance(name, str):
                 self._import_playbook(name, path, _line(play, keyword, line), ctx)
-        self._collections_keyword(play.get("collections"))
+        self.collections.update(named_in_keyword(play.get("collections")))
         self._vars_files(play.get("vars_files"), path, _line(play, "vars_files", line), ctx)
         roles = play.get("roles") or []
         for index, entry in enumerate(roles if isinstance(roles, list) else []):

@@ -133,6 +133,7 @@ class ProvisionerInputs:
     files: tuple[Path, ...] = ()
     tools: Mapping[str, str] = field(default_factory=dict)
     notes: tuple[str, ...] = ()
+    plays: tuple[str, ...] = ()  # the plays of a playbook that apply, for `rolebake plan`
 
 
 @dataclass(frozen=True, kw_only=True)

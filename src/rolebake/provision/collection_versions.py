@@ -1,4 +1,7 @@
-"""Where a collection Ansible will load lives, and which version it is.
+"""Which collections a layer names, where each one Ansible will load lives, its version.
+
+Names come from a module's FQCN, a `collections:` keyword, and filters, tests
+and lookups named by FQCN inside templates and vars.
 
 Ansible looks in the collection paths it is given (beside the playbook, the
 project cfg's `collections_path`) and then on its Python's path, where the
@@ -9,13 +12,47 @@ wins, as it does for Ansible.
 from __future__ import annotations
 
 import json
+import re
 import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 import yaml
 
 from rolebake.spec import Project
+
+# Every container build reaches its container through this collection's connection.
+ALWAYS_USED = ("community.docker",)
+SCAN_LIMIT = 1 << 20  # bytes of a file searched for collection names
+_MODULE_FQCN = re.compile(r"^([a-z][a-z0-9_]*\.[a-z][a-z0-9_]*)\.[a-z_][a-z0-9_.]*$")
+# A filter or lookup named by FQCN inside a Jinja expression.
+_JINJA_FQCN = re.compile(
+    r"(?:\|\s*|\b(?:lookup|query|q)\(\s*['\"])"
+    r"([a-z][a-z0-9_]*\.[a-z][a-z0-9_]*)\.[a-z_][a-z0-9_]*")
+_BUILTIN = ("ansible.builtin", "ansible.legacy")
+
+
+def named_in_module(action: str) -> set[str]:
+    """The collection of a task's module named by FQCN (`community.general.ufw`)."""
+    module = _MODULE_FQCN.match(action)
+    return {module.group(1)} if module and module.group(1) not in _BUILTIN else set()
+
+
+def named_in_keyword(value: Any) -> set[str]:
+    """The collections a play's or role's `collections:` keyword lists."""
+    return {name for name in (value if isinstance(value, list) else [])
+            if isinstance(name, str) and name.count(".") == 1 and name not in _BUILTIN}
+
+
+def named_in_file(path: Path) -> set[str]:
+    """Collections whose filters, tests and lookups a template or vars file names by FQCN."""
+    try:
+        with path.open("rb") as stream:
+            text = stream.read(SCAN_LIMIT).decode("utf-8", errors="replace")
+    except OSError:
+        return set()
+    return {m.group(1) for m in _JINJA_FQCN.finditer(text) if m.group(1) not in _BUILTIN}
 
 
 def find_collection(name: str, roots: Sequence[Path], project: Project) -> Path | None:

@@ -87,7 +87,8 @@ def plan_table(rows: Iterable[Mapping[str, Any]], *, redact: Redact = installed,
 
     Returns:
         One aligned line per layer, indented by its depth, each followed by its
-        `- reason` lines and its `note:` lines (why its key covers more than it needs).
+        `- reason` lines, its `note:` lines (why its key covers more than it needs)
+        and what it does with each play of its playbook (`applies play ...`).
     """
     rows = list(rows)
     table = _table(Column(), Column(), Column(), Column(), show_header=False)
@@ -112,6 +113,9 @@ def plan_table(rows: Iterable[Mapping[str, Any]], *, redact: Redact = installed,
             lines += render_lines(text, color=color, redact=redact)
         for note in row.get("notes", []):
             text = styled([(f"{indent}    note: ", ""), (note, DIM)], redact)
+            lines += render_lines(text, color=color, redact=redact)
+        for play in row.get("plays", []):
+            text = styled([(f"{indent}    ", ""), (play, "")], redact)
             lines += render_lines(text, color=color, redact=redact)
     return lines
 
