@@ -52,6 +52,9 @@ _SCRIPTS = {entry.read_text(encoding="utf-8"): entry.name
             if entry.name.endswith(".sh")}
 
 
+BASE_IMAGE = "debian:bookworm"  # the one image a fresh FakeEngine (conftest) holds
+
+
 def normalize(ref: str) -> str:
     """A reference as the engine stores it: `name` means `name:latest`."""
     return ref if ":" in ref.rsplit("/", 1)[-1] else f"{ref}:latest"

@@ -22,7 +22,6 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from rolebake import provision
 from rolebake.builder import Builder, BuildOptions, BuildReport
 from rolebake.cache import Cache
 from rolebake.cli import _handled, main
@@ -43,10 +42,11 @@ from rolebake.provision.ansible import EventWatcher, _failure
 from rolebake.provision.base import ProvisionContext, TaskResult
 from rolebake.provision.target import ContainerTarget
 from rolebake.spec import Project
-from tests.unit.fakes import FAKE_PROVISIONER, FakeEngine, FakeProvisioner, ProvisionerControl
+from tests.unit.fakes import BASE_IMAGE, FakeEngine, ProvisionerControl
+
+pytestmark = pytest.mark.usefixtures("fake_provisioner")
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "ansible"
-BASE_IMAGE = "debian:bookworm"
 
 BASE = """
     from: debian:bookworm
@@ -76,23 +76,6 @@ def spec_from(parent: str, role: str, *tags: str) -> str:
 
 
 # Fixtures -----------------------------------------------------------------------------
-
-
-@pytest.fixture(autouse=True)
-def fake_provisioner(monkeypatch: pytest.MonkeyPatch) -> ProvisionerControl:
-    """Register `provisioner: fake` and give every test a fresh control."""
-    monkeypatch.setitem(provision.PROVISIONERS, "fake", FAKE_PROVISIONER)
-    control = ProvisionerControl()
-    monkeypatch.setattr(FakeProvisioner, "control", control)
-    monkeypatch.delenv("ROLEBAKE_TEST_PAUSE", raising=False)
-    return control
-
-
-@pytest.fixture
-def engine() -> FakeEngine:
-    fake = FakeEngine()
-    fake.add_image(BASE_IMAGE, config={"Cmd": ["bash"], "Env": ["PATH=/usr/bin:/bin"]})
-    return fake
 
 
 def make_project(root: Path, **specs: str) -> Project:

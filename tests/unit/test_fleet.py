@@ -13,7 +13,6 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from rolebake import provision
 from rolebake.cli import main
 from rolebake.engine import commit_changes, familiar
 from rolebake.errors import BuildFailed, InputError, RegistryError
@@ -22,25 +21,10 @@ from rolebake.load import plan_build
 from rolebake.makefile import render_makefile
 from rolebake.registry import CacheRepo, parse_repository, plain_http
 from rolebake.spec import Project
-from tests.unit.fakes import FAKE_PROVISIONER, FakeEngine, FakeProvisioner, ProvisionerControl
-from tests.unit.test_builder import BASE, BASE_IMAGE, WEB, make_project, run_build, spec_from
+from tests.unit.fakes import FakeEngine
+from tests.unit.test_builder import BASE, WEB, make_project, run_build, spec_from
 
-
-@pytest.fixture(autouse=True)
-def fake_provisioner(monkeypatch: pytest.MonkeyPatch) -> ProvisionerControl:
-    """`provisioner: fake`, as in test_builder.py."""
-    monkeypatch.setitem(provision.PROVISIONERS, "fake", FAKE_PROVISIONER)
-    control = ProvisionerControl()
-    monkeypatch.setattr(FakeProvisioner, "control", control)
-    monkeypatch.delenv("ROLEBAKE_TEST_PAUSE", raising=False)
-    return control
-
-
-@pytest.fixture
-def engine() -> FakeEngine:
-    fake = FakeEngine()
-    fake.add_image(BASE_IMAGE, config={"Cmd": ["bash"], "Env": ["PATH=/usr/bin:/bin"]})
-    return fake
+pytestmark = pytest.mark.usefixtures("fake_provisioner")
 
 
 @pytest.fixture

@@ -22,7 +22,6 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from rolebake import provision
 from rolebake.builder import Builder, BuildOptions
 from rolebake.builder import runner as build_runner
 from rolebake.cleanup import find_leftovers, remove_leftovers
@@ -34,7 +33,7 @@ from rolebake.parity import run as parity_run
 from rolebake.provision.base import ProvisionContext
 from rolebake.spec import Project
 from rolebake.verify import TestCase
-from tests.unit.fakes import FAKE_PROVISIONER, FakeEngine, FakeProvisioner, ProvisionerControl
+from tests.unit.fakes import FakeEngine, ProvisionerControl
 from tests.unit.test_builder import (
     BASE,
     BASE_IMAGE,
@@ -46,22 +45,7 @@ from tests.unit.test_builder import (
     spec_from,
 )
 
-
-@pytest.fixture(autouse=True)
-def fake_provisioner(monkeypatch: pytest.MonkeyPatch) -> ProvisionerControl:
-    """`provisioner: fake`, with a fresh control (as in test_builder)."""
-    monkeypatch.setitem(provision.PROVISIONERS, "fake", FAKE_PROVISIONER)
-    control = ProvisionerControl()
-    monkeypatch.setattr(FakeProvisioner, "control", control)
-    monkeypatch.delenv("ROLEBAKE_TEST_PAUSE", raising=False)
-    return control
-
-
-@pytest.fixture
-def engine() -> FakeEngine:
-    fake = FakeEngine()
-    fake.add_image(BASE_IMAGE, config={"Cmd": ["bash"], "Env": ["PATH=/usr/bin:/bin"]})
-    return fake
+pytestmark = pytest.mark.usefixtures("fake_provisioner")
 
 
 @pytest.fixture
