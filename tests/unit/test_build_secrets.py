@@ -23,7 +23,8 @@ from ansible.parsing.vault import EncryptedString, VaultLib, VaultSecret
 from click.testing import CliRunner
 
 from rolebake.cache import layer_inputs
-from rolebake.cli import _handled, main
+from rolebake.cli import main
+from rolebake.cli.running import handled
 from rolebake.errors import InputError
 from rolebake.load import plan_build, plan_secrets
 from rolebake.provision import provisioner_class
@@ -162,7 +163,7 @@ def env_command() -> Iterator[dict[str, Any]]:
 
     @click.command("env-for-test")
     @click.pass_context
-    @_handled
+    @handled
     def command(ctx: click.Context) -> None:
         box["env"] = os.environ.get("ROLEBAKE_VAULT_PASSWORD")
         box["read"] = ctx.meta.get("vault_password_env")

@@ -24,7 +24,8 @@ from click.testing import CliRunner
 
 from rolebake.builder import Builder, BuildOptions, BuildReport
 from rolebake.cache import Cache
-from rolebake.cli import _handled, main
+from rolebake.cli import main
+from rolebake.cli.running import handled
 from rolebake.engine import BUILD_ID_LABEL, ROLE_LABEL, ContainerHandle
 from rolebake.errors import (
     BuildFailed,
@@ -697,7 +698,7 @@ def raising_command() -> Iterator[dict[str, Any]]:
 
     @click.command("raise-for-test")
     @click.pass_context
-    @_handled
+    @handled
     def command(ctx: click.Context) -> None:
         del ctx
         action = box["raise"]

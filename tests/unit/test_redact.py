@@ -16,7 +16,8 @@ import yaml
 from click.testing import CliRunner
 
 from rolebake import redact
-from rolebake.cli import _handled, main
+from rolebake.cli import main
+from rolebake.cli.running import handled
 from rolebake.errors import BuildFailed
 from rolebake.provision.base import TaskResult, append_log
 from rolebake.redact import REDACTED, RedactingStream, Redactor
@@ -171,7 +172,7 @@ def leaking_command() -> Iterator[dict[str, Any]]:
 
     @click.command("leak-for-test")
     @click.pass_context
-    @_handled
+    @handled
     def command(ctx: click.Context) -> None:
         del ctx
         redact.install(Redactor([TRICKY, MULTI]))
@@ -215,9 +216,9 @@ def test_cli_internal_errors_and_tracebacks_are_redacted(
 
 
 def test_cli_json_is_redacted_before_serialising(leaking_command: dict[str, Any]) -> None:
-    from rolebake.cli import _echo_json
+    from rolebake.cli.running import echo_json
 
-    leaking_command["action"] = lambda: _echo_json({"error": {"details": TRICKY}})
+    leaking_command["action"] = lambda: echo_json({"error": {"details": TRICKY}})
     result = CliRunner().invoke(main, ["leak-for-test"])
     assert result.exit_code == 0, result.output
     _assert_hidden(result.stdout)

@@ -1,189 +1,38 @@
-"""The command line: the only module that prints or exits.
+"""The command line: the commands. The cli package is the only place that prints or exits.
 
 Every RolebakeError becomes one clear message and its exit code; a Python
 traceback reaches the user only with --debug (DESIGN.md invariant 4). For
 the whole of a command, stdout and stderr pass through the installed
 Redactor (`redact.py`): whatever reaches them, a traceback included, has
-every secret value hidden (invariant 6).
+every secret value hidden (invariant 6). How a command runs (that handling,
+signals, shared options) is `running.py`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
-import functools
-import json
-import os
 import re
-import signal
 import sys
-import traceback
 import uuid
-from collections.abc import Callable, Iterator
 from pathlib import Path
-from types import FrameType
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any
 
 import click
 
-from rolebake import __version__, redact
-from rolebake.errors import InputError, Interrupted, RolebakeError
-
-if TYPE_CHECKING:
-    from rolebake.plan import BuildPlan
-    from rolebake.secrets import SecretSet
-    from rolebake.spec import Project
-
-F = TypeVar("F", bound=Callable[..., Any])
-VAULT_PASSWORD_ENV = "ROLEBAKE_VAULT_PASSWORD"
-
-
-class _Signals:
-    """Turn the first SIGINT/SIGTERM into Interrupted; ignore the rest while cleaning up."""
-
-    def __init__(self) -> None:
-        self.fired = False
-
-    @contextlib.contextmanager
-    def installed(self) -> Iterator[None]:
-        """Handle the signals for a `with` block; the previous handlers come back after."""
-        previous = {sig: signal.signal(sig, self._handle)
-                    for sig in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            yield
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-
-    def _handle(self, signum: int, _frame: FrameType | None) -> None:
-        if self.fired:
-            return  # cleanup is under way; a second Ctrl-C must not cut it short
-        self.fired = True
-        raise Interrupted("SIGTERM" if signum == signal.SIGTERM else "SIGINT")
-
-
-def _err(text: str = "") -> None:
-    click.echo(text, err=True)
-
-
-def _fail(exc: RolebakeError) -> None:
-    _err(f"error: {exc.message}")
-    if exc.details:
-        for line in exc.details.rstrip().splitlines():
-            _err(f"  | {line}")
-    if exc.hint:
-        _err(f"  hint: {exc.hint}")
-
-
-@contextlib.contextmanager
-def _redacted_output() -> Iterator[None]:
-    """Pass stdout and stderr through the installed Redactor while a command runs.
-
-    The command installs its Redactor once it knows its secrets; until then
-    (and after the command) one that hides nothing is installed.
-    """
-    saved = sys.stdout, sys.stderr
-    sys.stdout = redact.RedactingStream(saved[0])
-    sys.stderr = redact.RedactingStream(saved[1])
-    try:
-        yield
-    finally:
-        with contextlib.suppress(Exception):
-            sys.stdout.flush()
-            sys.stderr.flush()
-        sys.stdout, sys.stderr = saved
-        redact.install(redact.Redactor())
-
-
-def _handled(func: F) -> F:
-    """Run a command with rolebake's error handling, exit codes and redacted output."""
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        ctx = click.get_current_context()
-        debug = bool(ctx.find_root().params.get("debug"))
-        # Read once, then gone from the environment every process rolebake starts
-        # inherits (ansible-runner writes that environment into its artifacts).
-        ctx.meta["vault_password_env"] = os.environ.pop(VAULT_PASSWORD_ENV, None)
-        with _redacted_output():
-            try:
-                with _Signals().installed():
-                    return func(*args, **kwargs)
-            except RolebakeError as exc:
-                if debug:
-                    traceback.print_exc()
-                _fail(exc)
-                sys.exit(exc.exit_code)
-            except click.exceptions.Exit:
-                raise
-            except Exception as exc:  # a bug: say so plainly, keep the traceback for --debug
-                if debug:
-                    traceback.print_exc()
-                _err(f"internal error: {type(exc).__name__}: {exc}")
-                _err("  hint: run again with --debug for the traceback, and please report it")
-                sys.exit(1)
-
-    return wrapper  # type: ignore[return-value]
-
-
-def _secrets(ctx: click.Context, project: Project, plan: BuildPlan,
-             secrets: tuple[str, ...] = (),
-             vault_password_file: Path | None = None) -> SecretSet | None:
-    """The build's SecretSet (or None); its Redactor is installed for every output."""
-    from rolebake.load import plan_secrets
-
-    found = plan_secrets(project, plan, secrets, vault_password_file,
-                         ctx.meta.get("vault_password_env"))
-    if found is not None:
-        redact.install(found.redactor())
-    return found
-
-
-def _echo_json(data: Any) -> None:
-    # Redacted before serialising: json.dumps escapes quotes, backslashes, tabs and
-    # non-ASCII characters, and a secret holding one is no longer found after it.
-    click.echo(json.dumps(redact.data(data), indent=2))
-
-
-def _project(ctx: click.Context, *, made: bool = True) -> Any:
-    from rolebake.spec import Project
-
-    root = Path(ctx.find_root().params.get("project") or ".").resolve()
-    if made and not (root / "images").is_dir():
-        raise InputError("not a rolebake project: no images/ folder", path=root,
-                         hint="run from the project root, or pass --project DIR")
-    return Project(root)
-
-
-def _cache_repo(value: str | None) -> Any:
-    """The parsed --cache-repo (or ROLEBAKE_CACHE_REPO), or None."""
-    from rolebake.registry import parse_repository
-
-    return parse_repository(value, source="--cache-repo") if value else None
-
-
-_CACHE_REPO_HELP = ("Share verified layers through this registry repository (REGISTRY/PATH; "
-                    "or set ROLEBAKE_CACHE_REPO).")
-
-
-def _progress(ctx: click.Context) -> Any:
-    """The command's one progress view on stderr (installing requirements, then building)."""
-    from rolebake.report import progress_for
-
-    if ctx.find_root().params.get("quiet"):
-        return lambda _event: None
-    if "progress" not in ctx.meta:
-        ctx.meta["progress"] = view = progress_for(sys.stderr)
-        ctx.call_on_close(view.close)
-    return ctx.meta["progress"]
-
-
-_secret_files_option = click.option(
-    "--secret", "secrets", multiple=True, metavar="id=NAME,src=PATH",
-    help="A file the roles may read during the build only.")
-_vault_option = click.option(
-    "--vault-password-file", type=click.Path(path_type=Path),
-    help="Ansible Vault password (or set ROLEBAKE_VAULT_PASSWORD).")
+from rolebake import __version__
+from rolebake.cli.running import (
+    CACHE_REPO_HELP,
+    cache_repo_of,
+    echo_json,
+    err,
+    handled,
+    progress_of,
+    project_of,
+    secret_files_option,
+    secrets_for,
+    vault_option,
+)
+from rolebake.errors import InputError, Interrupted
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -210,17 +59,17 @@ def main(project: Path | None, debug: bool, quiet: bool) -> None:
               help="Keep an image that failed after commit as <name>:failed-<id>.")
 @click.option("--idempotence", is_flag=True, help="Apply the roles twice; fail on any change.")
 @click.option("--no-verify", is_flag=True, help="Skip metadata checks and the testinfra suite.")
-@_secret_files_option
-@_vault_option
+@secret_files_option
+@vault_option
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
 @click.option("--junit", type=click.Path(dir_okay=False, path_type=Path),
               help="Write the image checks as JUnit XML.")
 @click.option("--push", is_flag=True,
               help="Push every tag of each image once it passed verification.")
 @click.option("--cache-repo", envvar="ROLEBAKE_CACHE_REPO", metavar="REGISTRY/PATH",
-              help=_CACHE_REPO_HELP)
+              help=CACHE_REPO_HELP)
 @click.pass_context
-@_handled
+@handled
 def build(ctx: click.Context, images: tuple[str, ...], no_cache: bool, jobs: int,
           keep_failed: bool, idempotence: bool, no_verify: bool, secrets: tuple[str, ...],
           vault_password_file: Path | None, as_json: bool, junit: Path | None, push: bool,
@@ -234,25 +83,25 @@ def build(ctx: click.Context, images: tuple[str, ...], no_cache: bool, jobs: int
 
     if push and no_verify:
         raise InputError("--push publishes verified images only; drop --no-verify")
-    repository = _cache_repo(cache_repo)
-    project = _project(ctx)
-    plan = plan_build(project, images, _progress(ctx))
-    secret_set = _secrets(ctx, project, plan, secrets, vault_password_file)
+    repository = cache_repo_of(cache_repo)
+    project = project_of(ctx)
+    plan = plan_build(project, images, progress_of(ctx))
+    secret_set = secrets_for(ctx, project, plan, secrets, vault_password_file)
     engine = Engine.connect()
     options = BuildOptions(no_cache=no_cache, jobs=jobs, keep_failed=keep_failed,
                            idempotence=idempotence, verify=not no_verify, secrets=secret_set,
                            push=push, cache_repo=repository)
-    builder = Builder(engine, project, _progress(ctx), options)
+    builder = Builder(engine, project, progress_of(ctx), options)
     try:
         report = builder.build(plan)
         if junit is not None:
             write_junit({r.layer: r.verify or _verify_of(r) for r in report.results.values()
                          if r.verify is not None or _verify_of(r) is not None}, junit)
         if as_json:
-            _echo_json(report.to_dict())
+            echo_json(report.to_dict())
         else:
             for line in build_summary(report, color=sys.stderr.isatty()):
-                _err(line)
+                err(line)
     except Interrupted as exc:
         # A signal after the build returned (while the report is written) still
         # means "interrupted": its tags go back too, so exit 130/143 always says
@@ -273,7 +122,7 @@ def _verify_of(result: Any) -> Any:
 @click.option("--cache-repo", envvar="ROLEBAKE_CACHE_REPO", metavar="REGISTRY/PATH",
               help="Look for layers in this registry repository too (or ROLEBAKE_CACHE_REPO).")
 @click.pass_context
-@_handled
+@handled
 def plan(ctx: click.Context, images: tuple[str, ...], as_json: bool,
          cache_repo: str | None) -> None:
     """Show the layers IMAGES need, HIT or MISS, and which input changed. Creates nothing."""
@@ -285,16 +134,16 @@ def plan(ctx: click.Context, images: tuple[str, ...], as_json: bool,
     from rolebake.registry import CacheRepo
     from rolebake.report import plan_table
 
-    repository = _cache_repo(cache_repo)
-    project = _project(ctx)
-    build_plan = plan_build(project, images, _progress(ctx))
+    repository = cache_repo_of(cache_repo)
+    project = project_of(ctx)
+    build_plan = plan_build(project, images, progress_of(ctx))
     engine = Engine.connect()
     rows = preview(engine, project, build_plan,
                    CacheRepo(engine, repository) if repository else None)
     required = installed(project)
     pins = {e.tool: e.value for e in required.manifest().values()} if required else {}
     if as_json:
-        _echo_json({"steps": [s.value for s in PIPELINE], "layers": [r.to_dict() for r in rows],
+        echo_json({"steps": [s.value for s in PIPELINE], "layers": [r.to_dict() for r in rows],
                     "requirements": pins})
         return
     click.echo("steps per layer: " + " -> ".join(s.value for s in PIPELINE))
@@ -312,7 +161,7 @@ def plan(ctx: click.Context, images: tuple[str, ...], as_json: bool,
               help="Take the base from this registry repository when the engine has none, "
                    "and put it there when the repository has none (or ROLEBAKE_CACHE_REPO).")
 @click.pass_context
-@_handled
+@handled
 def base(ctx: click.Context, name: str, mirror: str | None, rebuild: bool,
          cache_repo: str | None) -> None:
     """Make a base image (e.g. debian:bookworm) with debootstrap; no registry needed."""
@@ -320,9 +169,9 @@ def base(ctx: click.Context, name: str, mirror: str | None, rebuild: bool,
     from rolebake.registry import CacheRepo
     from rolebake.rootfs import ensure_base
 
-    repository = _cache_repo(cache_repo)
+    repository = cache_repo_of(cache_repo)
     engine = Engine.connect()
-    result = ensure_base(engine, name, mirror=mirror, events=_progress(ctx), rebuild=rebuild,
+    result = ensure_base(engine, name, mirror=mirror, events=progress_of(ctx), rebuild=rebuild,
                          repo=CacheRepo(engine, repository) if repository else None)
     notes = [n for n in (result.source if result.reused else "", result.shared) if n]
     click.echo(f"{result.ref} {result.image_id.split(':')[-1][:12]}"
@@ -337,7 +186,7 @@ def base(ctx: click.Context, name: str, mirror: str | None, rebuild: bool,
 @click.option("--junit", type=click.Path(dir_okay=False, path_type=Path),
               help="Write JUnit XML.")
 @click.pass_context
-@_handled
+@handled
 def test_command(ctx: click.Context, image: str, tests_dir: Path | None, as_json: bool,
                  junit: Path | None) -> None:
     """Check an image against its spec's metadata and its testinfra suite.
@@ -357,12 +206,12 @@ def test_command(ctx: click.Context, image: str, tests_dir: Path | None, as_json
         write_junit,
     )
 
-    project = _project(ctx)
+    project = project_of(ctx)
     ready = None
     ref = image
     layer = None
     if project.has_spec(image.split(":", maxsplit=1)[0]):
-        test_plan = plan_build(project, [image], _progress(ctx))
+        test_plan = plan_build(project, [image], progress_of(ctx))
         layer = test_plan.layer(image)
         if not layer.tags:
             raise InputError(f"image {image} has no tags to find it by",
@@ -397,7 +246,7 @@ def test_command(ctx: click.Context, image: str, tests_dir: Path | None, as_json
     if junit:
         write_junit({image: result}, junit)
     if as_json:
-        _echo_json(result.to_dict())
+        echo_json(result.to_dict())
     else:
         for case in result.cases:
             click.echo(f"{case.outcome.upper():<7} {case.suite}::{case.name}")
@@ -413,10 +262,10 @@ def test_command(ctx: click.Context, image: str, tests_dir: Path | None, as_json
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
               help="Where to write (default: tests/images/<name>/test_scaffold.py).")
 @click.option("--force", is_flag=True, help="Overwrite the file if it exists.")
-@_secret_files_option
-@_vault_option
+@secret_files_option
+@vault_option
 @click.pass_context
-@_handled
+@handled
 def scaffold_tests(ctx: click.Context, image: str, output: Path | None, force: bool,
                    secrets: tuple[str, ...], vault_password_file: Path | None) -> None:
     """Write a starting testinfra file for IMAGE from what its roles did.
@@ -429,23 +278,23 @@ def scaffold_tests(ctx: click.Context, image: str, output: Path | None, force: b
     from rolebake.load import plan_build
     from rolebake.scaffold import record, render, save
 
-    project = _project(ctx)
+    project = project_of(ctx)
     if not project.has_spec(image.split(":", maxsplit=1)[0]):
         raise InputError(f"no image spec named {image.split(':', maxsplit=1)[0]!r}",
                          hint=f"known: {', '.join(project.spec_names()) or 'none'}")
-    scaffold_plan = plan_build(project, [image], _progress(ctx))
+    scaffold_plan = plan_build(project, [image], progress_of(ctx))
     layer = scaffold_plan.layer(image)
     folder = image.replace(":", "-")
     target = output or project.root / "tests" / "images" / folder / "test_scaffold.py"
     if target.exists() and not force:
         raise InputError(f"{target} exists; not overwriting it", hint="pass --force, or -o PATH")
-    secret_set = _secrets(ctx, project, scaffold_plan, secrets, vault_password_file)
-    recording = record(Engine.connect(), project, layer.id, _progress(ctx), secrets=secret_set)
+    secret_set = secrets_for(ctx, project, scaffold_plan, secrets, vault_password_file)
+    recording = record(Engine.connect(), project, layer.id, progress_of(ctx), secrets=secret_set)
     kept = project.private_dir("scaffold") / f"{folder}.json"
     save(recording, kept)
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(render(recording), encoding="utf-8")
-    _err(f"wrote {target} from {len(recording.tasks)} task results "
+    err(f"wrote {target} from {len(recording.tasks)} task results "
          f"(kept in {project.relative(kept)})")
 
 
@@ -458,21 +307,21 @@ def scaffold_tests(ctx: click.Context, image: str, output: Path | None, force: b
 @click.option("--from", "base_from", default="rolebake/debian:bookworm", show_default=True,
               help="The image the first layer starts from.")
 @click.pass_context
-@_handled
+@handled
 def init(ctx: click.Context, playbook: Path | None, inventory: Path | None,
          base_from: str) -> None:
     """Propose images/<group>.yml and a starting suite per group of an Ansible repository."""
     from rolebake.scaffold import init as scaffold_init
 
-    project = _project(ctx, made=False)  # an Ansible repository without images/ yet
+    project = project_of(ctx, made=False)  # an Ansible repository without images/ yet
     site = scaffold_init.find_playbook(project, playbook)
     proposals = scaffold_init.propose(site, base_from)
     given = (project.root / inventory) if inventory is not None else None
     for line in scaffold_init.check(project, site, given, proposals):
-        _err(line)
+        err(line)
     for path in scaffold_init.write(project, proposals, site, given):
         click.echo(f"wrote {project.relative(path)}")
-    _err("check by hand in each service image: config.cmd (its service in the foreground), "
+    err("check by hand in each service image: config.cmd (its service in the foreground), "
          "config.expose and a ready check (ready.port or ready.command); then "
          "`rolebake build` and `rolebake scaffold-tests <image>` for real checks")
 
@@ -487,9 +336,9 @@ def _first_line(text: str) -> str:
               help="qemu (a throwaway local VM) or ssh://user@host:port (an existing one).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("--all", "show_equal", is_flag=True, help="Also list resources that agree.")
-@_vault_option
+@vault_option
 @click.pass_context
-@_handled
+@handled
 def parity(ctx: click.Context, image: str, vm: str, as_json: bool, show_equal: bool,
            vault_password_file: Path | None) -> None:
     """Apply IMAGE's roles to a VM too; run its suite on both and diff their state (exit 5)."""
@@ -499,13 +348,13 @@ def parity(ctx: click.Context, image: str, vm: str, as_json: bool, show_equal: b
     from rolebake.parity.run import run_parity
     from rolebake.report import parity_table, tests_side_by_side
 
-    project = _project(ctx)
-    secret_set = _secrets(ctx, project, plan_build(project, [image], _progress(ctx)),
+    project = project_of(ctx)
+    secret_set = secrets_for(ctx, project, plan_build(project, [image], progress_of(ctx)),
                           vault_password_file=vault_password_file)
-    result = run_parity(Engine.connect(), project, image, vm, events=_progress(ctx),
+    result = run_parity(Engine.connect(), project, image, vm, events=progress_of(ctx),
                         secrets=secret_set)
     if as_json:
-        _echo_json(result.to_dict())
+        echo_json(result.to_dict())
     else:
         click.echo(f"parity of {image} ({result.image_id.split(':')[-1][:12]}) and {vm}")
         click.echo(parity_table(result.report, show_equal=show_equal,
@@ -538,7 +387,7 @@ _AGE = re.compile(r"^(\d+)([smhd])$")
               help="Only leftovers carrying this label too (e.g. rolebake.build-id=ID); "
                    "on a shared engine, keeps `clean` to your own builds.")
 @click.pass_context
-@_handled
+@handled
 def clean(ctx: click.Context, older_than: str, dry_run: bool, labels: tuple[str, ...]) -> None:
     """Remove leftovers with rolebake's labels: build/verify containers, failed images."""
     from rolebake.cleanup import find_leftovers, remove_leftovers, sweep_scratch
@@ -580,20 +429,20 @@ def clean(ctx: click.Context, older_than: str, dry_run: bool, labels: tuple[str,
 @click.option("--push", is_flag=True,
               help="Targets push each verified image unless ROLEBAKE_PUSH= is set empty.")
 @click.pass_context
-@_handled
+@handled
 def makefile(ctx: click.Context, output: Path | None, cache_repo: str | None,
              push: bool) -> None:
     """Write Make targets per image with their dependencies, for `make -j` or a CI matrix."""
     from rolebake.load import plan_build
     from rolebake.makefile import render_makefile
 
-    repository = _cache_repo(cache_repo)
-    project = _project(ctx)
-    text = render_makefile(plan_build(project, (), _progress(ctx)),
+    repository = cache_repo_of(cache_repo)
+    project = project_of(ctx)
+    text = render_makefile(plan_build(project, (), progress_of(ctx)),
                            cache_repo=str(repository or ""), push=push)
     if output:
         output.write_text(text, encoding="utf-8")
-        _err(f"wrote {output}")
+        err(f"wrote {output}")
     else:
         click.echo(text, nl=False)
 

@@ -1,0 +1,186 @@
+"""How every command runs: signals, errors and exit codes, redacted output, shared options.
+
+A RolebakeError becomes one `error:` line (with its details and hint) and its
+exit code; anything else is an "internal error" whose traceback only --debug
+shows. stdout and stderr pass through the installed Redactor for the whole of
+a command.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import os
+import signal
+import sys
+import traceback
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import click
+
+from rolebake import redact
+from rolebake.errors import InputError, Interrupted, RolebakeError
+
+if TYPE_CHECKING:
+    from rolebake.plan import BuildPlan
+    from rolebake.secrets import SecretSet
+    from rolebake.spec import Project
+
+F = TypeVar("F", bound=Callable[..., Any])
+VAULT_PASSWORD_ENV = "ROLEBAKE_VAULT_PASSWORD"
+
+
+class _Signals:
+    """Turn the first SIGINT/SIGTERM into Interrupted; ignore the rest while cleaning up."""
+
+    def __init__(self) -> None:
+        self.fired = False
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[None]:
+        """Handle the signals for a `with` block; the previous handlers come back after."""
+        previous = {sig: signal.signal(sig, self._handle)
+                    for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def _handle(self, signum: int, _frame: FrameType | None) -> None:
+        if self.fired:
+            return  # cleanup is under way; a second Ctrl-C must not cut it short
+        self.fired = True
+        raise Interrupted("SIGTERM" if signum == signal.SIGTERM else "SIGINT")
+
+
+def err(text: str = "") -> None:
+    """One line on stderr."""
+    click.echo(text, err=True)
+
+
+def fail(exc: RolebakeError) -> None:
+    """An error as users see it: `error:`, its details, its hint."""
+    err(f"error: {exc.message}")
+    if exc.details:
+        for line in exc.details.rstrip().splitlines():
+            err(f"  | {line}")
+    if exc.hint:
+        err(f"  hint: {exc.hint}")
+
+
+@contextlib.contextmanager
+def _redacted_output() -> Iterator[None]:
+    """Pass stdout and stderr through the installed Redactor while a command runs.
+
+    The command installs its Redactor once it knows its secrets; until then
+    (and after the command) one that hides nothing is installed.
+    """
+    saved = sys.stdout, sys.stderr
+    sys.stdout = redact.RedactingStream(saved[0])
+    sys.stderr = redact.RedactingStream(saved[1])
+    try:
+        yield
+    finally:
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+            sys.stderr.flush()
+        sys.stdout, sys.stderr = saved
+        redact.install(redact.Redactor())
+
+
+def handled(func: F) -> F:
+    """Run a command with rolebake's error handling, exit codes and redacted output."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        ctx = click.get_current_context()
+        debug = bool(ctx.find_root().params.get("debug"))
+        # Read once, then gone from the environment every process rolebake starts
+        # inherits (ansible-runner writes that environment into its artifacts).
+        ctx.meta["vault_password_env"] = os.environ.pop(VAULT_PASSWORD_ENV, None)
+        with _redacted_output():
+            try:
+                with _Signals().installed():
+                    return func(*args, **kwargs)
+            except RolebakeError as exc:
+                if debug:
+                    traceback.print_exc()
+                fail(exc)
+                sys.exit(exc.exit_code)
+            except click.exceptions.Exit:
+                raise
+            except Exception as exc:  # a bug: say so plainly, keep the traceback for --debug
+                if debug:
+                    traceback.print_exc()
+                err(f"internal error: {type(exc).__name__}: {exc}")
+                err("  hint: run again with --debug for the traceback, and please report it")
+                sys.exit(1)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def secrets_for(ctx: click.Context, project: Project, plan: BuildPlan,
+             secrets: tuple[str, ...] = (),
+             vault_password_file: Path | None = None) -> SecretSet | None:
+    """The build's SecretSet (or None); its Redactor is installed for every output."""
+    from rolebake.load import plan_secrets
+
+    found = plan_secrets(project, plan, secrets, vault_password_file,
+                         ctx.meta.get("vault_password_env"))
+    if found is not None:
+        redact.install(found.redactor())
+    return found
+
+
+def echo_json(data: Any) -> None:
+    """Data as JSON on stdout, every secret in it hidden."""
+    # Redacted before serialising: json.dumps escapes quotes, backslashes, tabs and
+    # non-ASCII characters, and a secret holding one is no longer found after it.
+    click.echo(json.dumps(redact.data(data), indent=2))
+
+
+def project_of(ctx: click.Context, *, made: bool = True) -> Any:
+    """The project of --project (or the current directory); `made`: it must have images/."""
+    from rolebake.spec import Project
+
+    root = Path(ctx.find_root().params.get("project") or ".").resolve()
+    if made and not (root / "images").is_dir():
+        raise InputError("not a rolebake project: no images/ folder", path=root,
+                         hint="run from the project root, or pass --project DIR")
+    return Project(root)
+
+
+def cache_repo_of(value: str | None) -> Any:
+    """The parsed --cache-repo (or ROLEBAKE_CACHE_REPO), or None."""
+    from rolebake.registry import parse_repository
+
+    return parse_repository(value, source="--cache-repo") if value else None
+
+
+CACHE_REPO_HELP = ("Share verified layers through this registry repository (REGISTRY/PATH; "
+                    "or set ROLEBAKE_CACHE_REPO).")
+
+
+def progress_of(ctx: click.Context) -> Any:
+    """The command's one progress view on stderr (installing requirements, then building)."""
+    from rolebake.report import progress_for
+
+    if ctx.find_root().params.get("quiet"):
+        return lambda _event: None
+    if "progress" not in ctx.meta:
+        ctx.meta["progress"] = view = progress_for(sys.stderr)
+        ctx.call_on_close(view.close)
+    return ctx.meta["progress"]
+
+
+secret_files_option = click.option(
+    "--secret", "secrets", multiple=True, metavar="id=NAME,src=PATH",
+    help="A file the roles may read during the build only.")
+vault_option = click.option(
+    "--vault-password-file", type=click.Path(path_type=Path),
+    help="Ansible Vault password (or set ROLEBAKE_VAULT_PASSWORD).")
