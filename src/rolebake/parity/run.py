@@ -102,7 +102,8 @@ class ParityResult:
 
 
 def run_parity(engine: Engine, project: Project, image: str, vm: str, *,
-               events: EventSink, secrets: SecretSet | None = None) -> ParityResult:
+               events: EventSink, secrets: SecretSet | None = None,
+               strict_ids: bool = False) -> ParityResult:
     """Build `image` and, at the same time, apply the same layers to a VM; then check both.
 
     The container build runs in a thread while this thread boots the VM and
@@ -117,6 +118,7 @@ def run_parity(engine: Engine, project: Project, image: str, vm: str, *,
         vm: `qemu` for a throwaway local VM, or `ssh://user@host:port` for an existing one.
         events: progress sink.
         secrets: the vault password and sensitive values, for the build and the VM alike.
+        strict_ids: count shifted dynamic system ids as differences.
 
     Raises:
         InputError: a bad --vm value, or an image built with a provisioner other than Ansible.
@@ -166,6 +168,7 @@ def run_parity(engine: Engine, project: Project, image: str, vm: str, *,
         vm_only_packages=vm_image.added_packages if vm_image else (),
         vm_only_users=vm_image.added_users if vm_image else (),
         vm_only_groups=vm_image.added_groups if vm_image else (),
+        strict_ids=strict_ids,
     )
     return ParityResult(image=image, image_id=image_id, vm=vm, report=diff,
                         container_tests=container_tests, vm_tests=vm_tests,

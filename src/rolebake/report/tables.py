@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from rich.table import Column, Table
 from rich.text import Text
 
-from rolebake.parity.diff import Status
+from rolebake.parity.diff import IDS_SHIFTED_HINT, Status
 from rolebake.report.text import (
     DIM,
     LAYER_STYLE,
@@ -147,8 +147,16 @@ def parity_table(report: ParityReport, *, show_equal: bool = False, width: int =
             table.add_row(cell(item.resource, redact), cell(_value(item.container), redact),
                           cell(_value(item.vm), redact), _status_cell(item, redact))
         lines = render_lines(table, color=color, redact=redact)
+    shifted = len(report.ids_shifted)
     summary = (f"{report.equal_count} equal, {len(report.expected)} expected, "
-               f"{len(report.differences)} different")
+               + (f"{shifted} ids shifted{' (--strict-ids)' if report.strict_ids else ''}, "
+                  if shifted else "")
+               + f"{len(report.differences)} different")
+    if shifted:
+        # Said once under the table, not on every row: what the class means, what to do.
+        lines += render_lines(styled([("ids-shifted: ", style_of("ids-shifted")),
+                                      (IDS_SHIFTED_HINT, "")], redact),
+                              color=color, redact=redact)
     verdict = ("parity OK: ", style_of("ok")) if report.ok else ("parity FAILED: ",
                                                                style_of("FAILED"))
     lines += render_lines(styled([verdict, (summary, "")], redact), color=color, redact=redact)
