@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rolebake import redact
+from rolebake import redact, suite_sides
 from rolebake.engine import BUILD_ID_LABEL, ROLE_LABEL, ContainerHandle, Engine
 from rolebake.errors import TestsFailed
 from rolebake.image import commit_config
@@ -41,11 +41,13 @@ class TestCase:
     outcome: str  # passed | failed | error | skipped
     message: str = ""
     seconds: float = 0.0
+    only: str = ""  # "container" or "vm": marked rolebake_only (suite_sides.py)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form."""
         return {"suite": self.suite, "name": self.name, "outcome": self.outcome,
-                "message": self.message, "seconds": round(self.seconds, 3)}
+                "message": self.message, "seconds": round(self.seconds, 3),
+                "only": self.only or None}
 
 
 @dataclass(frozen=True)
@@ -182,9 +184,12 @@ def _exits_at_once(config: Mapping[str, Any]) -> bool:
 
 
 def suite_for_host(tests: Path, host_url: str, project_root: Path,
-                   extra_args: tuple[str, ...] = ()) -> list[TestCase]:
-    """Run a testinfra suite against any host URL testinfra knows (docker://, ssh://)."""
-    return _pytest(tests, host_url, project_root, extra_args)
+                   extra_args: tuple[str, ...] = (), *, side: str = "container") -> list[TestCase]:
+    """Run a testinfra suite against any host URL testinfra knows (docker://, ssh://).
+
+    `side` (container or vm) decides which tests marked `rolebake_only` are skipped.
+    """
+    return _pytest(tests, host_url, project_root, extra_args, side=side)
 
 
 def wait_ready(engine: Engine, container: ContainerHandle, ready: ReadyCheck | None) -> bool:
@@ -233,7 +238,7 @@ def _port_open(address: str | None, port: int) -> bool:
 
 
 def _pytest(tests: Path, host_url: str, project_root: Path,
-            extra_args: tuple[str, ...] = ()) -> list[TestCase]:
+            extra_args: tuple[str, ...] = (), *, side: str = "container") -> list[TestCase]:
     with tempfile.TemporaryDirectory(prefix="rolebake-verify-") as tmp:
         junit = Path(tmp) / "junit.xml"
         argv = [sys.executable, "-m", "pytest", str(tests), f"--hosts={host_url}",
@@ -241,7 +246,9 @@ def _pytest(tests: Path, host_url: str, project_root: Path,
                 # The project's conftest.py files (tests/images/conftest.py) apply;
                 # its own pytest addopts do not.
                 "-o", "addopts=", "--rootdir", str(project_root),
-                "--confcutdir", str(project_root), *extra_args]
+                "--confcutdir", str(project_root),
+                # Tests marked for the other side (a VM's) are skipped, with a reason.
+                "-p", suite_sides.__name__, f"--rolebake-side={side}", *extra_args]
         env = dict(os.environ)
         env.pop("PYTEST_ADDOPTS", None)
         proc = subprocess.run(argv, cwd=project_root, capture_output=True, text=True,
@@ -252,8 +259,10 @@ def _pytest(tests: Path, host_url: str, project_root: Path,
         # testinfra names a test after the backend (docker), not the scheme it was given.
         cases = parse_junit(junit, host_url.replace(f"{SESSION_SCHEME}://", "docker://"))
     if proc.returncode == 5 or not cases:
-        return [TestCase(suite=str(tests), name="pytest", outcome="error",
-                         message=f"no tests collected in {tests}")]
+        # Nothing ran: nothing collected (5), or pytest refused the suite (a usage error).
+        message = (f"no tests collected in {tests}" if proc.returncode in (0, 5)
+                   else (proc.stdout + proc.stderr).strip()[-2000:])
+        return [TestCase(suite=str(tests), name="pytest", outcome="error", message=message)]
     return cases
 
 
@@ -269,6 +278,8 @@ def parse_junit(path: Path, host_url: str | None = None) -> list[TestCase]:
     cases = []
     for case in ET.parse(path).getroot().iter("testcase"):
         outcome, message = "passed", ""
+        only = next((p.get("value", "") for p in case.iter("property")
+                     if p.get("name") == suite_sides.PROPERTY), "")
         for child in case:
             if child.tag in ("failure", "error"):
                 outcome = "failed" if child.tag == "failure" else "error"
@@ -281,6 +292,7 @@ def parse_junit(path: Path, host_url: str | None = None) -> list[TestCase]:
             outcome=outcome,
             message=_shorten(message.strip()),
             seconds=float(case.get("time") or 0),
+            only=only,
         ))
     return cases
 

@@ -190,14 +190,24 @@ def tests_side_by_side(container: Sequence[TestCase], vm: Sequence[TestCase], *,
         VM alone ran), `-` where a target has no result.
     """
     # Parametrised cases (test_x[docker://...]) carry the host in their id: compare by name.
-    on_container = {c.name.split("[")[0]: c.outcome for c in container}
-    on_vm = {c.name.split("[")[0]: c.outcome for c in vm}
+    on_container = {c.name.split("[")[0]: c for c in container}
+    on_vm = {c.name.split("[")[0]: c for c in vm}
     table = _table(Column("test", max_width=_TEST_NAME_WIDTH), Column("container"),
                    Column("vm"), show_header=True)
     for name in [*on_container, *(n for n in on_vm if n not in on_container)]:
-        outcomes = (on_container.get(name, "-"), on_vm.get(name, "-"))
-        table.add_row(cell(name, redact), *(cell(o, redact, style_of(o)) for o in outcomes))
+        cases = (on_container.get(name), on_vm.get(name))
+        table.add_row(cell(name, redact), *(_outcome_cell(c, redact) for c in cases))
     return render_lines(table, color=color, redact=redact)
+
+
+def _outcome_cell(case: TestCase | None, redact: Redact) -> Text:
+    """The outcome; a test marked for the other side says why it was skipped."""
+    if case is None:
+        return cell("-", redact)
+    text = case.outcome
+    if case.outcome == "skipped" and case.only:
+        text += f" ({case.only} only)"
+    return cell(text, redact, style_of(case.outcome))
 
 
 def _table(*columns: Column, show_header: bool) -> Table:
