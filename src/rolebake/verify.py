@@ -25,8 +25,9 @@ from typing import Any
 
 from rolebake import redact, suite_sides
 from rolebake.engine import BUILD_ID_LABEL, ROLE_LABEL, ContainerHandle, Engine
-from rolebake.errors import TestsFailed
+from rolebake.errors import RolebakeError, TestsFailed
 from rolebake.image import commit_config
+from rolebake.listeners import LISTENERS_SCRIPT, parse_listeners
 from rolebake.spec import ImageConfig, ReadyCheck
 
 
@@ -222,9 +223,38 @@ def wait_ready(engine: Engine, container: ContainerHandle, ready: ReadyCheck | N
         elif time.monotonic() >= settle_until:
             return True  # no readiness signal: a command still running after a second will do
         if time.monotonic() > deadline:
-            raise TestsFailed(f"the container was not ready within {timeout:.0f} s",
-                              details=engine.logs(container))
+            message, hint = f"the container was not ready within {timeout:.0f} s", ""
+            if ready is not None and ready.port is not None:
+                message, hint = _port_never_opened(engine, container, ready.port, message)
+            raise TestsFailed(message, details=engine.logs(container), hint=hint)
         time.sleep(0.25)
+
+
+def _port_never_opened(engine: Engine, container: ContainerHandle, port: int,
+                       message: str) -> tuple[str, str]:
+    """Say why `ready.port` stayed shut, from what listens inside the container.
+
+    A service bound to 127.0.0.1 is up, yet only the container itself reaches it:
+    the commonest reason, and one a role variable or a `ready.command` fixes.
+    """
+    message += f": port {port} never opened from outside the container"
+    try:
+        found = parse_listeners(engine.exec(container, ["sh", "-c", LISTENERS_SCRIPT]).output)
+    except RolebakeError:
+        return message, ""  # the container is gone, or has no shell: nothing more to say
+    on_port = [item for item in found if item.port == port]
+    if on_port and all(item.loopback_only for item in on_port):
+        inside = "; ".join(item.describe() for item in on_port)
+        return (f"{message}, but inside it {inside}: a loopback address only the container "
+                "itself reaches",
+                "have the role bind it to 0.0.0.0 (the role variable for its listen or bind "
+                "address), or check readiness from inside the container: ready: {command: "
+                f"[bash, -c, '</dev/tcp/127.0.0.1/{port}']}}")
+    if not on_port:
+        others = ", ".join(f"{item.address}:{item.port}" for item in found[:5])
+        return (f"{message}; nothing in it listens on port {port}"
+                + (f" (it listens on {others})" if others else ""), "")
+    return message, ""
 
 
 def _port_open(address: str | None, port: int) -> bool:
