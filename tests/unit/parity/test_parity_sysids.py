@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
+from pathlib import Path
+from typing import Any
 
 import pytest
 from parity_recorded import RECORDED_PATHS, SYSUSERS_PATHS, RecordedHost, SysusersHost
@@ -134,3 +136,41 @@ def test_old_recordings_still_parse() -> None:
     again = Snapshot.from_dict(json.loads(json.dumps(_sysusers("vm").to_dict())))
     assert again == _sysusers("vm")
     assert Snapshot.from_dict({**old.to_dict(), "system_ids": None}).system_ids == DEBIAN_DEFAULT
+
+
+def test_cli_passes_without_strict_ids_and_exits_5_with_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`rolebake parity` lists the class and passes; `--strict-ids` makes it exit 5."""
+    from click.testing import CliRunner
+
+    from rolebake.cli import main
+    from rolebake.engine import Engine
+    from rolebake.parity import run as parity_run
+
+    root = tmp_path / "project"
+    (root / "images").mkdir(parents=True)
+    (root / "roles" / "svc" / "tasks").mkdir(parents=True)
+    (root / "roles" / "svc" / "tasks" / "main.yml").write_text("- debug: msg=hi\n")
+    (root / "images" / "svc.yml").write_text("from: rolebake/debian:bookworm\nroles: [svc]\n")
+    container, vm = _sysusers("container"), _sysusers("vm")
+
+    def fake_parity(engine: Any, project: Any, image: str, vm_url: str, *, events: Any,
+                    secrets: Any, strict_ids: bool = False) -> parity_run.ParityResult:
+        report = diff_snapshots(container, vm, strict_ids=strict_ids,
+                                vm_only_users=set(vm.users) - set(container.users),
+                                vm_only_groups=set(vm.groups) - set(container.groups))
+        return parity_run.ParityResult(image=image, image_id="sha256:" + "0" * 64, vm=vm_url,
+                                       report=report, container_tests=[], vm_tests=[])
+
+    monkeypatch.setattr(parity_run, "run_parity", fake_parity)
+    monkeypatch.setattr(Engine, "connect", classmethod(lambda cls: None))
+    args = ["--project", str(root), "parity", "svc", "--vm", "ssh://root@vm.example:22"]
+    loose = CliRunner().invoke(main, args)
+    assert loose.exit_code == 0, loose.output
+    assert "ids-shifted: uid 100 -> 102" in loose.stdout
+    assert "0 difference(s), " in loose.stdout and " 7 ids shifted, " in loose.stdout
+    assert "pin the uid/gid in the role" in loose.stdout
+    strict = CliRunner().invoke(main, [*args, "--strict-ids"])
+    assert strict.exit_code == 5, strict.output
+    assert "error: svc and the VM differ: 7 resource(s), 0 test(s)" in strict.stderr
+    assert "user memcache" in strict.stderr and "(--strict-ids)" in strict.stdout
