@@ -23,10 +23,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rolebake import redact
+from rolebake import redact, suite_sides
 from rolebake.engine import BUILD_ID_LABEL, ROLE_LABEL, ContainerHandle, Engine
-from rolebake.errors import TestsFailed
+from rolebake.errors import RolebakeError, TestsFailed
 from rolebake.image import commit_config
+from rolebake.listeners import LISTENERS_SCRIPT, parse_listeners
 from rolebake.spec import ImageConfig, ReadyCheck
 
 
@@ -41,11 +42,13 @@ class TestCase:
     outcome: str  # passed | failed | error | skipped
     message: str = ""
     seconds: float = 0.0
+    only: str = ""  # "container" or "vm": marked rolebake_only (suite_sides.py)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form."""
         return {"suite": self.suite, "name": self.name, "outcome": self.outcome,
-                "message": self.message, "seconds": round(self.seconds, 3)}
+                "message": self.message, "seconds": round(self.seconds, 3),
+                "only": self.only or None}
 
 
 @dataclass(frozen=True)
@@ -182,9 +185,12 @@ def _exits_at_once(config: Mapping[str, Any]) -> bool:
 
 
 def suite_for_host(tests: Path, host_url: str, project_root: Path,
-                   extra_args: tuple[str, ...] = ()) -> list[TestCase]:
-    """Run a testinfra suite against any host URL testinfra knows (docker://, ssh://)."""
-    return _pytest(tests, host_url, project_root, extra_args)
+                   extra_args: tuple[str, ...] = (), *, side: str = "container") -> list[TestCase]:
+    """Run a testinfra suite against any host URL testinfra knows (docker://, ssh://).
+
+    `side` (container or vm) decides which tests marked `rolebake_only` are skipped.
+    """
+    return _pytest(tests, host_url, project_root, extra_args, side=side)
 
 
 def wait_ready(engine: Engine, container: ContainerHandle, ready: ReadyCheck | None) -> bool:
@@ -217,9 +223,38 @@ def wait_ready(engine: Engine, container: ContainerHandle, ready: ReadyCheck | N
         elif time.monotonic() >= settle_until:
             return True  # no readiness signal: a command still running after a second will do
         if time.monotonic() > deadline:
-            raise TestsFailed(f"the container was not ready within {timeout:.0f} s",
-                              details=engine.logs(container))
+            message, hint = f"the container was not ready within {timeout:.0f} s", ""
+            if ready is not None and ready.port is not None:
+                message, hint = _port_never_opened(engine, container, ready.port, message)
+            raise TestsFailed(message, details=engine.logs(container), hint=hint)
         time.sleep(0.25)
+
+
+def _port_never_opened(engine: Engine, container: ContainerHandle, port: int,
+                       message: str) -> tuple[str, str]:
+    """Say why `ready.port` stayed shut, from what listens inside the container.
+
+    A service bound to 127.0.0.1 is up, yet only the container itself reaches it:
+    the commonest reason, and one a role variable or a `ready.command` fixes.
+    """
+    message += f": port {port} never opened from outside the container"
+    try:
+        found = parse_listeners(engine.exec(container, ["sh", "-c", LISTENERS_SCRIPT]).output)
+    except RolebakeError:
+        return message, ""  # the container is gone, or has no shell: nothing more to say
+    on_port = [item for item in found if item.port == port]
+    if on_port and all(item.loopback_only for item in on_port):
+        inside = "; ".join(item.describe() for item in on_port)
+        return (f"{message}, but inside it {inside}: a loopback address only the container "
+                "itself reaches",
+                "have the role bind it to 0.0.0.0 (the role variable for its listen or bind "
+                "address), or check readiness from inside the container: ready: {command: "
+                f"[bash, -c, '</dev/tcp/127.0.0.1/{port}']}}")
+    if not on_port:
+        others = ", ".join(f"{item.address}:{item.port}" for item in found[:5])
+        return (f"{message}; nothing in it listens on port {port}"
+                + (f" (it listens on {others})" if others else ""), "")
+    return message, ""
 
 
 def _port_open(address: str | None, port: int) -> bool:
@@ -233,7 +268,7 @@ def _port_open(address: str | None, port: int) -> bool:
 
 
 def _pytest(tests: Path, host_url: str, project_root: Path,
-            extra_args: tuple[str, ...] = ()) -> list[TestCase]:
+            extra_args: tuple[str, ...] = (), *, side: str = "container") -> list[TestCase]:
     with tempfile.TemporaryDirectory(prefix="rolebake-verify-") as tmp:
         junit = Path(tmp) / "junit.xml"
         argv = [sys.executable, "-m", "pytest", str(tests), f"--hosts={host_url}",
@@ -241,7 +276,9 @@ def _pytest(tests: Path, host_url: str, project_root: Path,
                 # The project's conftest.py files (tests/images/conftest.py) apply;
                 # its own pytest addopts do not.
                 "-o", "addopts=", "--rootdir", str(project_root),
-                "--confcutdir", str(project_root), *extra_args]
+                "--confcutdir", str(project_root),
+                # Tests marked for the other side (a VM's) are skipped, with a reason.
+                "-p", suite_sides.__name__, f"--rolebake-side={side}", *extra_args]
         env = dict(os.environ)
         env.pop("PYTEST_ADDOPTS", None)
         proc = subprocess.run(argv, cwd=project_root, capture_output=True, text=True,
@@ -252,8 +289,10 @@ def _pytest(tests: Path, host_url: str, project_root: Path,
         # testinfra names a test after the backend (docker), not the scheme it was given.
         cases = parse_junit(junit, host_url.replace(f"{SESSION_SCHEME}://", "docker://"))
     if proc.returncode == 5 or not cases:
-        return [TestCase(suite=str(tests), name="pytest", outcome="error",
-                         message=f"no tests collected in {tests}")]
+        # Nothing ran: nothing collected (5), or pytest refused the suite (a usage error).
+        message = (f"no tests collected in {tests}" if proc.returncode in (0, 5)
+                   else (proc.stdout + proc.stderr).strip()[-2000:])
+        return [TestCase(suite=str(tests), name="pytest", outcome="error", message=message)]
     return cases
 
 
@@ -269,6 +308,8 @@ def parse_junit(path: Path, host_url: str | None = None) -> list[TestCase]:
     cases = []
     for case in ET.parse(path).getroot().iter("testcase"):
         outcome, message = "passed", ""
+        only = next((p.get("value", "") for p in case.iter("property")
+                     if p.get("name") == suite_sides.PROPERTY), "")
         for child in case:
             if child.tag in ("failure", "error"):
                 outcome = "failed" if child.tag == "failure" else "error"
@@ -281,6 +322,7 @@ def parse_junit(path: Path, host_url: str | None = None) -> list[TestCase]:
             outcome=outcome,
             message=_shorten(message.strip()),
             seconds=float(case.get("time") or 0),
+            only=only,
         ))
     return cases
 

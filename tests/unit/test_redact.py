@@ -254,7 +254,7 @@ def test_parity_output_progress_and_logs_are_redacted(tmp_path: Path,
     seen: dict[str, Any] = {}
 
     def fake_parity(engine: Any, project: Any, image: str, vm: str, *, events: Any,
-                    secrets: Any) -> Any:
+                    secrets: Any, strict_ids: bool = False) -> Any:
         seen["secrets"] = secrets
         events(LogEvent("web", f"applying {TRICKY} to the VM"))
         append_log(project.private_dir("logs") / "parity-web.log", "provision", TRICKY)

@@ -96,3 +96,77 @@ def test_container_only_branch_is_caught(project: TestProject) -> None:
     assert "error: base and the VM differ" in result.stderr
     assert "/etc/profile.d/container-only.sh" in result.stderr
     assert project.build_containers() == []
+
+
+def test_system_user_ids_shifted_by_the_vms_boot_packages(project: TestProject) -> None:
+    # A role that makes system users both ways a server role does: Ansible's group and
+    # user modules (useradd -r: ids from the top of the range) and a package's postinst
+    # (adduser --system: from the bottom). The VM's boot packages made theirs first.
+    tasks = project.root / "roles" / "common" / "tasks" / "main.yml"
+    tasks.write_text(tasks.read_text().rstrip() + """
+
+- name: System group for a service (TOKEN)
+  ansible.builtin.group:
+    name: rbsvc
+    system: true
+
+- name: System user for a service
+  ansible.builtin.user:
+    name: rbsvc
+    group: rbsvc
+    system: true
+    create_home: false
+    home: /var/lib/rbsvc
+    shell: /usr/sbin/nologin
+
+- name: The service's state directory
+  ansible.builtin.file:
+    path: /var/lib/rbsvc
+    state: directory
+    owner: rbsvc
+    group: rbsvc
+    mode: "0750"
+
+- name: A user the way a package's maintainer script makes one
+  ansible.builtin.shell: getent passwd rbpkg || adduser --system --group --no-create-home rbpkg
+  changed_when: false
+
+- name: Its log directory
+  ansible.builtin.file:
+    path: /var/log/rbpkg
+    state: directory
+    owner: rbpkg
+    group: rbpkg
+    mode: "0755"
+""".replace("TOKEN", project.token))
+    # An image invariant a VM cannot share: it needs python3 to be managed at all.
+    (project.root / "tests" / "images" / "base" / "test_sides.py").write_text(
+        "import pytest\n\n\n"
+        "@pytest.mark.rolebake_only(\"container\")\n"
+        "def test_no_python_in_the_image(host):\n"
+        "    assert not host.exists(\"python3\")\n")
+    result = run_cli("parity", "base", "--vm", "qemu", "--json", cwd=project.root, timeout=2400)
+    assert result.rc == 0, result.output
+    report = json.loads(result.stdout)
+    items = report["state"]["items"]
+    shifted = {(i["category"], i["key"]) for i in items if i["status"] == "ids-shifted"}
+    assert {("user", "rbpkg"), ("group", "rbpkg"), ("group", "rbsvc"),
+            ("path", "/var/log/rbpkg"), ("path", "/var/lib/rbsvc")} <= shifted, shifted
+    assert report["state"]["summary"]["ids_shifted"] == len(shifted)
+    assert "ids-shifted" in report["state"]["hints"]
+    assert not [i for i in items if i["status"] == "different"]
+    # The image suite's container-only test was skipped on the VM, and said so.
+    # By name: a VM's test ids keep testinfra's host (test_x[ssh://127.0.0.1]).
+    vm_tests = {c["name"].split("[")[0]: c for c in report["tests"]["vm"]}
+    assert vm_tests["test_no_python_in_the_image"]["outcome"] == "skipped"
+    assert "only meaningful on the container" in vm_tests["test_no_python_in_the_image"]["message"]
+    container_tests = {c["name"].split("[")[0]: c for c in report["tests"]["container"]}
+    assert container_tests["test_no_python_in_the_image"]["outcome"] == "passed"
+    assert report["tests"]["differ"] == []
+
+    strict = run_cli("parity", "base", "--vm", "qemu", "--strict-ids", cwd=project.root,
+                     timeout=2400)
+    assert strict.rc == 5, strict.output
+    assert "ids-shifted: " in strict.stdout and "(--strict-ids)" in strict.stdout
+    assert "user rbpkg" in strict.stderr  # the error names the rows that differ
+    assert project.build_containers() == []

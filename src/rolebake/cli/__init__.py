@@ -336,11 +336,14 @@ def _first_line(text: str) -> str:
               help="qemu (a throwaway local VM) or ssh://user@host:port (an existing one).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("--all", "show_equal", is_flag=True, help="Also list resources that agree.")
+@click.option("--strict-ids", is_flag=True,
+              help="Count system users, groups and owners whose dynamic ids shifted as "
+                   "differences.")
 @vault_option
 @click.pass_context
 @handled
 def parity(ctx: click.Context, image: str, vm: str, as_json: bool, show_equal: bool,
-           vault_password_file: Path | None) -> None:
+           strict_ids: bool, vault_password_file: Path | None) -> None:
     """Apply IMAGE's roles to a VM too; run its suite on both and diff their state (exit 5)."""
     from rolebake.engine import Engine
     from rolebake.errors import ParityDifferent
@@ -352,7 +355,7 @@ def parity(ctx: click.Context, image: str, vm: str, as_json: bool, show_equal: b
     secret_set = secrets_for(ctx, project, plan_build(project, [image], progress_of(ctx)),
                           vault_password_file=vault_password_file)
     result = run_parity(Engine.connect(), project, image, vm, events=progress_of(ctx),
-                        secrets=secret_set)
+                        secrets=secret_set, strict_ids=strict_ids)
     if as_json:
         echo_json(result.to_dict())
     else:
@@ -366,8 +369,9 @@ def parity(ctx: click.Context, image: str, vm: str, as_json: bool, show_equal: b
         # When each step ran, from the start of the run: the build and the VM overlap.
         timing = ", ".join(f"{k} {s:.0f}-{e:.0f}s" for k, (s, e) in result.steps.items())
         click.echo(f"\n{len(result.report.differences)} difference(s), "
-                   f"{len(result.report.expected)} expected, {result.report.equal_count} equal; "
-                   f"{timing}")
+                   f"{len(result.report.expected)} expected, "
+                   f"{len(result.report.ids_shifted)} ids shifted, "
+                   f"{result.report.equal_count} equal; {timing}")
     if not result.ok:
         names = [item.resource for item in result.report.differences][:10]
         raise ParityDifferent(

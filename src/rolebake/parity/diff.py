@@ -1,8 +1,9 @@
 """Compare a container's snapshot with a VM's and explain every difference.
 
 Every compared item ends up in the report as `equal`, `expected` (with the reason it is
-explainable: a VM boots a kernel, runs an init, has a hostname) or `different`. Nothing is
-dropped; the CLI decides how much of it to show.
+explainable: a VM boots a kernel, runs an init, has a hostname), `ids-shifted` (a system
+user, group or file owner whose name agrees but whose dynamically allocated id does not)
+or `different`. Nothing is dropped; the CLI decides how much of it to show.
 """
 
 from __future__ import annotations
@@ -10,12 +11,13 @@ from __future__ import annotations
 import dataclasses
 import enum
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 from rolebake.parity.snapshot import Group, PathState, Service, Snapshot, User
 
 __all__ = [
+    "IDS_SHIFTED_HINT",
     "Category",
     "ParityItem",
     "ParityReport",
@@ -29,7 +31,17 @@ class Status(enum.StrEnum):
 
     EQUAL = "equal"
     EXPECTED = "expected"
+    # Names agree, dynamic system ids do not: a difference only with --strict-ids.
+    IDS_SHIFTED = "ids-shifted"
     DIFFERENT = "different"
+
+
+IDS_SHIFTED_HINT = (
+    "names agree, dynamic system ids differ: whatever made system users first took the first "
+    "free ids (on a VM, its boot packages: systemd, dbus, sshd). Files on shared storage "
+    "would change owner; pin the uid/gid in the role (user: uid=..., group: gid=...) to make "
+    "them equal. --strict-ids counts them as differences."
+)
 
 
 class Category(enum.StrEnum):
@@ -83,14 +95,26 @@ class ParityItem:
 
 @dataclass(frozen=True)
 class ParityReport:
-    """All compared items of one parity run."""
+    """All compared items of one parity run.
+
+    Attributes:
+        items: Every compared item.
+        strict_ids: Count shifted dynamic system ids as differences (`--strict-ids`).
+    """
 
     items: tuple[ParityItem, ...]
+    strict_ids: bool = False
 
     @property
     def differences(self) -> tuple[ParityItem, ...]:
         """Items that differ without an explanation: these make parity fail (exit 5)."""
-        return tuple(i for i in self.items if i.status is Status.DIFFERENT)
+        failing = {Status.DIFFERENT, Status.IDS_SHIFTED} if self.strict_ids else {Status.DIFFERENT}
+        return tuple(i for i in self.items if i.status in failing)
+
+    @property
+    def ids_shifted(self) -> tuple[ParityItem, ...]:
+        """Users, groups and file owners whose names agree and dynamic system ids do not."""
+        return tuple(i for i in self.items if i.status is Status.IDS_SHIFTED)
 
     @property
     def expected(self) -> tuple[ParityItem, ...]:
@@ -114,8 +138,11 @@ class ParityReport:
             "summary": {
                 "equal": self.equal_count,
                 "expected": len(self.expected),
+                "ids_shifted": len(self.ids_shifted),
                 "different": len(self.differences),
             },
+            "strict_ids": self.strict_ids,
+            "hints": {Status.IDS_SHIFTED.value: IDS_SHIFTED_HINT} if self.ids_shifted else {},
             "items": [i.to_dict() for i in self.items],
         }
 
@@ -157,6 +184,7 @@ def diff_snapshots(
     vm_only_packages: Iterable[str] = (),
     vm_only_users: Iterable[str] = (),
     vm_only_groups: Iterable[str] = (),
+    strict_ids: bool = False,
 ) -> ParityReport:
     """Compare the two snapshots item by item.
 
@@ -167,6 +195,7 @@ def diff_snapshots(
             their dependencies): `VMImage.added_packages` for a local VM.
         vm_only_users: Users those packages created (`VMImage.added_users`).
         vm_only_groups: Groups those packages created (`VMImage.added_groups`).
+        strict_ids: Count shifted dynamic system ids as differences.
 
     Returns:
         The report, items ordered by category then key.
@@ -219,7 +248,7 @@ def diff_snapshots(
             "bind-mounted by the container engine" if _under(path, ENGINE_MANAGED_PATHS) else None
         ),
     )
-    return ParityReport(items=tuple(items))
+    return ParityReport(items=tuple(_shifted_ids(items, container, vm)), strict_ids=strict_ids)
 
 
 def _created_by(names: frozenset[str], kind: str) -> Callable[[str, object], str | None]:
@@ -379,9 +408,89 @@ def _render_service(s: Service) -> str:
 def _render_path(p: PathState) -> str:
     if not p.exists:
         return "absent"
-    text = f"{p.type} {p.mode} {p.owner}:{p.group}"
+    # The ids too: a file on shared storage keeps numbers, not names.
+    owner = f"{p.owner}({p.uid}):{p.group}({p.gid})" if p.uid is not None else \
+        f"{p.owner}:{p.group}"
+    text = f"{p.type} {p.mode} {owner}"
     if p.sha256:
         text += f" sha256:{p.sha256}"
     if p.link_target is not None:
         text += f" -> {p.link_target}"
     return text
+
+
+# --------------------------------------------------------------------------- shifted ids
+
+
+def _shifted_ids(items: list[ParityItem], container: Snapshot, vm: Snapshot) -> list[ParityItem]:
+    """Re-class differences that are only dynamic system ids handed out in another order.
+
+    A user or group qualifies when its name, home, shell and members agree and every id
+    that differs lies in the dynamic system range on its side. A managed path qualifies
+    when it differs only in its numeric owner or group, by exactly the shift of a user
+    or group that qualified (same name on both sides).
+    """
+    uids: dict[str, tuple[int, int]] = {}
+    gids: dict[str, tuple[int, int]] = {}
+    reasons: dict[tuple[Category, str], str] = {}
+    c_ids, v_ids = container.system_ids, vm.system_ids
+    for name in set(container.groups) & set(vm.groups):
+        cg, vg = container.groups[name], vm.groups[name]
+        if cg != vg and replace(cg, gid=vg.gid) == vg and c_ids.has_gid(cg.gid) \
+                and v_ids.has_gid(vg.gid):
+            gids[name] = (cg.gid, vg.gid)
+            reasons[Category.GROUP, name] = f"gid {cg.gid} -> {vg.gid}" + _taken_first(
+                cg.gid, vg.gid, container.groups, vm.groups, lambda g: g.gid)
+    for name in set(container.users) & set(vm.users):
+        cu, vu = container.users[name], vm.users[name]
+        if cu == vu or replace(cu, uid=vu.uid, gid=vu.gid) != vu:
+            continue
+        if cu.uid != vu.uid and not (c_ids.has_uid(cu.uid) and v_ids.has_uid(vu.uid)):
+            continue
+        # The primary group moved with its own row, or is in the range on both sides.
+        if cu.gid != vu.gid and not (c_ids.has_gid(cu.gid) and v_ids.has_gid(vu.gid)):
+            continue
+        uids[name] = (cu.uid, vu.uid)
+        moved = [f"uid {cu.uid} -> {vu.uid}"] if cu.uid != vu.uid else []
+        moved += [f"gid {cu.gid} -> {vu.gid}"] if cu.gid != vu.gid else []
+        if cu.uid != vu.uid:
+            taken = _taken_first(cu.uid, vu.uid, container.users, vm.users, lambda u: u.uid)
+        else:
+            taken = _taken_first(cu.gid, vu.gid, container.groups, vm.groups, lambda g: g.gid)
+        reasons[Category.USER, name] = ", ".join(moved) + taken
+    for path in set(container.paths) & set(vm.paths):
+        cp, vp = container.paths[path], vm.paths[path]
+        if cp == vp or replace(cp, uid=vp.uid, gid=vp.gid) != vp or cp.uid is None \
+                or vp.uid is None:
+            continue
+        moved = []
+        if cp.uid != vp.uid:
+            if uids.get(cp.owner or "") != (cp.uid, vp.uid):
+                continue
+            moved.append(f"owner {cp.owner} {cp.uid} -> {vp.uid}")
+        if cp.gid != vp.gid:
+            if gids.get(cp.group or "") != (cp.gid, vp.gid):
+                continue
+            moved.append(f"group {cp.group} {cp.gid} -> {vp.gid}")
+        reasons[Category.PATH, path] = ", ".join(moved) + " (the ids shifted, not the names)"
+    return [
+        replace(i, status=Status.IDS_SHIFTED, reason=reasons[i.category, i.key])
+        if i.status is Status.DIFFERENT and (i.category, i.key) in reasons else i
+        for i in items
+    ]
+
+
+def _taken_first(c_id: int, vm_id: int, container: Mapping[str, Any], vm: Mapping[str, Any],
+                 id_of: Callable[[Any], int]) -> str:
+    """Name what the VM alone made between the two ids: those took the ids first.
+
+    adduser hands out system ids from the bottom of the range, useradd -r from the top,
+    so the ones that moved an id lie between the container's and the VM's.
+    """
+    low, high = min(c_id, vm_id), max(c_id, vm_id)
+    first = sorted((id_of(v), name) for name, v in vm.items()
+                   if name not in container and low <= id_of(v) <= high)
+    if not first:
+        return "; pin the id in the role"
+    names = ", ".join(name for _, name in first[:4]) + (", ..." if len(first) > 4 else "")
+    return f"; the VM made {names} first; pin the id in the role"

@@ -71,12 +71,26 @@ class ParityResult:
 
     @property
     def tests_differ(self) -> list[str]:
-        """Names of tests whose outcome is not the same on both targets."""
-        outcome_c = {c.name.split("[")[0]: c.outcome for c in self.container_tests}
-        outcome_v = {c.name.split("[")[0]: c.outcome for c in self.vm_tests}
-        return sorted(n for n in set(outcome_c) | set(outcome_v)
-                      if outcome_c.get(n) != outcome_v.get(n)
-                      or outcome_c.get(n) in ("failed", "error"))
+        """Names of tests whose outcome is not the same on both targets.
+
+        A test marked `rolebake_only(side)` must pass (or skip) on its side and be
+        skipped on the other; that is not a difference.
+        """
+        on_c = {c.name.split("[")[0]: c for c in self.container_tests}
+        on_v = {c.name.split("[")[0]: c for c in self.vm_tests}
+        differ = []
+        for name in set(on_c) | set(on_v):
+            c, v = on_c.get(name), on_v.get(name)
+            only = (c.only if c else "") or (v.only if v else "")
+            if only in ("container", "vm"):
+                mine, other = (c, v) if only == "container" else (v, c)
+                if mine is None or mine.outcome in ("failed", "error") \
+                        or (other is not None and other.outcome != "skipped"):
+                    differ.append(name)
+            elif (c.outcome if c else None) != (v.outcome if v else None) \
+                    or (c is not None and c.outcome in ("failed", "error")):
+                differ.append(name)
+        return sorted(differ)
 
     @property
     def ok(self) -> bool:
@@ -102,7 +116,8 @@ class ParityResult:
 
 
 def run_parity(engine: Engine, project: Project, image: str, vm: str, *,
-               events: EventSink, secrets: SecretSet | None = None) -> ParityResult:
+               events: EventSink, secrets: SecretSet | None = None,
+               strict_ids: bool = False) -> ParityResult:
     """Build `image` and, at the same time, apply the same layers to a VM; then check both.
 
     The container build runs in a thread while this thread boots the VM and
@@ -117,6 +132,7 @@ def run_parity(engine: Engine, project: Project, image: str, vm: str, *,
         vm: `qemu` for a throwaway local VM, or `ssh://user@host:port` for an existing one.
         events: progress sink.
         secrets: the vault password and sensitive values, for the build and the VM alike.
+        strict_ids: count shifted dynamic system ids as differences.
 
     Raises:
         InputError: a bad --vm value, or an image built with a provisioner other than Ansible.
@@ -166,6 +182,7 @@ def run_parity(engine: Engine, project: Project, image: str, vm: str, *,
         vm_only_packages=vm_image.added_packages if vm_image else (),
         vm_only_users=vm_image.added_users if vm_image else (),
         vm_only_groups=vm_image.added_groups if vm_image else (),
+        strict_ids=strict_ids,
     )
     return ParityResult(image=image, image_id=image_id, vm=vm, report=diff,
                         container_tests=container_tests, vm_tests=vm_tests,
@@ -230,7 +247,8 @@ def _apt_proxy(engine: Engine, plan: BuildPlan, machine: QemuVM | None,
 def _vm_side(project: Project, final: Layer, ssh: SSHTarget,
              managed: list[str]) -> tuple[list[TestCase], Any]:
     tests = (suite_for_host(final.tests, ssh.url, project.root,
-                            tuple(a for a in ssh.pytest_args() if not a.startswith("--hosts=")))
+                            tuple(a for a in ssh.pytest_args() if not a.startswith("--hosts=")),
+                            side="vm")
              if final.tests else [])
     try:
         snapshot = take_snapshot(testinfra.get_host(ssh.url, **ssh.testinfra_kwargs()), managed)

@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
 from rolebake.errors import SnapshotError
+from rolebake.parity.sysids import DEBIAN_DEFAULT, SYSIDS_SCRIPT, SystemIds, parse_system_ids
 
 __all__ = [
     "ACCOUNTS_SCRIPT",
@@ -113,6 +114,8 @@ class PathState:
         group: Group name (or gid).
         sha256: Content hash for regular files; `unreadable` when it cannot be read.
         link_target: What a symlink points to, as written.
+        uid: Owner's numeric id (what a file on shared storage keeps); None in old records.
+        gid: Group's numeric id.
     """
 
     path: str
@@ -122,6 +125,8 @@ class PathState:
     group: str | None = None
     sha256: str | None = None
     link_target: str | None = None
+    uid: int | None = None
+    gid: int | None = None
 
     @property
     def exists(self) -> bool:
@@ -143,6 +148,7 @@ class Snapshot:
             machine_id, init) and some that should not (os, arch, debian_version).
         running_services: Services systemd reports running, or None without a running systemd.
         failed_units: Units systemd reports failed, or None without a running systemd.
+        system_ids: The range its tools hand out system uids and gids from.
     """
 
     packages: Mapping[str, str] = field(default_factory=dict)
@@ -153,6 +159,7 @@ class Snapshot:
     facts: Mapping[str, str] = field(default_factory=dict)
     running_services: tuple[str, ...] | None = None
     failed_units: tuple[str, ...] | None = None
+    system_ids: SystemIds = DEBIAN_DEFAULT
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready data (`json.dumps(snapshot.to_dict())`)."""
@@ -171,6 +178,7 @@ class Snapshot:
             "facts": dict(sorted(self.facts.items())),
             "running_services": _list_or_none(self.running_services),
             "failed_units": _list_or_none(self.failed_units),
+            "system_ids": self.system_ids.to_dict(),
         }
 
     @classmethod
@@ -202,6 +210,8 @@ class Snapshot:
                 facts={str(k): str(v) for k, v in data["facts"].items()},
                 running_services=None if running is None else tuple(running),
                 failed_units=None if failed is None else tuple(failed),
+                system_ids=SystemIds.from_dict(data.get("system_ids")
+                                               or DEBIAN_DEFAULT.to_dict()),
             )
         except (KeyError, TypeError, AttributeError) as err:
             raise SnapshotError(f"malformed snapshot data: {err!r}") from err
@@ -217,7 +227,9 @@ PACKAGES_SCRIPT = (
     r"""dpkg-query -W -f='${db:Status-Abbrev}\t${Package}\t${Architecture}\t${Version}\n'"""
 )
 
-ACCOUNTS_SCRIPT = r"""getent passwd && echo '@@groups' && getent group"""
+# Then the system id range (sysids.py): the first free one is what a new system user gets.
+ACCOUNTS_SCRIPT = (r"""getent passwd && echo '@@groups' && getent group || exit $?
+echo '@@sysids'""" + SYSIDS_SCRIPT)
 
 # Symlinks in *.wants/*.requires are what `systemctl enable` (and deb-systemd-helper in
 # maintainer scripts, which works without systemd) creates; S links in rc?.d are SysV's.
@@ -273,7 +285,7 @@ for p in "$@"; do
   elif [ -e "$p" ]; then t=other
   else printf '%s\tabsent\n' "$i"; i=$((i + 1)); continue
   fi
-  meta=$(stat -c '%a %U %G' -- "$p")
+  meta=$(stat -c '%a %U %G %u %g' -- "$p")
   extra=''
   if [ "$t" = file ]; then
     extra=$( (sha256sum < "$p") 2>/dev/null | cut -d' ' -f1)
@@ -325,6 +337,7 @@ def parse_accounts(output: str) -> tuple[dict[str, User], dict[str, Group]]:
         SnapshotError: The output has no group section or a malformed line.
     """
     passwd, sep, group = output.partition("@@groups\n")
+    group = group.partition("@@sysids\n")[0]
     if not sep:
         raise SnapshotError("getent output has no group section", details=output[-2000:])
     users: dict[str, User] = {}
@@ -495,10 +508,13 @@ def parse_paths(output: str, paths: list[str]) -> dict[str, PathState]:
         if fields[1:] == ["absent"]:
             states[path] = PathState(path=path, type="absent")
             continue
-        if len(fields) != 4 or len(fields[2].split(" ")) != 3:
+        meta = fields[2].split(" ") if len(fields) == 4 else []
+        # Five fields (mode, names, ids); three in output recorded before ids were kept.
+        if len(meta) not in (3, 5) or not all(m.isdigit() for m in meta[3:]):
             raise SnapshotError("unexpected path listing", details=line)
         kind, extra = fields[1], fields[3]
-        mode, owner, group = fields[2].split(" ")
+        mode, owner, group = meta[:3]
+        uid, gid = (int(meta[3]), int(meta[4])) if len(meta) == 5 else (None, None)
         states[path] = PathState(
             path=path,
             type=kind,
@@ -507,6 +523,8 @@ def parse_paths(output: str, paths: list[str]) -> dict[str, PathState]:
             group=group,
             sha256=extra if kind == "file" else None,
             link_target=extra if kind == "link" else None,
+            uid=uid,
+            gid=gid,
         )
     missing = [p for p in paths if p not in states]
     if missing:
@@ -550,7 +568,8 @@ def take_snapshot(host: Host, managed_paths: Iterable[str] = ()) -> Snapshot:
     if relative:
         raise SnapshotError("managed paths must be absolute", details="\n".join(relative))
     packages = parse_packages(_run(host, "installed packages", PACKAGES_SCRIPT))
-    users, groups = parse_accounts(_run(host, "users and groups", ACCOUNTS_SCRIPT))
+    accounts = _run(host, "users and groups", ACCOUNTS_SCRIPT)
+    users, groups = parse_accounts(accounts)
     services = parse_services(_run(host, "enabled services", SERVICES_SCRIPT))
     facts = parse_facts(_run(host, "facts", FACTS_SCRIPT))
     states = parse_paths(_run(host, "managed paths", PATHS_SCRIPT, *paths), paths) if paths else {}
@@ -563,4 +582,5 @@ def take_snapshot(host: Host, managed_paths: Iterable[str] = ()) -> Snapshot:
         facts=facts.facts,
         running_services=facts.running_services,
         failed_units=facts.failed_units,
+        system_ids=parse_system_ids(accounts.partition("@@sysids\n")[2]),
     )

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from rich.table import Column, Table
 from rich.text import Text
 
-from rolebake.parity.diff import Status
+from rolebake.parity.diff import IDS_SHIFTED_HINT, Status
 from rolebake.report.text import (
     DIM,
     LAYER_STYLE,
@@ -147,8 +147,16 @@ def parity_table(report: ParityReport, *, show_equal: bool = False, width: int =
             table.add_row(cell(item.resource, redact), cell(_value(item.container), redact),
                           cell(_value(item.vm), redact), _status_cell(item, redact))
         lines = render_lines(table, color=color, redact=redact)
+    shifted = len(report.ids_shifted)
     summary = (f"{report.equal_count} equal, {len(report.expected)} expected, "
-               f"{len(report.differences)} different")
+               + (f"{shifted} ids shifted{' (--strict-ids)' if report.strict_ids else ''}, "
+                  if shifted else "")
+               + f"{len(report.differences)} different")
+    if shifted:
+        # Said once under the table, not on every row: what the class means, what to do.
+        lines += render_lines(styled([("ids-shifted: ", style_of("ids-shifted")),
+                                      (IDS_SHIFTED_HINT, "")], redact),
+                              color=color, redact=redact)
     verdict = ("parity OK: ", style_of("ok")) if report.ok else ("parity FAILED: ",
                                                                style_of("FAILED"))
     lines += render_lines(styled([verdict, (summary, "")], redact), color=color, redact=redact)
@@ -182,14 +190,24 @@ def tests_side_by_side(container: Sequence[TestCase], vm: Sequence[TestCase], *,
         VM alone ran), `-` where a target has no result.
     """
     # Parametrised cases (test_x[docker://...]) carry the host in their id: compare by name.
-    on_container = {c.name.split("[")[0]: c.outcome for c in container}
-    on_vm = {c.name.split("[")[0]: c.outcome for c in vm}
+    on_container = {c.name.split("[")[0]: c for c in container}
+    on_vm = {c.name.split("[")[0]: c for c in vm}
     table = _table(Column("test", max_width=_TEST_NAME_WIDTH), Column("container"),
                    Column("vm"), show_header=True)
     for name in [*on_container, *(n for n in on_vm if n not in on_container)]:
-        outcomes = (on_container.get(name, "-"), on_vm.get(name, "-"))
-        table.add_row(cell(name, redact), *(cell(o, redact, style_of(o)) for o in outcomes))
+        cases = (on_container.get(name), on_vm.get(name))
+        table.add_row(cell(name, redact), *(_outcome_cell(c, redact) for c in cases))
     return render_lines(table, color=color, redact=redact)
+
+
+def _outcome_cell(case: TestCase | None, redact: Redact) -> Text:
+    """The outcome; a test marked for the other side says why it was skipped."""
+    if case is None:
+        return cell("-", redact)
+    text = case.outcome
+    if case.outcome == "skipped" and case.only:
+        text += f" ({case.only} only)"
+    return cell(text, redact, style_of(case.outcome))
 
 
 def _table(*columns: Column, show_header: bool) -> Table:

@@ -34,6 +34,7 @@ STYLES: Mapping[str, str] = {
     "equal": "dim",
     "changed": "yellow",
     "expected": "yellow",
+    "ids-shifted": "yellow",
     "MISS": "yellow",
     "FAILED": "bold red",
     "failed": "bold red",

@@ -62,3 +62,24 @@ class RecordedHost:
 
 def _quoted(script: str) -> str:
     return shlex.quote(script)
+
+
+# Two "roles" that made system users, recorded where nothing else made users first
+# (`container`) and where a VM's boot packages did (`vm`); see fixtures/sysusers/README.md.
+SYSUSERS_PATHS = ["/etc/rbsvc.conf", "/var/lib/rbsvc", "/var/log/memcache"]
+
+
+class SysusersHost:
+    """Replays fixtures/sysusers/<side>: accounts and managed paths; the rest is empty."""
+
+    def __init__(self, side: str) -> None:
+        self.side = side
+
+    def run(self, command: str, *args: str, **kwargs: object) -> Result:
+        assert not args, "snapshot must quote commands itself"
+        for category, script in (("accounts", snap.ACCOUNTS_SCRIPT), ("paths", snap.PATHS_SCRIPT)):
+            if command.startswith(f"sh -c {_quoted(script)}"):
+                return Result(0, recorded(f"sysusers/{self.side}", category))
+        if command.startswith(f"sh -c {_quoted(snap.FACTS_SCRIPT)}"):
+            return Result(0, "running\t@none\n")
+        return Result(0, "")

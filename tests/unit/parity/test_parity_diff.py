@@ -129,7 +129,13 @@ def test_users_and_groups() -> None:
     )
     report = diff_snapshots(container, vm, vm_only_users={"sshd"}, vm_only_groups={"_ssh"})
     app = _item(report, Category.USER, "app")
-    assert app.status is Status.DIFFERENT and "uid=999" in (app.container or "")
+    # A system id handed out in another order is its own class (test_parity_sysids.py);
+    # a regular uid is a difference.
+    assert app.status is Status.IDS_SHIFTED and "uid=999" in (app.container or "")
+    regular = diff_snapshots(
+        replace(container, users={"app": User("app", 1001, 1001, "/srv/app", "/bin/sh")}),
+        replace(vm, users={"app": User("app", 1002, 1001, "/srv/app", "/bin/sh")}))
+    assert _item(regular, Category.USER, "app").status is Status.DIFFERENT
     assert _item(report, Category.USER, "sshd").status is Status.EXPECTED
     assert _item(report, Category.GROUP, "_ssh").status is Status.EXPECTED
 
@@ -239,6 +245,7 @@ def test_to_dict_is_json_and_complete(container_snapshot: Snapshot, vm_snapshot:
     assert data["summary"] == {
         "equal": report.equal_count,
         "expected": len(report.expected),
+        "ids_shifted": 0,
         "different": len(report.differences),
     }
     assert {i["status"] for i in data["items"]} <= {"equal", "expected", "different"}
