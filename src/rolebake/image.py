@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import json
 import subprocess
 import threading
 from collections.abc import Callable, Mapping, Sequence
@@ -26,6 +27,9 @@ LAYER_LABEL = "rolebake.layer"
 SPEC_LABEL = "rolebake.spec"
 CACHE_KEY_LABEL = "rolebake.cache-key"
 INPUTS_LABEL = "rolebake.inputs"
+# The files and folders the layer's own tasks managed (JSON list), so `rolebake parity`
+# compares them even when the layer comes from the cache.
+MANAGED_LABEL = "rolebake.managed-paths"
 
 
 def commit_config(parent: Mapping[str, Any], config: ImageConfig,
@@ -105,8 +109,28 @@ def provenance_labels(*, build_id: str, spec: str, layer: str, cache_key: str, i
 
 
 def provenance(labels: Mapping[str, str]) -> dict[str, str]:
-    """An image's provenance, from its labels (the bulky inputs digest left out)."""
-    return {k: v for k, v in labels.items() if k.startswith(LABEL_PREFIX) and k != INPUTS_LABEL}
+    """An image's provenance, from its labels (the bulky inputs digest and paths left out)."""
+    return {k: v for k, v in labels.items()
+            if k.startswith(LABEL_PREFIX) and k not in (INPUTS_LABEL, MANAGED_LABEL)}
+
+
+def managed_label(paths: Sequence[str]) -> str:
+    """The managed paths as the label's compact JSON (no line break: Podman's commit needs that)."""
+    return json.dumps(list(paths), separators=(",", ":"))
+
+
+def managed_from_labels(labels: Mapping[str, str]) -> list[str] | None:
+    """The managed paths an image records; None when it records none or they are unreadable."""
+    text = labels.get(MANAGED_LABEL)
+    if text is None:
+        return None
+    try:
+        paths = json.loads(text)
+    except ValueError:
+        return None
+    if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
+        return None
+    return paths
 
 
 @dataclass(frozen=True)

@@ -89,8 +89,13 @@ def test_container_only_branch_is_caught(project: TestProject) -> None:
     content: "export HISTFILE=/dev/null  # TOKEN\\n"
     mode: "0644"
   when: ansible_virtualization_type == 'docker'
-""".replace("TOKEN", project.token))  # unique: the layer must be built in this run
+""".replace("TOKEN", project.token))  # unique: a layer no other test built
+    # Built first, so parity takes the layer from the cache: no task runs in a container
+    # during the parity run, and the branch's file is still named (the image records it).
+    built = run_cli("build", "base", cwd=project.root, timeout=600)
+    assert built.rc == 0, built.output
     result = run_cli("parity", "base", "--vm", "qemu", cwd=project.root, timeout=2400)
+    assert "cache cached: HIT" in result.stderr, result.stderr[-3000:]
     assert result.rc == 5, result.output
     assert "/etc/profile.d/container-only.sh" in result.stdout
     assert "error: base and the VM differ" in result.stderr

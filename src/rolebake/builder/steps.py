@@ -21,7 +21,14 @@ from rolebake.cache import FROM_REPO, Cache, CacheDecision, LayerInputs
 from rolebake.engine import BUILD_ID_LABEL, ROLE_LABEL, ContainerHandle, Engine, ImageInfo
 from rolebake.errors import BuildFailed, InputError, TestsFailed
 from rolebake.events import EventSink, LogEvent
-from rolebake.image import LAYER_LABEL, TagJournal, commit_config, provenance_labels
+from rolebake.image import (
+    LAYER_LABEL,
+    MANAGED_LABEL,
+    TagJournal,
+    commit_config,
+    managed_label,
+    provenance_labels,
+)
 from rolebake.locks import Held
 from rolebake.plan import Layer
 from rolebake.provision.base import ProvisionContext, Provisioner
@@ -136,6 +143,7 @@ class Steps:
     def _provision(self, run: LayerRun) -> None:
         assert run.ctx is not None
         run.result.provision = run.provisioner.provision(run.ctx)
+        run.config["Labels"][MANAGED_LABEL] = managed_label(run.result.provision.managed_paths())
 
     def _idempotence(self, run: LayerRun) -> None:
         assert run.ctx is not None

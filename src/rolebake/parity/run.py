@@ -25,6 +25,7 @@ from rolebake.builder import Builder, BuildOptions, BuildReport
 from rolebake.engine import BUILD_ID_LABEL, ROLE_LABEL, Engine
 from rolebake.errors import BuildFailed, InputError, SnapshotError, VMError
 from rolebake.events import EventSink, LogEvent
+from rolebake.image import managed_from_labels
 from rolebake.load import plan_build
 from rolebake.parity import aptproxy
 from rolebake.parity.diff import ParityReport, diff_snapshots
@@ -32,7 +33,7 @@ from rolebake.parity.qemu import QemuVM
 from rolebake.parity.snapshot import take_snapshot
 from rolebake.plan import BuildPlan, Layer
 from rolebake.provision import provisioner_class
-from rolebake.provision.base import ProvisionContext, TaskResult
+from rolebake.provision.base import ProvisionContext, TaskResult, managed_paths
 from rolebake.provision.target import SSHTarget
 from rolebake.release import release_of
 from rolebake.rootfs import (
@@ -49,9 +50,6 @@ from rolebake.secrets import SecretSet
 from rolebake.spec import Project
 from rolebake.verify import SESSION_ARGS, TestCase, session_url, suite_for_host, wait_ready
 
-# Modules whose `path`/`dest` is a file the roles manage.
-_FILE_MODULES = {"copy", "template", "file", "lineinfile", "blockinfile", "replace",
-                 "ini_file", "get_url", "unarchive"}
 _ALWAYS_DIFFERENT = {"/etc/passwd", "/etc/group", "/etc/shadow", "/etc/gshadow"}
 _T = TypeVar("_T")
 
@@ -159,12 +157,7 @@ def run_parity(engine: Engine, project: Project, image: str, vm: str, *,
                     raise report.error
                 image_id = report.results[image].image_id
                 assert image_id is not None
-                # What the roles managed on either side: a task that ran only in the
-                # container (a container-only branch) names its file here too. Layers
-                # reused from the cache add only the VM's view.
-                built = [task for result in report.results.values() if result.provision
-                         for task in result.provision.tasks]
-                managed = managed_paths(built + tasks)
+                managed = _managed(engine, plan, report, tasks, events)
                 container = pool.submit(clock.timed, "container_checks", _container_side,
                                         engine, project, final, image_id, managed,
                                         builder.build_id)
@@ -258,20 +251,26 @@ def _vm_side(project: Project, final: Layer, ssh: SSHTarget,
     return tests, snapshot
 
 
-def managed_paths(tasks: list[TaskResult]) -> list[str]:
-    """Files and directories the roles manage, from the provisioner's own results."""
+def _managed(engine: Engine, plan: BuildPlan, report: BuildReport, vm_tasks: list[TaskResult],
+             events: EventSink) -> list[str]:
+    """What the roles managed on either side, the paths both snapshots compare.
+
+    The container's side comes from each layer's image label, which its build
+    wrote, so a task that ran only in the container (a container-only branch)
+    names its file even when the layer was reused from the cache.
+    """
     paths: list[str] = []
-    for task in tasks:
-        module = task.action.rsplit(".", 1)[-1]
-        if module not in _FILE_MODULES or task.status in ("skipped", "failed"):
+    for layer in plan.layers:
+        image_id = report.results[layer.id].image_id
+        image = engine.image(image_id) if image_id else None
+        recorded = managed_from_labels(image.labels) if image else None
+        if recorded is None:
+            events(LogEvent(layer.id, "its image records no managed paths (built by an older "
+                                      "rolebake): only the VM's tasks name the paths compared"))
             continue
-        for key in ("dest", "path"):
-            value = task.args.get(key) or task.result.get(key)
-            if isinstance(value, str) and value.startswith("/") and value not in paths \
-                    and value not in _ALWAYS_DIFFERENT:
-                paths.append(value)
-                break
-    return paths
+        paths += recorded
+    paths += managed_paths(vm_tasks)
+    return [p for p in dict.fromkeys(paths) if p not in _ALWAYS_DIFFERENT]
 
 
 def _parse_vm(vm: str) -> SSHTarget:

@@ -19,7 +19,7 @@ import contextlib
 import os
 import threading
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -165,6 +165,11 @@ class ProvisionContext:
         return self.target
 
 
+# Modules whose `path`/`dest` is a file or folder the roles manage.
+FILE_MODULES = frozenset({"copy", "template", "file", "lineinfile", "blockinfile", "replace",
+                          "ini_file", "get_url", "unarchive"})
+
+
 @dataclass(frozen=True)
 class TaskResult:
     """One task (Ansible) or resource (Chef) and what it did."""
@@ -194,6 +199,29 @@ class ProvisionResult:
         for task in self.tasks:
             counts[task.status] = counts.get(task.status, 0) + 1
         return counts
+
+    def managed_paths(self) -> list[str]:
+        """Files and folders this pass's file tasks managed, in task order."""
+        return managed_paths(self.tasks)
+
+
+def managed_paths(tasks: Iterable[TaskResult]) -> list[str]:
+    """Absolute paths that file tasks which ran (not skipped, not failed) named, once each.
+
+    A task's `dest` or `path`, from its arguments or else its result (where a
+    role passed it through a variable), in task order.
+    """
+    paths: dict[str, None] = {}
+    for task in tasks:
+        module = task.action.rsplit(".", 1)[-1]
+        if module not in FILE_MODULES or task.status in ("skipped", "failed"):
+            continue
+        for key in ("dest", "path"):
+            value = task.args.get(key) or task.result.get(key)
+            if isinstance(value, str) and value.startswith("/"):
+                paths[value] = None
+                break
+    return list(paths)
 
 
 class Provisioner(abc.ABC):
