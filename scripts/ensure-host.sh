@@ -43,7 +43,8 @@ PY
 }
 
 engine() {
-    apt_install debootstrap
+    # openssh-server: the sshd the remote-engine test (DOCKER_HOST=ssh://) starts itself.
+    apt_install debootstrap openssh-server openssh-client
     if engine_answers; then log "container engine answers"; return 0; fi
     if [ -n "${DOCKER_HOST:-}" ]; then
         die "DOCKER_HOST=$DOCKER_HOST does not answer; start that engine or unset DOCKER_HOST" 4

@@ -42,7 +42,9 @@ class Connection:
         """
         where = os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
         try:
-            client = docker.from_env(timeout=timeout)
+            # ssh:// goes through the ssh client, as the docker CLI does: the user's
+            # ssh config, keys and agent apply, and paramiko is not needed.
+            client = docker.from_env(timeout=timeout, use_ssh_client=where.startswith("ssh://"))
             client.ping()
         except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
             raise EngineUnavailable(
