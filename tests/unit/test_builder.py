@@ -39,7 +39,8 @@ from rolebake.errors import (
 from rolebake.events import PIPELINE, Event, LogEvent, StepEvent, TaskEvent
 from rolebake.image import CACHE_KEY_LABEL, LAYER_LABEL, keep_failed
 from rolebake.load import plan_build
-from rolebake.provision.ansible import EventWatcher, _failure
+from rolebake.provision.ansible import EventWatcher
+from rolebake.provision.ansible_failure import explain
 from rolebake.provision.base import ProvisionContext, TaskResult
 from rolebake.provision.target import ContainerTarget
 from rolebake.spec import Project
@@ -864,7 +865,7 @@ def test_event_watcher_maps_recorded_events_to_task_results(project: Project) ->
 def test_failed_task_becomes_build_failed_naming_task_role_and_module(
         project: Project) -> None:
     watcher, _ = watch(project, only_build_host(ansible_events("web-run.json")))
-    error = _failure(watcher.ctx, watcher, stdout="")
+    error = explain(watcher.ctx, watcher.failures, watcher.failure_paths, stdout="")
     assert isinstance(error, BuildFailed) and error.exit_code == 1
     assert error.message == ("task 'install nginx' (role web, module ansible.builtin.shell) "
                              "failed: non-zero return code")
@@ -876,7 +877,7 @@ def test_undefined_variable_is_input_error_at_the_task(project: Project) -> None
     watcher, _ = watch(project, ansible_events("app-undefined.json"))
     assert [(t.name, t.role, t.status) for t in watcher.results] == [
         ("render the app config", "app", "failed")]
-    error = _failure(watcher.ctx, watcher, stdout="")
+    error = explain(watcher.ctx, watcher.failures, watcher.failure_paths, stdout="")
     assert isinstance(error, InputError) and error.exit_code == 2
     assert error.path == "/srv/project/roles/app/tasks/main.yml" and error.line == 1
     assert error.message == ("/srv/project/roles/app/tasks/main.yml:1: "
@@ -886,7 +887,7 @@ def test_undefined_variable_is_input_error_at_the_task(project: Project) -> None
 def test_ansible_refusing_a_role_file_is_input_error_at_its_line(project: Project) -> None:
     watcher, _ = watch(project, [])
     stdout = (FIXTURES / "web-yaml-error.stdout").read_text()
-    error = _failure(watcher.ctx, watcher, stdout)
+    error = explain(watcher.ctx, watcher.failures, watcher.failure_paths, stdout)
     assert isinstance(error, InputError)
     assert (error.path, error.line) == ("/srv/project/roles/web/tasks/main.yml", 20)
     assert error.message == ("/srv/project/roles/web/tasks/main.yml:20: YAML parsing failed: "
@@ -897,7 +898,8 @@ def test_ansible_refusing_a_role_file_is_input_error_at_its_line(project: Projec
 def test_ansible_failing_without_a_task_or_error_line_is_build_failed(
         project: Project) -> None:
     watcher, _ = watch(project, [])
-    error = _failure(watcher.ctx, watcher, "PLAY RECAP\nsomething odd\n")
+    error = explain(watcher.ctx, watcher.failures, watcher.failure_paths,
+                    "PLAY RECAP\nsomething odd\n")
     assert isinstance(error, BuildFailed) and not isinstance(error, InputError)
     assert error.message == "ansible-playbook failed"
     assert error.details == "PLAY RECAP\nsomething odd"

@@ -165,6 +165,9 @@ class Steps:
                                     env=run.apt.env() if run.apt else None)
         if cleaned.rc != 0:
             raise BuildFailed("clean step failed", details=cleaned.tail())
+        for line in cleaned.output.splitlines():
+            if line.startswith("notice: "):
+                self.events(LogEvent(run.layer.id, line))
         downloads = aptcache.parse_downloads(cleaned.output)
         if run.apt is not None and downloads is not None:
             count, size = downloads

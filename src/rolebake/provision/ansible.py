@@ -1,7 +1,7 @@
 """The Ansible provisioner: roles and playbooks applied with ansible-runner.
 
-Ansible stays on the host. A build container is reached over
-community.docker.docker_api and runs the modules with a python lent read-only
+Ansible stays on the host. A build container is reached through rolebake's agent
+(agent.py) and runs the modules with a python lent read-only
 from the toolchain image of its release (pytoolchain.py); only when there is
 none for it is python3 bootstrapped with apt, and removed again unless the
 roles need it. A VM (parity) is reached over SSH by the very same code.
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import shlex
 import shutil
 import sys
@@ -26,7 +25,13 @@ import yaml
 from rolebake.engine import Engine, ExecResult, ImageInfo
 from rolebake.errors import BuildFailed, InputError
 from rolebake.events import EventSink, LogEvent, discard
-from rolebake.provision import agent, ansible_inventory, pytoolchain, requirements
+from rolebake.provision import (
+    agent,
+    ansible_failure,
+    ansible_inventory,
+    pytoolchain,
+    requirements,
+)
 from rolebake.provision.ansible_config import (
     COLLECTIONS_KEYS,
     content_paths,
@@ -47,7 +52,6 @@ from rolebake.provision.base import (
     append_log,
     first_line,
     lend_volume,
-    tail,
 )
 from rolebake.provision.pytoolchain import Runtime
 from rolebake.provision.target import ContainerTarget, SSHTarget
@@ -63,9 +67,6 @@ SYSTEM_PYTHON = "/usr/bin/python3"
 # first. Either way the apt module must never install it into the layer itself.
 MODULE_DEFAULTS = {"ansible.builtin.apt": {"auto_install_module_deps": False}}
 IDEMPOTENCE_SKIP_TAGS = "molecule-notest,molecule-idempotence-notest"
-_ERROR_LOCATION = re.compile(r"The error appears to be in '([^']+)': line (\d+)")
-_INPUT_FAULT = re.compile(r"Could not find or access '[^']+'|'[^']+' is undefined")
-_OFFENDING = re.compile(r"(?:Origin|origin): ([^\s:]+):(\d+)")
 
 
 class AnsibleProvisioner(Provisioner):
@@ -299,7 +300,8 @@ class AnsibleProvisioner(Provisioner):
             raise BuildFailed("provisioning was cancelled")
         result = ProvisionResult(tasks=tuple(watcher.results))
         if status != "successful":
-            raise _failure(ctx, watcher, stdout)
+            raise ansible_failure.explain(ctx, watcher.failures, watcher.failure_paths,
+                                          stdout)
         return result
 
     def clean(self, ctx: ProvisionContext) -> None:
@@ -461,44 +463,6 @@ class EventWatcher:
 
     def _emit(self, data: Mapping[str, Any], status: str) -> None:
         self.counter.emit(str(data.get("task") or ""), data.get("role") or None, status)
-
-
-def _failure(ctx: ProvisionContext, watcher: EventWatcher, stdout: str) -> Exception:
-    if watcher.failures:
-        task = watcher.failures[0]
-        res = task.result
-        message = str(res.get("msg") or "").strip() or "the task failed"
-        evidence = "\n".join(
-            str(res[key]).rstrip() for key in ("stderr", "module_stderr", "stdout")
-            if res.get(key)
-        )
-        # A task that names a file or variable that is not there is bad input in
-        # the role, not a failed build: exit 2, at the task's file and line.
-        fault = _INPUT_FAULT.search(message)
-        task_path = watcher.failure_paths[0] if watcher.failure_paths else ""
-        if fault and task_path:
-            path, _, line = task_path.rpartition(":")
-            return InputError(f"task {task.name!r}: {fault.group(0)}", path=path or task_path,
-                              line=int(line) if line.isdigit() else None,
-                              hint=f"full Ansible log: {ctx.log_path}")
-        where = f"role {task.role}, " if task.role else ""
-        return BuildFailed(
-            f"task {task.name!r} ({where}module {task.action}) failed: {first_line(message)}",
-            details=tail(evidence or message, 15),
-            hint=f"full Ansible log: {ctx.log_path}",
-        )
-    # No task ran into trouble, so Ansible refused the input itself: a YAML
-    # error, a missing role or template, a bad play. That is an input error.
-    error = next((line for line in stdout.splitlines() if line.startswith(("ERROR!", "[ERROR]"))),
-                 "")
-    location = _ERROR_LOCATION.search(stdout) or _OFFENDING.search(stdout)
-    if error:
-        message = error.removeprefix("ERROR!").removeprefix("[ERROR]").lstrip(": ").strip()
-        if location:
-            return InputError(message, path=location.group(1), line=int(location.group(2)))
-        return InputError(message, hint=f"full Ansible log: {ctx.log_path}")
-    return BuildFailed("ansible-playbook failed", details=tail(stdout, 20),
-                       hint=f"full Ansible log: {ctx.log_path}")
 
 
 def _runner_async(envvars: dict[str, str], **kwargs: Any) -> tuple[threading.Thread, Any]:

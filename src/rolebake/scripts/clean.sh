@@ -31,7 +31,7 @@ for pid_dir in /proc/[0-9]*; do
     kill -KILL "$pid" 2>/dev/null || true
 done
 find /run /var/run -xdev -name '*.pid' -type f -delete 2>/dev/null || true
-rm -f /etc/dpkg/dpkg.cfg.d/zz-rolebake-unsafe-io
+rm -f /etc/dpkg/dpkg.cfg.d/zz-rolebake-unsafe-io /lib/lsb/init-functions.d/01-rolebake-init-watch
 if [ -e /usr/sbin/.rolebake-policy-rc.d ]; then
     rm -f /usr/sbin/policy-rc.d /usr/sbin/.rolebake-policy-rc.d
 fi
@@ -52,5 +52,7 @@ else
     # `apt: cache_valid_time` would then skip the update a child layer needs.
     [ -d /var/lib/apt/lists ] && touch -d @0 /var/lib/apt/lists
 fi
+# What the build container had to say (an init script's start that never returned).
+cat /tmp/.rolebake-notices 2>/dev/null
 rm -rf /tmp/.rolebake* /var/tmp/.rolebake*
 exit 0

@@ -13,6 +13,39 @@ else
     : > /usr/sbin/.rolebake-policy-rc.d
     echo "policy-rc.d: installed"
 fi
+# A role's own `service: state=started` does start the daemon, as on a server (a
+# database role then creates its users), and clean.sh stops it before commit. With no
+# systemd running, Ansible's service module (and Chef's) runs `/etc/init.d/NAME start`;
+# a daemon that stays in the foreground there (`daemonize no`, written for a systemd
+# unit) would hold the task forever. Every Debian init script sources
+# /lib/lsb/init-functions, which sources these hooks first: this one runs the start in
+# the background, away from the module's pipes, and lets the task go on when it has
+# not returned after a minute, leaving the daemon running. Removed by clean.sh.
+if [ -f /lib/lsb/init-functions ] && [ -d /lib/lsb/init-functions.d ]; then
+    cat > /lib/lsb/init-functions.d/01-rolebake-init-watch <<'HOOK'
+# rolebake: an init script's start may not hold an image build (removed before commit).
+case "${1:-}" in
+start|restart|reload|force-reload|try-restart)
+    if [ -z "${ROLEBAKE_INIT_CHILD:-}" ] && [ -x "$0" ]; then
+        _rb_out=$(mktemp /tmp/.rolebake-init.XXXXXX)
+        ROLEBAKE_INIT_CHILD=1 "$0" "$@" >"$_rb_out" 2>&1 </dev/null &
+        _rb_pid=$! _rb_ticks=0
+        while kill -0 "$_rb_pid" 2>/dev/null && [ "$_rb_ticks" -lt 600 ]; do
+            sleep 0.1
+            _rb_ticks=$((_rb_ticks + 1))
+        done
+        if kill -0 "$_rb_pid" 2>/dev/null; then
+            echo "notice: '${0##*/} $1' was still running after 60 s, so its daemon stays in the foreground: left running, the build went on; give the image's service to config.cmd" | tee -a /tmp/.rolebake-notices
+            exit 0
+        fi
+        cat "$_rb_out"
+        rm -f "$_rb_out"
+        wait "$_rb_pid"
+        exit $?
+    fi ;;
+esac
+HOOK
+fi
 # As Debian's own container images do: dpkg skips its fsync calls during the build
 # (a build that dies is thrown away with its container anyway). Removed by clean.sh.
 if [ -d /etc/dpkg/dpkg.cfg.d ] && [ ! -e /etc/dpkg/dpkg.cfg.d/zz-rolebake-unsafe-io ]; then

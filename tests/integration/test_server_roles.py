@@ -1,0 +1,141 @@
+"""Roles written for servers, as public roles are: a service they start, a kernel parameter.
+
+- A role that starts its service (`service: state=started enabled=true`) on an
+  image without a running systemd: Ansible runs the init script, whose daemon
+  here stays in the foreground, as a daemon configured for a systemd unit does
+  (`daemonize no`). The start may not hold the build: after a minute the task goes
+  on with a notice, the service is enabled, and nothing of the watch is left in the
+  image. A service whose start returns is really started (a role may use it).
+- A role that sets a kernel parameter fails in the build container, with the
+  reason, the task's file and line, and the usual way out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import docker
+import pytest
+
+from tests.conftest import run_cli
+from tests.integration.conftest import TestProject
+from tests.integration.tinyproject import (
+    add_role,
+    add_spec,
+    iter_build_containers,
+    new_project,
+    remove_project_images,
+)
+
+pytestmark = pytest.mark.integration
+
+INIT_SCRIPT = """\
+#!/bin/sh
+### BEGIN INIT INFO
+# Provides:          rbfg
+# Required-Start:    $remote_fs
+# Required-Stop:     $remote_fs
+# Default-Start:     2 3 4 5
+# Default-Stop:      0 1 6
+# Short-Description: a daemon that stays in the foreground
+### END INIT INFO
+. /lib/lsb/init-functions
+case "$1" in
+    start) exec sleep 86400 ;;  # in the foreground: the script never returns
+    stop) exit 0 ;;
+    status) exit 3 ;;
+    restart|force-reload) "$0" stop && exec "$0" start ;;
+    *) echo "Usage: $0 {start|stop|status|restart}"; exit 2 ;;
+esac
+"""
+
+SERVICE_TASKS = """\
+---
+- name: Install the init scripts
+  ansible.builtin.copy:
+    src: "{{ item }}.init"
+    dest: "/etc/init.d/{{ item }}"
+    mode: "0755"
+  loop: [rbfg, rbbg]
+
+- name: Ensure rbfg is running and enabled on boot
+  ansible.builtin.service:
+    name: rbfg
+    state: started
+    enabled: true
+
+- name: Start rbbg, which returns at once
+  ansible.builtin.service:
+    name: rbbg
+    state: started
+
+- name: Use the service the role started
+  ansible.builtin.command: cat /run/rbbg.ready
+  changed_when: false
+"""
+
+# A start that returns: its daemon (here a marker file) is there for the next task.
+BG_SCRIPT = """\
+#!/bin/sh
+. /lib/lsb/init-functions
+case "$1" in
+    start) echo up > /run/rbbg.ready ;;
+    stop) rm -f /run/rbbg.ready ;;
+    status) [ -e /run/rbbg.ready ] || exit 3 ;;
+esac
+"""
+
+SERVICE_SUITE = """\
+def test_enabled_at_boot(host):
+    assert "S01rbfg" in host.run("ls /etc/rc2.d").stdout
+
+def test_the_watch_is_gone(host):
+    assert not host.file("/lib/lsb/init-functions.d/01-rolebake-init-watch").exists
+    assert host.file("/lib/lsb/init-functions.d/00-verbose").exists
+"""
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory,
+            engine: docker.DockerClient) -> Iterator[TestProject]:
+    made = new_project(tmp_path_factory.mktemp("server-roles") / "project", engine)
+    yield made
+    remove_project_images(engine, made)
+
+
+def test_a_service_the_role_starts_does_not_hold_the_build(project: TestProject) -> None:
+    add_role(project, "rbfg", {
+        "files/rbfg.init": INIT_SCRIPT,
+        "files/rbbg.init": BG_SCRIPT,
+        "tasks/main.yml": SERVICE_TASKS,
+    })
+    spec = add_spec(project, f"svc{project.token}", roles=("rbfg",), suite=SERVICE_SUITE)
+    # Without the guard the init script's daemon holds the task forever.
+    built = run_cli("build", spec, cwd=project.root, timeout=600)
+    assert built.rc == 0, built.output
+    assert "verify ok: " in built.stderr, built.stderr[-3000:]
+    assert "notice: 'rbfg start' was still running after 60 s" in built.stderr, \
+        built.stderr[-3000:]
+    assert "rbbg start" not in built.stderr
+    assert list(iter_build_containers(project.client, project.token)) == []
+
+
+def test_a_kernel_parameter_fails_with_the_reason_and_the_task(project: TestProject) -> None:
+    add_role(project, "kernel", {"tasks/main.yml": (
+        "---\n"
+        "- name: Let redis overcommit memory\n"
+        "  ansible.posix.sysctl:\n"
+        "    name: vm.overcommit_memory\n"
+        "    value: \"1\"\n"
+        "    state: present\n")})
+    # On the example's base layer, which has procps (sysctl), as a server has.
+    spec = add_spec(project, f"kernel{project.token}", parent="base", roles=("kernel",),
+                    suite=None)
+    built = run_cli("build", spec, cwd=project.root, timeout=600)
+    assert built.rc == 1, built.output
+    # The tool's own words, then why and where.
+    assert "permission denied on key" in built.stderr, built.stderr[-3000:]
+    assert "hint: a kernel parameter belongs to the host that runs the container" \
+        in built.stderr, built.stderr[-3000:]
+    assert "roles/kernel/tasks/main.yml:2)" in built.stderr, built.stderr[-3000:]
+    assert list(iter_build_containers(project.client, project.token)) == []
