@@ -6,6 +6,10 @@
   (`daemonize no`). The start may not hold the build: after a minute the task goes
   on with a notice, the service is enabled, and nothing of the watch is left in the
   image. A service whose start returns is really started (a role may use it).
+- A daemon the role left running gets time to stop before commit: one that
+  flushes its files for a few seconds on SIGTERM finishes (a database killed
+  mid-flush would leave the image a crashed data folder); one that ignores
+  SIGTERM is killed after 10 s, and the build says which.
 - A role that sets a kernel parameter fails in the build container, with the
   reason, the task's file and line, and the usual way out.
 """
@@ -118,6 +122,41 @@ def test_a_service_the_role_starts_does_not_hold_the_build(project: TestProject)
         built.stderr[-3000:]
     assert "rbbg start" not in built.stderr
     assert list(iter_build_containers(project.client, project.token)) == []
+
+
+SLOW_STOP_TASKS = """\
+---
+- name: Install two daemons
+  ansible.builtin.copy:
+    dest: "/usr/local/bin/{{ item.name }}"
+    mode: "0755"
+    content: |
+      #!/bin/sh
+      {{ item.trap }}
+      while :; do sleep 1; done
+  loop:
+    - name: rbslow  # flushes for 3 s on SIGTERM, then says it stopped cleanly
+      trap: "trap 'sleep 3; echo clean > /var/lib/rbslow.stopped; exit 0' TERM"
+    - name: rbstuck  # ignores SIGTERM
+      trap: "trap '' TERM"
+
+- name: Start them, as a role starts its services
+  ansible.builtin.shell: nohup /usr/local/bin/{{ item }} >/dev/null 2>&1 &
+  loop: [rbslow, rbstuck]
+  changed_when: true
+"""
+
+
+def test_daemons_get_time_to_stop_before_commit(project: TestProject) -> None:
+    add_role(project, "slowstop", {"tasks/main.yml": SLOW_STOP_TASKS})
+    spec = add_spec(project, f"slow{project.token}", roles=("slowstop",),
+                    suite="def test_stopped_cleanly(host):\n"
+                          "    assert host.file('/var/lib/rbslow.stopped').contains('clean')\n")
+    built = run_cli("build", spec, cwd=project.root, timeout=600)
+    assert built.rc == 0, built.output
+    assert "notice: killed what did not stop within 10 s of SIGTERM: rbstuck" \
+        in built.stderr, built.stderr[-3000:]
+    assert "rbslow" not in built.stderr.split("notice: killed", 1)[1].splitlines()[0]
 
 
 def test_a_kernel_parameter_fails_with_the_reason_and_the_task(project: TestProject) -> None:

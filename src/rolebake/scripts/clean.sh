@@ -9,9 +9,11 @@ for pid_dir in /proc/[0-9]*; do
     [ "$pid" = "$$" ] && continue
     kill -TERM "$pid" 2>/dev/null || true
 done
-# Give them up to a second to go, without waiting when there was nothing to stop.
+# Give them up to 10 s to go, without waiting when there was nothing to stop: a
+# database flushes its files on SIGTERM, and one killed mid-flush would leave the
+# image a crashed data folder to recover at every first start.
 tries=0
-while [ "$tries" -lt 20 ]; do
+while [ "$tries" -lt 200 ]; do
     alive=""
     for pid_dir in /proc/[0-9]*; do
         pid=${pid_dir#/proc/}
@@ -24,12 +26,18 @@ while [ "$tries" -lt 20 ]; do
     sleep 0.05
     tries=$((tries + 1))
 done
+killed=""
 for pid_dir in /proc/[0-9]*; do
     pid=${pid_dir#/proc/}
     [ "$pid" = 1 ] && continue
     [ "$pid" = "$$" ] && continue
-    kill -KILL "$pid" 2>/dev/null || true
+    state=$(cut -d' ' -f3 "$pid_dir/stat" 2>/dev/null || echo Z)
+    [ "$state" = Z ] && continue
+    name=$(cat "$pid_dir/comm" 2>/dev/null) || continue
+    kill -KILL "$pid" 2>/dev/null && killed="$killed $name"
 done
+[ -z "$killed" ] || echo "notice: killed what did not stop within 10 s of SIGTERM:$killed" \
+    >> /tmp/.rolebake-notices
 find /run /var/run -xdev -name '*.pid' -type f -delete 2>/dev/null || true
 rm -f /etc/dpkg/dpkg.cfg.d/zz-rolebake-unsafe-io /lib/lsb/init-functions.d/01-rolebake-init-watch
 if [ -e /usr/sbin/.rolebake-policy-rc.d ]; then
