@@ -134,7 +134,8 @@ def test_build_plan_and_clean_through_an_ssh_engine(project: TestProject,
                     suite="def test_remote_file(host):\n"
                           "    assert host.file('/etc/remote.conf').contains('over ssh')\n"
                           "    assert host.package('less').is_installed\n")
-    built = run_cli("build", spec, "--json", cwd=project.root, env=ssh_engine.env,
+    # --debug: a failure over ssh shows its traceback.
+    built = run_cli("--debug", "build", spec, "--json", cwd=project.root, env=ssh_engine.env,
                     timeout=900)
     assert built.rc == 0, built.output
     # It went through sshd, not around it.

@@ -41,10 +41,13 @@ class Connection:
             EngineUnavailable: no engine answers.
         """
         where = os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+        over_ssh = where.startswith("ssh://")
+        if over_ssh:
+            _tolerate_ssh_exit()
         try:
             # ssh:// goes through the ssh client, as the docker CLI does: the user's
-            # ssh config, keys and agent apply, and paramiko is not needed.
-            client = docker.from_env(timeout=timeout, use_ssh_client=where.startswith("ssh://"))
+            # ssh config, keys and agent apply.
+            client = docker.from_env(timeout=timeout, use_ssh_client=over_ssh)
             client.ping()
         except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
             raise EngineUnavailable(
@@ -125,3 +128,25 @@ class Connection:
             if time.monotonic() >= deadline:
                 return False
             time.sleep(0.5)
+
+
+def _tolerate_ssh_exit() -> None:
+    """Let an ssh:// connection close after its `ssh` has exited (docker-py issue 3218).
+
+    With `use_ssh_client`, each connection is an `ssh ... docker system dial-stdio`
+    process. When an exec's output has been read, that process may already have
+    ended, and the SDK's `SSHSocket.close` then fails writing to it with
+    BrokenPipeError, which loses the exec's result. Nothing is left to close then.
+    """
+    from docker.transport import sshconn
+
+    original = sshconn.SSHSocket.close
+    if getattr(original, "rolebake_tolerant", False):
+        return
+
+    def close(self: Any) -> None:
+        with contextlib.suppress(BrokenPipeError):
+            original(self)
+
+    close.rolebake_tolerant = True  # type: ignore[attr-defined]
+    sshconn.SSHSocket.close = close
