@@ -32,6 +32,7 @@ def explain(ctx: ProvisionContext, failures: Sequence[TaskResult], failure_paths
         failure_paths: "file:line" of each failed task, where Ansible said.
         stdout: Ansible's output.
     """
+    log = f"full Ansible log: {ctx.log_path}"
     if failures:
         task = failures[0]
         res = task.result
@@ -47,17 +48,15 @@ def explain(ctx: ProvisionContext, failures: Sequence[TaskResult], failure_paths
         if fault and task_path:
             path, _, line = task_path.rpartition(":")
             return InputError(f"task {task.name!r}: {fault.group(0)}", path=path or task_path,
-                              line=int(line) if line.isdigit() else None,
-                              hint=f"full Ansible log: {ctx.log_path}")
+                              line=int(line) if line.isdigit() else None, hint=log)
         where = f"role {task.role}, " if task.role else ""
         # What only a machine can do (a kernel parameter, a mount): say so, and where.
         limit = container_limits.advice(task.action, message, evidence) if isinstance(
             ctx.target, ContainerTarget) else None
-        hint = f"full Ansible log: {ctx.log_path}"
         return BuildFailed(
             f"task {task.name!r} ({where}module {task.action}) failed: {first_line(message)}",
             details=tail(evidence or message, 15),
-            hint=f"{limit} ({task_path or 'see the log'}); {hint}" if limit else hint,
+            hint=f"{limit} ({task_path or 'see the log'}); {log}" if limit else log,
         )
     # No task ran into trouble, so Ansible refused the input itself: a YAML
     # error, a missing role or template, a bad play. That is an input error.
@@ -68,6 +67,5 @@ def explain(ctx: ProvisionContext, failures: Sequence[TaskResult], failure_paths
         message = error.removeprefix("ERROR!").removeprefix("[ERROR]").lstrip(": ").strip()
         if location:
             return InputError(message, path=location.group(1), line=int(location.group(2)))
-        return InputError(message, hint=f"full Ansible log: {ctx.log_path}")
-    return BuildFailed("ansible-playbook failed", details=tail(stdout, 20),
-                       hint=f"full Ansible log: {ctx.log_path}")
+        return InputError(message, hint=log)
+    return BuildFailed("ansible-playbook failed", details=tail(stdout, 20), hint=log)
