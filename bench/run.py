@@ -47,6 +47,7 @@ NS = "rolebake-bench"
 RUN_LABEL = "rolebake-bench.run"
 JOBS_ORDER = (1, 2, 2, 1)
 SECTIONS = ("rolebake", "fixed", "parity", "jobs", "dockerfile", "plain", "bender")
+SMOKE_SECTIONS = ("rolebake", "plain")
 # The same version of Ansible that rolebake drives from its own venv.
 ANSIBLE_CORE_FOR_DOCKERFILE = "2.19.14"
 WEB_VARS = {"web_port": 8080}
@@ -73,12 +74,16 @@ echo "mnt=$(ls -A /mnt 2>/dev/null | tr '\n' ' ')"
 class Bench(BenderMixin):
     """One benchmark run: its work dir, its log, what it created."""
 
-    def __init__(self, keep: bool) -> None:
+    def __init__(self, keep: bool, smoke: bool = False) -> None:
         self.run_id = dt.datetime.now().strftime("%Y%m%d%H%M%S") + "-" + uuid.uuid4().hex[:6]
         self.work = Path(tempfile.mkdtemp(prefix="rolebake-bench-"))
         self.logs = self.work / "logs"
         self.logs.mkdir()
         self.keep = keep
+        # The smoke run (make test): one repetition, no profile; it proves each section
+        # still runs to the end, its numbers are not a measurement.
+        self.smoke = smoke
+        self.noop_reps = 1 if smoke else NOOP_REPS
         self.results: dict[str, Any] = {}
         self.commands: list[str] = []
         self.podman_before: set[str] = set()
@@ -167,11 +172,8 @@ class Bench(BenderMixin):
         if subprocess.run(["docker", "image", "inspect", BASE_IMAGE], capture_output=True,
                           check=False).returncode != 0:
             raise SystemExit(f"bench: {BASE_IMAGE} is missing; run `make base` first")
-        roles = REPO / "roles"
         project = self.work / "project"
-        (project / "images").mkdir(parents=True)
-        shutil.copytree(roles, project / "roles")
-        shutil.copytree(REPO / "tests" / "images", project / "tests" / "images")
+        copy_project(REPO, project)
         for name in ("base", "web", "app"):
             self.write_spec(project, name, {})
         # Users keep their roles in git; rolebake reads the revision for its labels.
@@ -218,14 +220,15 @@ class Bench(BenderMixin):
         res["fresh_verify_s"] = sum(v["verify_s"] or 0 for v in res["fresh_layers"].values())
         self.note("rolebake: no-op rebuilds")
         noops = []
-        for i in range(NOOP_REPS):
+        for i in range(self.noop_reps):
             seconds, layers = self.rolebake("web", name=f"rolebake-noop{i}")
             noops.append(seconds)
             res["noop_layers"] = layers
         res["noop_runs_s"] = noops
         res["noop_s"] = statistics.median(noops)
         res["cli_start_s"] = self.run("rolebake-version", [*ROLEBAKE, "--version"])[0]
-        res["noop_profile"] = self.profile_noop()
+        if not self.smoke:
+            res["noop_profile"] = self.profile_noop()
         self.note("rolebake: rebuild after the template change")
         marker = f"bench change {self.run_id}"
         self.change_template(self.work / "project" / "roles", marker)
@@ -389,7 +392,8 @@ CMD ["nginx", "-g", "daemon off;"]
         res["load_before_fresh"] = self.load()
         res["fresh_s"], _ = self.docker_build("dockerfile-fresh", ctx, ref, "--no-cache")
         self.note("dockerfile: no-op rebuilds")
-        noops = [self.docker_build(f"dockerfile-noop{i}", ctx, ref)[0] for i in range(NOOP_REPS)]
+        noops = [self.docker_build(f"dockerfile-noop{i}", ctx, ref)[0]
+                 for i in range(self.noop_reps)]
         res["noop_runs_s"] = noops
         res["noop_s"] = statistics.median(noops)
         self.note("dockerfile: rebuild after the template change")
@@ -476,6 +480,33 @@ CMD ["nginx", "-g", "daemon off;"]
         shutil.rmtree(self.work, ignore_errors=True)
 
 
+# What of the repository is rolebake's own code and tests, not the example project.
+NOT_PROJECT = ("src/", "bench/", "docs/", "tests/unit/", "tests/integration/", "tests/vm/",
+               ".ci/", "scripts/", "tests/conftest.py")
+
+
+def copy_project(repo: Path, dest: Path) -> None:
+    """Copy the example project as the repository holds it: every file git tracks (or
+    would: untracked, not ignored) outside rolebake's own code, links kept as links.
+
+    A list of folders to copy went stale once (the playbooks, inventory and group_vars
+    the specs name were missing); asking git what the project is cannot.
+    """
+    listed = subprocess.run(["git", "-C", str(repo), "ls-files", "-z", "--cached", "--others",
+                             "--exclude-standard"], capture_output=True, check=True).stdout
+    for name in sorted(set(filter(None, listed.decode().split("\0")))):
+        if name.startswith(NOT_PROJECT):
+            continue
+        source, target = repo / name, dest / name
+        if not source.is_symlink() and not source.exists():
+            continue  # deleted in the work tree, not yet in the index
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if source.is_symlink():
+            target.symlink_to(os.readlink(source))
+        else:
+            shutil.copy2(source, target)
+
+
 def _step_seconds(progress: str, layer: str, step: str) -> float | None:
     """Seconds between `[layer] step ...` and its outcome in rolebake's progress lines."""
     stamps: list[dt.datetime] = []
@@ -506,8 +537,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--only", default=",".join(SECTIONS),
                         help=f"comma-separated sections (default: all of {','.join(SECTIONS)})")
     parser.add_argument("--keep", action="store_true", help="keep images and the work dir")
+    parser.add_argument("--smoke", action="store_true",
+                        help=f"sections {','.join(SMOKE_SECTIONS)} once each; exit 1 when one "
+                             "errors or rolebake's image carries tooling (run by make test)")
     args = parser.parse_args(argv)
-    sections = [s for s in args.only.split(",") if s]
+    sections = [s for s in (",".join(SMOKE_SECTIONS) if args.smoke else args.only).split(",")
+                if s]
     unknown = set(sections) - set(SECTIONS)
     if unknown:
         parser.error(f"unknown sections: {', '.join(sorted(unknown))}")
@@ -517,7 +552,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # SIGINT may arrive ignored (a background job); SIGTERM too must reach the cleanup.
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, signal.default_int_handler)
-    bench = Bench(keep=args.keep)
+    bench = Bench(keep=args.keep, smoke=args.smoke)
     started = time.perf_counter()
     bench.note(f"run {bench.run_id}, work dir {bench.work}")
     errors: dict[str, str] = {}
@@ -535,7 +570,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     errors[name] = str(exc)
                     bench.note(f"{name} FAILED: {exc}")
     finally:
-        log_copy = HERE / "results" / "logs"
+        log_copy = HERE / "results" / ("smoke-logs" if args.smoke else "logs")
         shutil.rmtree(log_copy, ignore_errors=True)
         shutil.copytree(bench.logs, log_copy)
         bench.cleanup()
@@ -549,7 +584,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "memory_gib": round(os.sysconf("SC_PAGE_SIZE")
                                         * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)},
         "versions": versions(ROLEBAKE, VENV_BIN, BENDER_VENV),
-        "repetitions": {"no-op rebuild (rolebake, dockerfile)": NOOP_REPS,
+        "smoke": args.smoke,
+        "repetitions": {"no-op rebuild (rolebake, dockerfile)": bench.noop_reps,
                         "do-nothing layer": FIXED_REPS,
                         "--jobs 1 and --jobs 2": 2, "everything else": 1},
         "uptime": uptime(),
@@ -561,16 +597,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     out_dir = HERE / "results"
     out_dir.mkdir(exist_ok=True)
-    (out_dir / "latest.json").write_text(json.dumps(payload, indent=2, default=str) + "\n",
-                                         encoding="utf-8")
+    (out_dir / ("smoke.json" if args.smoke else "latest.json")).write_text(
+        json.dumps(payload, indent=2, default=str) + "\n", encoding="utf-8")
     print("\n".join(table(results)))
     print()
     for check in checks:
         print(f"- {'MET ' if check['met'] else 'MISSED'} {check['target']}: {check['detail']}")
     for name, error in errors.items():
         print(f"- ERROR in {name}: {error.splitlines()[0]}")
-    print(f"\ntotal bench time {total / 60:.1f} min; results in {out_dir / 'latest.json'}; "
+    written = out_dir / ("smoke.json" if args.smoke else "latest.json")
+    print(f"\ntotal bench time {total / 60:.1f} min; results in {written}; "
           f"at the end: {payload['uptime']}")
+    if args.smoke:
+        tooling = [c for c in checks if c["target"].startswith("image contents")
+                   and c["met"] is False]
+        for check in tooling:
+            print(f"- SMOKE FAILED: {check['detail']}")
+        return 1 if errors or tooling else 0
     return 1 if errors else 0
 
 
