@@ -7,7 +7,7 @@ ROLEBAKE := $(BIN)/rolebake
 DEMO_PORT ?= 18080
 PYTEST_FLAGS ?=
 
-.PHONY: install engine qemu registry podman base demo lint unit integration vm test parity bench clean-leftovers images.mk
+.PHONY: install engine qemu registry podman base demo lint docs unit integration vm test parity bench clean-leftovers images.mk
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,10 +38,18 @@ demo: base
 	$(ROLEBAKE) build web
 	@scripts/demo-run.sh rolebake/web:latest $(DEMO_PORT)
 
+# The docs site is built into a throwaway folder: a broken link, a missing page or a
+# page left out of mkdocs.yml's nav fails (--strict).
 lint: install
 	$(BIN)/ruff check src tests $(wildcard bench)
 	$(BIN)/mypy
 	$(BIN)/lint-imports
+	@site=$$(mktemp -d) && trap 'rm -rf "$$site"' EXIT && \
+		NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir "$$site"
+
+# Read the docs site locally at http://127.0.0.1:8000/.
+docs: install
+	$(BIN)/mkdocs serve
 
 unit: install
 	$(BIN)/pytest tests/unit $(PYTEST_FLAGS)

@@ -93,7 +93,6 @@ def layer_inputs(
     parent_image_id: str,
     files: Iterable[Path],
     provisioner_version: str,
-    options: Mapping[str, Any] | None = None,
     *,
     tools: Mapping[str, str] | None = None,
     notes: Iterable[str] = (),
@@ -109,7 +108,6 @@ def layer_inputs(
         files: every file the provisioner reads (role trees, playbooks, cookbooks),
             by the path it reads them at; a link's target bytes are hashed.
         provisioner_version: e.g. "ansible-core 2.19.14".
-        options: the provisioner's own settings from the spec.
         tools: inputs that are not project files (a collection's version, a
             toolchain image's id), by name.
         notes: why the key covers more than the layer needs; kept with the inputs.
@@ -123,19 +121,21 @@ def layer_inputs(
     Raises:
         InputError: a file outside the project (its host path would reach a label).
     """
-    sensitive = set(layer.sensitive_vars)
-    salt = sensitive_salt(project) if sensitive & set(layer.vars) else b""
+    settings = layer.settings
+    sensitive = set(settings.sensitive)
+    salt = sensitive_salt(project) if sensitive & set(settings.variables) else b""
     values: dict[str, Any] = {
         "parent": parent_image_id,
         "files": {_label_path(project, p): file_digest(p) for p in sorted(set(files))},
         "vars": {k: _digest_value(v, salt=salt + b"\0" + k.encode() if k in sensitive else b"")
-                 for k, v in sorted(layer.vars.items())},
+                 for k, v in sorted(settings.variables.items())},
         "config": {k: _digest_value(v) for k, v in layer.config.to_dict().items()},
-        "roles": list(layer.roles),
-        "playbook": _label_path(project, layer.playbook) if layer.playbook else None,
+        # The provisioner's other settings (roles, playbook, run list...), each by digest:
+        # they may hold values (Chef attributes) that must not show in a label.
+        "settings": {k: _digest_value(_label_paths(project, v))
+                     for k, v in sorted(settings.key_form().items())},
         "provisioner": f"{layer.provisioner} {provisioner_version}",
         "tools": dict(sorted((tools or {}).items())),
-        "options": _digest_value(options or {}),
         "rolebake": rolebake_fingerprint(),
         "notes": list(notes),
     }
@@ -144,6 +144,17 @@ def layer_inputs(
     if plays:
         values["plays"] = list(plays)
     return LayerInputs(values)
+
+
+def _label_paths(project: Project, value: Any) -> Any:
+    """`value` with every path in it relative to the project (a host path is refused)."""
+    if isinstance(value, Path):
+        return _label_path(project, value)
+    if isinstance(value, Mapping):
+        return {k: _label_paths(project, v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_label_paths(project, v) for v in value]
+    return value
 
 
 def _label_path(project: Project, path: Path) -> str:
@@ -187,14 +198,20 @@ def explain_miss(current: LayerInputs, previous: LayerInputs | None) -> tuple[st
     reasons.extend(_dict_changes(now.get("vars", {}), before.get("vars", {}), "var ", "var"))
     reasons.extend(_dict_changes(now.get("config", {}), before.get("config", {}), "config.",
                                  "config"))
+    reasons.extend(_dict_changes(now.get("settings", {}), before.get("settings", {}),
+                                 f"{_layer_provisioner(now)} ", "setting"))
     reasons.extend(_tool_changes(now.get("tools", {}), before.get("tools", {})))
-    for key, what in (("roles", "role list"), ("playbook", "playbook"),
-                      ("provisioner", "provisioner version"), ("options", "provisioner settings"),
+    for key, what in (("provisioner", "provisioner version"),
                       ("runtime", "provisioner runtime"), ("plays", "plays applied"),
                       ("rolebake", "rolebake version")):
         if now.get(key) != before.get(key):
             reasons.append(f"{what} changed ({_show(before.get(key))} -> {_show(now.get(key))})")
     return tuple(reasons) or ("inputs changed",)
+
+
+def _layer_provisioner(values: Mapping[str, Any]) -> str:
+    """The provisioner's name in a layer's inputs (`ansible` of "ansible ansible-core 2.19")."""
+    return str(values.get("provisioner") or "provisioner").split(" ", 1)[0]
 
 
 def _tool_changes(now: Mapping[str, Any], before: Mapping[str, Any]) -> list[str]:
@@ -458,9 +475,8 @@ def provisioner_and_inputs(engine: Engine, project: Project, layer: Layer,
         runtime = provisioner.runtime(engine, parent, release)
     found = provisioner.inputs(engine)
     inputs = layer_inputs(project, layer, parent.id if parent else "", found.files,
-                          provisioner.version(), layer.spec.provisioner_options,
-                          tools=found.tools, notes=found.notes, runtime=runtime,
-                          plays=found.plays)
+                          provisioner.version(), tools=found.tools, notes=found.notes,
+                          runtime=runtime, plays=found.plays)
     return provisioner, inputs
 
 

@@ -1,7 +1,7 @@
 """Loading a project's images: each spec checked by its provisioner, then planned.
 
 Every command starts here, so every spec problem, including those in a
-provisioner's own section (`chef:`) or in what it names (roles, cookbooks),
+provisioner's own keys (`roles:`, `chef:`) or in what they name (roles, cookbooks),
 is one InputError with file and line before any container exists. Names
 that are global on an engine (tags, cache repositories) are checked here
 against every spec in the project, not only the planned ones.
@@ -10,7 +10,6 @@ against every spec in the project, not only the planned ones.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import replace
 from pathlib import Path
 
 from rolebake import provision
@@ -25,26 +24,13 @@ from rolebake.spec import load_spec as read_spec
 
 
 def load_spec(project: Project, name: str) -> ImageSpec:
-    """Read images/<name>.yml and let its provisioner validate its part.
+    """Read images/<name>.yml (each key by its owner) and let its provisioner validate it.
 
     Raises:
         InputError: anything wrong with the spec, naming file and line.
     """
-    spec = read_spec(project, name, sections=provision.sections())
-    if spec.provisioner not in provision.names():
-        raise InputError(f"provisioner: unknown provisioner {spec.provisioner!r}; known: "
-                         f"{', '.join(provision.names())}", path=spec.path,
-                         line=spec.line_of("provisioner"))
-    cls = provision.provisioner_class(spec.provisioner)
-    for key in spec.sections:
-        if key != cls.section:
-            owner = next(n for n in provision.names()
-                         if provision.provisioner_class(n).section == key)
-            raise InputError(f"`{key}:` is for the {owner} provisioner; this spec uses "
-                             f"{spec.provisioner}", path=spec.path, line=spec.line_of(key))
-    spec = replace(spec, provisioner_options=cls.parse_options(spec, project,
-                                                               spec.section(cls.section)))
-    cls.validate(spec, project)
+    spec = read_spec(project, name, provision.readers())
+    provision.provisioner_class(spec.provisioner).validate(spec, project)
     return spec
 
 
@@ -79,7 +65,7 @@ def _check_shared_names(project: Project, plan: BuildPlan) -> None:
     for name in project.spec_names():
         if name not in specs:
             try:
-                specs[name] = read_spec(project, name, sections=provision.sections())
+                specs[name] = read_spec(project, name, provision.readers())
             except InputError:
                 continue
     planned = {layer.id for layer in plan.layers}
@@ -158,9 +144,11 @@ def plan_secrets(project: Project, plan: BuildPlan, secrets: Iterable[str] = (),
              for path in provision.provisioner_class(layer.provisioner)(project,
                                                                         layer).input_files()}
     vaulted = vault_values(sorted(files), found.vault_password if found else None,
-                           [(layer.spec.path, layer.vars) for layer in plan.layers])
-    sensitive = [value for layer in plan.layers for name, value in layer.vars.items()
-                 if name in layer.sensitive_vars]
+                           [(layer.spec.path, layer.settings.variables)
+                            for layer in plan.layers])
+    sensitive = [value for layer in plan.layers
+                 for name, value in layer.settings.variables.items()
+                 if name in layer.settings.sensitive]
     if found is None and (vaulted or sensitive):
         found = SecretSet()
     if found is not None:

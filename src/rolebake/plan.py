@@ -11,24 +11,28 @@ import graphlib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from rolebake.errors import InputError
 from rolebake.reference import CACHE_NAMESPACE
-from rolebake.spec import SPEC_NAME_RE, VARIANT_NAME_RE, ImageConfig, ImageSpec, Project
+from rolebake.spec import (
+    SPEC_NAME_RE,
+    VARIANT_NAME_RE,
+    ImageConfig,
+    ImageSpec,
+    Project,
+    ProvisionerSettings,
+)
 
 
 @dataclass(frozen=True)
 class Layer:
-    """One committed layer: a set of roles applied on a parent image."""
+    """One committed layer: what a provisioner applies (a set of roles) on a parent image."""
 
     id: str
     spec: ImageSpec
     parent: str
     parent_is_layer: bool
-    roles: tuple[str, ...]
-    playbook: Path | None
-    vars: Mapping[str, Any]
+    settings: ProvisionerSettings  # what the provisioner applies in this layer
     config: ImageConfig
     tags: tuple[str, ...]
     tests: Path | None
@@ -43,11 +47,6 @@ class Layer:
     def cache_repository(self) -> str:
         """Repository of the internal cache tags for this layer."""
         return CACHE_NAMESPACE + self.id.replace(":", ".")
-
-    @property
-    def sensitive_vars(self) -> tuple[str, ...]:
-        """Vars whose values never reach labels, reports or logs."""
-        return self.spec.sensitive_vars
 
     @property
     def file_stem(self) -> str:
@@ -143,9 +142,7 @@ def spec_layers(project: Project, spec: ImageSpec) -> list[Layer]:
         spec=spec,
         parent=spec.parent,
         parent_is_layer=spec.parent_is_spec,
-        roles=spec.roles,
-        playbook=spec.playbook,
-        vars=spec.vars,
+        settings=spec.settings,
         config=spec.config,
         tags=spec.tags,
         tests=spec.tests if spec.tests.is_dir() else None,
@@ -158,9 +155,7 @@ def spec_layers(project: Project, spec: ImageSpec) -> list[Layer]:
             spec=spec,
             parent=spec.name,
             parent_is_layer=True,
-            roles=variant.roles_append,
-            playbook=None,
-            vars={**spec.vars, **variant.vars},
+            settings=variant.settings,
             config=variant.config,
             tags=variant.tags,
             tests=own_tests if own_tests.is_dir() else base.tests,

@@ -9,10 +9,10 @@ from __future__ import annotations
 import difflib
 import os
 import re
-from collections.abc import Collection, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Protocol
 
 from rolebake.errors import InputError
 from rolebake.reference import (
@@ -30,11 +30,12 @@ from rolebake.spec_config import (
     _config,
     _key_text,
 )
+from rolebake.spec_schema import CORE, Key, ProvisionerSettings, Schema, owners
 from rolebake.state import private_dir
-from rolebake.yamlfile import Fields, YamlList, load_yaml, plain, require_json
+from rolebake.yamlfile import Fields, load_yaml
 
-__all__ = ["HealthCheck", "ImageConfig", "ImageSpec", "Project", "ReadyCheck", "Variant",
-           "load_spec"]
+__all__ = ["HealthCheck", "ImageConfig", "ImageSpec", "Project", "ProvisionerSettings",
+           "ReadyCheck", "SettingsReader", "Variant", "load_spec"]
 
 # Every pattern is used with fullmatch: `re.match` with a `$` anchor lets a
 # trailing newline through ("web\n"), and that name then reaches the engine.
@@ -44,12 +45,8 @@ __all__ = ["HealthCheck", "ImageConfig", "ImageSpec", "Project", "ReadyCheck", "
 SPEC_NAME_RE = re.compile(rf"(?=.{{1,100}}\Z){COMPONENT}")
 VARIANT_NAME_RE = SPEC_NAME_RE
 NAME_RULE = "lowercase letters and digits, with '.', '_' or '-' between them, up to 100"
-ROLE_NAME_RE = re.compile(r"(?=.{1,255}\Z)[A-Za-z0-9_][A-Za-z0-9_.-]*")  # a folder name
-VAR_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-# An Ansible group name (Ansible warns about, and may rewrite, anything else).
-GROUP_NAME_RE = re.compile(r"(?=.{1,255}\Z)[A-Za-z_][A-Za-z0-9_]*")
-# An inventory host name: a DNS name or an address, no pattern characters.
-HOST_NAME_RE = re.compile(r"(?=.{1,255}\Z)[A-Za-z0-9_][A-Za-z0-9_.-]*")
+# A role (Ansible) or Chef role name: a folder or file name.
+ROLE_NAME_RE = re.compile(r"(?=.{1,255}\Z)[A-Za-z0-9_][A-Za-z0-9_.-]*")
 
 DEFAULT_PROVISIONER = "ansible"
 DEFAULT_READY_TIMEOUT = 60.0
@@ -66,14 +63,13 @@ class ReadyCheck:
 
 @dataclass(frozen=True)
 class Variant:
-    """One more image from the same spec: extra roles as a layer on top of it."""
+    """One more image from the same spec: a layer on top of it (extra roles, say)."""
 
     name: str
-    roles_append: tuple[str, ...]
-    vars: Mapping[str, Any]
     config: ImageConfig
     tags: tuple[str, ...]
     line: int
+    settings: ProvisionerSettings  # what the variant's layer applies, the spec's merged in
 
 
 @dataclass(frozen=True)
@@ -85,9 +81,6 @@ class ImageSpec:
     parent: str  # a layer id (`base`, `base:dev`) when parent_is_spec, else an image reference
     parent_is_spec: bool
     provisioner: str
-    roles: tuple[str, ...]
-    playbook: Path | None
-    vars: Mapping[str, Any]
     config: ImageConfig
     tags: tuple[str, ...]
     tests: Path
@@ -95,12 +88,7 @@ class ImageSpec:
     ready: ReadyCheck | None
     idempotence: bool
     variants: tuple[Variant, ...]
-    sensitive_vars: tuple[str, ...]
-    groups: tuple[str, ...] | None  # inventory groups the image is a host of; None: not said
-    host: str | None  # the inventory host name the image takes (its host_vars)
-    inventory: Path | None  # the inventory given by the spec
-    provisioner_options: Mapping[str, Any]
-    sections: Mapping[str, Any]  # provisioner sections, raw, until the provisioner parses them
+    settings: ProvisionerSettings  # the provisioner's part (its own frozen record)
     lines: Mapping[str, int]
 
     def line_of(self, key: str) -> int | None:
@@ -111,12 +99,6 @@ class ImageSpec:
     def parent_spec(self) -> str | None:
         """The spec the parent layer comes from (`base` for `from: base:dev`), if any."""
         return self.parent.partition(":")[0] if self.parent_is_spec else None
-
-    def section(self, key: str | None) -> Fields | None:
-        """A provisioner's raw section as typed fields, or None when the spec has none."""
-        if key is None or self.sections.get(key) is None:
-            return None
-        return Fields(self.sections[key], self.path, key, self.line_of(key) or 1)
 
 
 @dataclass(frozen=True)
@@ -202,23 +184,68 @@ class Project:
         return str(path)
 
 
-TOP_LEVEL_KEYS = {
-    "from", "provisioner", "roles", "playbook", "vars", "sensitive_vars", "config", "tags",
-    "tests", "ready", "idempotence", "variants", "groups", "host", "inventory",
-}
-VARIANT_KEYS = {"roles_append", "vars", "config", "tags"}
+CORE_SCHEMA = Schema(
+    owner=CORE,
+    summary="What every image has, whichever provisioner applies it.",
+    keys=(
+        Key("from", "a spec name (`base`, `base:dev`) or an image reference (required)",
+            "The parent: another spec of images/ (its layer), or an image to build on.",
+            ""),
+        Key("provisioner", "a provisioner name",
+            "What applies the layer: `ansible` or `chef-solo`; its keys are listed below.",
+            DEFAULT_PROVISIONER),
+        Key("config", "a mapping: cmd, entrypoint, env, user, workdir, expose, volumes, "
+                      "labels, healthcheck",
+            "The image's runtime config, over the parent's.", "the parent's"),
+        Key("tags", "a list of tags (name:tag)",
+            "What the verified image is tagged with.", "`rolebake/<name>:latest`"),
+        Key("tests", "a folder inside the project",
+            "The testinfra suite run on a container of the new image before it is tagged.",
+            "`tests/images/<name>`"),
+        Key("ready", "a mapping: `port` or `command`, and `timeout`",
+            "How verification knows a container of the image is ready for its tests.",
+            "healthy by its HEALTHCHECK, else running for a second"),
+        Key("idempotence", "true or false",
+            "Apply the layer twice and fail on any change in the second pass.", "false"),
+        Key("variants", "a mapping of variant names to their keys",
+            "More images from the same spec, each a layer on top of it.", "none"),
+    ),
+    variant_keys=(
+        Key("config", "as the spec's `config`", "The variant image's config, over the spec's.",
+            "the spec's"),
+        Key("tags", "a list of tags", "What the variant image is tagged with.",
+            "`rolebake/<name>:<variant>`"),
+    ),
+)
 
 
-def load_spec(project: Project, name: str, *, sections: Collection[str] = ()) -> ImageSpec:
-    """Read and validate images/<name>.yml, keeping provisioner sections raw.
+class SettingsReader(Protocol):
+    """A provisioner, as the spec core sees it: the keys it owns, and how it reads them."""
 
-    The provisioner named by the spec validates its own section and what the
-    spec names (roles, cookbooks): `load.load_spec` does both in one call.
+    def schema(self) -> Schema:
+        """The keys the provisioner owns, at the top level and in a variant."""
+        ...
+
+    def read_settings(self, top: Fields, variants: Mapping[str, Fields], project: Project
+                      ) -> tuple[ProvisionerSettings, Mapping[str, ProvisionerSettings]]:
+        """Read its keys: the spec's layer, and each variant's layer (the spec's merged in)."""
+        ...
+
+
+def load_spec(project: Project, name: str,
+              provisioners: Mapping[str, SettingsReader]) -> ImageSpec:
+    """Read and validate images/<name>.yml: the core here, the rest by its provisioner.
+
+    The core reads the keys every image has; the provisioner the spec names
+    reads its own keys (`provisioners[name].read_settings`) into its settings
+    record. A key owned by another provisioner is refused, naming its owner.
+    Whether what the spec names exists (roles, cookbooks) is the provisioner's
+    `validate`: `load.load_spec` does both in one call.
 
     Args:
         project: the project holding the spec.
         name: the spec's name (its file name without .yml).
-        sections: top-level keys that belong to a provisioner (e.g. `chef`).
+        provisioners: every provisioner a spec may name, by name.
 
     Returns:
         The validated spec.
@@ -231,7 +258,14 @@ def load_spec(project: Project, name: str, *, sections: Collection[str] = ()) ->
     if data is None:
         raise InputError("the spec is empty", path=path, line=1)
     top = Fields(data, path, "", 1)
-    top.reject_unknown(TOP_LEVEL_KEYS | set(sections))
+    schemas = [CORE_SCHEMA, *(reader.schema() for reader in provisioners.values())]
+    provisioner = top.text("provisioner", what="a provisioner name") or DEFAULT_PROVISIONER
+    if provisioner not in provisioners:
+        raise top.fail("provisioner", f"unknown provisioner {provisioner!r}; known: "
+                                      f"{', '.join(sorted(provisioners))}")
+    reader = provisioners[provisioner]
+    own = reader.schema()
+    _reject_foreign(top, CORE_SCHEMA.names() | own.names(), schemas, own)
 
     parent = top.text("from", required=True, what="a spec name or an image reference")
     assert parent is not None
@@ -244,13 +278,9 @@ def load_spec(project: Project, name: str, *, sections: Collection[str] = ()) ->
     if not parent_is_spec and not is_image_reference(parent):
         raise top.fail("from", f"{parent!r} is neither a spec in images/ nor an image reference")
 
-    provisioner = top.text("provisioner", what="a provisioner name") or DEFAULT_PROVISIONER
-
-    roles = top.text_list("roles", pattern=ROLE_NAME_RE, what="a role name")
-    playbook = _project_path(project, top, "playbook")
     config = _config(top.mapping("config"))
     tags = _tags(top) or (f"rolebake/{name}:latest",)
-    tests_path = _project_path(project, top, "tests")
+    tests_path = project_path(project, top, "tests")
     tests_explicit = tests_path is not None
     tests = tests_path or project.root / "tests" / "images" / name
     if tests_explicit and not tests.exists():
@@ -258,39 +288,74 @@ def load_spec(project: Project, name: str, *, sections: Collection[str] = ()) ->
     if tests_explicit and not tests.is_dir():
         # a file here would silently mean "no suite": plan keeps only folders
         raise top.fail("tests", f"{top.data['tests']!r} is not a folder of testinfra files")
-
-    vars_ = _vars(top, "vars")
-    sensitive = top.text_list("sensitive_vars", pattern=VAR_NAME_RE, what="a variable name")
-    variants = _variants(top, name)
-    _check_sensitive_known(top, sensitive, vars_, variants)
-
-    groups, host, inventory = _inventory_fields(project, top)
+    ready = _ready(top.mapping("ready"))
+    idempotence = top.flag("idempotence", False)
+    bodies = _variant_bodies(top, CORE_SCHEMA.variant_names() | own.variant_names(), schemas,
+                             own)
+    variant_core = {variant_name: (_tags(body) or (f"rolebake/{name}:{variant_name}",),
+                                   _config(body.mapping("config")))
+                    for variant_name, body in bodies.items()}
+    settings, variant_settings = reader.read_settings(top, bodies, project)
+    variants = tuple(Variant(name=variant_name, config=config_, tags=tags_,
+                             line=bodies[variant_name].line,
+                             settings=variant_settings[variant_name])
+                     for variant_name, (tags_, config_) in variant_core.items())
     spec = ImageSpec(
         name=name,
         path=path,
         parent=parent,
         parent_is_spec=parent_is_spec,
         provisioner=provisioner,
-        roles=roles,
-        playbook=playbook,
-        vars=vars_,
         config=config,
         tags=tags,
         tests=tests,
         tests_explicit=tests_explicit,
-        ready=_ready(top.mapping("ready")),
-        idempotence=top.flag("idempotence", False),
+        ready=ready,
+        idempotence=idempotence,
         variants=variants,
-        sensitive_vars=sensitive,
-        groups=groups,
-        host=host,
-        inventory=inventory,
-        provisioner_options={},
-        sections={k: top.data[k] for k in sections if k in top.data},
+        settings=settings,
         lines={k: top.line_of(k) for k in top.data if isinstance(k, str)},
     )
     _check_tags_unique(spec)
     return spec
+
+
+def _reject_foreign(fields: Fields, allowed: set[str] | frozenset[str], schemas: list[Schema],
+                    own: Schema, *, variant: bool = False) -> None:
+    """Refuse a key of another provisioner by naming its owner; any other unknown key as such."""
+    for key in fields.data:
+        if isinstance(key, str) and key in allowed:
+            continue
+        others = owners(schemas, key, variant=variant) if isinstance(key, str) else []
+        if others:
+            label = f"{fields.where}.{key}" if fields.where else key
+            instead = own.instead_of(key)
+            raise InputError(f"`{label}:` is a key of the {' and '.join(others)} provisioner, "
+                             f"not of {own.owner}" + (f": {instead}" if instead else
+                                                      f" (see `rolebake spec-keys {own.owner}`)"),
+                             path=fields.path, line=fields.line_of(key))
+        fields.reject_unknown(set(allowed))  # says which key, and the closest allowed one
+
+
+def _variant_bodies(top: Fields, allowed: frozenset[str], schemas: list[Schema],
+                    own: Schema) -> dict[str, Fields]:
+    """Each variant's mapping, its name and its keys checked; the keys are read by their owner."""
+    section = top.mapping("variants")
+    if section is None:
+        return {}
+    bodies: dict[str, Fields] = {}
+    for variant_name in section.data:
+        line = section.line_of(variant_name)
+        if not isinstance(variant_name, str) or not VARIANT_NAME_RE.fullmatch(variant_name):
+            raise InputError(f"variants: {_key_text(variant_name)} is not a variant name "
+                             f"({NAME_RULE})",
+                             path=section.path, line=line)
+        body = Fields(section.data[variant_name] or {}, section.path,
+                      f"variants.{variant_name}", line)
+        body.line = line  # a variant is where its name is (its mapping may start below)
+        _reject_foreign(body, allowed, schemas, own, variant=True)
+        bodies[variant_name] = body
+    return bodies
 
 
 def _spec_file(project: Project, name: str) -> Path:
@@ -333,7 +398,8 @@ def _tags(fields: Fields) -> tuple[str, ...]:
     return tags
 
 
-def _project_path(project: Project, fields: Fields, key: str) -> Path | None:
+def project_path(project: Project, fields: Fields, key: str) -> Path | None:
+    """A path key inside the project (None when not given); InputError at its line if not."""
     raw = fields.text(key, what="a path inside the project")
     if raw is None:
         return None
@@ -344,42 +410,6 @@ def _project_path(project: Project, fields: Fields, key: str) -> Path | None:
     if not project.inside(path):
         raise fields.fail(key, f"{raw!r} is outside the project")
     return path
-
-
-def _inventory_fields(project: Project, top: Fields) -> tuple[tuple[str, ...] | None,
-                                                             str | None, Path | None]:
-    """`groups:`, `host:` and `inventory:`: where the image sits in the Ansible inventory."""
-    groups = None
-    if top.has("groups"):
-        groups = top.text_list("groups", pattern=GROUP_NAME_RE,
-                               what="an inventory group name (letters, digits, _)")
-        if "ungrouped" in groups:
-            raise top.fail("groups", "'ungrouped' is Ansible's group of hosts in no group; "
-                                     "give `groups: [all]` for a host of no group")
-    host = top.text("host", pattern=HOST_NAME_RE, what="an inventory host name")
-    inventory = _project_path(project, top, "inventory")
-    if inventory is not None and not inventory.exists():
-        raise top.fail("inventory", f"{top.data['inventory']!r} does not exist")
-    if groups is None and (host is not None or inventory is not None):
-        key = "host" if host is not None else "inventory"
-        raise top.fail(key, f"`{key}:` needs `groups:` (the inventory groups the image is a "
-                            "host of; `[all]` for none but all)")
-    return groups, host, inventory
-
-
-def _vars(fields: Fields, key: str) -> dict[str, Any]:
-    section = fields.mapping(key)
-    if section is None:
-        return {}
-    for var in section.data:
-        if not isinstance(var, str) or not VAR_NAME_RE.fullmatch(var):
-            raise InputError(
-                f"{section.where}: {_key_text(var)} is not a valid variable name",
-                path=section.path, line=section.line_of(var),
-            )
-    # Vars reach Ansible as JSON extra vars: refuse here what JSON cannot carry.
-    require_json(section.data, section.path, section.where, section.line)
-    return dict(plain(section.data))
 
 
 def _ready(section: Fields | None) -> ReadyCheck | None:
@@ -397,60 +427,6 @@ def _ready(section: Fields | None) -> ReadyCheck | None:
         command=command,
         timeout_s=timeout if timeout is not None else DEFAULT_READY_TIMEOUT,
     )
-
-
-def _variants(top: Fields, name: str) -> tuple[Variant, ...]:
-    section = top.mapping("variants")
-    if section is None:
-        return ()
-    variants: list[Variant] = []
-    for variant_name in section.data:
-        line = section.line_of(variant_name)
-        if not isinstance(variant_name, str) or not VARIANT_NAME_RE.fullmatch(variant_name):
-            raise InputError(f"variants: {_key_text(variant_name)} is not a variant name "
-                             f"({NAME_RULE})",
-                             path=section.path, line=line)
-        body = Fields(section.data[variant_name] or {}, section.path,
-                       f"variants.{variant_name}", line)
-        body.reject_unknown(VARIANT_KEYS)
-        roles = body.text_list("roles_append", pattern=ROLE_NAME_RE, what="a role name")
-        if not roles:
-            raise InputError(
-                f"variants.{variant_name}: needs roles_append "
-                "(a variant is a layer of extra roles)",
-                path=section.path, line=line,
-            )
-        tags = _tags(body)
-        variants.append(Variant(
-            name=variant_name,
-            roles_append=roles,
-            vars=_vars(body, "vars"),
-            config=_config(body.mapping("config")),
-            tags=tags or (f"rolebake/{name}:{variant_name}",),
-            line=line,
-        ))
-    return tuple(variants)
-
-
-def _check_sensitive_known(top: Fields, sensitive: tuple[str, ...], vars_: Mapping[str, Any],
-                           variants: tuple[Variant, ...]) -> None:
-    """Each name in `sensitive_vars` must be a var of the spec or of one of its variants.
-
-    A misspelt name would protect nothing: the real var's value would go into
-    the `rolebake.inputs` label as a plain, guessable digest, and into logs.
-    """
-    known = set(vars_).union(*(v.vars for v in variants))
-    items = top.data.get("sensitive_vars")
-    for index, name in enumerate(sensitive):
-        if name in known:
-            continue
-        line = items.line_of(index) if isinstance(items, YamlList) else top.line_of(
-            "sensitive_vars")
-        close = difflib.get_close_matches(name, sorted(known), n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise InputError(f"sensitive_vars[{index}]: {name!r} is not a var of this spec or of "
-                         f"its variants{hint}; known: {', '.join(sorted(known)) or 'none'}",
-                         path=top.path, line=line)
 
 
 def _check_tags_unique(spec: ImageSpec) -> None:

@@ -35,6 +35,7 @@ from rolebake.engine import (
     Progress,
 )
 from rolebake.errors import BuildFailed, InputError, RegistryError
+from rolebake.provision import ansible_spec
 from rolebake.provision.base import (
     ProvisionContext,
     Provisioner,
@@ -43,6 +44,8 @@ from rolebake.provision.base import (
     tree_files,
 )
 from rolebake.spec import ImageSpec, Project
+from rolebake.spec_schema import Schema
+from rolebake.yamlfile import Fields
 
 FAKE_PROVISIONER = "tests.unit.fakes.FakeProvisioner"
 
@@ -616,6 +619,19 @@ class FakeProvisioner(Provisioner):
     control = ProvisionerControl()
 
     @classmethod
+    def schema(cls) -> Schema:
+        """Ansible's keys (roles, vars, roles_append ...), so a fake spec reads like a real one."""
+        return Schema(owner=cls.name, keys=ansible_spec.SCHEMA.keys,
+                      variant_keys=ansible_spec.SCHEMA.variant_keys)
+
+    @classmethod
+    def read_settings(cls, top: Fields, variants: Mapping[str, Fields], project: Project
+                      ) -> tuple[ansible_spec.AnsibleSettings,
+                                 Mapping[str, ansible_spec.AnsibleSettings]]:
+        """Read as the ansible provisioner reads them."""
+        return ansible_spec.read(top, variants, project)
+
+    @classmethod
     def validate(cls, spec: ImageSpec, project: Project) -> None:
         """Anything goes: the fake applies nothing."""
 
@@ -627,7 +643,7 @@ class FakeProvisioner(Provisioner):
     def input_files(self) -> list[Path]:
         """The files of the layer's roles, when the test project has any."""
         files: list[Path] = []
-        for role in self.layer.roles:
+        for role in ansible_spec.settings_of(self.layer).roles:
             folder = self.project.roles_dir / role
             if folder.is_dir():
                 files.extend(tree_files(folder, self.project))

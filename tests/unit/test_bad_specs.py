@@ -32,8 +32,8 @@ from click.testing import CliRunner
 from rolebake import yamlfile
 from rolebake.cli import main
 from rolebake.errors import InputError
-from rolebake.load import plan_build
-from rolebake.spec import Project, load_spec
+from rolebake.load import load_spec, plan_build
+from rolebake.spec import Project
 from tests.conftest import REPO, run_cli
 
 CORPUS_DIR = Path(__file__).parent / "bad_specs"
@@ -315,3 +315,42 @@ def test_good_spec_reaches_the_engine_and_exits_4_without_one(project: Path) -> 
     assert result.rc == 4, result.output
     assert "no container engine answers at unix:///nonexistent/rolebake-test.sock" in result.stderr
     assert "Traceback" not in result.output
+
+
+# Each provisioner owns its keys --------------------------------------------------------------
+
+
+def test_no_key_is_known_to_two_owners() -> None:
+    from rolebake import provision
+
+    schemas = provision.schemas()
+    for variant in (False, True):
+        seen: dict[str, str] = {}
+        for schema in schemas:
+            names = schema.variant_names() if variant else schema.names()
+            for key in names:
+                # roles_append is each provisioner's own (Ansible roles, Chef roles); a
+                # provisioner's key is never the core's, and no two owners share a top key.
+                if variant and key == "roles_append" and schema.owner != "core":
+                    assert seen.get(key) != "core"
+                    continue
+                assert key not in seen, f"{key!r} is known to {seen[key]} and {schema.owner}"
+                seen[key] = schema.owner
+
+
+def test_the_spec_keys_page_is_the_schema() -> None:
+    # docs/spec-keys.md is generated from the schemas; a key added to a provisioner's
+    # schema without regenerating the page fails here.
+    result = CliRunner().invoke(main, ["spec-keys", "--markdown"])
+    assert result.exit_code == 0, result.output
+    page = (REPO / "docs" / "spec-keys.md").read_text(encoding="utf-8")
+    assert page == result.output, "run: rolebake spec-keys --markdown > docs/spec-keys.md"
+
+
+def test_spec_keys_of_one_provisioner() -> None:
+    result = CliRunner().invoke(main, ["spec-keys", "chef-solo"])
+    assert result.exit_code == 0, result.output
+    assert "  chef:" in result.output and "  from:" in result.output
+    assert "groups" not in result.output  # Ansible's key is not listed for chef-solo
+    bad = CliRunner().invoke(main, ["spec-keys", "puppet"])
+    assert bad.exit_code == 2 and "unknown provisioner 'puppet'" in bad.output

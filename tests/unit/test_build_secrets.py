@@ -79,7 +79,7 @@ def test_vaulted_spec_vars_and_group_vars_are_decrypted_on_the_host(project: Pro
     (project.root / "playbooks" / "host_vars" / "rolebake-build.yml").write_text(
         encrypt("host_secret: host-var-value\nport: 5432\n"), encoding="utf-8")
     plan = plan_build(project, ["app"])
-    assert isinstance(plan.layer("app").vars["api_token"], Vaulted)
+    assert isinstance(plan.layer("app").settings.variables["api_token"], Vaulted)
     found = plan_secrets(project, plan, env_password=PASSWORD)
     assert found is not None
     values = found.values()
@@ -119,7 +119,7 @@ def test_a_vaulted_spec_var_reaches_ansible_still_encrypted(project: Project,
     write_spec(project, "app", "roles: [common]\nvars:\n  port: 8080\n  name: 'yes'\n"
                + vault_block("api_token", "spec-token-value", indent=2))
     layer = plan_build(project, ["app"]).layer("app")
-    text = _extravars(layer.vars)
+    text = _extravars(layer.settings.variables)
     assert "spec-token-value" not in text and "!vault |" in text
     extravars = tmp_path / "extravars"
     extravars.write_text(text, encoding="utf-8")

@@ -160,21 +160,21 @@ def test_container_options_without_toolchain_image(tmp_path: Path) -> None:
 def test_valid_spec_options(project: Project) -> None:
     spec = load_spec(project, "web-chef")
     assert spec.provisioner == "chef-solo"
-    assert spec.provisioner_options == {
+    assert spec.settings.to_dict() == {
         "run_list": ["role[web]"],
         "attributes": {"web": {"service_actions": ["enable"]}},
         "image": TOOLCHAIN, "image_from": "chef.image", "path": None,
         "cookbooks": "cookbooks", "roles": "cookbooks/roles",
         "environments": "cookbooks/environments", "environment": None,
     }
-    json.dumps(spec.provisioner_options)  # plain data: it is hashed into the cache key
+    json.dumps(spec.settings.to_dict())  # plain data: it is hashed into the cache key
 
 
 def test_image_defaults_to_the_environment_variable(tmp_path: Path,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ROLEBAKE_CHEF_IMAGE", "cincproject/cinc:18")
     project = make_project(tmp_path / "p", SPEC.replace(f"image: {TOOLCHAIN}", ""))
-    options = load_spec(project, "web-chef").provisioner_options
+    options = load_spec(project, "web-chef").settings.to_dict()
     assert options["image"] == "cincproject/cinc:18"
     assert options["image_from"] == "ROLEBAKE_CHEF_IMAGE"
 
@@ -182,7 +182,7 @@ def test_image_defaults_to_the_environment_variable(tmp_path: Path,
 def test_example_spec_loads_with_a_toolchain(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ROLEBAKE_CHEF_IMAGE", "cincproject/cinc:18")
     spec = load_spec(Project(REPO), "web-chef")
-    assert spec.provisioner_options["run_list"] == ["role[web]"]
+    assert spec.settings.to_dict()["run_list"] == ["role[web]"]
     assert spec.config.cmd == ("nginx", "-g", "daemon off;")
 
 
@@ -203,7 +203,7 @@ def test_no_toolchain_is_one_line_exit_2(tmp_path: Path) -> None:
 def test_path_instead_of_image(tmp_path: Path) -> None:
     project = make_project(tmp_path / "p", SPEC.replace(f"image: {TOOLCHAIN}",
                                                         "path: /opt/cinc/bin/cinc-solo"))
-    options = load_spec(project, "web-chef").provisioner_options
+    options = load_spec(project, "web-chef").settings.to_dict()
     assert options["path"] == "/opt/cinc/bin/cinc-solo" and options["image"] is None
 
 
@@ -218,13 +218,13 @@ BAD_SPECS = [
      provisioner: chef-solo
      roles: [web]
      chef: {image: x/y, run_list: ["role[web]"]}
-     """, 3, "`roles:` is for the ansible provisioner"),
+     """, 3, "`roles:` is a key of the ansible provisioner, not of chef-solo: Chef roles go in"),
     ("""
      from: rolebake/debian:bookworm
      provisioner: chef-solo
      chef: {image: x/y, run_list: ["role[web]"]}
      playbook: playbooks/site.yml
-     """, 4, "`playbook:` is for the ansible provisioner"),
+     """, 4, "`playbook:` is a key of the ansible provisioner"),
     ("""
      from: rolebake/debian:bookworm
      provisioner: chef-solo

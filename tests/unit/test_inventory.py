@@ -32,7 +32,8 @@ def project(tmp_path: Path) -> Project:
 
 
 def spec(project: Project, name: str, **changes: object):
-    return replace(plan_build(project, [name]).layer(name).spec, **changes)
+    found = plan_build(project, [name]).layer(name).spec
+    return replace(found, settings=replace(found.settings, **changes))
 
 
 def inputs(project: Project, layer_id: str):
@@ -124,7 +125,7 @@ def test_without_groups_every_play_applies(project: Project) -> None:
 def test_run_puts_the_target_in_its_groups_next_to_the_project_inventory(
         project: Project) -> None:
     web = spec(project, "web")
-    run = inv.prepare(project, web, web.playbook, CONNECTION)
+    run = inv.prepare(project, web, web.settings.playbook, CONNECTION)
     assert run.host == "rolebake-web"
     assert run.sources == (project.root / "playbooks" / "inventory.ini",)
     assert run.generated == {"all": {"hosts": {"rolebake-web": CONNECTION},
@@ -132,20 +133,21 @@ def test_run_puts_the_target_in_its_groups_next_to_the_project_inventory(
     # base applied the `all` play: web's run imports the playbook and skips it by name.
     assert run.extravars == {inv.SKIP_VAR: ["Apply the base configuration to every host"]}
     assert run.wrapper == [{"name": "rolebake: the plays a parent layer did not apply",
-                            "import_playbook": str(web.playbook.resolve()),
+                            "import_playbook": str(web.settings.playbook.resolve()),
                             "when": f"ansible_play_name not in {inv.SKIP_VAR}"}]
 
 
 def test_a_named_host_gets_rolebakes_connection_over_its_host_vars(project: Project) -> None:
     web = spec(project, "web", host="web1.example.internal")
-    run = inv.prepare(project, web, web.playbook, {**CONNECTION, "rolebake_secrets_dir": "/x"})
+    run = inv.prepare(project, web, web.settings.playbook,
+                      {**CONNECTION, "rolebake_secrets_dir": "/x"})
     assert run.extravars[inv.SKIP_VAR]
     assert {k: v for k, v in run.extravars.items() if k != inv.SKIP_VAR} == CONNECTION
 
 
 def test_a_spec_without_groups_joins_every_group_its_playbook_names(project: Project) -> None:
     web = spec(project, "web", groups=None)
-    run = inv.prepare(project, web, web.playbook, CONNECTION)
+    run = inv.prepare(project, web, web.settings.playbook, CONNECTION)
     assert run.host == inv.LEGACY_HOST and run.sources == () and run.wrapper is None
     assert set(run.generated["all"]["children"]) == {"web", "app", "dev"}
 

@@ -29,8 +29,7 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Project:
 def inputs(project: Project, layer_id: str, parent: str = "sha256:parent") -> LayerInputs:
     layer = plan_build(project, [layer_id]).layer(layer_id)
     provisioner = provisioner_class(layer.provisioner)(project, layer)
-    return layer_inputs(project, layer, parent, provisioner.input_files(), "ansible-core 9.9",
-                        layer.spec.provisioner_options)
+    return layer_inputs(project, layer, parent, provisioner.input_files(), "ansible-core 9.9")
 
 
 def test_plan_orders_parents_first_and_shares_layers(project: Project) -> None:
@@ -40,8 +39,8 @@ def test_plan_orders_parents_first_and_shares_layers(project: Project) -> None:
     assert ids.index("base") < ids.index("app")
     assert ids.count("base") == 1  # the variant and app share the base layer
     dev = plan.layer("web:dev")
-    assert dev.parent == "web" and dev.roles == ("devtools",)
-    assert dev.vars["web_port"] == 8080  # a variant's roles see the spec's vars
+    assert dev.parent == "web" and dev.settings.roles == ("devtools",)
+    assert dev.settings.vars["web_port"] == 8080  # a variant's roles see the spec's vars
 
 
 def test_all_targets_when_none_given(project: Project) -> None:

@@ -451,5 +451,24 @@ def makefile(ctx: click.Context, output: Path | None, cache_repo: str | None,
         click.echo(text, nl=False)
 
 
+@main.command("spec-keys")
+@click.argument("provisioner", required=False)
+@click.option("--markdown", is_flag=True, help="Print the docs page (docs/spec-keys.md).")
+@click.pass_context
+@handled
+def spec_keys(ctx: click.Context, provisioner: str | None, markdown: bool) -> None:
+    """List the keys an image spec may hold: the core's, and each provisioner's.
+
+    With PROVISIONER (ansible, chef-solo), the core's and that provisioner's only.
+    """
+    del ctx
+    from rolebake import provision
+    from rolebake.spec_schema import markdown as as_markdown
+    from rolebake.spec_schema import text as as_text
+
+    schemas = provision.schemas(provisioner)
+    click.echo(as_markdown(schemas) if markdown else as_text(schemas), nl=False)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

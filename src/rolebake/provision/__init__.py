@@ -6,6 +6,8 @@ import importlib
 from typing import TYPE_CHECKING
 
 from rolebake.errors import InputError
+from rolebake.spec import CORE_SCHEMA
+from rolebake.spec_schema import Schema
 
 if TYPE_CHECKING:
     from rolebake.provision.base import Provisioner
@@ -32,11 +34,16 @@ def provisioner_class(name: str) -> type[Provisioner]:
     return cls
 
 
-def sections() -> set[str]:
-    """Top-level spec keys that belong to a provisioner (e.g. `chef`)."""
-    found = set()
-    for name in PROVISIONERS:
-        section = provisioner_class(name).section
-        if section:
-            found.add(section)
-    return found
+def readers() -> dict[str, type[Provisioner]]:
+    """Every provisioner by name, as the spec core reads a spec with them (spec.load_spec)."""
+    return {name: provisioner_class(name) for name in names()}
+
+
+def schemas(only: str | None = None) -> list[Schema]:
+    """The spec keys of the core and of every provisioner (or of the core and `only`).
+
+    Raises:
+        InputError: `only` is not a provisioner.
+    """
+    wanted = [only] if only is not None else names()
+    return [CORE_SCHEMA, *(provisioner_class(name).schema() for name in wanted)]

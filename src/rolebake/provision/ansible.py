@@ -41,6 +41,7 @@ from rolebake.provision.ansible_config import (
     runner_environment,
 )
 from rolebake.provision.ansible_inputs import AnsibleInputs, read_inputs
+from rolebake.provision.ansible_spec import SCHEMA, AnsibleSettings, read, settings_of
 from rolebake.provision.base import (
     ContainerOptions,
     ProvisionContext,
@@ -58,8 +59,9 @@ from rolebake.provision.target import ContainerTarget, SSHTarget
 from rolebake.release import Release
 from rolebake.scripts import script
 from rolebake.spec import ImageSpec, Project
+from rolebake.spec_schema import Schema
 from rolebake.state import scratch_dir, write_private
-from rolebake.yamlfile import Vaulted, load_yaml
+from rolebake.yamlfile import Fields, Vaulted, load_yaml
 
 REMOTE_TMP = "/tmp/.rolebake-ansible"
 SYSTEM_PYTHON = "/usr/bin/python3"
@@ -95,41 +97,52 @@ class AnsibleProvisioner(Provisioner):
         return f"ansible-core {core}"
 
     @classmethod
+    def schema(cls) -> Schema:
+        """`roles`, `playbook`, `vars`, `sensitive_vars`, `groups`, `host`, `inventory`."""
+        return SCHEMA
+
+    @classmethod
+    def read_settings(cls, top: Fields, variants: Mapping[str, Fields], project: Project
+                      ) -> tuple[AnsibleSettings, Mapping[str, AnsibleSettings]]:
+        """Read the Ansible keys of a spec (see ansible_spec.py)."""
+        return read(top, variants, project)
+
+    @classmethod
     def validate(cls, spec: ImageSpec, project: Project) -> None:
         """Roles and playbooks must exist inside the project; one of them must be given."""
-        if spec.roles and spec.playbook:
+        own = settings_of(spec)
+        if own.roles and own.playbook:
             raise InputError("give either `roles:` or `playbook:`, not both",
                              path=spec.path, line=spec.line_of("playbook"))
-        if not spec.roles and not spec.playbook:
+        if not own.roles and not own.playbook:
             raise InputError("nothing to apply: give `roles:` or `playbook:`",
                              path=spec.path, line=1)
-        for role in spec.roles:
+        for role in own.roles:
             _role_dir(project, role, spec)
         for variant in spec.variants:
-            for role in variant.roles_append:
+            for role in settings_of(variant).roles:
                 _role_dir(project, role, spec, line=variant.line)
-        if spec.playbook is not None:
-            if not spec.playbook.is_file():
-                raise InputError(f"playbook {project.relative(spec.playbook)} does not exist",
+        if own.playbook is not None:
+            if not own.playbook.is_file():
+                raise InputError(f"playbook {project.relative(own.playbook)} does not exist",
                                  path=spec.path, line=spec.line_of("playbook"))
-            plays = load_yaml(spec.playbook)
+            plays = load_yaml(own.playbook)
             if not isinstance(plays, list) or not plays:
-                raise InputError("a playbook must be a list of plays", path=spec.playbook,
+                raise InputError("a playbook must be a list of plays", path=own.playbook,
                                  line=1)
             for index, play in enumerate(plays):
                 line = plays.line_of(index) if hasattr(plays, "line_of") else 1
                 if not isinstance(play, dict):
-                    raise InputError(f"play {index + 1} is not a mapping", path=spec.playbook,
+                    raise InputError(f"play {index + 1} is not a mapping", path=own.playbook,
                                      line=line)
                 if "import_playbook" not in play and "hosts" not in play:
-                    raise InputError(f"play {index + 1} has no `hosts:`", path=spec.playbook,
+                    raise InputError(f"play {index + 1} has no `hosts:`", path=own.playbook,
                                      line=line)
         # Follow what each layer of the spec pulls in now, so a path or link out of
         # the project is refused before any container, by every command.
-        _read_inputs(project, spec, spec.roles, spec.playbook, spec.vars)
+        _read_inputs(project, spec, own)
         for variant in spec.variants:
-            _read_inputs(project, spec, variant.roles_append, None,
-                         {**spec.vars, **variant.vars}, line=variant.line)
+            _read_inputs(project, spec, settings_of(variant), line=variant.line)
 
     def input_files(self) -> list[Path]:
         """Every project file Ansible reads for the layer (see `ansible_inputs`)."""
@@ -147,18 +160,18 @@ class AnsibleProvisioner(Provisioner):
         if member is not None:
             tools["inventory host"] = f"{member.host} in {', '.join(member.groups)}"
             tools["group_vars and host_vars"] = ", ".join(found.vars_files or ()) or "none"
-        if self.layer.playbook is not None and self.layer.spec.groups is not None:
+        own = settings_of(self.layer)
+        if own.playbook is not None and own.groups is not None:
             selection = ansible_inventory.select_plays(
-                self.layer.playbook, member, ansible_inventory.parent_memberships(
-                    self.project, self.layer.spec, self.layer.playbook))
+                own.playbook, member, ansible_inventory.parent_memberships(
+                    self.project, self.layer.spec, own.playbook))
             plays, notes = tuple(selection.lines()), (*notes, *selection.notes)
         return ProvisionerInputs(files=found.files, tools=tools, notes=notes, plays=plays)
 
     def _inputs(self) -> AnsibleInputs:
         layer = self.layer
         line = next((v.line for v in layer.spec.variants if v.name == layer.variant), None)
-        return _read_inputs(self.project, layer.spec, layer.roles, layer.playbook, layer.vars,
-                            line=line)
+        return _read_inputs(self.project, layer.spec, settings_of(layer), line=line)
 
     def runtime(self, engine: Engine, parent: ImageInfo, release: Release | None) -> str:
         """The lent python of the parent's release, or the apt bootstrap when there is none."""
@@ -326,27 +339,28 @@ class AnsibleProvisioner(Provisioner):
     def _write_run_files(self, ctx: ProvisionContext, data_dir: Path,
                          target_vars: Mapping[str, Any]) -> str:
         layer = self.layer
+        own = settings_of(layer)
         host_vars = dict(target_vars)
         if ctx.secrets is not None:
             host_vars.update(ctx.secrets.ansible_vars())
         # The target as a host of the project's inventory (ansible_inventory.py).
-        run = ansible_inventory.prepare(self.project, layer.spec, layer.playbook, host_vars)
+        run = ansible_inventory.prepare(self.project, layer.spec, own.playbook, host_vars)
         _write(data_dir / "inventory" / "hosts.yml", yaml.safe_dump(dict(run.generated)))
         self._run = run
         # Vars go in a file, not on ansible-playbook's command line where `ps` shows them;
         # YAML, so that a `!vault` var of the spec reaches Ansible still encrypted.
-        _write(data_dir / "env" / "extravars", _extravars({**layer.vars, **run.extravars}))
-        if layer.playbook is not None and run.wrapper is not None:
+        _write(data_dir / "env" / "extravars", _extravars({**own.vars, **run.extravars}))
+        if own.playbook is not None and run.wrapper is not None:
             _write(data_dir / "project" / "rolebake.yml", yaml.safe_dump(run.wrapper))
             return "rolebake.yml"
-        if layer.playbook is not None:
-            return str(layer.playbook.resolve())
+        if own.playbook is not None:
+            return str(own.playbook.resolve())
         play = [{
             "name": f"rolebake {layer.id}",
             "hosts": "all",
             "gather_facts": True,
             "module_defaults": MODULE_DEFAULTS,
-            "roles": list(layer.roles),
+            "roles": list(own.roles),
         }]
         _write(data_dir / "project" / "rolebake.yml", yaml.safe_dump(play, sort_keys=False))
         return "rolebake.yml"
@@ -356,7 +370,7 @@ class AnsibleProvisioner(Provisioner):
         # Built, not inherited: see ansible_config. ansible-runner finds
         # ansible-playbook on PATH, so ours goes first.
         config = read_config(self.project)
-        found = roles_path(self.project, config, self.layer.playbook)
+        found = roles_path(self.project, config, settings_of(self.layer).playbook)
         if required is not None:  # last, as the inputs' walker searches them
             found.append(required.roles_dir)
         env = environment(config, data_dir, roles_path=[p.resolve() for p in found],
@@ -542,14 +556,15 @@ def _role_dir(project: Project, role: str, spec: ImageSpec, line: int | None = N
     return path
 
 
-def _read_inputs(project: Project, spec: ImageSpec, roles: tuple[str, ...],
-                 playbook: Path | None, variables: Mapping[str, Any],
+def _read_inputs(project: Project, spec: ImageSpec, own: AnsibleSettings,
                  line: int | None = None) -> AnsibleInputs:
+    """What one layer of `spec` reads: `own` is the layer's settings."""
     # Sensitive values never name a file: the name would end up in the inputs label.
-    resolvable = {k: v for k, v in variables.items() if k not in spec.sensitive_vars}
+    resolvable = {k: v for k, v in own.vars.items() if k not in own.sensitive_vars}
+    playbook = own.playbook
     where = line or spec.line_of("playbook" if playbook is not None else "roles")
     member = ansible_inventory.membership(project, spec)
-    return read_inputs(project, roles=roles, playbook=playbook, variables=resolvable,
+    return read_inputs(project, roles=own.roles, playbook=playbook, variables=resolvable,
                        where=(spec.path, where), inventory=member,
                        not_applied=ansible_inventory.not_applied(project, spec, playbook, member))
 

@@ -29,6 +29,7 @@ import yaml
 
 from rolebake.errors import InputError
 from rolebake.provision.ansible_config import read_config
+from rolebake.provision.ansible_spec import settings_of
 from rolebake.spec import ImageSpec, Project
 from rolebake.yamlfile import YamlList, read_ansible_yaml
 
@@ -98,11 +99,12 @@ def membership(project: Project, spec: ImageSpec) -> Membership | None:
     Raises:
         InputError: the inventory cannot be read (file and line).
     """
-    if spec.groups is None:
+    own = settings_of(spec)
+    if own.groups is None:
         return None
     inventory = read_inventory(project, find_inventory(project, spec))
-    host = spec.host or f"rolebake-{spec.name}"
-    direct = set(spec.groups) | set(inventory.host_groups.get(host, ()))
+    host = own.host or f"rolebake-{spec.name}"
+    direct = set(own.groups) | set(inventory.host_groups.get(host, ()))
     groups = inventory.ancestors(direct - {"all"}) | {"all"}
     if groups == {"all"}:
         groups.add("ungrouped")  # as Ansible puts a host of no group
@@ -112,12 +114,13 @@ def membership(project: Project, spec: ImageSpec) -> Membership | None:
                          path=spec.path, line=spec.line_of("host") or spec.line_of("groups"))
     ordered = ["all", *sorted(groups - {"all"})]
     return Membership(host=host, groups=tuple(ordered), inventory=inventory,
-                      named=spec.host is not None)
+                      named=own.host is not None)
 
 
 def find_inventory(project: Project, spec: ImageSpec) -> Path | None:
     """The spec's inventory, else ansible.cfg's `inventory`, else a default; None when none."""
-    return locate_inventory(project, spec.inventory, spec.playbook)
+    own = settings_of(spec)
+    return locate_inventory(project, own.inventory, own.playbook)
 
 
 def locate_inventory(project: Project, given: Path | None, playbook: Path | None) -> Path | None:
@@ -478,12 +481,11 @@ def parent_memberships(project: Project, spec: ImageSpec,
         if isinstance(raw, str) and os.path.realpath(project.root / raw) == target:
             inventory = data.get("inventory")
             groups = data.get("groups")
-            parent = replace(spec, name=name, path=path, playbook=project.root / raw,
-                             groups=tuple(map(str, groups)) if isinstance(groups, list)
-                             else None,
-                             host=str(data["host"]) if data.get("host") else None,
-                             inventory=project.root / inventory
-                             if isinstance(inventory, str) else None)
+            parent = replace(spec, name=name, path=path, settings=replace(
+                settings_of(spec), playbook=project.root / raw,
+                groups=tuple(map(str, groups)) if isinstance(groups, list) else None,
+                host=str(data["host"]) if data.get("host") else None,
+                inventory=project.root / inventory if isinstance(inventory, str) else None))
             found.append(membership(project, parent))
         parent_ref = str(data.get("from") or "").partition(":")[0]
         name = parent_ref if project.has_spec(parent_ref) else None

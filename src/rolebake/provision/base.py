@@ -33,6 +33,7 @@ from rolebake.plan import Layer
 from rolebake.provision.target import ContainerTarget, Target
 from rolebake.rootfs import cache_dir
 from rolebake.spec import ImageSpec, Project
+from rolebake.spec_schema import ProvisionerSettings, Schema
 from rolebake.state import append_private
 from rolebake.yamlfile import Fields
 
@@ -228,7 +229,6 @@ class Provisioner(abc.ABC):
     """Applies one layer's configuration-management code to a target."""
 
     name: ClassVar[str]
-    section: ClassVar[str | None] = None  # the spec key holding this provisioner's settings
     over_ssh: ClassVar[bool] = False  # can `provision` apply the layer to an SSHTarget?
 
     def __init__(self, project: Project, layer: Layer) -> None:
@@ -236,12 +236,34 @@ class Provisioner(abc.ABC):
         self.project = project
         self.layer = layer
 
+    # The provisioner's part of a spec: the core (spec.py) reads the keys every image
+    # has, refuses keys no owner declares, and hands the rest to these two.
+
     @classmethod
-    def parse_options(cls, spec: ImageSpec, project: Project,
-                      section: Fields | None) -> Mapping[str, Any]:
-        """Validate the provisioner's own spec section (e.g. `chef:`) into plain settings."""
-        del spec, project, section
-        return {}
+    def schema(cls) -> Schema:
+        """The spec keys this provisioner owns, with their docs (`rolebake spec-keys`)."""
+        return Schema(owner=cls.name)
+
+    @classmethod
+    def read_settings(cls, top: Fields, variants: Mapping[str, Fields], project: Project
+                      ) -> tuple[ProvisionerSettings, Mapping[str, ProvisionerSettings]]:
+        """Read this provisioner's keys of a spec into its own frozen settings record.
+
+        Args:
+            top: the spec's top-level mapping (only keys of `schema()` are this
+                provisioner's to read; the core has refused any other).
+            variants: each variant's mapping, by name, in the spec's order.
+            project: the project the spec's paths are relative to.
+
+        Returns:
+            The settings of the spec's own layer, and of each variant's layer
+            (what it applies, the spec's settings merged in), by variant name.
+
+        Raises:
+            InputError: a bad value, naming file and line.
+        """
+        del top, project
+        return ProvisionerSettings(), {name: ProvisionerSettings() for name in variants}
 
     @classmethod
     def validate(cls, spec: ImageSpec, project: Project) -> None:

@@ -2,8 +2,8 @@
 
 Chef's toolchain is lent by a toolchain image (or found in the parent image),
 never installed, and everything chef reads or writes stays on a tmpfs that is
-never committed. One concern per module: `options` (the spec's `chef:`
-section), `cookbooks` (what a run list pulls in), `render` (what rolebake
+never committed. One concern per module: `options` (the provisioner's keys
+of a spec), `cookbooks` (what a run list pulls in), `render` (what rolebake
 hands chef), `output` (what chef prints) and `provisioner` (the lifecycle).
 """
 
@@ -13,11 +13,15 @@ from rolebake.provision.chef.cookbooks import (
     Resolved,
     cookbook_depends,
     cookbook_index,
-    layer_run_list,
     resolve,
     role_run_list,
 )
-from rolebake.provision.chef.options import ChefOptions, parse_section, require_toolchain
+from rolebake.provision.chef.options import (
+    ChefOptions,
+    options_of,
+    parse_section,
+    require_toolchain,
+)
 from rolebake.provision.chef.output import (
     ChefError,
     DocOutputParser,
@@ -50,8 +54,8 @@ __all__ = [
     "cookbook_index",
     "failure_from_output",
     "find_error",
-    "layer_run_list",
     "node_json",
+    "options_of",
     "parse_chef_output",
     "parse_section",
     "require_toolchain",

@@ -211,10 +211,3 @@ def _line_of_text(text: str, needle: str) -> int:
     at = text.find(needle)
     return text.count("\n", 0, at) + 1 if at >= 0 else 1
 
-
-def layer_run_list(options: ChefOptions, roles: Sequence[str], variant: str | None) -> list[str]:
-    """The run list of a layer: the spec's, or a variant's `roles_append` as Chef roles."""
-    if variant is not None:
-        return [f"role[{name}]" for name in roles]
-    return list(options.run_list)
-

@@ -1,4 +1,6 @@
-"""The spec's `chef:` section: its keys, defaults and validation into ChefOptions.
+"""The chef-solo provisioner's part of a spec: `chef:`, a variant's `roles_append`.
+
+Their schema, and their validation into ChefOptions (one frozen record per layer).
 
 The toolchain is named here (`chef.image`, ROLEBAKE_CHEF_IMAGE or `chef.path`);
 whether a named toolchain image is usable is checked later, by the provisioner.
@@ -9,13 +11,14 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from rolebake.errors import InputError
 from rolebake.reference import is_image_reference
-from rolebake.spec import ImageSpec, Project
+from rolebake.spec import ROLE_NAME_RE, ImageSpec, Project
+from rolebake.spec_schema import Key, ProvisionerSettings, Schema
 from rolebake.yamlfile import Fields, plain, require_json
 
 TOOLCHAIN_ENV = "ROLEBAKE_CHEF_IMAGE"
@@ -35,9 +38,33 @@ RUN_LIST_RE = re.compile(
 )
 
 
+SCHEMA = Schema(
+    owner="chef-solo",
+    summary="Chef cookbooks and roles applied with chef-solo, the toolchain lent, never "
+            "installed.",
+    keys=(
+        Key("chef", "a mapping: run_list, attributes, image, path, cookbooks, roles, "
+                    "environments, environment",
+            "What chef-solo runs: `run_list` (required: recipe[name], role[name]), node "
+            "`attributes`, the toolchain (`image` or `path`), the project folders and the "
+            "Chef environment.",
+            "required; folders default to cookbooks/, cookbooks/roles, cookbooks/environments"),
+    ),
+    variant_keys=(
+        Key("roles_append", "a list of Chef role names (required)",
+            "The Chef roles the variant's layer runs (as role[name]) on top of the spec's "
+            "image."),
+    ),
+    instead=(("roles", "Chef roles go in `chef.run_list` as role[name]"),
+             ("playbook", "give a `chef.run_list` instead"),
+             ("vars", "node attributes go in `chef.attributes`"),
+             ("sensitive_vars", "it applies to Ansible `vars:`")),
+)
+
+
 @dataclass(frozen=True)
-class ChefOptions:
-    """The spec's `chef:` section, validated (stored in the spec as a plain dict)."""
+class ChefOptions(ProvisionerSettings):
+    """The spec's `chef:` section, validated: what one layer runs (a variant: its roles)."""
 
     run_list: tuple[str, ...]
     attributes: Mapping[str, Any] = field(default_factory=dict)
@@ -49,8 +76,12 @@ class ChefOptions:
     environments: str = DEFAULTS["environments"]
     environment: str | None = None
 
+    def key_form(self) -> Mapping[str, Any]:
+        """All of it, hashed into the layer's key."""
+        return self.to_dict()
+
     def to_dict(self) -> dict[str, Any]:
-        """The plain form kept in ImageSpec.provisioner_options (and hashed into the key)."""
+        """The plain form (hashed into the layer's key)."""
         return {
             "run_list": list(self.run_list),
             "attributes": dict(self.attributes),
@@ -79,13 +110,25 @@ class ChefOptions:
         )
 
 
-def parse_section(section: Fields | None, spec: ImageSpec, project: Project,
+def read_variants(options: ChefOptions, variants: Mapping[str, Fields]) -> dict[str, ChefOptions]:
+    """Each variant's layer: the spec's options, running the variant's `roles_append` roles."""
+    layers: dict[str, ChefOptions] = {}
+    for name, body in variants.items():
+        roles = body.text_list("roles_append", pattern=ROLE_NAME_RE, what="a role name")
+        if not roles:
+            raise InputError(f"variants.{name}: needs roles_append "
+                             "(a variant is a layer of extra Chef roles)",
+                             path=body.path, line=body.line)
+        layers[name] = replace(options, run_list=tuple(f"role[{r}]" for r in roles))
+    return layers
+
+
+def parse_section(top: Fields, project: Project,
                   environ: Mapping[str, str] | None = None) -> ChefOptions:
     """Validate a spec's `chef:` mapping (InputError with file and line on any problem).
 
     Args:
-        section: the `chef:` mapping, or None when the spec has none.
-        spec: the spec (for its path and the lines of its top-level keys).
+        top: the spec's top-level mapping (its `chef:` key, and the lines of the others).
         project: the project the paths are relative to.
         environ: where ROLEBAKE_CHEF_IMAGE is looked up (default: os.environ).
 
@@ -93,9 +136,10 @@ def parse_section(section: Fields | None, spec: ImageSpec, project: Project,
         The options; `image` falls back to ROLEBAKE_CHEF_IMAGE.
     """
     environ = os.environ if environ is None else environ
+    section = top.mapping("chef")
     if section is None:
         raise InputError("provisioner chef-solo needs a `chef:` section with a `run_list:`",
-                         path=spec.path, line=spec.line_of("provisioner") or 1)
+                         path=top.path, line=top.line_of("provisioner") or 1)
     section.reject_unknown(SECTION_KEYS)
     run_list = section.text_list("run_list", pattern=RUN_LIST_RE,
                                 what="a run-list item (recipe[name], role[name])")
@@ -119,7 +163,7 @@ def parse_section(section: Fields | None, spec: ImageSpec, project: Project,
         image_from = TOOLCHAIN_ENV
         if not is_image_reference(image):
             raise InputError(f"{TOOLCHAIN_ENV}={image!r} is not an image reference",
-                             path=spec.path, line=spec.line_of("chef"))
+                             path=top.path, line=top.line_of("chef"))
     dirs = {key: _project_dir(project, section, key) for key in DEFAULTS}
     environment = section.text("environment", pattern=NAME_RE, what="an environment name")
     return ChefOptions(
@@ -174,3 +218,10 @@ def require_toolchain(options: ChefOptions, spec: ImageSpec) -> None:
             "chef-solo the parent image has",
             path=spec.path, line=spec.line_of("chef") or spec.line_of("provisioner"),
         )
+
+
+def options_of(settings: ProvisionerSettings) -> ChefOptions:
+    """The chef options of a layer that the chef-solo provisioner applies."""
+    if not isinstance(settings, ChefOptions):
+        raise TypeError(f"not chef-solo settings: {type(settings).__name__}")
+    return settings

@@ -29,12 +29,15 @@ from rolebake.provision.base import (
     append_log,
     lend_volume,
 )
-from rolebake.provision.chef.cookbooks import Resolved, layer_run_list, resolve
+from rolebake.provision.chef.cookbooks import Resolved, resolve
 from rolebake.provision.chef.options import (
+    SCHEMA,
     TOOLCHAIN_DIRS,
     TOOLCHAIN_ENV,
     ChefOptions,
+    options_of,
     parse_section,
+    read_variants,
     require_toolchain,
 )
 from rolebake.provision.chef.output import DocOutputParser, ResourceEvent, failure_from_output
@@ -53,7 +56,8 @@ from rolebake.provision.chef.render import (
     toolchain_dir,
 )
 from rolebake.scripts import script
-from rolebake.spec import ImageSpec, Project
+from rolebake.spec import Project
+from rolebake.spec_schema import Schema
 from rolebake.state import scratch_dir
 from rolebake.yamlfile import Fields, YamlList
 
@@ -79,7 +83,7 @@ class ChefSoloProvisioner(Provisioner):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         """Bind to a layer; see Provisioner."""
         super().__init__(*args, **kwargs)
-        self.options = ChefOptions.from_dict(self.layer.spec.provisioner_options)
+        self.options = options_of(self.layer.settings)
         self.binary: str | None = self.options.path
         self.chef_version: str | None = None
         self.preexisting: tuple[str, ...] = ()
@@ -92,37 +96,32 @@ class ChefSoloProvisioner(Provisioner):
         return "toolchain"
 
     @classmethod
-    def parse_options(cls, spec: ImageSpec, project: Project,
-                      section: Fields | None) -> Mapping[str, Any]:
-        """Validate the `chef:` section and reject the Ansible-only keys."""
-        for key, why in (("roles", "Chef roles go in `chef.run_list` as role[name]"),
-                         ("playbook", "give a `chef.run_list` instead"),
-                         ("vars", "node attributes go in `chef.attributes`"),
-                         ("sensitive_vars", "it applies to Ansible `vars:`")):
-            if spec.line_of(key) is not None:
-                raise InputError(f"`{key}:` is for the ansible provisioner, not chef-solo: {why}",
-                                 path=spec.path, line=spec.line_of(key))
-        for variant in spec.variants:
-            if variant.vars:
-                raise InputError(f"variants.{variant.name}: `vars:` is for Ansible; with "
-                                 "chef-solo a variant only appends Chef roles (roles_append)",
-                                 path=spec.path, line=variant.line)
-        options = parse_section(section, spec, project)
+    def schema(cls) -> Schema:
+        """`chef:` at the top level, `roles_append` in a variant."""
+        return SCHEMA
+
+    @classmethod
+    def read_settings(cls, top: Fields, variants: Mapping[str, Fields], project: Project
+                      ) -> tuple[ChefOptions, Mapping[str, ChefOptions]]:
+        """Read the `chef:` section and each variant's roles; resolve what they run."""
+        options = parse_section(top, project)
+        section = top.mapping("chef")
         items = section.data.get("run_list") if section is not None else None
         lines = [items.line_of(i) for i in range(len(items))] if isinstance(
             items, YamlList) else []
-        resolve(project, options, options.run_list, (spec.path, lines),
+        resolve(project, options, options.run_list, (top.path, lines),
                 environment_line=section.line_of("environment") if section else None)
-        for variant in spec.variants:
-            resolve(project, options, [f"role[{r}]" for r in variant.roles_append],
-                    (spec.path, [variant.line] * len(variant.roles_append)))
-        return options.to_dict()
+        layers = read_variants(options, variants)
+        for name, layer in layers.items():
+            line = variants[name].line
+            resolve(project, options, layer.run_list, (top.path, [line] * len(layer.run_list)))
+        return options, layers
 
     # Inputs --------------------------------------------------------------------------------
 
     def run_list(self) -> list[str]:
         """This layer's run list (a variant layer runs its appended roles)."""
-        return layer_run_list(self.options, self.layer.roles, self.layer.variant)
+        return list(self.options.run_list)
 
     def resolved(self) -> Resolved:
         """The cookbooks and role files this layer's run list uses."""
