@@ -9,7 +9,7 @@ against every spec in the project, not only the planned ones.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from rolebake import provision
@@ -21,6 +21,7 @@ from rolebake.reference import normal_tag
 from rolebake.secrets import SecretSet, vault_values
 from rolebake.spec import ImageSpec, Project
 from rolebake.spec import load_spec as read_spec
+from rolebake.yamlfile import parsed_once
 
 
 def load_spec(project: Project, name: str) -> ImageSpec:
@@ -39,16 +40,25 @@ def plan_build(project: Project, targets: Iterable[str] = (),
     """Turn image names (`web`, `web:dev`; none means every image and variant) into a plan.
 
     The project's requirements.yml is installed first (`provision.galaxy`):
-    the specs may name the roles it brings.
+    the specs may name the roles it brings. Each spec is loaded (and checked by
+    its provisioner) once, and each file parsed once (`yamlfile.parsed_once`).
 
     Raises:
         InputError: a bad spec, an unknown image or variant, or a cycle in `from:`;
             a requirement that cannot be reached or installed.
     """
-    galaxy.ensure(project, events)
-    wanted = list(targets) or all_targets(project)
-    plan = make_plan(project, wanted, lambda name: load_spec(project, name))
-    _check_shared_names(project, plan)
+    loaded: dict[str, ImageSpec] = {}
+
+    def load(name: str) -> ImageSpec:
+        if name not in loaded:
+            loaded[name] = load_spec(project, name)
+        return loaded[name]
+
+    with parsed_once():
+        galaxy.ensure(project, events)
+        wanted = list(targets) or all_targets(project, load)
+        plan = make_plan(project, wanted, load)
+        _check_shared_names(project, plan)
     return plan
 
 
@@ -56,10 +66,12 @@ def _check_shared_names(project: Project, plan: BuildPlan) -> None:
     """Refuse a planned layer that shares a tag or a file stem with any other image.
 
     Tags are global on an engine: two specs tagging the same name overwrite each
-    other, whichever builds last. A layer's file stem (`web:dev` -> `web.dev`)
-    names its cache repository, logs and Make target, so a spec `web.dev` and a
-    variant `dev` of `web` would share them. Specs that do not load are skipped:
-    they move no tag until their own error is fixed.
+    other, whichever builds last, and a tag that names an image some spec is
+    built `from:` (its own parent, or another's) would move that base. A
+    layer's file stem (`web:dev` -> `web.dev`) names its cache repository, logs
+    and Make target, so a spec `web.dev` and a variant `dev` of `web` would
+    share them. Specs that do not load are skipped: they move no tag until
+    their own error is fixed.
     """
     specs = {layer.spec.name: layer.spec for layer in plan.layers}
     for name in project.spec_names():
@@ -69,25 +81,55 @@ def _check_shared_names(project: Project, plan: BuildPlan) -> None:
             except InputError:
                 continue
     planned = {layer.id for layer in plan.layers}
+    layers = [layer for spec in sorted(specs.values(), key=lambda s: s.name)
+              for layer in spec_layers(project, spec)]
+    bases: dict[str, Layer] = {}  # an image some layer is built from -> the first such layer
+    for layer in layers:
+        if not layer.parent_is_layer and "@" not in layer.parent:
+            bases.setdefault(_engine_tag(layer.parent), layer)
     tags: dict[str, Layer] = {}
     stems: dict[str, Layer] = {}
-    for spec in sorted(specs.values(), key=lambda s: s.name):
-        for layer in spec_layers(project, spec):
-            other = stems.setdefault(layer.file_stem, layer)
+    for layer in layers:
+        other = stems.setdefault(layer.file_stem, layer)
+        if other.id != layer.id and planned & {layer.id, other.id}:
+            here, there = _planned_first(layer, other, planned)
+            raise InputError(
+                f"image {here.id!r} and image {there.id!r} ({_where(project, there)}) "
+                f"would share the cache repository {here.cache_repository}; rename one",
+                path=here.spec.path, line=_line(here))
+        for tag in layer.tags:
+            _check_not_a_base(project, layer, tag, bases.get(_engine_tag(tag)), planned)
+            other = tags.setdefault(_engine_tag(tag), layer)
             if other.id != layer.id and planned & {layer.id, other.id}:
                 here, there = _planned_first(layer, other, planned)
                 raise InputError(
-                    f"image {here.id!r} and image {there.id!r} ({_where(project, there)}) "
-                    f"would share the cache repository {here.cache_repository}; rename one",
-                    path=here.spec.path, line=_line(here))
-            for tag in map(normal_tag, layer.tags):
-                other = tags.setdefault(tag, layer)
-                if other.id != layer.id and planned & {layer.id, other.id}:
-                    here, there = _planned_first(layer, other, planned)
-                    raise InputError(
-                        f"tag {tag!r} is also a tag of {there.id} "
-                        f"({_where(project, there, 'tags')}); two images cannot share a tag",
-                        path=here.spec.path, line=_line(here, "tags"))
+                    f"tag {normal_tag(tag)!r} is also a tag of {there.id} "
+                    f"({_where(project, there, 'tags')}); two images cannot share a tag",
+                    path=here.spec.path, line=_line(here, "tags"))
+
+
+def _check_not_a_base(project: Project, layer: Layer, tag: str, based: Layer | None,
+                      planned: set[str]) -> None:
+    """Refuse a tag naming an image a layer is built from: tagging it would move that base."""
+    if based is None or not planned & {layer.id, based.id}:
+        return
+    if based.id == layer.id:
+        why = "the image this one is built from (`from:`); tagging it would replace its own base"
+    else:
+        why = (f"the image {based.id} is built from ({_where(project, based, 'from')}); "
+               f"tagging it would change what {based.id} builds on")
+    raise InputError(f"tag {normal_tag(tag)!r} is {why}", path=layer.spec.path,
+                     line=_line(layer, "tags"))
+
+
+def _engine_tag(reference: str) -> str:
+    """A tag as the engine stores it: `:latest` added, Docker Hub's implicit prefixes dropped."""
+    tag = normal_tag(reference)
+    for prefix in ("docker.io/library/", "index.docker.io/library/", "docker.io/",
+                   "index.docker.io/"):
+        if tag.startswith(prefix):
+            return tag.removeprefix(prefix)
+    return tag
 
 
 def _planned_first(one: Layer, two: Layer, planned: set[str]) -> tuple[Layer, Layer]:
@@ -107,14 +149,15 @@ def _where(project: Project, layer: Layer, key: str = "") -> str:
     return f"{project.relative(layer.spec.path)}:{_line(layer, key)}"
 
 
-def all_targets(project: Project) -> list[str]:
-    """Every image in images/ and every variant of each."""
+def all_targets(project: Project,
+                load: Callable[[str], ImageSpec] | None = None) -> list[str]:
+    """Every image in images/ and every variant of each (specs read with `load`)."""
     names = project.spec_names()
     if not names:
         raise InputError("no image specs found", path=project.images_dir)
     targets: list[str] = []
     for name in names:
-        spec = load_spec(project, name)
+        spec = (load or (lambda n: load_spec(project, n)))(name)
         targets.append(name)
         targets.extend(f"{name}:{v.name}" for v in spec.variants)
     return targets

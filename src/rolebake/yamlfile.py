@@ -5,7 +5,12 @@ so the loader keeps the line of each mapping key and list item. It also
 refuses, at a line, what PyYAML would accept and later code would choke on:
 unhashable keys, nesting deeper than MAX_DEPTH, and aliases that expand to
 more than MAX_ALIAS_EXPANSION values (a few hundred bytes of nested aliases
-otherwise expand to gigabytes once the data is copied or serialised).
+otherwise expand to gigabytes once the data is copied or serialised). A file
+larger than MAX_FILE_BYTES is refused from its size, before it is read.
+
+Within `parsed_once()` (a command) each file is parsed once per loader while
+its stat stays the same: a spec, playbook or task file is read by several
+checks and by each layer that uses it.
 """
 
 from __future__ import annotations
@@ -21,6 +26,11 @@ from typing import Any
 import yaml
 
 from rolebake.errors import InputError
+from rolebake.yamlio import MAX_FILE_BYTES, cached, check_size, parsed_once, read_capped
+
+__all__ = ["MAX_ALIAS_EXPANSION", "MAX_DEPTH", "MAX_FILE_BYTES", "Fields", "Vaulted",
+           "YamlList", "YamlMap", "check_size", "kind", "load_yaml", "parsed_once", "plain",
+           "read_ansible_yaml", "require_json"]
 
 # Far beyond any real spec, playbook or vars file, and far below Python's
 # recursion limit for the composer, the constructor and `plain`.
@@ -215,13 +225,18 @@ def load_yaml(path: Path) -> Any:
     """Load one YAML document, raising InputError with file and line on any problem.
 
     Args:
-        path: the file to read.
+        path: the file to read; one over the size cap is refused unread.
 
     Returns:
-        The document, with YamlMap and YamlList in place of dict and list.
+        The document, with YamlMap and YamlList in place of dict and list; within
+        `parsed_once()` it may be shared with other readers: never change it.
     """
+    return cached("lines", path, lambda: _load_yaml(path))
+
+
+def _load_yaml(path: Path) -> Any:
     try:
-        data = path.read_bytes()
+        data = read_capped(path)
     except FileNotFoundError:
         raise InputError("file not found", path=path) from None
     except OSError as exc:
@@ -269,10 +284,19 @@ def read_ansible_yaml(path: Path) -> Any:
 
     Ansible accepts a repeated key (the last one wins) and its own tags
     (`!vault`, `!unsafe`), so this does too. A file that is not YAML at all is
-    left for Ansible to report at run time, with its own file and line.
+    left for Ansible to report at run time, with its own file and line. A file
+    over the size cap is refused unread. Within `parsed_once()` the document may
+    be shared with other readers: never change it.
+
+    Raises:
+        InputError: the file is over the size cap.
     """
+    return cached("ansible", path, lambda: _read_ansible_yaml(path))
+
+
+def _read_ansible_yaml(path: Path) -> Any:
     try:
-        return yaml.load(path.read_text(encoding="utf-8"), Loader=_AnsibleLoader)
+        return yaml.load(read_capped(path).decode("utf-8"), Loader=_AnsibleLoader)
     except (OSError, UnicodeDecodeError, yaml.YAMLError, _Refused):
         return None
 

@@ -24,6 +24,7 @@ import click
 
 from rolebake import redact
 from rolebake.errors import InputError, Interrupted, RolebakeError
+from rolebake.yamlio import parsed_once
 
 if TYPE_CHECKING:
     from rolebake.plan import BuildPlan
@@ -105,7 +106,7 @@ def handled(func: F) -> F:
         ctx.meta["vault_password_env"] = os.environ.pop(VAULT_PASSWORD_ENV, None)
         with _redacted_output():
             try:
-                with _Signals().installed():
+                with _Signals().installed(), parsed_once():  # each YAML file parsed once
                     return func(*args, **kwargs)
             except RolebakeError as exc:
                 if debug:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import os
 import re
-import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,8 +44,9 @@ from rolebake.provision.collection_versions import (
     named_in_module,
 )
 from rolebake.provision.requirements import Requirements, installed, used
+from rolebake.provision.task_args import task_args
 from rolebake.spec import Project
-from rolebake.yamlfile import YamlList, YamlMap, read_ansible_yaml
+from rolebake.yamlfile import YamlList, YamlMap, check_size, kind, read_ansible_yaml
 
 TASK_INCLUDES = frozenset({"include_tasks", "import_tasks", "include"})
 ROLE_INCLUDES = frozenset({"include_role", "import_role"})
@@ -164,6 +164,7 @@ class _Walker:
     vars_names: Mapping[str, tuple[str, ...]] | None = None  # group_vars/host_vars to key
     vars_found: dict[str, None] = field(default_factory=dict)
     not_applied: frozenset[tuple[str, int | None]] = frozenset()  # plays: (realpath, line)
+    importing: list[str] = field(default_factory=list)  # playbooks being walked (realpaths)
 
     # Files -----------------------------------------------------------------------------
 
@@ -176,11 +177,13 @@ class _Walker:
             self.files[path] = None
             self.collections.update(named_in_file(path))
 
-    def add_tree(self, root: Path) -> None:
-        """Key every file below a folder (or the file itself)."""
+    def add_tree(self, root: Path, *, capped: bool = False) -> None:
+        """Key every file below a folder (or the file itself); `capped`: vars, size-capped."""
         if self._required(root):
             return
         for path in tree_files(root, self.project, seen=self.seen_dirs):
+            if capped:
+                check_size(path)
             if path not in self.files:
                 self.files[path] = None
                 self.collections.update(named_in_file(path))
@@ -285,8 +288,11 @@ class _Walker:
 
     def role(self, folder: Path, *, tasks_from: str = "main", handlers_from: str = "main",
              vars_from: str = "main", defaults_from: str = "main",
-             playbook_dir: Path | None = None) -> None:
-        """Key a role's whole folder and follow what its entry points pull in."""
+             playbook_dir: Path | None = None, chain: tuple[str, ...] = ()) -> None:
+        """Key a role's whole folder and follow what its entry points pull in.
+
+        `chain`: the roles (realpaths) whose meta dependencies led here, for cycles.
+        """
         key = ("role", os.path.realpath(folder), tasks_from, handlers_from, vars_from,
                defaults_from)
         if key in self.walked:
@@ -296,7 +302,7 @@ class _Walker:
         ctx = _Context(role=folder, playbook_dir=playbook_dir)
         meta = _entry(folder / "meta", "main")
         if meta is not None:
-            self._meta(meta, folder, ctx)
+            self._meta(meta, folder, ctx, (*chain, os.path.realpath(folder)))
         for sub, name in (("tasks", tasks_from), ("handlers", handlers_from)):
             entry = _entry(folder / sub, name)
             if entry is not None:
@@ -304,9 +310,10 @@ class _Walker:
         for sub, name in (("vars", vars_from), ("defaults", defaults_from)):
             entry = _entry(folder / sub, name)
             if entry is not None:
+                check_size(entry)
                 self.add(entry)
 
-    def _meta(self, meta: Path, folder: Path, ctx: _Context) -> None:
+    def _meta(self, meta: Path, folder: Path, ctx: _Context, chain: tuple[str, ...]) -> None:
         data = read_ansible_yaml(meta)
         if not isinstance(data, dict):
             return
@@ -319,8 +326,12 @@ class _Walker:
                 continue
             found = self.find_role(name, meta, line, base=folder, required=True,
                                    playbook_dir=ctx.playbook_dir)
+            if found is not None and os.path.realpath(found) in chain and not self.lenient:
+                cycle = chain[chain.index(os.path.realpath(found)):]
+                names = " -> ".join(Path(real).name for real in (*cycle, cycle[0]))
+                raise InputError(f"meta dependencies make a cycle: {names}", path=meta, line=line)
             if found is not None:
-                self.role(found, playbook_dir=ctx.playbook_dir)
+                self.role(found, playbook_dir=ctx.playbook_dir, chain=chain)
 
     # Task files -------------------------------------------------------------------------
 
@@ -334,6 +345,9 @@ class _Walker:
         data = read_ansible_yaml(path)
         if isinstance(data, list):
             self.task_list(data, path, ctx)
+        elif data is not None and not self.lenient:  # Ansible stops at it: "malformed block"
+            raise InputError(f"a task file must be a list of tasks, got {kind(data)}",
+                             path=path, line=getattr(data, "line", 1))
 
     def task_list(self, tasks: list[Any], path: Path, ctx: _Context) -> None:
         """Follow the includes of a list of tasks (blocks included)."""
@@ -349,7 +363,7 @@ class _Walker:
                     continue
                 action = raw_key.removeprefix("ansible.builtin.").removeprefix("ansible.legacy.")
                 at = task.line_of(raw_key) if isinstance(task, YamlMap) else line
-                args = _args(value, task.get("args"))
+                args = task_args(value, task.get("args"))
                 if action in TASK_INCLUDES:
                     self._include_tasks(args, path, at, ctx, raw_key)
                 elif action in ROLE_INCLUDES:
@@ -374,7 +388,7 @@ class _Walker:
         name = args.get("name") or args.get("role") or args.get("_raw_params")
         if not isinstance(name, str) or not name:
             return
-        entries: dict[str, str] = {}
+        entries: dict[str, Any] = {}  # tasks_from and friends, as role() takes them
         for option in ("tasks_from", "vars_from", "defaults_from", "handlers_from"):
             value = args.get(option)
             if not isinstance(value, str):
@@ -437,7 +451,7 @@ class _Walker:
             # Not there now, but it would be read from outside where it is.
             check_inside(candidates[0], self.project, where=path, line=line)
         for candidate in found:
-            self.add_tree(candidate)
+            self.add_tree(candidate, capped=True)  # a task or vars file
         return found
 
     # Playbooks ------------------------------------------------------------------------
@@ -461,22 +475,24 @@ class _Walker:
             self.roles_dirs[folder / "roles"] = None
         plays = read_ansible_yaml(path)
         ctx = _Context(role=None, playbook_dir=folder)
+        self.importing.append(os.path.realpath(path))
         for index, play in enumerate(plays if isinstance(plays, list) else []):
             if not isinstance(play, dict):
                 continue
             line = plays.line_of(index) if isinstance(plays, YamlList) else None
             self._play(play, path, line, ctx)
+        self.importing.pop()
 
     def vars_dirs(self, folder: Path) -> None:
         """Key a folder's group_vars/ and host_vars/: whole, or the target's entries (and which)."""
         for sub in ("group_vars", "host_vars"):
             if (folder / sub).is_dir() and self.vars_names is None:
-                self.add_tree(folder / sub)
+                self.add_tree(folder / sub, capped=True)
             for name in self.vars_names[sub] if self.vars_names is not None else ():
                 for suffix in VARS_SUFFIXES:
                     entry = folder / sub / f"{name}{suffix}"
                     if entry.exists() or entry.is_symlink():
-                        self.add_tree(entry)
+                        self.add_tree(entry, capped=True)
                         self.vars_found[self.project.logical(entry)] = None
 
     def _play(self, play: dict[Any, Any], path: Path, line: int | None, ctx: _Context) -> None:
@@ -519,6 +535,10 @@ class _Walker:
         check_inside(target, self.project, where=path, line=line)
         if not target.is_file():
             raise InputError(f"import_playbook: {resolved!r} not found", path=path, line=line)
+        if os.path.realpath(target) in self.importing:  # import_playbook is static: no end
+            cycle = self.importing[self.importing.index(os.path.realpath(target)):]
+            names = " -> ".join(self.project.relative(Path(p)) for p in (*cycle, cycle[0]))
+            raise InputError(f"import_playbook makes a cycle: {names}", path=path, line=line)
         self.playbook(target, where=(path, line))
 
     def _vars_files(self, value: Any, path: Path, line: int | None, ctx: _Context) -> None:
@@ -575,25 +595,3 @@ def _entry(folder: Path, name: str) -> Path | None:
 def _line(data: Any, key: str, default: int | None) -> int | None:
     return data.line_of(key) if isinstance(data, YamlMap) else default
 
-
-def _args(value: Any, extra: Any) -> dict[str, Any]:
-    """A task's arguments: a mapping, or the `k=v` / free-form string Ansible also accepts."""
-    args: dict[str, Any] = dict(extra) if isinstance(extra, dict) else {}
-    if isinstance(value, dict):
-        args.update(value)
-    elif isinstance(value, str):
-        if _TEMPLATED.search(value):
-            # Jinja spaces would split it; only a k=v form with templated values is lost.
-            return {**args, "_raw_params": value}
-        try:
-            words = shlex.split(value)
-        except ValueError:
-            words = value.split()
-        free = [w for w in words if "=" not in w]
-        for word in words:
-            if "=" in word:
-                option, _, given = word.partition("=")
-                args[option] = given
-        if free:
-            args["_raw_params"] = " ".join(free)
-    return args
