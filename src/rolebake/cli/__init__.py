@@ -316,6 +316,7 @@ def init(ctx: click.Context, playbook: Path | None, inventory: Path | None,
     project = project_of(ctx, made=False)  # an Ansible repository without images/ yet
     site = scaffold_init.find_playbook(project, playbook)
     proposals = scaffold_init.propose(site, base_from)
+    scaffold_init.refuse_links(project, proposals)  # before any notice: one line, exit 2
     given = (project.root / inventory) if inventory is not None else None
     for line in scaffold_init.check(project, site, given, proposals):
         err(line)

@@ -135,7 +135,8 @@ class AnsibleProvisioner(Provisioner):
                 if not isinstance(play, dict):
                     raise InputError(f"play {index + 1} is not a mapping", path=own.playbook,
                                      line=line)
-                if "import_playbook" not in play and "hosts" not in play:
+                if not {"import_playbook", "ansible.builtin.import_playbook"} & play.keys() \
+                        and "hosts" not in play:
                     raise InputError(f"play {index + 1} has no `hosts:`", path=own.playbook,
                                      line=line)
         # Follow what each layer of the spec pulls in now, so a path or link out of

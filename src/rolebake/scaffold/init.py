@@ -10,6 +10,7 @@ testinfra suite; nothing is overwritten.
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -139,23 +140,59 @@ def test_image_has_an_os(host):
 
 def write(project: Project, proposals: list[Proposal], playbook: Path,
           inventory: Path | None) -> list[Path]:
-    """Write every spec and suite; nothing at all when any of them exists.
+    """Write every spec and suite; nothing at all when any of them exists or sits behind a link.
 
     Raises:
-        InputError: files that exist (all named).
+        InputError: a folder on the way that is a link out of the project, or a file
+            that is a link (the first one named); files that exist (all named).
     """
     files: dict[Path, str] = {}
     for proposal in proposals:
         files[proposal.spec_path(project)] = spec_text(project, proposal, playbook, inventory)
         files[proposal.suite_path(project)] = suite_text(proposal)
+    refuse_links(project, proposals)
     there = [project.relative(path) for path in files if path.exists() or path.is_symlink()]
     if there:
         raise InputError(f"not overwriting what exists: {', '.join(there)}",
                          hint="move them away, or write those specs by hand")
     for path, text in files.items():
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text, encoding="utf-8")
+        # O_EXCL and O_NOFOLLOW: a link (or file) put there since the checks is never written.
+        handle = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+        with os.fdopen(handle, "w", encoding="utf-8") as out:
+            out.write(text)
     return list(files)
+
+
+def refuse_links(project: Project, proposals: list[Proposal]) -> None:
+    """Refuse, before anything is said or written, files to write behind a link.
+
+    A file that is a link is refused; so is a folder on its way that links out
+    of the project (`images -> /etc` would make init write anywhere the user
+    can). A link inside the project (`tests -> qa/tests`) is written through.
+
+    Raises:
+        InputError: naming the first such link.
+    """
+    for proposal in proposals:
+        _refuse_links(project, proposal.spec_path(project))
+        _refuse_links(project, proposal.suite_path(project))
+
+
+def _refuse_links(project: Project, path: Path) -> None:
+    current = project.root
+    for part in path.relative_to(project.root).parts:
+        current = current / part
+        if not current.is_symlink():
+            continue
+        target = os.readlink(current)
+        if current == path:
+            raise InputError(f"is a link (to {target}); rolebake init writes no file through "
+                             "a link", path=current)
+        if not project.inside(current) or not current.exists():
+            where = "to nothing" if project.inside(current) else "out of the project"
+            raise InputError(f"is a link {where} (to {target}); rolebake init writes nothing "
+                             "through it", path=current)
 
 
 def check(project: Project, playbook: Path, given: Path | None,
