@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import tracemalloc
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,7 +33,7 @@ from click.testing import CliRunner
 from rolebake import yamlfile
 from rolebake.cli import main
 from rolebake.errors import InputError
-from rolebake.load import load_spec, plan_build
+from rolebake.load import load_spec, plan_build, plan_secrets
 from rolebake.spec import Project
 from tests.conftest import REPO, run_cli
 
@@ -354,3 +355,208 @@ def test_spec_keys_of_one_provisioner() -> None:
     assert "groups" not in result.output  # Ansible's key is not listed for chef-solo
     bad = CliRunner().invoke(main, ["spec-keys", "puppet"])
     assert bad.exit_code == 2 and "unknown provisioner 'puppet'" in bad.output
+
+
+# Size caps: a YAML file over the cap is refused from its size, before it is read -------------
+
+def _big_yaml(path: Path, size: int, *, mapping: bool = True, head: str = "big:\n",
+              indent: str = "") -> None:
+    """A valid YAML file of at least `size` bytes (vars as a mapping, or a list of tasks)."""
+    line = "  v{}: 'xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx'\n" if mapping else \
+        "- {{name: 'task {}', ansible.builtin.debug: {{msg: xxxxxxxxxxxxxxxxxxxxxxxx}}}}\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as out:
+        out.write(head if mapping else "")
+        written = index = 0
+        while written < size:
+            written += out.write(indent + line.format(index))
+            index += 1
+
+
+def test_a_50_mb_spec_is_one_line_and_never_read(project: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    # 50 MB of vars, written here (never committed): what took 19 s and 450 MB to refuse.
+    spec = project / "images" / "big.yml"
+    _big_yaml(spec, 50 * 1024 * 1024, head="from: rolebake/debian:bookworm\nroles: [common]\n"
+                                           "vars:\n")
+    assert spec.stat().st_size > 50 * 1024 * 1024
+
+    monkeypatch.setattr(yamlfile, "_LineLoader", _Counting)
+    monkeypatch.setattr(_Counting, "composed", 0)
+    rc, output = _build(project, "big", monkeypatch)
+    assert rc == 2, output
+    assert output.strip() == ("error: images/big.yml: 50 MB, over the 4 MB cap on YAML files "
+                              "rolebake reads (set ROLEBAKE_MAX_YAML_BYTES to raise it)")
+    assert _Counting.composed == 0  # refused before the parser saw a node
+
+    tracemalloc.start()
+    try:
+        with pytest.raises(InputError, match="over the 4 MB cap"):
+            yamlfile.load_yaml(spec)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 256 * 1024  # not a byte of the 50 MB was read
+
+
+CAP = 64 * 1024  # the cap these tests set through ROLEBAKE_MAX_YAML_BYTES
+OVER_CAP = {
+    # case: (the spec's body after `from:`, {file: mapping (vars) or a task list}, the file named)
+    "playbook": ("playbook: playbooks/big.yml\n", {}, "playbooks/big.yml"),
+    "vars_files": ("playbook: playbooks/vf.yml\n", {"playbooks/vars/big.yml": True},
+                   "playbooks/vars/big.yml"),
+    "group_vars": ("playbook: playbooks/site.yml\n", {"playbooks/group_vars/zz_big.yml": True},
+                   "playbooks/group_vars/zz_big.yml"),
+    "role vars": ("roles: [bigvars]\n", {"roles/bigvars/vars/main.yml": True},
+                  "roles/bigvars/vars/main.yml"),
+    "role defaults": ("roles: [bigvars]\n", {"roles/bigvars/defaults/main.yml": True},
+                      "roles/bigvars/defaults/main.yml"),
+    "include_vars": ("roles: [incvars]\n", {"roles/incvars/vars/big.yml": True},
+                     "roles/incvars/vars/big.yml"),
+    "task file": ("roles: [bigtasks]\n", {"roles/bigtasks/tasks/main.yml": False},
+                  "roles/bigtasks/tasks/main.yml"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(OVER_CAP))
+def test_a_yaml_file_over_the_cap_is_one_line(case: str, project: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    body, files, named = OVER_CAP[case]
+    _big_yaml(project / "playbooks" / "big.yml", CAP, head="- hosts: all\n  vars:\n", indent="  ")
+    (project / "playbooks" / "vf.yml").write_text(
+        "- hosts: all\n  vars_files: [vars/big.yml]\n  roles: [common]\n")
+    (project / "roles" / "incvars" / "tasks").mkdir(parents=True)
+    (project / "roles" / "incvars" / "tasks" / "main.yml").write_text(
+        "- ansible.builtin.include_vars: big.yml\n")
+    for path, mapping in files.items():
+        _big_yaml(project / path, CAP, mapping=mapping)
+    (project / "images" / "over.yml").write_text("from: rolebake/debian:bookworm\n" + body)
+    monkeypatch.chdir(project)
+    result = CliRunner().invoke(main, ["plan", "over"],
+                                env={**NO_ENGINE, "ROLEBAKE_MAX_YAML_BYTES": str(CAP)})
+    output = result.stderr + result.stdout
+    assert result.exit_code == 2, output
+    assert output.strip().startswith(f"error: {named}: "), output
+    assert output.strip().endswith(" over the 64 KB cap on YAML files rolebake reads (set "
+                                   "ROLEBAKE_MAX_YAML_BYTES to raise it)"), output
+    assert len(output.strip().splitlines()) == 1, output
+
+
+def test_files_under_the_cap_plan(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _big_yaml(project / "roles" / "bigvars" / "vars" / "main.yml", CAP // 2)
+    (project / "images" / "under.yml").write_text(
+        "from: rolebake/debian:bookworm\nroles: [bigvars]\n")
+    monkeypatch.setenv("ROLEBAKE_MAX_YAML_BYTES", str(CAP))
+    assert [x.id for x in plan_build(Project(project), ["under"]).layers] == ["under"]
+
+
+def test_a_cap_that_is_not_a_number_is_one_line(project: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    (project / "images" / "x.yml").write_text("from: rolebake/debian:bookworm\nroles: [common]\n")
+    monkeypatch.setenv("ROLEBAKE_MAX_YAML_BYTES", "4MB")
+    rc, output = _build(project, "x", monkeypatch)
+    assert rc == 2
+    assert output.strip() == "error: ROLEBAKE_MAX_YAML_BYTES='4MB' is not a number of bytes"
+
+
+# Each file parsed once per command ----------------------------------------------------------
+
+def test_each_file_is_parsed_once_per_command(project: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    # Two specs on one playbook, a variant, and the role files they share: every file is
+    # read by several checks and by each layer, but parsed once.
+    (project / "images" / "one.yml").write_text(
+        "from: rolebake/debian:bookworm\nplaybook: playbooks/site.yml\n"
+        "variants:\n  dev: {roles_append: [devtools]}\n")
+    (project / "images" / "two.yml").write_text(
+        "from: one\nplaybook: playbooks/site.yml\nvars: {x: 1}\n")
+    parsed: list[str] = []
+    for name in ("_load_yaml", "_read_ansible_yaml"):
+        real = getattr(yamlfile, name)
+
+        def counted(path: Path, real=real) -> object:  # type: ignore[no-untyped-def]
+            parsed.append(os.path.relpath(path, project))
+            return real(path)
+
+        monkeypatch.setattr(yamlfile, name, counted)
+    with yamlfile.parsed_once():  # as the CLI runs a command
+        plan = plan_build(Project(project))
+        plan_secrets(Project(project), plan)  # every layer's inputs walked again
+    assert {"images/one.yml", "images/two.yml", "playbooks/site.yml"} <= set(parsed)
+    assert any(p.endswith("web/tasks/main.yml") for p in parsed), parsed
+    assert [p for p in set(parsed) if parsed.count(p) > 1] == []
+
+
+def test_a_file_changed_between_commands_is_read_again(project: Path) -> None:
+    spec = project / "images" / "x.yml"
+    spec.write_text("from: rolebake/debian:bookworm\nroles: [web]\n")
+    assert plan_build(Project(project), ["x"]).layer("x").roles == ("web",)
+    spec.write_text("from: rolebake/debian:bookworm\nroles: [app]\n")  # same size, same second
+    assert plan_build(Project(project), ["x"]).layer("x").roles == ("app",)
+
+
+# rolebake init writes nothing through a link out of the project -------------------------------
+
+INIT_LINKS = {
+    # case: (the link, where it points: out/ is beside the project, the link named)
+    "images": ("images", "out", "images"),
+    "tests": ("tests", "out", "tests"),
+    "tests/images": ("tests/images", "out", "tests/images"),
+    "a spec file": ("images/base.yml", "out/base.yml", "images/base.yml"),
+    "a suite file, inside": ("tests/images/web/test_web.py", "project/roles/web/README",
+                             "tests/images/web/test_web.py"),
+    "images, to nothing": ("images", "project/gone", "images"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(INIT_LINKS))
+def test_init_refuses_to_write_through_a_link(case: str, project: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    link, target, named = INIT_LINKS[case]
+    out = project.parent / "out"
+    out.mkdir()
+    shutil.rmtree(project / "images")
+    (project / link).parent.mkdir(parents=True, exist_ok=True)
+    (project / link).symlink_to(project.parent / target)
+    before = sorted(project.rglob("*"))
+    monkeypatch.chdir(project)
+    result = CliRunner().invoke(main, ["init"], env=NO_ENGINE)
+    output = result.stderr + result.stdout
+    assert result.exit_code == 2, output
+    assert len(output.strip().splitlines()) == 1, output  # before any notice
+    assert output.startswith(f"error: {named}: is a link "), output
+    assert list(out.iterdir()) == [] and sorted(project.rglob("*")) == before
+
+
+def test_init_writes_through_a_link_inside_the_project(project: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    (project / "qa").mkdir()
+    (project / "tests").symlink_to("qa")
+    shutil.rmtree(project / "images")
+    monkeypatch.chdir(project)
+    result = CliRunner().invoke(main, ["init"], env=NO_ENGINE)
+    assert result.exit_code == 0, result.stderr + result.stdout
+    assert (project / "qa" / "images" / "web" / "test_web.py").is_file()
+    assert (project / "images" / "web.yml").is_file()
+
+
+def test_init_writes_no_file_that_appeared_as_a_link(project: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    # A link planted after the checks, as the folder is made: the write does not follow it.
+    from rolebake.scaffold import init
+
+    shutil.rmtree(project / "images")
+    playbook = init.find_playbook(Project(project), None)
+    victim = project.parent / "victim"
+    victim.write_text("kept\n")
+    mkdir = Path.mkdir
+
+    def plant(self: Path, *args: object, **kwargs: object) -> None:
+        mkdir(self, *args, **kwargs)  # type: ignore[arg-type]
+        if self == project / "images" and not (self / "base.yml").is_symlink():
+            (self / "base.yml").symlink_to(victim)
+
+    monkeypatch.setattr(Path, "mkdir", plant)
+    with pytest.raises(FileExistsError):
+        init.write(Project(project), init.propose(playbook), playbook, None)
+    assert victim.read_text() == "kept\n"
