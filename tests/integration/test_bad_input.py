@@ -123,6 +123,34 @@ def test_playbook_with_no_hosts(bad: Bad) -> None:
     assert_nothing_left(bad, spec, result, container=False)
 
 
+def test_what_ansible_would_stop_at_is_refused_before_any_container(bad: Bad) -> None:
+    # A task file that is a mapping, meta dependencies in a cycle, a playbook that imports
+    # itself: each used to pass `plan` and fail only inside Ansible, in a container.
+    token = bad.project.token
+    cases: list[tuple[str, str]] = []
+    cases.append((spec_with_role(bad, f"maptasks{token}", {
+        "tasks/main.yml": "name: Say hello\nansible.builtin.debug: {msg: hello}\n"}),
+        f"error: roles/maptasks{token}/tasks/main.yml:1: a task file must be a list of "
+        "tasks, got a mapping"))
+    add_role(bad.project, f"cycb{token}", {"meta/main.yml": f"dependencies: [cyca{token}]\n"})
+    cases.append((spec_with_role(bad, f"cyca{token}", {
+        "meta/main.yml": f"dependencies:\n  - role: cycb{token}\n"}),
+        f"error: roles/cycb{token}/meta/main.yml:1: meta dependencies make a cycle: "
+        f"cyca{token} -> cycb{token} -> cyca{token}"))
+    playbook = bad.project.root / "playbooks" / f"itself{token}.yml"
+    playbook.parent.mkdir(exist_ok=True)
+    playbook.write_text(f"- hosts: all\n  roles: [common]\n- import_playbook: {playbook.name}\n")
+    spec = add_spec(bad.project, f"itself{token}", parent=bad.pybase, roles=(), suite=None)
+    bad.project.edit_spec(spec, playbook=f"playbooks/{playbook.name}")
+    cases.append((spec, f"error: playbooks/{playbook.name}:3: import_playbook makes a cycle: "
+                        f"playbooks/{playbook.name} -> playbooks/{playbook.name}"))
+    for spec, expected in cases:
+        result = run_cli("build", spec, cwd=bad.project.root)
+        assert one_error(result) == expected, result.output
+        assert len(result.output.strip().splitlines()) == 1, result.output
+        assert_nothing_left(bad, spec, result, container=False)
+
+
 def test_vault_with_the_wrong_password(bad: Bad) -> None:
     import subprocess
 
