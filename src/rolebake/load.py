@@ -118,6 +118,8 @@ def _check_not_a_base(project: Project, layer: Layer, tag: str, based: Layer | N
     else:
         why = (f"the image {based.id} is built from ({_where(project, based, 'from')}); "
                f"tagging it would change what {based.id} builds on")
+        if based.spec.name != layer.spec.name:
+            why += f" (to build on this image, write `from: {layer.id}` there)"
     raise InputError(f"tag {normal_tag(tag)!r} is {why}", path=layer.spec.path,
                      line=_line(layer, "tags"))
 
