@@ -490,9 +490,13 @@ def test_each_file_is_parsed_once_per_command(project: Path,
 def test_a_file_changed_between_commands_is_read_again(project: Path) -> None:
     spec = project / "images" / "x.yml"
     spec.write_text("from: rolebake/debian:bookworm\nroles: [web]\n")
-    assert plan_build(Project(project), ["x"]).layer("x").roles == ("web",)
+    assert _roles(project, "x") == ("web",)
     spec.write_text("from: rolebake/debian:bookworm\nroles: [app]\n")  # same size, same second
-    assert plan_build(Project(project), ["x"]).layer("x").roles == ("app",)
+    assert _roles(project, "x") == ("app",)
+
+
+def _roles(project: Path, name: str) -> object:
+    return getattr(plan_build(Project(project), [name]).layer(name).settings, "roles", None)
 
 
 # rolebake init writes nothing through a link out of the project -------------------------------
