@@ -14,7 +14,8 @@ A name written with `{{ ... }}` is resolved from the layer's vars when it is
 just that var (they are extra vars: nothing overrides them); otherwise the
 layer is keyed on the whole roles/ tree (or the playbook's folder) and a note
 says which file and line made it so. Any path or link that leaves the
-project is refused with its file and line.
+project is refused with its file and line, and so is what Ansible would stop
+at: a task file that is not a list, an import_playbook or meta dependency cycle.
 """
 
 from __future__ import annotations
