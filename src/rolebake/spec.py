@@ -1,7 +1,11 @@
-"""Image specs: images/<name>.yml turned into frozen records, validated once, here.
+"""Image specs: images/<name>.yml turned into frozen records, validated once, at load.
 
-Every problem is reported as one InputError naming the file and line
-(DESIGN.md invariant 4), before any container exists.
+The spec core lives here: the keys every image has (`CORE_SCHEMA`). Every
+other key belongs to the provisioner the spec names, which declares it in
+its own schema and reads it into its own frozen settings (spec_schema.py);
+a key no owner of this spec declares is refused here, naming its owner when
+another provisioner has it. Every problem is reported as one InputError
+naming the file and line (DESIGN.md invariant 4), before any container exists.
 """
 
 from __future__ import annotations
