@@ -52,8 +52,8 @@ SCHEMA = Schema(
             "`rolebake-<name>`"),
         Key("inventory", "a path inside the project",
             "The inventory to read groups and variables from; needs `groups:`.",
-            "ansible.cfg's `inventory`, else inventory.ini/hosts beside the project or "
-            "the playbook"),
+            "ansible.cfg's `inventory`, else an `inventory*` or `hosts*` file at the root, "
+            "then beside the playbook"),
     ),
     variant_keys=(
         Key("roles_append", "a list of role names (required)",
