@@ -129,7 +129,8 @@ def test_bad_spec_is_one_clear_line_and_exit_2(case: Case, project: Path,
 
 
 SAMPLE = ["alias-bomb", "nesting-deep-list", "key-unhashable-list", "tag-in-two-specs",
-          "not-utf8", "spec-is-a-folder", "tag-is-own-parent", "meta-dependency-cycle"]
+          "not-utf8", "spec-is-a-folder", "tag-is-own-parent", "meta-dependency-cycle",
+          "chef-with-groups"]
 
 
 @pytest.mark.parametrize("name", SAMPLE)
