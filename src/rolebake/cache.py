@@ -1,10 +1,11 @@
 """The layer cache: what goes into a layer's key, whether it is a hit, and why it missed.
 
-A layer is a hit only when its internal cache tag `rolebake-cache/<layer>:<key>`
-exists; that tag is set in the tag step, after verification, so the image of a
-failed, interrupted, unverified or leaking build is never reused. The inputs
-of every image are stored on it (`rolebake.inputs`), so a miss is explained.
-With a cache repo (`--cache-repo`), a local miss looks there second: a verified
+A layer is a hit only when its internal cache tag
+`rolebake-cache/<project>/<layer>:<key>` exists; that tag is set in the tag
+step, after verification, so the image of a failed, interrupted, unverified or
+leaking build is never reused. The inputs of every image are stored on it
+(`rolebake.inputs`), so a miss is explained, against the same project's builds
+only (`rolebake.project`). With a cache repo (`--cache-repo`), a local miss looks there second: a verified
 layer some other engine pushed is pulled and counts as a hit ("from the cache
 repo"); the push step puts this engine's verified layers there.
 """
@@ -25,7 +26,7 @@ from typing import Any
 from rolebake import __version__, scripts
 from rolebake.engine import ROLE_LABEL, Engine, ImageInfo, Progress
 from rolebake.errors import InputError
-from rolebake.image import CACHE_KEY_LABEL, INPUTS_LABEL, LAYER_LABEL
+from rolebake.image import CACHE_KEY_LABEL, INPUTS_LABEL, LAYER_LABEL, PROJECT_LABEL
 from rolebake.plan import BuildPlan, Layer
 from rolebake.provision import provisioner_class
 from rolebake.provision.base import Provisioner
@@ -384,7 +385,8 @@ class Cache:
                 # Named by the local cache tag: the next build finds it here first.
                 image_id = self.repo.pull(remote, self.tag_for(layer, key), progress, check).id
             return CacheDecision(hit=True, key=key, image_id=image_id, source=FROM_REPO)
-        if self.engine.images({CACHE_KEY_LABEL: key, ROLE_LABEL: "image"}):
+        if self.engine.images({CACHE_KEY_LABEL: key, ROLE_LABEL: "image",
+                               PROJECT_LABEL: layer.spec.project}):
             # Same inputs, but that image never passed verification: it is not reused.
             return CacheDecision(hit=False, key=key, reasons=(
                 "inputs unchanged, but the last image was never verified (--no-verify, "
@@ -446,13 +448,17 @@ class Cache:
         """Inputs of the last build of this layer, to explain a miss.
 
         The image the layer's own tag names comes first; otherwise the most recent
-        verified build of a layer of that name on the engine.
+        verified build of a layer of that name on the engine. Either must be of
+        this project: another project's `web` on a shared engine is no history of
+        this one's, even when the two share a tag.
         """
         for tag in layer.tags:
             tagged = self.engine.image(tag)
-            if tagged is not None and tagged.labels.get(LAYER_LABEL) == layer.id:
+            if tagged is not None and tagged.labels.get(LAYER_LABEL) == layer.id \
+                    and tagged.labels.get(PROJECT_LABEL) == layer.spec.project:
                 return LayerInputs.from_label(tagged.labels.get(INPUTS_LABEL))
-        for image in self.engine.images({LAYER_LABEL: layer.id, ROLE_LABEL: "image"}):
+        for image in self.engine.images({LAYER_LABEL: layer.id, ROLE_LABEL: "image",
+                                         PROJECT_LABEL: layer.spec.project}):
             if any(t.startswith(layer.cache_repository + ":") for t in image.tags):
                 return LayerInputs.from_label(image.labels.get(INPUTS_LABEL))
         return None

@@ -24,6 +24,9 @@ from rolebake.locks import Held, try_exclusive
 from rolebake.spec import ImageConfig
 
 LAYER_LABEL = "rolebake.layer"
+# The project the layer belongs to (project_config.py): a miss is explained only
+# against the same project's builds of a layer of that name.
+PROJECT_LABEL = "rolebake.project"
 SPEC_LABEL = "rolebake.spec"
 CACHE_KEY_LABEL = "rolebake.cache-key"
 INPUTS_LABEL = "rolebake.inputs"
@@ -83,7 +86,8 @@ def commit_config(parent: Mapping[str, Any], config: ImageConfig,
 
 
 def provenance_labels(*, build_id: str, spec: str, layer: str, cache_key: str, inputs: str,
-                      provisioner: str, revision: str | None) -> dict[str, str]:
+                      provisioner: str, revision: str | None,
+                      project: str = "") -> dict[str, str]:
     """The labels every image rolebake commits carries (DESIGN.md, "Image spec").
 
     `rolebake.role=image` overrides the build container's `build`: Docker's
@@ -102,6 +106,8 @@ def provenance_labels(*, build_id: str, spec: str, layer: str, cache_key: str, i
         "org.opencontainers.image.created": dt.datetime.now(dt.UTC).isoformat(
             timespec="seconds"),
     }
+    if project:
+        labels[PROJECT_LABEL] = project
     if revision:
         labels["rolebake.git-revision"] = revision
         labels["org.opencontainers.image.revision"] = revision
@@ -271,12 +277,24 @@ def keep_failed(engine: Engine, image_id: str, tags: Sequence[str]) -> str:
     return failed
 
 
+# rolebake's own state folders (logs, scratch, salt, installed requirements), the
+# project's and any other project's in the repository: written by every build, never
+# a change to what an image is made from.
+STATE_PATHSPECS = (":(top,exclude,glob)**/.rolebake", ":(top,exclude,glob)**/.rolebake/**")
+
+
 def git_revision(root: Path) -> str | None:
-    """The repository's commit (with `-dirty` for uncommitted changes), or None."""
+    """The repository's commit (with `-dirty` for uncommitted changes), or None.
+
+    The whole repository counts (`:/`), except rolebake's `.rolebake/` folders:
+    a build's own logs must not make the next image `-dirty`, whether or not
+    the repository ignores them.
+    """
     try:
         rev = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
                              text=True, check=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain"],
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--",
+                                ":/", *STATE_PATHSPECS],
                                capture_output=True, text=True, check=True, timeout=10).stdout
     except (OSError, subprocess.SubprocessError):
         return None

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rolebake.errors import InputError
-from rolebake.reference import CACHE_NAMESPACE
+from rolebake.reference import cache_repository
 from rolebake.spec import (
     SPEC_NAME_RE,
     VARIANT_NAME_RE,
@@ -45,8 +45,13 @@ class Layer:
 
     @property
     def cache_repository(self) -> str:
-        """Repository of the internal cache tags for this layer."""
-        return CACHE_NAMESPACE + self.id.replace(":", ".")
+        """Repository of the internal cache tags for this layer (its project's own)."""
+        return cache_repository(self.spec.project, self.file_stem)
+
+    @property
+    def lock_name(self) -> str:
+        """The readable part of the layer's host-wide lock file: `<project>.<layer>`."""
+        return f"{self.spec.project}.{self.file_stem}"
 
     @property
     def file_stem(self) -> str:

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import re
 
-# One path component of a repository: spec and variant names are held to it,
-# since they become `rolebake/<name>` and `rolebake-cache/<name>.<variant>`.
+# One path component of a repository: project, spec and variant names are held to it,
+# since they become `<project>/<name>` and `rolebake-cache/<project>/<name>.<variant>`.
 COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
 _COMPONENT = COMPONENT
 _HOST = (
@@ -20,9 +20,18 @@ _TAG = r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}"
 REFERENCE_RE = re.compile(
     rf"{_HOST}?{_COMPONENT}(?:/{_COMPONENT})*(?::{_TAG})?(?:@sha256:[a-f0-9]{{64}})?"
 )
-# rolebake's own cache tags live here (`rolebake-cache/<layer>:<key>`); a spec
-# tag in it could be taken for a verified cache entry, or be moved by one.
+# rolebake's own cache tags live here (`rolebake-cache/<project>/<layer>:<key>`); a
+# spec tag in it could be taken for a verified cache entry, or be moved by one.
 CACHE_NAMESPACE = "rolebake-cache/"
+
+
+def cache_repository(project: str, layer_stem: str) -> str:
+    """The repository of a layer's internal cache tags: `rolebake-cache/<project>/<layer>`.
+
+    The project is a path component of its own, not a prefix joined with `.`:
+    layer names hold dots (`web.dev`), so `a.b` + `c` and `a` + `b.c` would meet.
+    """
+    return f"{CACHE_NAMESPACE}{project}/{layer_stem}"
 
 
 def is_image_reference(value: str) -> bool:

@@ -11,6 +11,7 @@ naming the file and line (DESIGN.md invariant 4), before any container exists.
 from __future__ import annotations
 
 import difflib
+import functools
 import os
 import re
 from collections.abc import Mapping
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Protocol
 
 from rolebake.errors import InputError
+from rolebake.project_config import ProjectIdentity, read_identity
 from rolebake.reference import (
     CACHE_NAMESPACE,
     COMPONENT,
@@ -43,8 +45,8 @@ __all__ = ["HealthCheck", "ImageConfig", "ImageSpec", "Project", "ProvisionerSet
 
 # Every pattern is used with fullmatch: `re.match` with a `$` anchor lets a
 # trailing newline through ("web\n"), and that name then reaches the engine.
-# A spec or variant name becomes a repository component (`rolebake/web`,
-# `rolebake-cache/web.dev`): `web-` or `a..b` would pass a looser pattern and
+# A spec or variant name becomes a repository component (`<project>/web`,
+# `rolebake-cache/<project>/web.dev`): `web-` or `a..b` would pass a looser pattern and
 # fail only when the finished image is tagged.
 SPEC_NAME_RE = re.compile(rf"(?=.{{1,100}}\Z){COMPONENT}")
 VARIANT_NAME_RE = SPEC_NAME_RE
@@ -81,6 +83,7 @@ class ImageSpec:
     """A validated images/<name>.yml."""
 
     name: str
+    project: str  # the project's identity (project_config.py): scopes its names on the engine
     path: Path
     parent: str  # a layer id (`base`, `base:dev`) when parent_is_spec, else an image reference
     parent_is_spec: bool
@@ -110,6 +113,20 @@ class Project:
     """A rolebake project: the folder holding images/, roles/, playbooks/, tests/."""
 
     root: Path
+
+    @functools.cached_property
+    def identity(self) -> ProjectIdentity:
+        """Who the project is on a shared engine (rolebake.yml, else the root folder's name).
+
+        Raises:
+            InputError: a bad rolebake.yml (file and line).
+        """
+        return read_identity(self.root)
+
+    @property
+    def name(self) -> str:
+        """The project's name: its default tags, cache tags and layer locks carry it."""
+        return self.identity.name
 
     @property
     def images_dir(self) -> Path:
@@ -283,7 +300,7 @@ def load_spec(project: Project, name: str,
         raise top.fail("from", f"{parent!r} is neither a spec in images/ nor an image reference")
 
     config = _config(top.mapping("config"))
-    tags = _tags(top) or (f"rolebake/{name}:latest",)
+    tags = _tags(top) or (f"{project.name}/{name}:latest",)
     tests_path = project_path(project, top, "tests")
     tests_explicit = tests_path is not None
     tests = tests_path or project.root / "tests" / "images" / name
@@ -296,7 +313,7 @@ def load_spec(project: Project, name: str,
     idempotence = top.flag("idempotence", False)
     bodies = _variant_bodies(top, CORE_SCHEMA.variant_names() | own.variant_names(), schemas,
                              own)
-    variant_core = {variant_name: (_tags(body) or (f"rolebake/{name}:{variant_name}",),
+    variant_core = {variant_name: (_tags(body) or (f"{project.name}/{name}:{variant_name}",),
                                    _config(body.mapping("config")))
                     for variant_name, body in bodies.items()}
     settings, variant_settings = reader.read_settings(top, bodies, project)
@@ -306,6 +323,7 @@ def load_spec(project: Project, name: str,
                      for variant_name, (tags_, config_) in variant_core.items())
     spec = ImageSpec(
         name=name,
+        project=project.name,
         path=path,
         parent=parent,
         parent_is_spec=parent_is_spec,

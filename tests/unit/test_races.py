@@ -112,7 +112,7 @@ def test_signal_at_the_tag_step_puts_back_every_tag_of_the_run(
         # The worker passed its last cancel check and every tag of web has moved;
         # it looks its image up as it returns, and only then does the signal land.
         engine.on("tag", lambda *_: web_moved.set(), after=True,
-                  match=lambda _image, ref: ref.startswith("rolebake-cache/web:"))
+                  match=lambda _image, ref: ref.startswith("rolebake-cache/project/web:"))
         engine.on("image", lambda _ref: interrupt_main_thread(builder), times=1,
                   match=lambda ref: web_moved.is_set() and ref.startswith("sha256:"))
 
@@ -274,6 +274,8 @@ def test_the_cli_writes_the_report_when_a_worker_raises(
 def test_two_checkouts_take_turns_on_a_layer_of_one_engine(
         engine: FakeEngine, project: Project, fake_provisioner: ProvisionerControl,
         tmp_path: Path, private_lock_dir: Path, same_engine: bool) -> None:
+    # Checkouts of one project in folders of other names: rolebake.yml names the project.
+    (project.root / "rolebake.yml").write_text("project: shop\n")
     other_root = tmp_path / "second-checkout"
     shutil.copytree(project.root, other_root)
     other = Project(other_root)
@@ -320,7 +322,7 @@ def test_two_checkouts_take_turns_on_a_layer_of_one_engine(
     if same_engine:
         assert result.image_id == first["report"].results["base"].image_id
     # The locks are host-wide: nothing of them lives in either checkout.
-    assert list(private_lock_dir.glob("base-*.lock"))
+    assert list(private_lock_dir.glob("shop.base-*.lock"))
     assert not (project.state_dir / "locks").exists() and not (other.state_dir / "locks").exists()
 
 

@@ -99,10 +99,14 @@ class Runner(Steps):
         return found
 
     def _lock_for(self, layer: Layer) -> Path:
-        """The host-wide lock of `layer` on this engine, shared by every checkout."""
+        """The host-wide lock of `layer` on this engine, shared by every checkout of its project.
+
+        Its identity holds the layer's cache repository, which names the project:
+        another project's layer of the same name never waits for this one.
+        """
         if self._engine_identity is None:
             self._engine_identity = self.engine.identity()
-        return host_lock(layer.file_stem, self._engine_identity, layer.cache_repository)
+        return host_lock(layer.lock_name, self._engine_identity, layer.cache_repository)
 
     def _run_pipeline(self, run: LayerRun) -> None:
         for step in PIPELINE:

@@ -106,7 +106,7 @@ class Steps:
             build_id=self.build_id, spec=layer.spec.name, layer=layer.id,
             cache_key=run.inputs.key, inputs=run.inputs.to_label(),
             provisioner=f"{layer.provisioner} ({run.provisioner.version()})",
-            revision=self._revision))
+            revision=self._revision, project=layer.spec.project))
         if run.release is not None:
             run.config["Labels"][RELEASE_LABEL] = run.release.label
         secrets = self.options.secrets

@@ -322,6 +322,12 @@ def init(ctx: click.Context, playbook: Path | None, inventory: Path | None,
         err(line)
     for path in scaffold_init.write(project, proposals, site, given):
         click.echo(f"wrote {project.relative(path)}")
+    named = scaffold_init.write_identity(project)
+    if named is not None:
+        click.echo(f"wrote {project.relative(named)} (project: {project.name})")
+    ignored = scaffold_init.ignore_state(project)
+    if ignored is not None:
+        click.echo(f"added .rolebake/ to {project.relative(ignored)}")
     err("check by hand in each service image: config.cmd (its service in the foreground), "
          "config.expose and a ready check (ready.port or ready.command); then "
          "`rolebake build` and `rolebake scaffold-tests <image>` for real checks")

@@ -5,17 +5,23 @@ Reads the site playbook and the inventory the way a build does
 targets, each a host of that group (`groups: [web]`); when plays target
 `all`, a base image applies those first and every group image is built
 `from:` it, so it adds only its own plays. Each image gets a starting
-testinfra suite; nothing is overwritten.
+testinfra suite; nothing is overwritten. The project is named in
+`rolebake.yml` (after its folder, unless it is named already) and its
+images are tagged `<project>/<image>:latest`, so two repositories with the
+same groups do not share tags on one engine; `.rolebake/` goes into
+`.gitignore`.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
 from rolebake.errors import InputError
+from rolebake.project_config import CONFIG_FILE
 from rolebake.provision import ansible_inventory
 from rolebake.spec import SPEC_NAME_RE, Project
 
@@ -120,7 +126,7 @@ def spec_text(project: Project, proposal: Proposal, playbook: Path,
                   '#   cmd: ["nginx", "-g", "daemon off;"]',
                   "#   expose: [8080]",
                   "# ready: {port: 8080, timeout: 30}"]
-    lines.append(f'tags: ["rolebake/{proposal.name}:latest"]')
+    lines.append(f'tags: ["{project.name}/{proposal.name}:latest"]')
     return "\n".join(lines) + "\n"
 
 
@@ -193,6 +199,62 @@ def _refuse_links(project: Project, path: Path) -> None:
             where = "to nothing" if project.inside(current) else "out of the project"
             raise InputError(f"is a link {where} (to {target}); rolebake init writes nothing "
                              "through it", path=current)
+
+
+def write_identity(project: Project) -> Path | None:
+    """Name the project in rolebake.yml (as its folder is named), unless a file is there.
+
+    Written, not left to be derived: a clone in a folder of another name (a CI
+    checkout) then stays the same project, with the same tags and cache.
+
+    Returns:
+        The file written, or None when one was there.
+    """
+    path = project.root / CONFIG_FILE
+    if path.exists() or path.is_symlink():
+        return None
+    path.write_text("# The project's name on a shared container engine: its default tags, cache\n"
+                    "# tags and build locks carry it (see docs/projects.md).\n"
+                    f"project: {project.name}\n", encoding="utf-8")
+    return path
+
+
+STATE_IGNORE = ".rolebake/"
+_IGNORED = {".rolebake", ".rolebake/", "/.rolebake", "/.rolebake/", ".rolebake/*",
+            "/.rolebake/*", ".rolebake/**", "/.rolebake/**"}
+
+
+def ignore_state(project: Project) -> Path | None:
+    """Add `.rolebake/` to the project's .gitignore (made if missing), unless it is there.
+
+    rolebake's state (logs, scratch, the sensitive-value salt) must never be
+    committed by a `git add -A`.
+
+    Returns:
+        The .gitignore changed, or None when it already ignored the folder or is a
+        link (not written through).
+    """
+    path = project.root / ".gitignore"
+    if path.is_symlink() or _git_ignores(project.root, ".rolebake/"):
+        return None
+    text = path.read_text(encoding="utf-8", errors="replace") if path.exists() else ""
+    if any(line.strip() in _IGNORED for line in text.splitlines()):
+        return None
+    if text and not text.endswith("\n"):
+        text += "\n"
+    path.write_text(text + "# rolebake's logs, scratch and salt\n" + STATE_IGNORE + "\n",
+                    encoding="utf-8")
+    return path
+
+
+def _git_ignores(root: Path, path: str) -> bool:
+    """Whether git already ignores `path` (a parent's .gitignore, info/exclude, the global one)."""
+    try:
+        found = subprocess.run(["git", "-C", str(root), "check-ignore", "-q", "--", path],
+                               capture_output=True, timeout=10, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return False  # no git: the project's own .gitignore is all there is to look at
+    return found.returncode == 0
 
 
 def check(project: Project, playbook: Path, given: Path | None,
