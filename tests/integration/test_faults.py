@@ -28,7 +28,9 @@ import docker
 import pytest
 
 from rolebake.engine import Engine
+from rolebake.load import plan_build
 from rolebake.locks import host_lock
+from rolebake.spec import Project
 from tests.conftest import run_cli
 from tests.integration.conftest import TestProject
 from tests.integration.tinyproject import (
@@ -149,15 +151,21 @@ def test_signal_at_step(faults: Faults, tmp_path: Path, step: str, which: str, s
         project.edit_spec(spec, idempotence=False)
 
 
-def layer_lock(client: docker.DockerClient, spec: str) -> Path:
-    """The host-wide lock rolebake takes for `spec`'s layer on this engine."""
-    return host_lock(spec, Engine(client).identity(), f"rolebake-cache/{spec}")
+def layer_lock(project: TestProject, spec: str) -> Path:
+    """The host-wide lock rolebake takes for `spec`'s layer of the project on this engine."""
+    layer = plan_build(Project(project.root), [spec]).layer(spec)
+    return host_lock(layer.lock_name, Engine(project.client).identity(), layer.cache_repository)
+
+
+def cache_repository(project: TestProject, spec: str) -> str:
+    """`rolebake-cache/<project>/<spec>`: the repository of the layer's cache tags."""
+    return plan_build(Project(project.root), [spec]).layer(spec).cache_repository
 
 
 def test_signal_while_waiting_for_the_lock(faults: Faults) -> None:
     project, spec = faults.project, faults.quick
     set_vars(project, spec)
-    lock = layer_lock(project.client, spec)
+    lock = layer_lock(project, spec)
     lock.parent.mkdir(parents=True, exist_ok=True)
     with lock.open("a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)  # as another `rolebake build` of this layer would
@@ -193,8 +201,9 @@ def test_build_container_killed_from_outside(faults: Faults) -> None:
     assert spec_images(project.client, spec) == {faults.before[spec]}
 
 
-def cache_tags(client: docker.DockerClient, spec: str) -> set[str]:
-    return {t for i in client.images.list(f"rolebake-cache/{spec}") for t in i.tags}
+def cache_tags(project: TestProject, spec: str) -> set[str]:
+    return {t for i in project.client.images.list(cache_repository(project, spec))
+            for t in i.tags}
 
 
 def test_signal_after_a_layer_finished_puts_back_every_tag_of_the_run(faults: Faults) -> None:
@@ -208,7 +217,7 @@ def test_signal_after_a_layer_finished_puts_back_every_tag_of_the_run(faults: Fa
         before = {spec: project.image_id(project.tag(spec)) for spec in (parent, child)}
         faults.before[parent] = before[parent]  # rebuilt if an earlier test changed its vars
         images = {spec: spec_images(project.client, spec) for spec in (parent, child)}
-        caches = {spec: cache_tags(project.client, spec) for spec in (parent, child)}
+        caches = {spec: cache_tags(project, spec) for spec in (parent, child)}
         set_vars(project, parent)  # both layers build anew
         build = Build(project, child, env={"ROLEBAKE_TEST_PAUSE": "after:tag",
                                            "ROLEBAKE_TEST_PAUSE_SECONDS": "10"})
@@ -226,7 +235,7 @@ def test_signal_after_a_layer_finished_puts_back_every_tag_of_the_run(faults: Fa
             # Nothing of this run is left. (Subsets: another test session ending on the
             # shared engine may remove cache tags it saw appear, and their images.)
             assert spec_images(project.client, spec) <= images[spec], result.output
-            assert cache_tags(project.client, spec) <= caches[spec], result.output
+            assert cache_tags(project, spec) <= caches[spec], result.output
         assert project.build_containers() == []
     finally:
         remove_spec_images(project.client, child)
@@ -310,9 +319,10 @@ def test_two_builds_at_once_share_one_cache_entry(faults: Faults, tmp_path: Path
     new = project.image_id(project.tag(spec))
     assert new != faults.before[spec]
     client = project.client
-    cache_tags = [t for i in client.images.list(f"rolebake-cache/{spec}") for t in i.tags]
+    repository = cache_repository(project, spec)
+    cache_tags = [t for i in client.images.list(repository) for t in i.tags]
     key = client.images.get(new).labels["rolebake.cache-key"].split(":")[-1][:40]
-    assert [t for t in cache_tags if t.endswith(key)] == [f"rolebake-cache/{spec}:{key}"]
+    assert [t for t in cache_tags if t.endswith(key)] == [f"{repository}:{key}"]
     # Compared with what was there, not equal to it: another test session ending on the
     # shared engine may remove cache tags (and images) it saw appear meanwhile.
     assert spec_images(client, spec) - known == {new}

@@ -1,7 +1,7 @@
 """A tiny test-only image spec and role, and a way to drive a build from its progress output.
 
 Shared by test_secrets.py, test_faults.py and test_bad_input.py. The spec names
-carry the test project's token, so their cache tags (rolebake-cache/<spec>) are
+carry the test project's token, so their cache tags (rolebake-cache/<project>/<spec>) are
 this test's own and can be removed afterwards without touching anyone else's.
 """
 
