@@ -5,9 +5,10 @@ A layer is a hit only when its internal cache tag
 step, after verification, so the image of a failed, interrupted, unverified or
 leaking build is never reused. The inputs of every image are stored on it
 (`rolebake.inputs`), so a miss is explained, against the same project's builds
-only (`rolebake.project`). With a cache repo (`--cache-repo`), a local miss looks there second: a verified
-layer some other engine pushed is pulled and counts as a hit ("from the cache
-repo"); the push step puts this engine's verified layers there.
+only (`rolebake.project`). With a cache repo (`--cache-repo`), a local miss
+looks there second: a verified layer some other engine pushed is pulled and
+counts as a hit ("from the cache repo"); the push step puts this engine's
+verified layers there.
 """
 
 from __future__ import annotations

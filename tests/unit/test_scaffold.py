@@ -190,3 +190,123 @@ def test_generated_files_are_valid_python_with_unique_names(name: str) -> None:
     names = [n.name for n in tree.body if isinstance(n, ast.FunctionDef)]
     assert len(names) == len(set(names))
     compile(source, f"test_{name}.py", "exec")
+
+
+# Content rendered from facts or the host is never pinned --------------------------------------
+
+ROLE_TASKS = """\
+---
+- name: Write the hostname banner
+  ansible.builtin.copy:
+    dest: /etc/banner
+    content: "Welcome to {{ ansible_hostname }} ({{ ansible_processor_vcpus }} cpus)\\n"
+    mode: "0644"
+
+- name: Write the fixed notice
+  ansible.builtin.copy:
+    dest: /etc/notice
+    content: "Managed for {{ site_name }}\\n"
+    mode: "0644"
+
+- name: Write a free-form one
+  copy: content="{{ ansible_fqdn }}" dest=/etc/fqdn
+
+- name: Copy a file of the role
+  ansible.builtin.copy:
+    src: motd
+    dest: /etc/motd
+
+- block:
+    - name: Mark the host
+      ansible.builtin.lineinfile:
+        path: /etc/notice
+        line: "host {{ inventory_hostname }}"
+  when: true
+
+- name: Write pages
+  ansible.builtin.copy:
+    dest: "/srv/{{ item }}.html"
+    content: "<h1>{{ item }} on {{ site_name }}</h1>\\n"
+  loop: [a, b]
+
+- name: Write the date
+  ansible.builtin.copy:
+    dest: /etc/built
+    content: "{{ lookup('pipe', 'date') }} {% set x = 1 %}{{ x }}\\n"
+
+- name: Write a default
+  ansible.builtin.copy:
+    dest: /etc/port
+    content: "{{ web_port }}\\n"
+"""
+
+
+def copy_result(dest: str) -> dict[str, Any]:
+    return {"dest": dest, "mode": "0644", "owner": "root", "group": "root", "state": "file"}
+
+
+def role_tasks(tmp_path: Path) -> list[TaskResult]:
+    """Task results as Ansible reports them for ROLE_TASKS, each with its `file:line`."""
+    tasks = tmp_path / "roles" / "site" / "tasks" / "main.yml"
+    tasks.parent.mkdir(parents=True)
+    tasks.write_text(ROLE_TASKS)
+    lines = ROLE_TASKS.splitlines()
+
+    def at(name: str) -> str:
+        number = next(i for i, text in enumerate(lines, 1) if text.endswith(f"name: {name}"))
+        return f"{tasks}:{number}"
+
+    def task(name: str, action: str, result: dict[str, Any]) -> TaskResult:
+        return TaskResult(name=name, role="site", action=action, status="changed",
+                          args={"dest": result.get("dest") or result.get("path")},
+                          result=result, path=at(name))
+
+    loop = {"results": [{**copy_result(f"/srv/{x}.html"), "item": x,
+                         "invocation": {"module_args": {"dest": f"/srv/{x}.html"}}}
+                        for x in ("a", "b")]}
+    return [
+        task("Write the hostname banner", "ansible.builtin.copy", copy_result("/etc/banner")),
+        task("Write the fixed notice", "ansible.builtin.copy", copy_result("/etc/notice")),
+        task("Write a free-form one", "copy", copy_result("/etc/fqdn")),
+        task("Copy a file of the role", "ansible.builtin.copy", copy_result("/etc/motd")),
+        task("Mark the host", "ansible.builtin.lineinfile",
+             {"path": "/etc/notice", "changed": True}),
+        task("Write pages", "ansible.builtin.copy", loop),
+        task("Write the date", "ansible.builtin.copy", copy_result("/etc/built")),
+        task("Write a default", "ansible.builtin.copy", copy_result("/etc/port")),
+    ]
+
+
+def test_content_from_facts_lookups_or_role_vars_is_host_bound(tmp_path: Path) -> None:
+    from rolebake.scaffold.hostbound import host_bound_paths
+
+    tasks = role_tasks(tmp_path)
+    bound = host_bound_paths(tasks, {"site_name": "shop", "greeting": "hi {{ ansible_fqdn }}"})
+    # The fixed notice becomes host-bound once a line naming the host is added to it.
+    assert bound == ["/etc/banner", "/etc/notice", "/etc/fqdn", "/etc/built", "/etc/port"]
+    # Without the lineinfile, the notice names only a spec var: fixed. A spec var whose
+    # value is itself a template is not.
+    without = [t for t in tasks if t.name != "Mark the host"]
+    assert "/etc/notice" not in host_bound_paths(without, {"site_name": "shop"})
+    assert "/etc/notice" in host_bound_paths(without, {"site_name": "{{ ansible_fqdn }}"})
+    # A task that cannot be read as written is taken to depend on the host.
+    lost = [TaskResult(name=t.name, role=t.role, action=t.action, status=t.status,
+                       args=t.args, result=t.result) for t in without]
+    assert "/etc/notice" in host_bound_paths(lost, {"site_name": "shop"})
+
+
+def test_a_host_bound_file_keeps_its_mode_and_owner_checks_only(tmp_path: Path) -> None:
+    tasks = role_tasks(tmp_path)
+    digests = {"/etc/banner": "ab" * 32, "/etc/motd": "cd" * 32}
+    found = Recording(image="site", provisioner="ansible", tasks=tuple(tasks),
+                      digests=digests, host_bound=("/etc/banner", "/etc/notice"))
+    again = Recording.from_dict(json.loads(json.dumps(found.to_dict())))
+    assert again.host_bound == ("/etc/banner", "/etc/notice")
+    assert "path" not in found.to_dict()["tasks"][0]  # a host path, of no use in the record
+    functions = test_functions(render(again))
+    banner = functions["test_file_etc_banner"]
+    assert "sha256sum" not in banner and "not pinned" in banner
+    assert "f.mode == 0o644" in banner and 'f.user == "root"' in banner
+    notice = functions["test_file_etc_notice"]
+    assert "host " not in notice and "content_string" not in notice
+    assert f'f.sha256sum == "{"cd" * 32}"' in functions["test_file_etc_motd"]

@@ -468,6 +468,7 @@ class EventWatcher:
                 status=status,
                 args=(res.get("invocation") or {}).get("module_args") or {},
                 result=_trim(res),
+                path=str(data.get("task_path") or ""),
             )
             self.results.append(task)
             if status == "failed":

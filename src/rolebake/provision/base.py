@@ -181,6 +181,9 @@ class TaskResult:
     status: str  # ok | changed | failed | skipped | ignored
     args: Mapping[str, Any] = field(default_factory=dict)
     result: Mapping[str, Any] = field(default_factory=dict)
+    # Where the task is written (`file:line`, as Ansible reports it), '' when unknown:
+    # `scaffold-tests` reads the task as written there (what its result does not say).
+    path: str = ""
 
 
 @dataclass(frozen=True)

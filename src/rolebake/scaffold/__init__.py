@@ -11,11 +11,13 @@ What becomes a check:
 - packages installed (apt/package/dnf/yum tasks; chef `package[...]`),
 - files, templates, directories and links written (copy/template/file/lineinfile):
   existence, kind, mode, owner and group; sha256 for copies (static content),
+  never for content rendered from facts or the build host (`hostbound.py`),
 - users and groups created (user/group tasks): existence, uid/gid, shell, home,
 - services enabled (service/systemd tasks with `enabled: true`): the systemd
   `.wants` link or the SysV `/etc/rc?.d` link, since a container runs no systemd.
 
-One module per concern: `facts` (task results to facts), `render` (facts to
+One module per concern: `facts` (task results to facts), `hostbound` (what
+content depends on the host, from the tasks as written), `render` (facts to
 source, through templates/test_scaffold.py.j2) and `record` (provisioning the
 layer, measuring it, keeping the recording as JSON).
 """

@@ -36,6 +36,11 @@ class FileFact:
     link_to: str | None = None
     static: bool = False  # content copied verbatim: its sha256 is a fair check
     lines: list[str] = field(default_factory=list)
+    host_bound: bool = False  # content rendered from facts or the host: never pinned
+
+    def unpin(self) -> None:
+        """Its content depends on the host: keep the checks of kind, mode and owner only."""
+        self.host_bound, self.static, self.lines = True, False, []
 
 
 @dataclass
@@ -85,8 +90,8 @@ def facts_from(tasks: Iterable[TaskResult], provisioner: str = "ansible") -> Fac
         if provisioner == "chef-solo":
             _chef(facts, task)
             continue
-        for args, result in _items(task):
-            action = _short(task.action)
+        for args, result in task_items(task):
+            action = short_action(task.action)
             if action in PACKAGE_ACTIONS:
                 _package(facts, args, result)
             elif action in FILE_ACTIONS:
@@ -102,7 +107,7 @@ def facts_from(tasks: Iterable[TaskResult], provisioner: str = "ansible") -> Fac
     return facts
 
 
-def _items(task: TaskResult) -> Iterator[tuple[Mapping[str, Any], Mapping[str, Any]]]:
+def task_items(task: TaskResult) -> Iterator[tuple[Mapping[str, Any], Mapping[str, Any]]]:
     """(args, result) per item: a looped task carries one result per item."""
     items = task.result.get("results")
     if isinstance(items, list) and items:
@@ -115,7 +120,8 @@ def _items(task: TaskResult) -> Iterator[tuple[Mapping[str, Any], Mapping[str, A
         yield task.args, task.result
 
 
-def _short(action: str) -> str:
+def short_action(action: str) -> str:
+    """A builtin module's short name (`ansible.builtin.copy` -> `copy`); '' for others'."""
     for prefix in ("ansible.builtin.", "ansible.legacy."):
         if action.startswith(prefix):
             return action[len(prefix):]

@@ -3,7 +3,8 @@
 `record` provisions the layer once more, the way a `--no-cache` build does, but
 moves no tag and keeps no image: it returns the provisioner's own task results
 and the sha256 of every file whose content the roles copied verbatim, measured
-in the image before it is removed.
+in the image before it is removed, and the files whose content depends on
+facts or the build host (`hostbound.py`), which no check pins.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from rolebake import redact
 from rolebake.provision.base import TaskResult
 from rolebake.scaffold.facts import facts_from
+from rolebake.scaffold.hostbound import host_bound_paths
 from rolebake.state import write_private
 
 if TYPE_CHECKING:
@@ -38,15 +40,22 @@ class Recording:
     provisioner: str
     tasks: tuple[TaskResult, ...]
     digests: Mapping[str, str] = field(default_factory=dict)  # path -> sha256
+    host_bound: tuple[str, ...] = ()  # paths whose content comes from facts or the host
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON form (the unit-test fixtures use it too)."""
+        """JSON form (the unit-test fixtures use it too).
+
+        A task's `path` (a host path to the file it is written in) is left out:
+        it served `record` and says nothing about the image.
+        """
         return {
             "format": FORMAT,
             "image": self.image,
             "provisioner": self.provisioner,
             "digests": dict(sorted(self.digests.items())),
-            "tasks": [dataclasses.asdict(t) for t in self.tasks],
+            "host_bound": list(self.host_bound),
+            "tasks": [{k: v for k, v in dataclasses.asdict(t).items() if k != "path"}
+                      for t in self.tasks],
         }
 
     @classmethod
@@ -60,6 +69,7 @@ class Recording:
                                    args=t.get("args") or {}, result=t.get("result") or {})
                         for t in data.get("tasks") or []),
             digests=dict(data.get("digests") or {}),
+            host_bound=tuple(str(p) for p in data.get("host_bound") or ()),
         )
 
 
@@ -119,7 +129,10 @@ def record(engine: Engine, project: Project, image: str, events: EventSink,
             raise result.error
         assert result.provision is not None and result.image_id is not None
         tasks = result.provision.tasks
-        paths = facts_from(tasks, layer.provisioner).static_paths()
+        # Content rendered from facts may differ in the image the suite checks.
+        bound = host_bound_paths(tasks, layer.vars) if layer.provisioner == "ansible" else []
+        paths = [p for p in facts_from(tasks, layer.provisioner).static_paths()
+                 if p not in bound]
         digests: dict[str, str] = {}
         if paths:
             labels = {ROLE_LABEL: "verify", BUILD_ID_LABEL: builder.build_id}
@@ -130,7 +143,7 @@ def record(engine: Engine, project: Project, image: str, events: EventSink,
         if result.image_id is not None:
             engine.remove_image(result.image_id, force=True)
     found = Recording(image=layer.id, provisioner=layer.provisioner, tasks=tasks,
-                      digests=digests)
+                      digests=digests, host_bound=tuple(bound))
     return Recording.from_dict(redact.data(found.to_dict()))
 
 

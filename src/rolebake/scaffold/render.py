@@ -35,6 +35,9 @@ def render(recording: Recording) -> str:
         Python source, ending in exactly one newline.
     """
     facts = facts_from(recording.tasks, recording.provisioner)
+    for path in recording.host_bound:
+        if path in facts.files:
+            facts.files[path].unpin()
     names = _Names()
     # Names are handed out files, then groups, then users: the order the checks appear in,
     # so a collision's `_2` suffix lands on the later check.
