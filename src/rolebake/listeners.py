@@ -5,6 +5,11 @@ that is up but bound to 127.0.0.1 (Redis and many server roles default to it):
 the verification container's address never reaches it. The kernel's own tables
 (/proc/net/tcp and tcp6, in the container's network namespace) say so without
 any tool in the image; the socket inodes under /proc/<pid>/fd name the process.
+
+Root in a container cannot read the fds of another user's process (Docker
+grants no CAP_SYS_PTRACE), so a service running as `www-data` stays nameless
+to a look as root: the tables give each socket's owner uid, and a second look
+as that uid names it (`owners_to_ask`).
 """
 
 from __future__ import annotations
@@ -13,10 +18,11 @@ import ipaddress
 import sys
 from dataclasses import dataclass
 
-__all__ = ["LISTENERS_SCRIPT", "Listener", "parse_listeners"]
+__all__ = ["LISTENERS_SCRIPT", "Listener", "merge_owners", "owners_to_ask", "parse_listeners"]
 
-# The tables, then `pid inode comm` for every socket a process holds. Run as root:
-# reading another user's /proc/<pid>/fd needs it.
+# The tables, then `pid inode comm` for every socket a process holds. Run as root (it
+# sees root's processes and every table), then as each uid whose socket it could not
+# name: /proc/<pid>/fd is readable by the process's own user.
 LISTENERS_SCRIPT = r"""
 cat /proc/net/tcp /proc/net/tcp6 2>/dev/null
 echo @@sockets
@@ -41,12 +47,14 @@ class Listener:
         port: Its port.
         pid: The process holding it, when it could be found.
         program: That process's name (`/proc/<pid>/comm`).
+        uid: The socket's owner, from the kernel's table.
     """
 
     address: str
     port: int
     pid: int | None = None
     program: str = ""
+    uid: int | None = None
 
     @property
     def loopback_only(self) -> bool:
@@ -88,8 +96,22 @@ def parse_listeners(output: str) -> list[Listener]:
             continue
         owner = owners.get(fields[9])
         found.append(Listener(address=address, port=port, pid=owner[0] if owner else None,
-                              program=owner[1] if owner else ""))
+                              program=owner[1] if owner else "",
+                              uid=int(fields[7]) if fields[7].isdigit() else None))
     return found
+
+
+def owners_to_ask(found: list[Listener], port: int | None = None) -> list[int]:
+    """The uids (not root) whose sockets a look as root could not name, on `port` if given."""
+    return sorted({item.uid for item in found if item.pid is None and item.uid
+                   and (port is None or item.port == port)})
+
+
+def merge_owners(found: list[Listener], again: list[Listener]) -> list[Listener]:
+    """`found` with the processes another look (as a socket's owner) named filled in."""
+    named = {(item.address, item.port): item for item in again if item.pid is not None}
+    return [named.get((item.address, item.port), item) if item.pid is None else item
+            for item in found]
 
 
 def _address(hex_address: str) -> str:

@@ -27,7 +27,13 @@ from rolebake import redact, suite_sides
 from rolebake.engine import BUILD_ID_LABEL, ROLE_LABEL, ContainerHandle, Engine
 from rolebake.errors import RolebakeError, TestsFailed
 from rolebake.image import commit_config
-from rolebake.listeners import LISTENERS_SCRIPT, parse_listeners
+from rolebake.listeners import (
+    LISTENERS_SCRIPT,
+    Listener,
+    merge_owners,
+    owners_to_ask,
+    parse_listeners,
+)
 from rolebake.spec import ImageConfig, ReadyCheck
 
 
@@ -193,11 +199,27 @@ def suite_for_host(tests: Path, host_url: str, project_root: Path,
     return _pytest(tests, host_url, project_root, extra_args, side=side)
 
 
+# While a `ready.port` stays shut, look inside this often; a service seen listening on
+# loopback only in two looks this far apart will not open the port: fail then, not at
+# the timeout (a server's own start-up may bind loopback for a moment first).
+FIRST_LOOK_S = 1.0
+LOOK_EVERY_S = 2.0
+LOOPBACK_CONFIRM_S = 2.0
+
+
 def wait_ready(engine: Engine, container: ContainerHandle, ready: ReadyCheck | None) -> bool:
-    """Wait until the container is ready; False when its command ended cleanly by itself."""
+    """Wait until the container is ready; False when its command ended cleanly by itself.
+
+    Raises:
+        TestsFailed: the command exited, the healthcheck says unhealthy, the timeout
+            passed, or the `ready.port` is held on a loopback address only (at once,
+            naming the process).
+    """
     timeout = ready.timeout_s if ready else 60.0
     deadline = time.monotonic() + timeout
     settle_until = time.monotonic() + 1.0
+    next_look = time.monotonic() + FIRST_LOOK_S
+    loopback_since: float | None = None
     while True:
         state = engine.container_state(container)
         if not state.get("Running"):
@@ -211,6 +233,17 @@ def wait_ready(engine: Engine, container: ContainerHandle, ready: ReadyCheck | N
         if ready is not None and ready.port is not None:
             if _port_open(engine.container_ip(container), ready.port):
                 return True
+            now = time.monotonic()
+            if now >= next_look:
+                next_look = now + LOOK_EVERY_S
+                bound = _loopback_only(engine, container, ready.port)
+                if not bound:
+                    loopback_since = None
+                elif loopback_since is None:
+                    loopback_since = now
+                elif now - loopback_since >= LOOPBACK_CONFIRM_S:
+                    raise _loopback_error(engine, container, ready.port, bound,
+                                          now - loopback_since)
         elif ready is not None and ready.command is not None:
             if engine.exec(container, list(ready.command)).rc == 0:
                 return True
@@ -238,23 +271,57 @@ def _port_never_opened(engine: Engine, container: ContainerHandle, port: int,
     the commonest reason, and one a role variable or a `ready.command` fixes.
     """
     message += f": port {port} never opened from outside the container"
-    try:
-        found = parse_listeners(engine.exec(container, ["sh", "-c", LISTENERS_SCRIPT]).output)
-    except RolebakeError:
+    found = _listeners(engine, container, port)
+    if found is None:
         return message, ""  # the container is gone, or has no shell: nothing more to say
     on_port = [item for item in found if item.port == port]
     if on_port and all(item.loopback_only for item in on_port):
         inside = "; ".join(item.describe() for item in on_port)
         return (f"{message}, but inside it {inside}: a loopback address only the container "
-                "itself reaches",
-                "have the role bind it to 0.0.0.0 (the role variable for its listen or bind "
-                "address), or check readiness from inside the container: ready: {command: "
-                f"[bash, -c, '</dev/tcp/127.0.0.1/{port}']}}")
+                "itself reaches", _loopback_hint(port))
     if not on_port:
         others = ", ".join(f"{item.address}:{item.port}" for item in found[:5])
         return (f"{message}; nothing in it listens on port {port}"
                 + (f" (it listens on {others})" if others else ""), "")
     return message, ""
+
+
+def _listeners(engine: Engine, container: ContainerHandle, port: int) -> list[Listener] | None:
+    """What listens inside, each socket on `port` named even when a non-root user holds it.
+
+    None when nothing can be looked at (the container is gone, or has no shell).
+    """
+    try:
+        found = parse_listeners(engine.exec(container, ["sh", "-c", LISTENERS_SCRIPT]).output)
+        for uid in owners_to_ask(found, port):
+            # Root in the container may not read another user's fds; that user may.
+            again = engine.exec(container, ["sh", "-c", LISTENERS_SCRIPT], user=str(uid))
+            found = merge_owners(found, parse_listeners(again.output))
+    except RolebakeError:
+        return None
+    return found
+
+
+def _loopback_only(engine: Engine, container: ContainerHandle, port: int) -> list[Listener]:
+    """The sockets on `port` when every one of them is on a loopback address, else []."""
+    on_port = [item for item in _listeners(engine, container, port) or () if item.port == port]
+    return on_port if on_port and all(item.loopback_only for item in on_port) else []
+
+
+def _loopback_error(engine: Engine, container: ContainerHandle, port: int,
+                    bound: list[Listener], seconds: float) -> TestsFailed:
+    inside = "; ".join(item.describe() for item in bound)
+    return TestsFailed(
+        f"port {port} cannot open from outside the container: inside it {inside} only, a "
+        f"loopback address only the container itself reaches (seen for {seconds:.0f} s; not "
+        "waiting for the ready timeout)",
+        details=engine.logs(container), hint=_loopback_hint(port))
+
+
+def _loopback_hint(port: int) -> str:
+    return ("have the role bind it to 0.0.0.0 (the role variable for its listen or bind "
+            "address), or check readiness from inside the container: ready: {command: "
+            f"[bash, -c, '</dev/tcp/127.0.0.1/{port}']}}")
 
 
 def _port_open(address: str | None, port: int) -> bool:

@@ -2,12 +2,15 @@
 
 A tiny role installs a server (perl, which the debootstrap base already has) that
 listens on a role variable's address, 127.0.0.1 by default, as Redis does.
-`ready.port` never opens from outside the container, and the error says why.
+`ready.port` never opens from outside the container: the check sees the
+listener inside and fails at once, naming the process (even one running as
+another user than root), with what to change.
 """
 
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -55,23 +58,33 @@ def project(tmp_path: Path, engine: docker.DockerClient) -> Iterator[TestProject
         remove_project_images(engine, project)
 
 
-def test_a_port_bound_to_loopback_is_named_and_the_suggested_check_works(
+def test_a_port_bound_to_loopback_fails_fast_naming_the_process_and_the_hint_works(
         project: TestProject) -> None:
     add_role(project, "loopback", {"tasks/main.yml": TASKS,
                                    "templates/server.pl.j2": SERVER,
                                    "defaults/main.yml": "loopback_bind: 127.0.0.1\n"})
+    # As `nobody`: root in the container cannot read that user's sockets, the owner can.
     name = add_spec(project, f"lo{project.token}", roles=("loopback",), suite=SUITE,
-                    config={"cmd": ["/usr/local/bin/loopback-server"]},
-                    ready={"port": 8000, "timeout": 8})
+                    config={"cmd": ["/usr/local/bin/loopback-server"], "user": "nobody"},
+                    ready={"port": 8000, "timeout": 300})
     result = run_cli("build", name, cwd=project.root)
     assert result.rc == 3, result.output
-    assert re.search(r"port 8000 never opened from outside the container, but inside it "
-                     r"loopback-server \(pid \d+\) listens on 127\.0\.0\.1:8000: a loopback",
+    assert re.search(r"port 8000 cannot open from outside the container: inside it "
+                     r"loopback-server \(pid \d+\) listens on 127\.0\.0\.1:8000 only, a loopback",
                      result.stderr), result.stderr[-3000:]
+    assert "not waiting for the ready timeout" in result.stderr
     assert "listen or bind address" in result.stderr
     assert "| listening on 127.0.0.1:8000" in result.stderr  # the container's log
     assert project.image_id(project.tag(name)) is None
     assert project.build_containers() == []
+
+    # The same check on the image alone, timed: seconds, not the 300 s timeout.
+    assert run_cli("build", name, "--no-verify", cwd=project.root).rc == 0
+    started = time.monotonic()
+    tested = run_cli("test", name, cwd=project.root)
+    assert tested.rc == 3, tested.output
+    assert time.monotonic() - started < 60, tested.output
+    assert "loopback-server (pid" in tested.stderr, tested.stderr
 
     # The hint's ready.command, as written, makes the same image pass.
     hint = result.stderr.rsplit("ready: ", 1)[1].strip()

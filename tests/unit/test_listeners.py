@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from rolebake import verify
 from rolebake.engine import ContainerHandle, ExecResult
 from rolebake.errors import EngineUnavailable, TestsFailed
-from rolebake.listeners import Listener, parse_listeners
+from rolebake.listeners import Listener, merge_owners, owners_to_ask, parse_listeners
 from rolebake.spec import ReadyCheck
 from rolebake.verify import wait_ready
 
@@ -102,3 +104,74 @@ def test_no_look_inside_keeps_the_plain_message() -> None:
     assert _fail(None, 8000).message == (
         "the container was not ready within 0 s: port 8000 never opened from outside the "
         "container")
+
+
+# Failing fast, and naming a process of another user ---------------------------------------
+
+# 127.0.0.1:8080 held by uid 33 (www-data): root's look cannot read its fds.
+WWW_DATA = """\
+  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000    33        0 \
+5151 1 0 100 0 0 10 0
+@@sockets
+"""
+
+
+class _Users(_Engine):
+    """The look as root names nobody; the look as the socket's owner names nginx."""
+
+    def __init__(self) -> None:
+        super().__init__(WWW_DATA)
+        self.users: list[str] = []
+
+    def exec(self, container: ContainerHandle, argv: list[str], **kwargs: Any) -> ExecResult:
+        user = kwargs.get("user", "root")
+        self.users.append(user)
+        return ExecResult(rc=0, output=WWW_DATA + ("7 5151 nginx\n" if user == "33" else ""))
+
+
+def test_the_owner_uid_is_read_from_the_table() -> None:
+    [item] = parse_listeners(WWW_DATA)
+    assert (item.uid, item.pid, item.program) == (33, None, "")
+    assert owners_to_ask([item]) == [33] and owners_to_ask([item], 80) == []
+    named = merge_owners([item], parse_listeners(WWW_DATA + "7 5151 nginx\n"))
+    assert named[0].describe() == "nginx (pid 7) listens on 127.0.0.1:8080"
+
+
+def test_a_loopback_listener_fails_at_once_naming_the_process(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(verify, "FIRST_LOOK_S", 0.0)
+    monkeypatch.setattr(verify, "LOOK_EVERY_S", 0.1)
+    monkeypatch.setattr(verify, "LOOPBACK_CONFIRM_S", 0.2)
+    engine = _Users()
+    started = time.monotonic()
+    with pytest.raises(TestsFailed) as caught:
+        wait_ready(engine, ContainerHandle("c1", "verify"),  # type: ignore[arg-type]
+                   ReadyCheck(port=8080, timeout_s=60))
+    assert time.monotonic() - started < 5  # not the 60 s timeout
+    assert caught.value.message.startswith(
+        "port 8080 cannot open from outside the container: inside it nginx (pid 7) listens on "
+        "127.0.0.1:8080 only, a loopback address only the container itself reaches")
+    assert "ready: {command: [bash, -c, '</dev/tcp/127.0.0.1/8080']}" in caught.value.hint
+    assert engine.users[:2] == ["root", "33"]
+
+
+def test_a_listener_that_moves_off_loopback_is_waited_for(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # A server that binds loopback while it starts, then all addresses: no early failure.
+    monkeypatch.setattr(verify, "FIRST_LOOK_S", 0.0)
+    monkeypatch.setattr(verify, "LOOK_EVERY_S", 0.1)
+    monkeypatch.setattr(verify, "LOOPBACK_CONFIRM_S", 0.6)
+    engine = _Engine(RECORDED)
+    looks: list[int] = []
+
+    def exec_(container: ContainerHandle, argv: list[str], **_: Any) -> ExecResult:
+        looks.append(1)
+        if len(looks) > 2:
+            engine.container_ip = lambda _c: "127.0.0.1"  # type: ignore[method-assign]
+        return ExecResult(rc=0, output=RECORDED)
+
+    engine.exec = exec_  # type: ignore[method-assign]
+    monkeypatch.setattr(verify, "_port_open", lambda address, _port: address is not None)
+    assert wait_ready(engine, ContainerHandle("c1", "verify"),  # type: ignore[arg-type]
+                      ReadyCheck(port=8000, timeout_s=60))
