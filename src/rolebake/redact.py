@@ -16,6 +16,7 @@ matched: they would hide common words everywhere and hide nothing.
 
 from __future__ import annotations
 
+import codecs
 import io
 import json
 import re
@@ -157,15 +158,32 @@ class RedactingStream(io.TextIOBase):
 
     The CLI puts one over stdout and over stderr for the whole command, so
     what nothing else redacts (a traceback, a library's warning) is still
-    caught. It has no `buffer`: a writer that looks for the binary stream
-    underneath (click does when the text stream does not suit it) must not
-    find a way around it.
+    caught. It looks like the TextIOWrapper it replaces, because libraries
+    rolebake runs in-process expect one: Ansible's Display (imported to
+    decrypt vaulted files) locks `buffer.write` for fork-safety and calls
+    `reconfigure`, and warns when either is missing. Its `buffer` is no way
+    around it: bytes written there are decoded and redacted like text (click
+    writes there when the text stream does not suit it).
     """
 
     def __init__(self, inner: TextIO) -> None:
         """Wrap `inner`."""
         super().__init__()
         self.inner = inner
+        self._buffer: RedactingBuffer | None = None
+
+    @property
+    def buffer(self) -> RedactingBuffer:
+        """The binary face of this stream: what is written there is redacted too."""
+        if self._buffer is None:
+            self._buffer = RedactingBuffer(self)
+        return self._buffer
+
+    def reconfigure(self, **settings: Any) -> None:
+        """Pass TextIOWrapper settings (`errors=`, `line_buffering=`) to the wrapped stream."""
+        reconfigure = getattr(self.inner, "reconfigure", None)
+        if reconfigure is not None:
+            reconfigure(**settings)
 
     def write(self, s: str) -> int:
         """Write `s`, redacted; report it as written whole."""
@@ -173,7 +191,9 @@ class RedactingStream(io.TextIOBase):
         return len(s)
 
     def flush(self) -> None:
-        """Flush the wrapped stream."""
+        """Flush the wrapped stream (and what its buffer holds back)."""
+        if self._buffer is not None:
+            self._buffer.drain()
         self.inner.flush()
 
     def isatty(self) -> bool:
@@ -200,3 +220,55 @@ class RedactingStream(io.TextIOBase):
     def errors(self) -> str | None:  # type: ignore[override]
         """The wrapped stream's error handler."""
         return getattr(self.inner, "errors", None)
+
+
+class RedactingBuffer(io.BufferedIOBase):
+    """The bytes side of a RedactingStream: decoded, redacted and written as its text.
+
+    Decoded incrementally and passed on a line at a time (the rest on
+    `flush`), so a character or a secret split over two writes stays whole
+    for the Redactor; the text goes through the stream's own `write`.
+    """
+
+    def __init__(self, stream: RedactingStream) -> None:
+        """Write into `stream`."""
+        super().__init__()
+        self._stream = stream
+        try:
+            decoder = codecs.getincrementaldecoder(stream.encoding)
+        except LookupError:
+            decoder = codecs.getincrementaldecoder("utf-8")
+        self._decoder = decoder(errors="replace")
+        self._pending = ""
+
+    def write(self, b: Any) -> int:
+        """Write bytes (decoded, then redacted, whole lines); report them as written whole."""
+        data = bytes(b)
+        self._pending += self._decoder.decode(data)
+        lines, newline, rest = self._pending.rpartition("\n")
+        if newline:
+            self._pending = rest
+            self._stream.write(lines + newline)
+        return len(data)
+
+    def flush(self) -> None:
+        """Pass on what is held back, and flush the stream."""
+        self._stream.flush()
+
+    def drain(self) -> None:
+        """Pass on what is held back (the stream's own flush calls it)."""
+        if self._pending:
+            text, self._pending = self._pending, ""
+            self._stream.write(text)
+
+    def writable(self) -> bool:
+        """Always: it is an output stream."""
+        return True
+
+    def isatty(self) -> bool:
+        """Whether the stream is a terminal."""
+        return self._stream.isatty()
+
+    def fileno(self) -> int:
+        """The stream's descriptor."""
+        return self._stream.fileno()

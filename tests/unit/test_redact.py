@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import subprocess
 import sys
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
@@ -119,9 +121,41 @@ def test_redacting_stream_hides_secrets_and_offers_no_way_around(installed: Reda
     stream = RedactingStream(inner)
     stream.write(f"password is {TRICKY}\n")
     click.echo(f"json: {json.dumps(TRICKY)}", file=stream)
+    # Bytes go through its buffer (click writes bytes there), redacted just the same,
+    # a character split over two writes kept whole.
+    click.echo(f"bytes: {TRICKY}".encode(), file=stream)
+    raw = f"split: {TRICKY}\n".encode()
+    cut = raw.index("€".encode()) + 1
+    stream.buffer.write(raw[:cut])
+    stream.buffer.write(raw[cut:])
     assert TRICKY not in inner.getvalue() and "w\\u20acrd" not in inner.getvalue()
-    assert inner.getvalue().count(REDACTED) == 2
-    assert not hasattr(stream, "buffer")  # click would write below it
+    assert inner.getvalue().count(REDACTED) == 4, inner.getvalue()
+    assert "\ufffd" not in inner.getvalue()
+
+
+def test_ansible_display_takes_the_redacting_stream_as_it_is(tmp_path: Path) -> None:
+    # Ansible's Display, made when rolebake decrypts a vaulted file in-process, patches
+    # stdout's buffer for fork-safety and reconfigures its error handler; it warns when
+    # it cannot. A process of its own: Display is made once per process.
+    script = (
+        "import sys\n"
+        "from rolebake import redact\n"
+        "sys.stdout = redact.RedactingStream(sys.stdout)\n"
+        "sys.stderr = redact.RedactingStream(sys.stderr)\n"
+        "redact.install(redact.Redactor(['s3cret-value']))\n"
+        "from ansible.utils.display import Display\n"
+        "Display().display('shown: s3cret-value')\n"
+        "Display().warning('warned: s3cret-value')\n"
+    )
+    env = {**os.environ, "ANSIBLE_LOCAL_TEMP": str(tmp_path), "ANSIBLE_HOME": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          check=False,
+                          env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "failed to patch" not in done.stderr and "failed to reconfigure" not in done.stderr
+    assert f"shown: {REDACTED}" in done.stdout
+    assert f"warned: {REDACTED}" in done.stderr
+    assert "s3cret-value" not in done.stdout + done.stderr
 
 
 def test_the_log_is_redacted_and_private(installed: Redactor, tmp_path: Path) -> None:
