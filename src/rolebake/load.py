@@ -18,7 +18,7 @@ from rolebake.events import EventSink, discard
 from rolebake.plan import BuildPlan, Layer, make_plan, spec_layers
 from rolebake.provision import galaxy
 from rolebake.reference import normal_tag
-from rolebake.secrets import SecretSet, vault_values
+from rolebake.secrets import SecretSet, vault_values, vaulted_at
 from rolebake.spec import ImageSpec, Project
 from rolebake.spec import load_spec as read_spec
 from rolebake.yamlfile import parsed_once
@@ -185,10 +185,7 @@ def plan_secrets(project: Project, plan: BuildPlan, secrets: Iterable[str] = (),
         InputError: a bad flag, or a vaulted value without (or with the wrong) password.
     """
     found = SecretSet.from_cli(secrets, vault_password_file, env_password)
-    files = {path for layer in plan.layers
-             for path in provision.provisioner_class(layer.provisioner)(project,
-                                                                        layer).input_files()}
-    vaulted = vault_values(sorted(files), found.vault_password if found else None,
+    vaulted = vault_values(_input_files(project, plan), found.vault_password if found else None,
                            [(layer.spec.path, layer.settings.variables)
                             for layer in plan.layers])
     sensitive = [value for layer in plan.layers
@@ -200,3 +197,16 @@ def plan_secrets(project: Project, plan: BuildPlan, secrets: Iterable[str] = (),
         found.add_values(vaulted)
         found.add_values(sensitive)
     return found
+
+
+def vault_needed(project: Project, plan: BuildPlan) -> list[tuple[Path, int]]:
+    """The vaulted files and values a build of `plan` reads: (file, line), none decrypted."""
+    return vaulted_at(_input_files(project, plan),
+                      [(layer.spec.path, layer.settings.variables) for layer in plan.layers])
+
+
+def _input_files(project: Project, plan: BuildPlan) -> list[Path]:
+    """What the layers' provisioners read (role vars, playbooks, vars files, group_vars)."""
+    return sorted({path for layer in plan.layers
+                   for path in provision.provisioner_class(layer.provisioner)(
+                       project, layer).input_files()})

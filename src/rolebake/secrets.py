@@ -220,6 +220,38 @@ def vault_values(files: Iterable[Path], password: str | None,
     return found
 
 
+def vaulted_at(files: Iterable[Path],
+               specs: Iterable[tuple[Path, Mapping[str, Any]]] = ()) -> list[tuple[Path, int]]:
+    """Where the build would need the vault password: each vaulted file or `!vault` value.
+
+    Nothing is decrypted: `plan` says what a build without a password would refuse.
+
+    Args:
+        files: the files the build's provisioners read (as for `vault_values`).
+        specs: (spec file, vars) pairs whose values may be `!vault` (Vaulted).
+
+    Returns:
+        (file, line) pairs: line 1 for a whole vaulted file.
+    """
+    found: list[tuple[Path, int]] = []
+    for spec_path, spec_vars in specs:
+        found.extend((spec_path, vaulted.line) for vaulted in _vaulted_in(spec_vars))
+    for path in files:
+        try:
+            data = path.read_bytes()
+        except OSError:
+            continue
+        if VAULT_HEADER not in data:
+            continue
+        text = data.decode("utf-8", errors="replace")
+        if text.lstrip().startswith(VAULT_HEADER.decode()):
+            found.append((path, 1))
+            continue
+        found.extend((path, text.count("\n", 0, match.start()) + 1)
+                     for match in _INLINE_VAULT.finditer(text))
+    return found
+
+
 def _decrypt(vaulted: str, password: str | None, path: Path, line: int) -> str:
     if password is None:
         raise InputError("is vault-encrypted and no vault password was given", path=path,

@@ -121,15 +121,16 @@ def _verify_of(result: Any) -> Any:
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
 @click.option("--cache-repo", envvar="ROLEBAKE_CACHE_REPO", metavar="REGISTRY/PATH",
               help="Look for layers in this registry repository too (or ROLEBAKE_CACHE_REPO).")
+@vault_option
 @click.pass_context
 @handled
 def plan(ctx: click.Context, images: tuple[str, ...], as_json: bool,
-         cache_repo: str | None) -> None:
+         cache_repo: str | None, vault_password_file: Path | None) -> None:
     """Show the layers IMAGES need, HIT or MISS, and which input changed. Creates nothing."""
     from rolebake.cache import preview
     from rolebake.engine import Engine
     from rolebake.events import PIPELINE
-    from rolebake.load import plan_build
+    from rolebake.load import plan_build, vault_needed
     from rolebake.provision.requirements import installed
     from rolebake.registry import CacheRepo
     from rolebake.report import plan_table
@@ -137,6 +138,13 @@ def plan(ctx: click.Context, images: tuple[str, ...], as_json: bool,
     repository = cache_repo_of(cache_repo)
     project = project_of(ctx)
     build_plan = plan_build(project, images, progress_of(ctx))
+    vaulted: list[str] = []
+    if vault_password_file is not None or ctx.meta.get("vault_password_env") is not None:
+        # Given: checked here as a build would (a wrong one is exit 2), and its values hidden.
+        secrets_for(ctx, project, build_plan, vault_password_file=vault_password_file)
+    else:
+        vaulted = [f"{project.relative(path)}:{line}"
+                   for path, line in vault_needed(project, build_plan)]
     engine = Engine.connect()
     rows = preview(engine, project, build_plan,
                    CacheRepo(engine, repository) if repository else None)
@@ -144,13 +152,16 @@ def plan(ctx: click.Context, images: tuple[str, ...], as_json: bool,
     pins = {e.tool: e.value for e in required.manifest().values()} if required else {}
     if as_json:
         echo_json({"steps": [s.value for s in PIPELINE], "layers": [r.to_dict() for r in rows],
-                    "requirements": pins})
+                    "requirements": pins, "vault_password_needed": vaulted})
         return
     click.echo("steps per layer: " + " -> ".join(s.value for s in PIPELINE))
     for name, value in pins.items():
         click.echo(f"{name}: {value}")
     for line in plan_table((r.to_dict() for r in rows), color=sys.stdout.isatty()):
         click.echo(line)
+    for where in vaulted:
+        click.echo(f"note: {where} is vault-encrypted and no vault password was given: a "
+                   "build needs --vault-password-file FILE (or ROLEBAKE_VAULT_PASSWORD)")
 
 
 @main.command()
