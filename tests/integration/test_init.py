@@ -27,6 +27,10 @@ def test_init_writes_specs_that_build(project: TestProject) -> None:
     web = yaml.safe_load((project.root / "images" / "web.yml").read_text())
     assert web["from"] == "base" and web["groups"] == ["web"]
     assert web["playbook"] == "playbooks/site.yml"
+    # Named after its folder, its tags carry the name; its state is kept out of git.
+    assert "wrote rolebake.yml (project: project)" in result.stdout
+    assert web["tags"] == ["project/web:latest"]
+    assert ".rolebake/" in (project.root / ".gitignore").read_text().splitlines()
 
     # Nothing is overwritten: a second run names what exists and writes nothing.
     again = run_cli("init", cwd=project.root)
