@@ -219,7 +219,8 @@ CORE_SCHEMA = Schema(
                       "labels, healthcheck",
             "The image's runtime config, over the parent's.", "the parent's"),
         Key("tags", "a list of tags (name:tag)",
-            "What the verified image is tagged with.", "`rolebake/<name>:latest`"),
+            "What the verified image is tagged with.",
+            "`<project>/<name>:latest` (docs/projects.md)"),
         Key("tests", "a folder inside the project",
             "The testinfra suite run on a container of the new image before it is tagged.",
             "`tests/images/<name>`"),
@@ -235,7 +236,7 @@ CORE_SCHEMA = Schema(
         Key("config", "as the spec's `config`", "The variant image's config, over the spec's.",
             "the spec's"),
         Key("tags", "a list of tags", "What the variant image is tagged with.",
-            "`rolebake/<name>:<variant>`"),
+            "`<project>/<name>:<variant>`"),
     ),
 )
 

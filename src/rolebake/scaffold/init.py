@@ -213,9 +213,16 @@ def write_identity(project: Project) -> Path | None:
     path = project.root / CONFIG_FILE
     if path.exists() or path.is_symlink():
         return None
-    path.write_text("# The project's name on a shared container engine: its default tags, cache\n"
-                    "# tags and build locks carry it (see docs/projects.md).\n"
-                    f"project: {project.name}\n", encoding="utf-8")
+    text = ("# The project's name on a shared container engine: its default tags, cache\n"
+            "# tags and build locks carry it (see docs/projects.md).\n"
+            f"project: {project.name}\n")
+    try:
+        # As for the specs: a file or link put there meanwhile is never written through.
+        handle = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+    except FileExistsError:
+        return None
+    with os.fdopen(handle, "w", encoding="utf-8") as out:
+        out.write(text)
     return path
 
 
@@ -240,10 +247,15 @@ def ignore_state(project: Project) -> Path | None:
     text = path.read_text(encoding="utf-8", errors="replace") if path.exists() else ""
     if any(line.strip() in _IGNORED for line in text.splitlines()):
         return None
-    if text and not text.endswith("\n"):
-        text += "\n"
-    path.write_text(text + "# rolebake's logs, scratch and salt\n" + STATE_IGNORE + "\n",
-                    encoding="utf-8")
+    added = ("\n" if text and not text.endswith("\n") else "") + (
+        "# rolebake's logs, scratch and salt\n" + STATE_IGNORE + "\n")
+    try:
+        # Appended, never through a link (one put there since the check included).
+        handle = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o644)
+    except OSError:
+        return None
+    with os.fdopen(handle, "a", encoding="utf-8") as out:
+        out.write(added)
     return path
 
 

@@ -130,7 +130,8 @@ def record(engine: Engine, project: Project, image: str, events: EventSink,
         assert result.provision is not None and result.image_id is not None
         tasks = result.provision.tasks
         # Content rendered from facts may differ in the image the suite checks.
-        bound = host_bound_paths(tasks, layer.vars) if layer.provisioner == "ansible" else []
+        bound = (host_bound_paths(tasks, layer.settings.variables)
+                 if layer.provisioner == "ansible" else [])
         paths = [p for p in facts_from(tasks, layer.provisioner).static_paths()
                  if p not in bound]
         digests: dict[str, str] = {}
