@@ -451,15 +451,20 @@ class Cache:
         The image the layer's own tag names comes first; otherwise the most recent
         verified build of a layer of that name on the engine. Either must be of
         this project: another project's `web` on a shared engine is no history of
-        this one's, even when the two share a tag.
+        this one's, even when the two share a tag. An image is this project's when
+        it was built here (`rolebake.project`) or carries one of its cache tags (a
+        layer another project pushed to the cache repo, pulled as this one's hit).
         """
+        def ours(image: ImageInfo) -> bool:
+            return image.labels.get(PROJECT_LABEL) == layer.spec.project or any(
+                t.startswith(layer.cache_repository + ":") for t in image.tags)
+
         for tag in layer.tags:
             tagged = self.engine.image(tag)
             if tagged is not None and tagged.labels.get(LAYER_LABEL) == layer.id \
-                    and tagged.labels.get(PROJECT_LABEL) == layer.spec.project:
+                    and ours(tagged):
                 return LayerInputs.from_label(tagged.labels.get(INPUTS_LABEL))
-        for image in self.engine.images({LAYER_LABEL: layer.id, ROLE_LABEL: "image",
-                                         PROJECT_LABEL: layer.spec.project}):
+        for image in self.engine.images({LAYER_LABEL: layer.id, ROLE_LABEL: "image"}):
             if any(t.startswith(layer.cache_repository + ":") for t in image.tags):
                 return LayerInputs.from_label(image.labels.get(INPUTS_LABEL))
         return None
