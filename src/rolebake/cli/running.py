@@ -27,6 +27,7 @@ from rolebake.errors import InputError, Interrupted, RolebakeError
 from rolebake.yamlio import parsed_once
 
 if TYPE_CHECKING:
+    from rolebake.engine import Engine
     from rolebake.plan import BuildPlan
     from rolebake.secrets import SecretSet
     from rolebake.spec import Project
@@ -138,6 +139,29 @@ def secrets_for(ctx: click.Context, project: Project, plan: BuildPlan,
     return found
 
 
+def engine_for(ctx: click.Context, project: Project | None = None,
+               secrets: SecretSet | None = None, *, allow_insecure: bool = False) -> Engine:
+    """Connect to the engine DOCKER_HOST names, after checking where that is.
+
+    A malformed DOCKER_HOST is exit 4 in one line. A tcp:// engine without TLS is
+    named on stderr; a build with secrets is refused over it (exit 2, before any
+    byte is sent) unless `allow_insecure` (--allow-insecure-engine).
+    """
+    from rolebake.engine import Engine, engine_address
+
+    address = engine_address()
+    if address.insecure:
+        err(f"warning: DOCKER_HOST={address.url} is tcp:// without TLS: the engine's API, and "
+            "whatever a build sends it, cross the network in clear")
+        if secrets is not None and secrets.values() and not allow_insecure:
+            raise InputError(f"this build has secrets and DOCKER_HOST={address.url} has no TLS: "
+                             "they would cross the network in clear",
+                             hint="set DOCKER_TLS_VERIFY=1 and DOCKER_CERT_PATH, use ssh://, "
+                                  "or pass --allow-insecure-engine")
+    del project
+    return Engine.connect()
+
+
 def echo_json(data: Any) -> None:
     """Data as JSON on stdout, every secret in it hidden."""
     # Redacted before serialising: json.dumps escapes quotes, backslashes, tabs and
@@ -182,6 +206,9 @@ def progress_of(ctx: click.Context) -> Any:
 secret_files_option = click.option(
     "--secret", "secrets", multiple=True, metavar="id=NAME,src=PATH",
     help="A file the roles may read during the build only.")
+insecure_engine_option = click.option(
+    "--allow-insecure-engine", is_flag=True,
+    help="Send secrets to a tcp:// engine without TLS (in clear over the network).")
 vault_option = click.option(
     "--vault-password-file", type=click.Path(path_type=Path),
     help="Ansible Vault password (or set ROLEBAKE_VAULT_PASSWORD).")
