@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
+from rolebake import locks
 from rolebake.builder import Builder, BuildOptions
 from rolebake.builder import runner as build_runner
 from rolebake.cleanup import find_leftovers, remove_leftovers
@@ -444,3 +445,102 @@ def test_an_engine_that_stops_and_stays_down_is_exit_4_and_clean_finds_the_rest(
     assert [item.name for item in leftovers] == [f"rolebake-build-base-{builder.build_id}"]
     remove_leftovers(engine, leftovers)
     assert engine.container_names() == []
+
+
+# Locks that cannot be turned (DESIGN.md invariant 7) ----------------------------------------------
+
+
+def _plant_links(folder: Path, tmp_path: Path) -> dict[Path, Path]:
+    """Every lock file in `folder` replaced by a link to a private file of its own."""
+    planted: dict[Path, Path] = {}
+    for index, lock in enumerate(sorted(folder.glob("*.lock"))):
+        target = tmp_path / f"victim-{index}"
+        target.write_text("precious\n")
+        target.chmod(0o600)
+        lock.unlink()
+        lock.symlink_to(target)
+        planted[lock] = target
+    return planted
+
+
+def test_a_planted_link_lock_file_is_refused_and_its_target_untouched(
+        engine: FakeEngine, project: Project, tmp_path: Path, private_lock_dir: Path) -> None:
+    report, _, _ = run_build(engine, project, ["base"])
+    assert report.error is None
+    planted = _plant_links(private_lock_dir, tmp_path)
+    assert planted
+    again, _, _ = run_build(engine, project, ["base"], no_cache=True)
+    assert again.error is not None
+    assert "is a symbolic link; refusing to follow it" in again.error.message
+    for target in planted.values():
+        assert target.read_text() == "precious\n"
+        assert target.stat().st_mode & 0o777 == 0o600
+
+
+def test_lock_files_are_made_0644_without_truncating_an_existing_one(
+        tmp_path: Path, private_lock_dir: Path) -> None:
+    lock = locks.host_lock("layer", "engine", "repo")
+    with locks.exclusive(lock) as held:
+        held.write("build-1")
+    assert lock.stat().st_mode & 0o777 == 0o644
+    assert private_lock_dir.stat().st_mode & 0o7777 == 0o1777
+    with locks.exclusive(lock) as held:
+        assert held.read() == "build-1"  # opening it again kept the record
+
+
+def test_a_hard_link_lock_file_is_refused(tmp_path: Path, private_lock_dir: Path) -> None:
+    lock = locks.host_lock("layer", "engine", "repo")
+    with locks.exclusive(lock):
+        pass
+    target = tmp_path / "victim"
+    target.write_text("precious\n")
+    lock.unlink()
+    lock.hardlink_to(target)
+    with pytest.raises(BuildFailed, match="is a hard link to another file"), \
+            locks.exclusive(lock):
+        pass
+    assert target.read_text() == "precious\n"
+
+
+@pytest.mark.parametrize("mode", [0o777, 0o775, 0o757])
+def test_a_lock_folder_others_can_write_without_the_sticky_bit_is_refused(
+        private_lock_dir: Path, mode: int) -> None:
+    private_lock_dir.mkdir()
+    private_lock_dir.chmod(mode)
+    before = private_lock_dir.stat().st_mode
+    with pytest.raises(BuildFailed, match="writable by others without the sticky bit"), \
+            locks.exclusive(locks.host_lock("layer", "engine")):
+        pass
+    assert private_lock_dir.stat().st_mode == before  # never chmod-ed
+    assert not list(private_lock_dir.iterdir())
+
+
+def test_a_lock_folder_that_is_a_link_is_refused(tmp_path: Path, private_lock_dir: Path) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir(mode=0o700)
+    private_lock_dir.symlink_to(elsewhere)
+    with pytest.raises(BuildFailed, match="is not a folder"), \
+            locks.exclusive(locks.host_lock("layer", "engine")):
+        pass
+    assert not list(elsewhere.iterdir())
+
+
+def test_a_lock_folder_of_another_user_is_refused(private_lock_dir: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    private_lock_dir.mkdir(mode=0o755)
+    me = private_lock_dir.stat().st_uid
+    monkeypatch.setattr(locks.os, "geteuid", lambda: me + 1 if me != 0 else 4242)
+    if me == 0:  # root owns it and root is always trusted: pretend another owner
+        real_lstat = locks.os.lstat
+
+        def lstat(path: Any) -> Any:
+            found = real_lstat(path)
+            if Path(path) != private_lock_dir:
+                return found
+            fields = list(found)
+            fields[4] = 4343  # st_uid
+            return locks.os.stat_result(fields)
+        monkeypatch.setattr(locks.os, "lstat", lstat)
+    with pytest.raises(BuildFailed, match="belongs to another user"), \
+            locks.exclusive(locks.host_lock("layer", "engine")):
+        pass
