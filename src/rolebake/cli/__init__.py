@@ -79,7 +79,7 @@ def build(ctx: click.Context, images: tuple[str, ...], no_cache: bool, jobs: int
           junit: Path | None, push: bool, cache_repo: str | None) -> None:
     """Build IMAGES (spec names, or name:variant; none means all) and tag them when verified."""
     from rolebake.builder import Builder, BuildOptions
-    from rolebake.load import plan_build
+    from rolebake.load import install_requirements, plan_build
     from rolebake.report import build_summary
     from rolebake.verify import write_junit
 
@@ -90,6 +90,8 @@ def build(ctx: click.Context, images: tuple[str, ...], no_cache: bool, jobs: int
     plan = plan_build(project, images, progress_of(ctx))
     secret_set = secrets_for(ctx, project, plan, secrets, vault_password_file)
     engine = engine_for(ctx, project, secret_set, allow_insecure=allow_insecure_engine)
+    # The build's first step, before any layer: `plan` installs nothing.
+    install_requirements(project, progress_of(ctx))
     options = BuildOptions(no_cache=no_cache, jobs=jobs, keep_failed=keep_failed,
                            idempotence=idempotence, verify=not no_verify, secrets=secret_set,
                            push=push, cache_repo=repository)
@@ -131,7 +133,7 @@ def plan(ctx: click.Context, images: tuple[str, ...], as_json: bool,
     from rolebake.cache import preview
     from rolebake.events import PIPELINE
     from rolebake.load import plan_build
-    from rolebake.provision.requirements import installed
+    from rolebake.provision.requirements import declared, installed
     from rolebake.registry import CacheRepo
     from rolebake.report import plan_table
 
@@ -143,11 +145,17 @@ def plan(ctx: click.Context, images: tuple[str, ...], as_json: bool,
                    CacheRepo(engine, repository) if repository else None)
     required = installed(project)
     pins = {e.tool: e.value for e in required.manifest().values()} if required else {}
+    pending = required is None and declared(project) is not None
+    note = ("requirements.yml is not installed yet: `rolebake build` installs it first; "
+            "the layers that use it are keyed once it is") if pending else ""
     if as_json:
         echo_json({"steps": [s.value for s in PIPELINE], "layers": [r.to_dict() for r in rows],
-                    "requirements": pins})
+                   "requirements": pins, "requirements_installed": not pending,
+                   "notes": [note] if note else []})
         return
     click.echo("steps per layer: " + " -> ".join(s.value for s in PIPELINE))
+    if note:
+        click.echo(f"note: {note}")
     for name, value in pins.items():
         click.echo(f"{name}: {value}")
     for line in plan_table((r.to_dict() for r in rows), color=sys.stdout.isatty()):
@@ -282,7 +290,7 @@ def scaffold_tests(ctx: click.Context, image: str, output: Path | None, force: b
     if not project.has_spec(image.split(":", maxsplit=1)[0]):
         raise InputError(f"no image spec named {image.split(':', maxsplit=1)[0]!r}",
                          hint=f"known: {', '.join(project.spec_names()) or 'none'}")
-    scaffold_plan = plan_build(project, [image], progress_of(ctx))
+    scaffold_plan = plan_build(project, [image], progress_of(ctx), install=True)
     layer = scaffold_plan.layer(image)
     folder = image.replace(":", "-")
     target = output or project.root / "tests" / "images" / folder / "test_scaffold.py"
@@ -355,7 +363,8 @@ def parity(ctx: click.Context, image: str, vm: str, as_json: bool, show_equal: b
     from rolebake.report import parity_table, tests_side_by_side
 
     project = project_of(ctx)
-    secret_set = secrets_for(ctx, project, plan_build(project, [image], progress_of(ctx)),
+    secret_set = secrets_for(ctx, project, plan_build(project, [image], progress_of(ctx),
+                                                      install=True),
                           vault_password_file=vault_password_file)
     engine = engine_for(ctx, project, secret_set, allow_insecure=allow_insecure_engine)
     result = run_parity(engine, project, image, vm, events=progress_of(ctx),
