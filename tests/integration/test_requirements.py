@@ -169,7 +169,7 @@ def test_a_collection_from_a_folder_is_on_the_collections_path(project: TestProj
     assert "requirement collection rbtest.tools: 1.4.0" in planned.stdout, planned.output
 
 
-def test_an_option_as_a_source_runs_nothing(project: Project, tmp_path: Path) -> None:
+def test_an_option_as_a_source_runs_nothing(project: TestProject, tmp_path: Path) -> None:
     # From a checkout with an `origin`: an empty or option-like URL must not reach it.
     subprocess.run(["git", "init", "-q", str(project.root)], check=True)
     subprocess.run(["git", "-C", str(project.root), "remote", "add", "origin",

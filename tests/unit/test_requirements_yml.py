@@ -309,7 +309,7 @@ def test_a_source_that_looks_like_an_option_is_refused_at_its_line(
 
 def test_a_collection_name_that_looks_like_an_option_is_refused(project: Project) -> None:
     pin(project, "collections:\n  - name: 'git+--upload-pack=x'\n    type: git\n")
-    with pytest.raises(InputError, match="requirements.yml:2: `name:` .* command-line option"):
+    with pytest.raises(InputError, match=r"requirements.yml:2: `name:` .* command-line option"):
         plan_build(project, ["img"])
 
 
@@ -352,7 +352,7 @@ def test_git_runs_in_a_neutral_folder_never_the_checkout(project: Project, repo:
         with pytest.raises(InputError, match="cannot reach"):
             ensure(project)
     pin(project, "roles:\n  - {name: reqrole, src: 'git+', scm: git}\n")
-    with pytest.raises(InputError, match="git URL is empty|cannot reach"):
+    with pytest.raises(InputError, match=r"git URL is empty|cannot reach"):
         ensure(project)
     assert not (project.state_dir / "requirements").exists() or not any(
         (project.state_dir / "requirements").glob("*/installed.json"))

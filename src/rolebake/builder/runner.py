@@ -174,11 +174,21 @@ class Runner(Steps):
         after_tag = PIPELINE.index(step) > PIPELINE.index(Step.TAG)
         if run.image_id is not None and not run.cached and step not in CONTAINER_STEPS \
                 and not after_tag:  # a failed push leaves the tagged image as it is
-            # A cancelled build keeps nothing, whatever --keep-failed says.
+            # A cancelled build keeps nothing, whatever --keep-failed says; nor does one
+            # whose image holds a secret (the scan found it): kept, it would leak it.
+            leaked = step == Step.SCAN and not cancelled
             keep = (plainly is None and isinstance(exc, RolebakeError) and not cancelled
-                    and self.options.keep_failed)
+                    and self.options.keep_failed and not leaked)
             try:
                 self._keep_or_drop(run, keep)
+                if leaked and self.options.keep_failed:
+                    self.events(LogEvent(run.layer.id, f"image {run.image_id} removed, not "
+                                         "kept: it failed the secret scan (--keep-failed "
+                                         "never keeps an image that holds a secret)"))
+                    if isinstance(exc, RolebakeError):
+                        exc.hint = "; ".join(filter(None, [exc.hint, "the image was removed "
+                                                           "despite --keep-failed: it holds a "
+                                                           "secret"]))
             except Exception as gone:  # the build's own error matters more
                 self.events(LogEvent(run.layer.id, f"could not remove image {run.image_id}: "
                                      f"{as_error(gone).message}"))

@@ -79,10 +79,12 @@ def fail(exc: RolebakeError) -> None:
 def _redacted_output() -> Iterator[None]:
     """Pass stdout and stderr through the installed Redactor while a command runs.
 
-    The command installs its Redactor once it knows its secrets; until then
-    (and after the command) one that hides nothing is installed.
+    Secret values are registered with it as soon as they are parsed (the spec's
+    sensitive vars, `--secret` files, the vault password), so it hides them
+    from the first line the command prints; after the command it hides nothing.
     """
     saved = sys.stdout, sys.stderr
+    redact.reset()  # values are registered from here on, as they are parsed
     sys.stdout = redact.RedactingStream(saved[0])
     sys.stderr = redact.RedactingStream(saved[1])
     try:
@@ -92,7 +94,7 @@ def _redacted_output() -> Iterator[None]:
             sys.stdout.flush()
             sys.stderr.flush()
         sys.stdout, sys.stderr = saved
-        redact.install(redact.Redactor())
+        redact.reset()
 
 
 def handled(func: F) -> F:
