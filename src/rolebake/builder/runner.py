@@ -186,9 +186,9 @@ class Runner(Steps):
                                          "kept: it failed the secret scan (--keep-failed "
                                          "never keeps an image that holds a secret)"))
                     if isinstance(exc, RolebakeError):
-                        exc.hint = "; ".join(filter(None, [exc.hint, "the image was removed "
-                                                           "despite --keep-failed: it holds a "
-                                                           "secret"]))
+                        exc.message += ("; it was removed despite --keep-failed: a kept image "
+                                        "would keep the secret")
+                        exc.args = (exc.message,)
             except Exception as gone:  # the build's own error matters more
                 self.events(LogEvent(run.layer.id, f"could not remove image {run.image_id}: "
                                      f"{as_error(gone).message}"))
