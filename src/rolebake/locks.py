@@ -34,9 +34,10 @@ LOCK_DIR_ENV = "ROLEBAKE_LOCK_DIR"
 class Held:
     """A lock this process holds; its file carries a one-line record."""
 
-    def __init__(self, fd: int) -> None:
-        """Wrap the locked file's descriptor."""
+    def __init__(self, fd: int, path: Path | None = None) -> None:
+        """Wrap the locked file's descriptor (opened from `path`)."""
         self._fd = fd
+        self.path = path
 
     def read(self) -> str:
         """The record the last holder wrote ('' when none)."""
@@ -105,7 +106,7 @@ def exclusive(path: Path, *, on_busy: Callable[[], None] | None = None,
                     except BlockingIOError:
                         time.sleep(poll_s)
         try:
-            yield Held(fd)
+            yield Held(fd, path)
         finally:
             fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
@@ -127,7 +128,7 @@ def try_exclusive(path: Path) -> Iterator[Held | None]:
             yield None
             return
         try:
-            yield Held(fd)
+            yield Held(fd, path)
         finally:
             fcntl.flock(fd, fcntl.LOCK_UN)
     finally:

@@ -11,9 +11,12 @@ step is said plainly (DESIGN.md invariant 1, exit codes).
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
 import json
+import os
 import shutil
 import signal
+import stat
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -29,6 +32,7 @@ from rolebake.cleanup import find_leftovers, remove_leftovers
 from rolebake.cli import main
 from rolebake.engine import BUILD_ID_LABEL, ROLE_LABEL, Engine
 from rolebake.errors import BuildFailed, EngineUnavailable, InternalError, Interrupted
+from rolebake.image import TagJournal, recover_journals
 from rolebake.load import plan_build
 from rolebake.parity import run as parity_run
 from rolebake.provision.base import ProvisionContext
@@ -544,3 +548,87 @@ def test_a_lock_folder_of_another_user_is_refused(private_lock_dir: Path,
     with pytest.raises(BuildFailed, match="belongs to another user"), \
             locks.exclusive(locks.host_lock("layer", "engine")):
         pass
+
+
+# The tag journal on disk: a run killed outright is finished by the next one ------------------
+
+
+def _killed_while_tagging(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Builds that end as if SIGKILL hit them after their tags moved: the journal stays."""
+    def die(journal: TagJournal) -> None:
+        if journal._fd is not None:
+            os.close(journal._fd)  # the kernel drops the lock of a dead process
+            journal._fd = None
+    monkeypatch.setattr(TagJournal, "settle", die)
+
+
+def test_a_run_killed_while_tagging_is_rolled_back_by_the_next(
+        engine: FakeEngine, project: Project, monkeypatch: pytest.MonkeyPatch) -> None:
+    first, _, _ = run_build(engine, project, ["web"])
+    assert first.error is None
+    good = {tag: engine.tagged(tag) for tag in ("rolebake/base:latest", "rolebake/web:latest",
+                                                  "rolebake/web:1.0")}
+    with monkeypatch.context() as killed:
+        _killed_while_tagging(killed)
+        second, _, _ = run_build(engine, project, ["web"], no_cache=True)
+    assert second.error is None
+    moved = second.results["web"].image_id
+    assert engine.tagged("rolebake/web:latest") == moved != good["rolebake/web:latest"]
+    journals = list((project.state_dir / "journal").glob("*.jsonl"))
+    assert [p.stem for p in journals] == [second.build_id]
+    assert stat.S_IMODE(journals[0].stat().st_mode) == 0o600
+
+    said = recover_journals(engine, project)
+    assert said and all(line.startswith(f"build {second.build_id}, killed while moving tags: ")
+                        for line in said), said
+    assert any("put back rolebake/web:latest, rolebake/web:1.0" in line for line in said), said
+    for tag, image_id in good.items():
+        assert engine.tagged(tag) == image_id, tag
+    assert moved not in engine.image_ids()  # left without a tag: removed
+    assert not journals[0].exists()
+    assert recover_journals(engine, project) == []  # done once
+
+
+def test_a_live_runs_journal_and_another_engines_are_left_alone(
+        engine: FakeEngine, project: Project, monkeypatch: pytest.MonkeyPatch) -> None:
+    run_build(engine, project, ["base"])
+    with monkeypatch.context() as killed:
+        _killed_while_tagging(killed)
+        run_build(engine, project, ["base"], no_cache=True)
+    (journal,) = (project.state_dir / "journal").glob("*.jsonl")
+    moved = engine.tagged("rolebake/base:latest")
+    fd = os.open(journal, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # as if its run were alive
+        assert recover_journals(engine, project) == []
+    finally:
+        os.close(fd)
+    other = FakeEngine()
+    other.engine_id = "another-engine"
+    assert recover_journals(other, project) == []
+    assert engine.tagged("rolebake/base:latest") == moved and journal.exists()
+    assert recover_journals(engine, project)
+    assert engine.tagged("rolebake/base:latest") != moved
+
+
+def test_a_layer_another_build_used_since_keeps_its_tags(
+        engine: FakeEngine, project: Project, monkeypatch: pytest.MonkeyPatch) -> None:
+    run_build(engine, project, ["base"])
+    with monkeypatch.context() as killed:
+        _killed_while_tagging(killed)
+        run_build(engine, project, ["base"], no_cache=True)
+    third, _, _ = run_build(engine, project, ["base"], no_cache=True)
+    now = engine.tagged("rolebake/base:latest")
+    assert now == third.results["base"].image_id
+    said = recover_journals(engine, project)
+    assert any("kept the tags of base" in line and "another build has used this layer since"
+               in line for line in said), said
+    assert engine.tagged("rolebake/base:latest") == now
+
+
+def test_a_finished_or_interrupted_run_leaves_no_journal(
+        engine: FakeEngine, project: Project) -> None:
+    report, _, _ = run_build(engine, project, ["web"])
+    assert report.error is None
+    folder = project.state_dir / "journal"
+    assert folder.is_dir() and list(folder.iterdir()) == []

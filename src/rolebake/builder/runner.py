@@ -38,7 +38,8 @@ from rolebake.rootfs import cache_dir
 # Test hook, for the fault-injection tests only: ROLEBAKE_TEST_PAUSE=<step> makes
 # every layer wait (up to ROLEBAKE_TEST_PAUSE_SECONDS, default 60) at the start
 # of that step, so a signal can be sent at a step too short to hit otherwise;
-# `after:<step>` waits once the step has passed, with no cancel check after it.
+# `after:<step>` waits once the step has passed, with no cancel check after it;
+# `tag:moved` waits after the first tag of a layer moved, in the middle of the move.
 TEST_PAUSE_ENV = "ROLEBAKE_TEST_PAUSE"
 
 # How long a failed step waits for an engine that stopped answering to come back
@@ -156,6 +157,11 @@ class Runner(Steps):
         self.events(StepEvent(run.layer.id, step, status, message))
         if os.environ.get(TEST_PAUSE_ENV) == f"after:{step.value}":
             self.cancel.wait(float(os.environ.get(TEST_PAUSE_ENV + "_SECONDS", "60")))
+
+    def _between_tags(self) -> None:
+        if os.environ.get(TEST_PAUSE_ENV) == "tag:moved":
+            self.cancel.wait(float(os.environ.get(TEST_PAUSE_ENV + "_SECONDS", "60")))
+        super()._between_tags()
 
     def _on_failure(self, run: LayerRun, step: Step, exc: BaseException) -> None:
         """Say plainly when the engine or the container died under a step; keep or drop an image."""

@@ -229,7 +229,7 @@ def test_command(ctx: click.Context, image: str, tests_dir: Path | None, as_json
         raise InputError(f"no testinfra suite for {image}", hint="pass --tests DIR")
     if tests_dir is not None and not tests_dir.is_dir():
         raise InputError(f"{tests_dir} is not a folder", hint="pass --tests DIR")
-    engine = engine_for(ctx)
+    engine = engine_for(ctx, project)
     found = engine.image(ref)
     if found is None:
         raise InputError(f"image {ref!r} is not on the engine", hint=f"rolebake build {image}")

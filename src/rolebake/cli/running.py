@@ -147,7 +147,9 @@ def engine_for(ctx: click.Context, project: Project | None = None,
 
     A malformed DOCKER_HOST is exit 4 in one line. A tcp:// engine without TLS is
     named on stderr; a build with secrets is refused over it (exit 2, before any
-    byte is sent) unless `allow_insecure` (--allow-insecure-engine).
+    byte is sent) unless `allow_insecure` (--allow-insecure-engine). With a
+    project, the tag journals of runs killed outright on this engine are
+    finished (`image.recover_journals`) and what was done is said.
     """
     from rolebake.engine import Engine, engine_address
 
@@ -160,8 +162,14 @@ def engine_for(ctx: click.Context, project: Project | None = None,
                              "they would cross the network in clear",
                              hint="set DOCKER_TLS_VERIFY=1 and DOCKER_CERT_PATH, use ssh://, "
                                   "or pass --allow-insecure-engine")
-    del project
-    return Engine.connect()
+    engine = Engine.connect()
+    if project is not None:
+        from rolebake.image import recover_journals
+
+        # A run killed outright while it moved tags left its journal: finish it first.
+        for line in recover_journals(engine, project):
+            err(f"note: {line}")
+    return engine
 
 
 def echo_json(data: Any) -> None:
