@@ -204,7 +204,8 @@ class TagJournal:
         except BaseException:
             for move in reversed(moved):
                 self._put_back(move)
-            self._write({"op": "done", "layer": layer})
+            with contextlib.suppress(OSError):  # put back already; the disk may be why
+                self._write({"op": "done", "layer": layer})
             raise
         with self._lock:
             self._moves.extend(moved)
