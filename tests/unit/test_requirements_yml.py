@@ -19,6 +19,7 @@ from rolebake.errors import InputError
 from rolebake.events import Event, LogEvent
 from rolebake.load import plan_build
 from rolebake.provision import provisioner_class
+from rolebake.provision.ansible_spec import settings_of
 from rolebake.provision.galaxy import ensure
 from rolebake.provision.requirements import installed, parse, read_requirements, tree_digest
 from rolebake.spec import Project
@@ -324,7 +325,7 @@ def test_plan_runs_no_git_and_installs_nothing(project: Project, repo: Path,
         patched.setattr(subprocess, "Popen", no_process)
         plan = plan_build(project, ["img"])  # the role it names comes from requirements.yml
         tools, inputs = layer_key(project)
-    assert plan.layer("img").spec.roles == ("reqrole",)
+    assert settings_of(plan.layer("img")).roles == ("reqrole",)
     assert not (project.state_dir / "requirements").exists()
     assert tools["requirement role reqrole"] == "v1 (not installed yet)"
     assert any("role reqrole (requirements.yml) is not installed yet" in note
