@@ -178,11 +178,18 @@ def encoded_forms(value: str) -> list[str]:
     return list(dict.fromkeys(f for f in forms if len(f) >= MIN_LENGTH))
 
 
+# The scan fails a build on a hit, so an encoded form must be long enough not to turn
+# up by chance in a layer full of checksums (dpkg's md5sums are hex, 8 hex characters
+# are only 32 bits); output redaction keeps the shorter ones: hiding costs nothing there.
+MIN_SCANNED_ENCODING = 10
+
+
 def value_forms(value: str) -> list[str]:
     """Every form of the whole `value` the layer scan looks for: plain, escaped, encoded."""
-    forms = [*_escaped(value), *_escaped(value.strip()), *encoded_forms(value),
-             *encoded_forms(value.strip())]
-    return list(dict.fromkeys(f for f in forms if len(f) >= MIN_LENGTH))
+    plain = [*_escaped(value), *_escaped(value.strip())]
+    encoded = [form for form in (*encoded_forms(value), *encoded_forms(value.strip()))
+               if len(form) >= MIN_SCANNED_ENCODING or form in plain]
+    return list(dict.fromkeys(f for f in (*plain, *encoded) if len(f) >= MIN_LENGTH))
 
 
 def _yaml_quoted(text: str, allow_unicode: bool) -> str:

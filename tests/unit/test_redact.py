@@ -337,6 +337,12 @@ def test_value_forms_hold_every_whole_form() -> None:
     assert all(len(form) >= redact.MIN_LENGTH for form in forms)
 
 
+def test_the_scan_leaves_out_encodings_short_enough_to_match_by_chance() -> None:
+    forms = redact.value_forms("abcd")  # 8 hex characters: a checksum could hold them
+    assert "abcd" in forms and "61626364" not in forms
+    assert "61626364" in Redactor(["abcd"]).needles  # output still hides it
+
+
 # Registered as soon as parsed -----------------------------------------------------------------
 
 
