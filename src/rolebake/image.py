@@ -4,13 +4,22 @@ Tags move only through a `TagJournal`: one layer's tags move all or none (a
 refused tag, a cancel half-way puts back those already moved), and every move
 of a run is kept, with what the tag named before, so that an interrupted run
 can put back the tags of layers that had finished too (DESIGN.md invariant 1).
+
+The journal is also on disk, written ahead of each move (`.rolebake/journal/
+<build id>.jsonl`, 0600, held under a lock by its run): a run killed outright
+(SIGKILL, a crash) leaves it behind, and the next rolebake on that engine
+(`recover_journals`) puts the tags back, or keeps them where another build
+has used the layer since, and says which.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import errno
+import fcntl
 import json
+import os
 import subprocess
 import threading
 from collections.abc import Callable, Mapping, Sequence
@@ -21,8 +30,9 @@ from typing import Any
 from rolebake import __version__
 from rolebake.engine import BUILD_ID_LABEL, LABEL_PREFIX, ROLE_LABEL, Engine
 from rolebake.locks import Held, try_exclusive
-from rolebake.spec import ImageConfig
+from rolebake.spec import ImageConfig, Project
 
+JOURNAL_DIR = "journal"  # .rolebake/journal/<build id>.jsonl
 LAYER_LABEL = "rolebake.layer"
 # The project the layer belongs to (project_config.py): a miss is explained only
 # against the same project's builds of a layer of that name.
@@ -156,14 +166,20 @@ class TagJournal:
     whose file then names the build that moved them last (and the one before).
     A run putting its tags back checks that record first: a layer another
     build has used since keeps its tags, so one run never undoes another's.
+
+    With a project, each move is also written to disk before the tag moves
+    (see the module's docstring); `settle` ends that record when the run ends.
     """
 
-    def __init__(self, engine: Engine, build_id: str) -> None:
-        """Keep the moves the build `build_id` makes on `engine`."""
+    def __init__(self, engine: Engine, build_id: str, project: Project | None = None) -> None:
+        """Keep the moves the build `build_id` makes on `engine` (on disk below `project`)."""
         self.engine = engine
         self.build_id = build_id
+        self.project = project
         self._moves: list[TagMove] = []
         self._lock = threading.Lock()
+        self._fd: int | None = None  # the journal file, locked while this run lives
+        self._settled = False
 
     def move(self, layer: str, image_id: str, refs: Sequence[str], lock: Held,
              check: Callable[[], None] = lambda: None) -> None:
@@ -174,26 +190,32 @@ class TagJournal:
             image_id: the image the refs should name.
             refs: the tags, the internal cache tag last.
             lock: the layer's lock, held; its record is updated.
-            check: raises when the build was cancelled; called after the last tag
+            check: raises when the build was cancelled; called after each tag
                 moved, so a cancel that arrives during the move puts them back too.
 
         Raises:
             InputError: the engine refused a tag (every moved tag is put back first).
         """
         moved: list[TagMove] = []
+        record = lock.read()
         try:
             for ref in refs:
                 move = TagMove(layer, ref, _image_id(self.engine, ref), image_id)
+                # Written ahead: a kill between the two leaves a move the disk knows of.
+                self._write({"op": "move", **vars(move), "lock": str(lock.path or ""),
+                             "record": record})
                 self.engine.tag(image_id, ref)
                 moved.append(move)
-            check()
+                check()
         except BaseException:
             for move in reversed(moved):
                 self._put_back(move)
+            with contextlib.suppress(OSError):  # put back already; the disk may be why
+                self._write({"op": "done", "layer": layer})
             raise
         with self._lock:
             self._moves.extend(moved)
-        lock.write(" ".join([self.build_id, *lock.read().split()[:1]]))
+        lock.write(" ".join([self.build_id, *record.split()[:1]]))
 
     def roll_back(self, locks: Mapping[str, Path]) -> dict[str, str]:
         """Put back every move of the run, by layer, the last one moved first.
@@ -234,21 +256,8 @@ class TagJournal:
         with self._lock:
             moves = [m for m in self._moves if m.layer == layer]
             self._moves = [m for m in self._moves if m.layer != layer]
-        stayed: dict[str, str] = {}
-        for move in reversed(moves):
-            try:
-                now = _image_id(self.engine, move.ref)
-                if now is not None and now != move.after:
-                    stayed[move.ref] = "moved again since, by another build"
-                    continue
-                self._put_back(move)
-            except Exception as exc:  # the engine went away: say so, put back the others
-                stayed[move.ref] = f"could not be put back: {_reason(exc)}"
-        for image_id in dict.fromkeys(m.after for m in moves):
-            with contextlib.suppress(Exception):  # in use, or gone: `rolebake clean` then
-                image = self.engine.image(image_id)
-                if image is not None and not image.tags:
-                    self.engine.remove_image(image_id)
+        stayed = undo(self.engine, moves)
+        self._write({"op": "done", "layer": layer})
         return stayed
 
     def keep(self, layer: str) -> list[str]:
@@ -256,13 +265,177 @@ class TagJournal:
         with self._lock:
             kept = [m.ref for m in self._moves if m.layer == layer]
             self._moves = [m for m in self._moves if m.layer != layer]
+        self._write({"op": "done", "layer": layer})
         return kept
 
+    def settle(self) -> None:
+        """The run is over (built, or rolled back): its journal on disk goes.
+
+        The moves stay known in memory, for a signal that lands while the report
+        is written (the CLI rolls back then); a kill after this keeps the tags.
+        """
+        with self._lock:
+            self._settled = True
+            if self._fd is None:
+                return
+            with contextlib.suppress(OSError):
+                os.unlink(self._path())
+            os.close(self._fd)
+            self._fd = None
+
+    def _path(self) -> Path:
+        assert self.project is not None
+        return self.project.private_dir(JOURNAL_DIR) / f"{self.build_id}.jsonl"
+
+    def _write(self, entry: dict[str, Any]) -> None:
+        """Append one entry to the journal on disk, synced before the caller goes on."""
+        if self.project is None:
+            return
+        with self._lock:
+            if self._settled:
+                return
+            if self._fd is None:
+                path = self._path()
+                self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND
+                                   | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+                fcntl.flock(self._fd, fcntl.LOCK_EX)  # alive: no one recovers it
+                header = {"op": "begin", "build": self.build_id,
+                          "engine": self.engine.identity()}
+                os.write(self._fd, (json.dumps(header) + "\n").encode())
+            os.write(self._fd, (json.dumps(entry) + "\n").encode())
+            os.fsync(self._fd)
+
     def _put_back(self, move: TagMove) -> None:
-        if move.before is not None:
-            self.engine.tag(move.before, move.ref)
-        else:
-            self.engine.remove_image(move.ref)
+        _put_back(self.engine, move)
+
+
+def undo(engine: Engine, moves: Sequence[TagMove]) -> dict[str, str]:
+    """Undo `moves`, newest first; {tag: why} for those left; images left untagged removed."""
+    stayed: dict[str, str] = {}
+    for move in reversed(moves):
+        try:
+            now = _image_id(engine, move.ref)
+            if now == move.before:
+                continue  # never moved (killed before the tag), or put back already
+            if now is not None and now != move.after:
+                stayed[move.ref] = "moved again since, by another build"
+                continue
+            _put_back(engine, move)
+        except Exception as exc:  # the engine went away: say so, put back the others
+            stayed[move.ref] = f"could not be put back: {_reason(exc)}"
+    for image_id in dict.fromkeys(m.after for m in moves):
+        with contextlib.suppress(Exception):  # in use, or gone: `rolebake clean` then
+            image = engine.image(image_id)
+            if image is not None and not image.tags:
+                engine.remove_image(image_id)
+    return stayed
+
+
+def _put_back(engine: Engine, move: TagMove) -> None:
+    if move.before is not None:
+        engine.tag(move.before, move.ref)
+    else:
+        engine.remove_image(move.ref)
+
+
+def recover_journals(engine: Engine, project: Project) -> list[str]:
+    """Finish the tag journals runs killed outright left for this engine; what was done.
+
+    A journal whose run is alive is locked and left alone; one written for
+    another engine waits for a run on that engine. Each layer's moves are put
+    back under the layer's lock when its record still names the dead run (or
+    still what it named before the run moved the tags: killed half-way);
+    otherwise another build has used the layer since and its tags stay.
+
+    Returns:
+        One line per layer handled, for the CLI to print.
+    """
+    folder = project.state_dir / JOURNAL_DIR
+    if not folder.is_dir():
+        return []
+    said: list[str] = []
+    identity: str | None = None
+    for path in sorted(folder.glob("*.jsonl")):
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                    continue  # its run is alive
+                raise
+            if os.fstat(fd).st_nlink == 0:
+                continue  # finished by another rolebake meanwhile
+            entries = _entries(path)
+            if not entries or entries[0].get("op") != "begin":
+                os.unlink(path)
+                continue
+            identity = identity or engine.identity()
+            if entries[0].get("engine") != identity:
+                continue
+            build_id = str(entries[0].get("build", ""))
+            left = False
+            for line in _recover_run(engine, build_id, entries):
+                left = left or line.startswith("left ")
+                said.append(f"build {build_id}, killed while moving tags: {line}")
+            if not left:
+                os.unlink(path)
+        finally:
+            os.close(fd)
+    return said
+
+
+def _entries(path: Path) -> list[dict[str, Any]]:
+    found: list[dict[str, Any]] = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            break  # a torn last line: the kill landed while it was written
+        if isinstance(entry, dict):
+            found.append(entry)
+    return found
+
+
+def _recover_run(engine: Engine, build_id: str, entries: list[dict[str, Any]]) -> list[str]:
+    moves: dict[str, list[dict[str, Any]]] = {}
+    for entry in entries[1:]:
+        layer = str(entry.get("layer", ""))
+        if entry.get("op") == "move":
+            moves.setdefault(layer, []).append(entry)
+        elif entry.get("op") == "done":
+            moves.pop(layer, None)
+    said: list[str] = []
+    for layer in reversed(list(moves)):
+        found = moves[layer]
+        tags = ", ".join(str(e["ref"]) for e in found)
+        lock = Path(str(found[0].get("lock") or ""))
+        if not lock.name:
+            said.append(f"kept the tags of {layer} ({tags}): no lock was recorded")
+            continue
+        with try_exclusive(lock) as held:
+            if held is None:
+                said.append(f"left {layer} for now ({tags}): another build of it is running")
+                continue
+            record = held.read()
+            before = str(found[0].get("record", ""))
+            if record.split()[:1] != [build_id] and record != before:
+                said.append(f"kept the tags of {layer} ({tags}): another build has used "
+                            "this layer since")
+                continue
+            stayed = undo(engine, [TagMove(layer, str(e["ref"]), e.get("before"),
+                                           str(e["after"])) for e in found])
+            if record.split()[:1] == [build_id]:
+                held.write(" ".join(record.split()[1:2]))
+        back = [str(e["ref"]) for e in found if str(e["ref"]) not in stayed]
+        if back:
+            said.append(f"put back {', '.join(back)} ({layer})")
+        for ref, why in stayed.items():
+            said.append(f"kept {ref} ({layer}): {why}")
+    return said
 
 
 def keep_failed(engine: Engine, image_id: str, tags: Sequence[str]) -> str:

@@ -16,7 +16,7 @@ from rolebake import provision
 from rolebake.errors import InputError
 from rolebake.events import EventSink, discard
 from rolebake.plan import BuildPlan, Layer, make_plan, spec_layers
-from rolebake.provision import galaxy
+from rolebake.provision import galaxy, requirements
 from rolebake.reference import normal_tag
 from rolebake.secrets import SecretSet, vault_values, vaulted_at
 from rolebake.spec import ImageSpec, Project
@@ -36,16 +36,21 @@ def load_spec(project: Project, name: str) -> ImageSpec:
 
 
 def plan_build(project: Project, targets: Iterable[str] = (),
-               events: EventSink = discard) -> BuildPlan:
+               events: EventSink = discard, *, install: bool = False) -> BuildPlan:
     """Turn image names (`web`, `web:dev`; none means every image and variant) into a plan.
 
-    The project's requirements.yml is installed first (`provision.galaxy`):
-    the specs may name the roles it brings. Each spec is loaded (and checked by
-    its provisioner) once, and each file parsed once (`yamlfile.parsed_once`).
+    With `install` (a build's first step, before any layer), the project's
+    requirements.yml is installed first (`provision.galaxy`): the specs may
+    name the roles it brings. Without it (`plan`, `makefile`) nothing is run
+    or installed: the requirements files are only read and checked, and the
+    last install for them, if any, is what the layers are keyed on. Each spec
+    is loaded (and checked by its provisioner) once, and each file parsed
+    once (`yamlfile.parsed_once`).
 
     Raises:
         InputError: a bad spec, an unknown image or variant, or a cycle in `from:`;
-            a requirement that cannot be reached or installed.
+            a bad requirements file; (with `install`) a requirement that cannot be
+            reached or installed.
     """
     loaded: dict[str, ImageSpec] = {}
 
@@ -55,11 +60,23 @@ def plan_build(project: Project, targets: Iterable[str] = (),
         return loaded[name]
 
     with parsed_once():
-        galaxy.ensure(project, events)
+        if install:
+            galaxy.ensure(project, events)
+        else:
+            requirements.declared(project)  # a bad or option-like source is exit 2 here too
         wanted = list(targets) or all_targets(project, load)
         plan = make_plan(project, wanted, load)
         _check_shared_names(project, plan)
     return plan
+
+
+def install_requirements(project: Project, events: EventSink = discard) -> None:
+    """Install the project's requirements.yml unless installed: a build's first step.
+
+    Raises:
+        InputError: a requirement that cannot be reached or installed.
+    """
+    galaxy.ensure(project, events)
 
 
 def _check_shared_names(project: Project, plan: BuildPlan) -> None:

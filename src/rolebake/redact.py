@@ -12,14 +12,29 @@ a quote, a backslash, a tab or a non-ASCII character is still caught in text
 someone else serialised; a tab also matches the spaces Ansible's YAML log
 expands it to. Values shorter than MIN_LENGTH characters are never
 matched: they would hide common words everywhere and hide nothing.
+
+A value is also matched encoded (`encoded_forms`): base64 (standard and
+URL-safe, with and without padding, and the part of it that stays the same
+when the value sits at any of the three byte offsets inside a longer base64
+stream), hex (lower and upper case) and URL-encoded. The secret scan of a
+layer (`secrets.scan_image`) looks for the same forms (`value_forms`).
+
+Values are registered as soon as they are parsed (`register`: the spec's
+sensitive vars, `--secret` files, the vault password, decrypted vault
+values), before anything that could print them runs, and whatever Redactor
+the CLI installs later keeps them.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import codecs
 import io
 import json
 import re
+import threading
+import urllib.parse
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, TextIO
 
@@ -34,8 +49,9 @@ class Redactor:
 
     def __init__(self, values: Iterable[str] = ()) -> None:
         """Match `values` (the plain secrets; their lines and escaped forms are derived)."""
+        self.values: tuple[str, ...] = tuple(dict.fromkeys(values))
         needles: set[str] = set()
-        for value in values:
+        for value in self.values:
             needles.update(form for form in _forms(value) if len(form) >= MIN_LENGTH)
         # Longest first only for a stable order; overlaps are merged in text().
         self.needles: tuple[str, ...] = tuple(sorted(needles, key=lambda n: (-len(n), n)))
@@ -104,18 +120,77 @@ class Redactor:
 
 
 def _forms(value: str) -> Iterator[str]:
-    """The value, each of its lines, and each of those as JSON, YAML and repr escape them."""
+    """The value, each of its lines, and each of those as JSON, YAML and repr escape them.
+
+    The whole value (as given and stripped) also in its encoded forms.
+    """
     bases = {value, value.strip()}
     bases.update(line.strip() for line in value.splitlines())
     for base in bases:
         if len(base.strip()) < MIN_LENGTH:
             continue  # padding does not make a short value any less common
-        yield base
-        yield json.dumps(base)[1:-1]
-        yield json.dumps(base, ensure_ascii=False)[1:-1]
-        yield repr(base)[1:-1]
-        for allow_unicode in (False, True):
-            yield _yaml_quoted(base, allow_unicode)
+        yield from _escaped(base)
+    for whole in {value, value.strip()}:
+        if len(whole.strip()) >= MIN_LENGTH:
+            yield from encoded_forms(whole)
+
+
+def _escaped(base: str) -> Iterator[str]:
+    yield base
+    yield json.dumps(base)[1:-1]
+    yield json.dumps(base, ensure_ascii=False)[1:-1]
+    yield repr(base)[1:-1]
+    for allow_unicode in (False, True):
+        yield _yaml_quoted(base, allow_unicode)
+
+
+# A base64 core shorter than this (the value at an offset inside a longer stream)
+# would match by chance in any base64 text.
+MIN_B64_CORE = 6
+
+
+def encoded_forms(value: str) -> list[str]:
+    """`value` base64-, hex- and URL-encoded, as a role's filter or a tool could write it.
+
+    Base64: standard and URL-safe alphabets, with and without padding, and for
+    each byte offset 0-2 the run of characters that encodes only the value's
+    own bytes when it is embedded in a longer stream (`b64encode` of a file
+    that holds the secret somewhere inside). Hex: lower and upper case. URL:
+    `quote` and `quote_plus`, as Jinja's `urlencode` and most libraries write it.
+    """
+    raw = value.encode("utf-8")
+    forms: list[str] = []
+    for alphabet in (b"+/", b"-_"):
+        whole = base64.b64encode(raw, altchars=alphabet).decode("ascii")
+        forms += [whole, whole.rstrip("=")]
+        for offset in range(3):
+            encoded = base64.b64encode(b"\0" * offset + raw, altchars=alphabet).decode("ascii")
+            # Characters that take bits from the bytes before the value, or after it
+            # (the last partial group), differ from stream to stream: left out.
+            start = -(-8 * offset // 6)
+            end = (8 * (offset + len(raw))) // 6
+            core = encoded[start:end]
+            if len(core) >= MIN_B64_CORE:
+                forms.append(core)
+    hexed = binascii.hexlify(raw).decode("ascii")
+    forms += [hexed, hexed.upper()]
+    forms += [urllib.parse.quote(value, safe=""), urllib.parse.quote_plus(value, safe=""),
+              urllib.parse.quote(value)]
+    return list(dict.fromkeys(f for f in forms if len(f) >= MIN_LENGTH))
+
+
+# The scan fails a build on a hit, so an encoded form must be long enough not to turn
+# up by chance in a layer full of checksums (dpkg's md5sums are hex, 8 hex characters
+# are only 32 bits); output redaction keeps the shorter ones: hiding costs nothing there.
+MIN_SCANNED_ENCODING = 10
+
+
+def value_forms(value: str) -> list[str]:
+    """Every form of the whole `value` the layer scan looks for: plain, escaped, encoded."""
+    plain = [*_escaped(value), *_escaped(value.strip())]
+    encoded = [form for form in (*encoded_forms(value), *encoded_forms(value.strip()))
+               if len(form) >= MIN_SCANNED_ENCODING or form in plain]
+    return list(dict.fromkeys(f for f in (*plain, *encoded) if len(f) >= MIN_LENGTH))
 
 
 def _yaml_quoted(text: str, allow_unicode: bool) -> str:
@@ -128,14 +203,44 @@ def _yaml_quoted(text: str, allow_unicode: bool) -> str:
 # The one installed Redactor ------------------------------------------------------------
 
 class _Installed:
-    """Where the one installed Redactor is kept."""
+    """Where the one installed Redactor is kept, with the values registered so far."""
 
     redactor = Redactor()
+    registered: tuple[str, ...] = ()
+    lock = threading.Lock()
 
 
 def install(redactor: Redactor) -> None:
-    """Make `redactor` the one every output of this process goes through (the CLI calls it)."""
-    _Installed.redactor = redactor
+    """Make `redactor` the one every output of this process goes through (the CLI calls it).
+
+    Values registered before (`register`) stay hidden too.
+    """
+    with _Installed.lock:
+        extra = [v for v in _Installed.registered if v not in redactor.values]
+        _Installed.redactor = Redactor([*redactor.values, *extra]) if extra else redactor
+
+
+def register(values: Iterable[str]) -> None:
+    """Hide these values from now on, as soon as they are parsed (before any Redactor is built).
+
+    The spec's sensitive vars, `--secret` files, the vault password and decrypted
+    vault values come through here the moment they are read, so an error raised
+    while the rest is parsed cannot print them.
+    """
+    new = [v for v in values if isinstance(v, str) and len(v.strip()) >= MIN_LENGTH]
+    with _Installed.lock:
+        new = [v for v in new if v not in _Installed.registered]
+        if not new:
+            return
+        _Installed.registered = (*_Installed.registered, *new)
+        _Installed.redactor = Redactor([*_Installed.redactor.values, *new])
+
+
+def reset() -> None:
+    """Forget every value: a Redactor that hides nothing (the CLI, after a command)."""
+    with _Installed.lock:
+        _Installed.registered = ()
+        _Installed.redactor = Redactor()
 
 
 def current() -> Redactor:

@@ -23,6 +23,7 @@ from typing import IO, Any
 
 import yaml
 
+from rolebake import redact
 from rolebake.engine import ContainerHandle, Engine
 from rolebake.errors import BuildFailed, InputError
 from rolebake.redact import MIN_LENGTH, Redactor
@@ -93,7 +94,9 @@ class SecretSet:
             password = env_password
         if not files and password is None:
             return None
-        return cls(files=files, vault_password=password)
+        found = cls(files=files, vault_password=password)
+        redact.register(found.values())  # hidden from here on, before anything else runs
+        return found
 
     def add_values(self, values: Iterable[Any]) -> None:
         """Also treat these values as secret (sensitive vars, decrypted vault values)."""
@@ -101,6 +104,7 @@ class SecretSet:
             for text in _strings(value):
                 if len(text) >= MIN_LENGTH and text not in self._extra_values:
                     self._extra_values.append(text)
+        redact.register(self._extra_values)
 
     def values(self) -> list[str]:
         """Every secret value to keep out of the image and out of any output."""
@@ -262,7 +266,9 @@ def _decrypt(vaulted: str, password: str | None, path: Path, line: int) -> str:
 
     vault = VaultLib([("default", VaultSecret(password.encode("utf-8")))])
     try:
-        return vault.decrypt(vaulted.encode("utf-8")).decode("utf-8", errors="replace")
+        plain = vault.decrypt(vaulted.encode("utf-8")).decode("utf-8", errors="replace")
+        redact.register([plain, plain.strip()])  # hidden the moment it is known
+        return plain
     except AnsibleError:
         raise InputError("could not be decrypted with the vault password given "
                          "(wrong password?)", path=path, line=line) from None
@@ -297,10 +303,15 @@ def _strings(value: Any, *, numbers: bool = True) -> Iterable[str]:
 def scan_image(engine: Engine, image_id: str, secrets: SecretSet) -> None:
     """Fail the build when any secret value is in the new layer, the config or the history.
 
+    Each value is looked for in every form `redact.value_forms` gives (plain,
+    escaped, base64 at any offset, hex, URL-encoded), so a role that writes
+    `{{ secret | b64encode }}` into a file fails the scan too.
+
     Raises:
         BuildFailed: naming the secret-bearing file or field (never the value).
     """
-    needles = [v.encode("utf-8") for v in secrets.values()]
+    needles = sorted({form.encode("utf-8") for value in secrets.values()
+                      for form in redact.value_forms(value)}, key=len)
     if not needles:
         return
     with tempfile.TemporaryFile() as spool:

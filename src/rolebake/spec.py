@@ -17,8 +17,9 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
+from rolebake import redact
 from rolebake.errors import InputError
 from rolebake.project_config import ProjectIdentity, read_identity
 from rolebake.reference import (
@@ -280,6 +281,7 @@ def load_spec(project: Project, name: str,
     if data is None:
         raise InputError("the spec is empty", path=path, line=1)
     top = Fields(data, path, "", 1)
+    _register_sensitive(top)  # before anything is checked: no error can print them
     schemas = [CORE_SCHEMA, *(reader.schema() for reader in provisioners.values())]
     provisioner = top.text("provisioner", what="a provisioner name") or DEFAULT_PROVISIONER
     if provisioner not in provisioners:
@@ -433,6 +435,36 @@ def project_path(project: Project, fields: Fields, key: str) -> Path | None:
     if not project.inside(path):
         raise fields.fail(key, f"{raw!r} is outside the project")
     return path
+
+
+def _register_sensitive(top: Fields) -> None:
+    """Hide the values of the vars `sensitive_vars` names (spec and variants) from now on.
+
+    Read from the raw data before any of it is checked, so that no error raised
+    while the spec is parsed can print one (`redact.register`).
+    """
+    names = top.data.get("sensitive_vars")
+    wanted = frozenset(n for n in names if isinstance(n, str)) if isinstance(names, list) \
+        else frozenset()
+    sections = [top.data.get("vars")]
+    variants = top.data.get("variants")
+    if isinstance(variants, Mapping):
+        sections += [v.get("vars") for v in variants.values() if isinstance(v, Mapping)]
+    for section in sections:
+        if isinstance(section, Mapping):
+            for name in wanted.intersection(k for k in section if isinstance(k, str)):
+                redact.register(_leaves(section[name]))
+
+
+def _leaves(value: Any) -> list[str]:
+    """Every scalar in `value` (keys too) as text: what a message could quote."""
+    if isinstance(value, Mapping):
+        return [text for key, item in value.items() for text in (*_leaves(key), *_leaves(item))]
+    if isinstance(value, list | tuple | set | frozenset):
+        return [text for item in value for text in _leaves(item)]
+    if value is None or isinstance(value, bool):
+        return []
+    return [str(value)]
 
 
 def _ready(section: Fields | None) -> ReadyCheck | None:

@@ -1,5 +1,6 @@
 """requirements.yml on a real engine: a role pinned in a local git repository is
-installed, built into an image, and moving the pin is a cache miss that names it.
+installed by the build (never by `plan`), built into an image, and moving the pin is a
+cache miss that names it. A source that is an option in disguise runs nothing.
 
 The role's repository lives outside the project and is reached over
 `git+file://`, as a team's role repository would be over https. A source that
@@ -81,24 +82,28 @@ def test_pinned_role_is_built_and_a_new_pin_is_a_miss(project: TestProject, tmp_
 
     planned = run_cli("plan", name, cwd=project.root)
     assert planned.rc == 0, planned.output
-    assert "installing requirements" in planned.stderr
-    assert "requirement role reqrole: v1" in planned.stdout
+    assert "installing requirements" not in planned.stderr  # plan installs nothing
+    assert "requirements.yml is not installed yet" in planned.stdout, planned.output
+    assert not (project.root / ".rolebake" / "requirements").exists()
 
     first = run_cli("build", name, cwd=project.root)
     assert first.rc == 0, first.output
+    assert "installing requirements" in first.stderr
     assert file_in(project, project.tag(name)) == "v1"
     assert not (project.root / "roles" / "reqrole").exists()  # installed in .rolebake only
 
     again = run_cli("plan", name, cwd=project.root)
     assert again.rc == 0 and "[HIT]" in again.stdout, again.output
+    assert "requirement role reqrole: v1" in again.stdout  # from the record of the install
 
     pin(project, f"git+file://{repo}", "v2")
     moved = run_cli("plan", name, cwd=project.root)
     assert moved.rc == 0, moved.output
     assert "[MISS]" in moved.stdout, moved.output
+    assert "requirements.yml is not installed yet" in moved.stdout, moved.output
     reason = next(line for line in moved.stdout.splitlines()
                   if "requirement role reqrole changed" in line)
-    assert "v1" in reason and "v2" in reason, moved.stdout
+    assert "v1" in reason and "v2 (not installed yet)" in reason, moved.stdout
 
     second = run_cli("build", name, cwd=project.root)
     assert second.rc == 0, second.output
@@ -157,8 +162,38 @@ def test_a_collection_from_a_folder_is_on_the_collections_path(project: TestProj
     (project.root / "requirements.yml").write_text(
         f"collections:\n  - name: {collection}\n    type: dir\n")
     name = add_spec(project, f"reqc{project.token}", roles=("shouter",), suite=None)
-    planned = run_cli("plan", name, cwd=project.root)
-    assert "requirement collection rbtest.tools: 1.4.0" in planned.stdout, planned.output
     built = run_cli("build", "--no-verify", name, cwd=project.root)
     assert built.rc == 0, built.output
     assert file_in(project, project.tag(name)) == "V1"
+    planned = run_cli("plan", name, cwd=project.root)
+    assert "requirement collection rbtest.tools: 1.4.0" in planned.stdout, planned.output
+
+
+def test_an_option_as_a_source_runs_nothing(project: TestProject, tmp_path: Path) -> None:
+    # From a checkout with an `origin`: an empty or option-like URL must not reach it.
+    subprocess.run(["git", "init", "-q", str(project.root)], check=True)
+    subprocess.run(["git", "-C", str(project.root), "remote", "add", "origin",
+                    str(role_repository(tmp_path / "origin"))], check=True)
+    marker = Path(f"/tmp/rolebake-injected-{project.token}")
+    name = add_spec(project, f"req{project.token}", roles=("reqrole",), suite=SUITE)
+    (project.root / "requirements.yml").write_text(dedent(f"""
+        ---
+        roles:
+          - name: reqrole
+            src: "git+--upload-pack=touch {marker};git-upload-pack"
+        """))
+    try:
+        for command in ("plan", "build"):
+            result = run_cli(command, name, cwd=project.root, timeout=120)
+            assert result.rc == 2, result.output
+            errors = [x for x in result.stderr.splitlines() if x.startswith("error:")]
+            assert len(errors) == 1 and len(result.stderr.strip().splitlines()) == 1, \
+                result.output
+            assert errors[0].startswith("error: requirements.yml:3: `src:`"), errors
+            assert "looks like a command-line option" in errors[0], errors
+            assert not marker.exists(), f"{command} ran the command in the source"
+        assert not (project.root / ".rolebake" / "requirements").exists()
+        assert project.build_containers() == []
+        assert spec_images(project.client, name) == set()
+    finally:
+        marker.unlink(missing_ok=True)

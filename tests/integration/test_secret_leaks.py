@@ -316,3 +316,78 @@ def test_a_killed_run_leaves_no_password_in_env_and_clean_sweeps_it(leaky: Leaky
     assert cleaned.rc == 0, cleaned.output
     assert not orphan.exists()
     assert [c for c in project.build_containers() if leaky.crashing in c] == []
+
+
+# Encoded forms: a role that prints and keeps `{{ secret | b64encode }}` ---------------------
+
+ENCODING_PLAYBOOK = """\
+---
+- name: Print and keep secrets in encoded forms
+  hosts: all
+  gather_facts: false
+  tasks:
+    - name: Read the secret file (slurp hands it over base64-encoded)
+      ansible.builtin.slurp:
+        src: "{{ rolebake_secrets_dir }}/token"
+      register: token
+
+    - name: Show the secrets encoded
+      ansible.builtin.debug:
+        msg: "b64 {{ tricky | b64encode }} file {{ token.content }}
+          json {{ tricky | to_json }} url {{ tricky | urlencode }}"
+
+    - name: Keep a base64 copy in the image
+      ansible.builtin.copy:
+        dest: /etc/b64copy
+        content: "{{ tricky | b64encode }}\\n{{ token.content }}\\n"
+        mode: "0644"
+"""
+
+
+def test_encoded_secrets_appear_nowhere_and_fail_the_scan(
+        tmp_path: Path, engine: docker.DockerClient) -> None:
+    import base64
+
+    from tests.integration.tinyproject import spec_images
+
+    project = new_project(tmp_path / "project", engine)
+    mark = uuid.uuid4().hex[:10]
+    values = {"tricky sensitive var": f'b64"se\\cr\tét €-{mark}',
+              "secret file": f"token-{uuid.uuid4().hex}-{mark}"}
+    (tmp_path / "token").write_text(values["secret file"] + "\n", encoding="utf-8")
+    (project.root / "playbooks" / "encoding.yml").write_text(ENCODING_PLAYBOOK)
+    name = f"enc{project.token}"
+    try:
+        project.spec(name).write_text(
+            f"from: {python_base(engine, project)}\n"
+            "playbook: playbooks/encoding.yml\n"
+            f"vars:\n  tricky: {json.dumps(values['tricky sensitive var'])}\n"
+            "sensitive_vars: [tricky]\n"
+            f"tags: [{project.tag(name)}]\n", encoding="utf-8")
+        junit = tmp_path / "junit.xml"
+        built = run_cli("build", name, "--json", "--junit", str(junit), "--keep-failed",
+                        "--secret", f"id=token,src={tmp_path / 'token'}", cwd=project.root)
+        assert built.rc == 1, built.output
+        (layer,) = json.loads(built.stdout)["layers"]
+        message = layer["error"]["message"]
+        assert "a build secret was found in the image" in message and "/etc/b64copy" in message
+        assert "removed despite --keep-failed" in message, message
+        assert "removed, not kept: it failed the secret scan" in built.stderr, built.stderr
+        assert not layer.get("failed_tag"), layer
+        assert spec_images(engine, name) == set()  # no kept image, no untagged one either
+
+        # The role did print them (hidden): the log shows the task's redacted line.
+        log = Path(layer["log"]).read_text(encoding="utf-8")
+        assert re.search(r"b64 \*{8} file \*{8}", log), log
+        plain = values["tricky sensitive var"].encode()
+        encoded = {base64.b64encode(plain).decode(), base64.b64encode(plain).decode().rstrip("="),
+                   base64.b64encode(values["secret file"].encode() + b"\n").decode(),
+                   json.dumps(values["tricky sensitive var"])[1:-1]}
+        artefacts = {"stdout": built.stdout, "stderr": built.stderr, "log": log,
+                     "junit": junit.read_text(encoding="utf-8") if junit.exists() else "",
+                     "json decoded": "\n".join(_strings(json.loads(built.stdout)))}
+        for where, text in artefacts.items():
+            assert _leaks(text, values) == [], where
+            assert not [form for form in encoded if form in text], where
+    finally:
+        remove_project_images(engine, project)

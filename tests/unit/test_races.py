@@ -11,9 +11,12 @@ step is said plainly (DESIGN.md invariant 1, exit codes).
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
 import json
+import os
 import shutil
 import signal
+import stat
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,12 +25,14 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
+from rolebake import locks
 from rolebake.builder import Builder, BuildOptions
 from rolebake.builder import runner as build_runner
 from rolebake.cleanup import find_leftovers, remove_leftovers
 from rolebake.cli import main
 from rolebake.engine import BUILD_ID_LABEL, ROLE_LABEL, Engine
 from rolebake.errors import BuildFailed, EngineUnavailable, InternalError, Interrupted
+from rolebake.image import TagJournal, recover_journals
 from rolebake.load import plan_build
 from rolebake.parity import run as parity_run
 from rolebake.provision.base import ProvisionContext
@@ -446,3 +451,186 @@ def test_an_engine_that_stops_and_stays_down_is_exit_4_and_clean_finds_the_rest(
     assert [item.name for item in leftovers] == [f"rolebake-build-base-{builder.build_id}"]
     remove_leftovers(engine, leftovers)
     assert engine.container_names() == []
+
+
+# Locks that cannot be turned (DESIGN.md invariant 7) ----------------------------------------------
+
+
+def _plant_links(folder: Path, tmp_path: Path) -> dict[Path, Path]:
+    """Every lock file in `folder` replaced by a link to a private file of its own."""
+    planted: dict[Path, Path] = {}
+    for index, lock in enumerate(sorted(folder.glob("*.lock"))):
+        target = tmp_path / f"victim-{index}"
+        target.write_text("precious\n")
+        target.chmod(0o600)
+        lock.unlink()
+        lock.symlink_to(target)
+        planted[lock] = target
+    return planted
+
+
+def test_a_planted_link_lock_file_is_refused_and_its_target_untouched(
+        engine: FakeEngine, project: Project, tmp_path: Path, private_lock_dir: Path) -> None:
+    report, _, _ = run_build(engine, project, ["base"])
+    assert report.error is None
+    planted = _plant_links(private_lock_dir, tmp_path)
+    assert planted
+    again, _, _ = run_build(engine, project, ["base"], no_cache=True)
+    assert again.error is not None
+    assert "is a symbolic link; refusing to follow it" in again.error.message
+    for target in planted.values():
+        assert target.read_text() == "precious\n"
+        assert target.stat().st_mode & 0o777 == 0o600
+
+
+def test_lock_files_are_made_0644_without_truncating_an_existing_one(
+        tmp_path: Path, private_lock_dir: Path) -> None:
+    lock = locks.host_lock("layer", "engine", "repo")
+    with locks.exclusive(lock) as held:
+        held.write("build-1")
+    assert lock.stat().st_mode & 0o777 == 0o644
+    assert private_lock_dir.stat().st_mode & 0o7777 == 0o1777
+    with locks.exclusive(lock) as held:
+        assert held.read() == "build-1"  # opening it again kept the record
+
+
+def test_a_hard_link_lock_file_is_refused(tmp_path: Path, private_lock_dir: Path) -> None:
+    lock = locks.host_lock("layer", "engine", "repo")
+    with locks.exclusive(lock):
+        pass
+    target = tmp_path / "victim"
+    target.write_text("precious\n")
+    lock.unlink()
+    lock.hardlink_to(target)
+    with pytest.raises(BuildFailed, match="is a hard link to another file"), \
+            locks.exclusive(lock):
+        pass
+    assert target.read_text() == "precious\n"
+
+
+@pytest.mark.parametrize("mode", [0o777, 0o775, 0o757])
+def test_a_lock_folder_others_can_write_without_the_sticky_bit_is_refused(
+        private_lock_dir: Path, mode: int) -> None:
+    private_lock_dir.mkdir()
+    private_lock_dir.chmod(mode)
+    before = private_lock_dir.stat().st_mode
+    with pytest.raises(BuildFailed, match="writable by others without the sticky bit"), \
+            locks.exclusive(locks.host_lock("layer", "engine")):
+        pass
+    assert private_lock_dir.stat().st_mode == before  # never chmod-ed
+    assert not list(private_lock_dir.iterdir())
+
+
+def test_a_lock_folder_that_is_a_link_is_refused(tmp_path: Path, private_lock_dir: Path) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir(mode=0o700)
+    private_lock_dir.symlink_to(elsewhere)
+    with pytest.raises(BuildFailed, match="is not a folder"), \
+            locks.exclusive(locks.host_lock("layer", "engine")):
+        pass
+    assert not list(elsewhere.iterdir())
+
+
+def test_a_lock_folder_of_another_user_is_refused(private_lock_dir: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    private_lock_dir.mkdir(mode=0o755)
+    me = private_lock_dir.stat().st_uid
+    monkeypatch.setattr(locks.os, "geteuid", lambda: me + 1 if me != 0 else 4242)
+    if me == 0:  # root owns it and root is always trusted: pretend another owner
+        real_lstat = locks.os.lstat
+
+        def lstat(path: Any) -> Any:
+            found = real_lstat(path)
+            if Path(path) != private_lock_dir:
+                return found
+            fields = list(found)
+            fields[4] = 4343  # st_uid
+            return locks.os.stat_result(fields)
+        monkeypatch.setattr(locks.os, "lstat", lstat)
+    with pytest.raises(BuildFailed, match="belongs to another user"), \
+            locks.exclusive(locks.host_lock("layer", "engine")):
+        pass
+
+
+# The tag journal on disk: a run killed outright is finished by the next one ------------------
+
+
+def _killed_while_tagging(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Builds that end as if SIGKILL hit them after their tags moved: the journal stays."""
+    def die(journal: TagJournal) -> None:
+        if journal._fd is not None:
+            os.close(journal._fd)  # the kernel drops the lock of a dead process
+            journal._fd = None
+    monkeypatch.setattr(TagJournal, "settle", die)
+
+
+def test_a_run_killed_while_tagging_is_rolled_back_by_the_next(
+        engine: FakeEngine, project: Project, monkeypatch: pytest.MonkeyPatch) -> None:
+    first, _, _ = run_build(engine, project, ["web"])
+    assert first.error is None
+    good = {tag: engine.tagged(tag) for tag in ("rolebake/base:latest", "rolebake/web:latest",
+                                                  "rolebake/web:1.0")}
+    with monkeypatch.context() as killed:
+        _killed_while_tagging(killed)
+        second, _, _ = run_build(engine, project, ["web"], no_cache=True)
+    assert second.error is None
+    moved = second.results["web"].image_id
+    assert engine.tagged("rolebake/web:latest") == moved != good["rolebake/web:latest"]
+    journals = list((project.state_dir / "journal").glob("*.jsonl"))
+    assert [p.stem for p in journals] == [second.build_id]
+    assert stat.S_IMODE(journals[0].stat().st_mode) == 0o600
+
+    said = recover_journals(engine, project)
+    assert said and all(line.startswith(f"build {second.build_id}, killed while moving tags: ")
+                        for line in said), said
+    assert any("put back rolebake/web:latest, rolebake/web:1.0" in line for line in said), said
+    for tag, image_id in good.items():
+        assert engine.tagged(tag) == image_id, tag
+    assert moved not in engine.image_ids()  # left without a tag: removed
+    assert not journals[0].exists()
+    assert recover_journals(engine, project) == []  # done once
+
+
+def test_a_live_runs_journal_and_another_engines_are_left_alone(
+        engine: FakeEngine, project: Project, monkeypatch: pytest.MonkeyPatch) -> None:
+    run_build(engine, project, ["base"])
+    with monkeypatch.context() as killed:
+        _killed_while_tagging(killed)
+        run_build(engine, project, ["base"], no_cache=True)
+    (journal,) = (project.state_dir / "journal").glob("*.jsonl")
+    moved = engine.tagged("rolebake/base:latest")
+    fd = os.open(journal, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # as if its run were alive
+        assert recover_journals(engine, project) == []
+    finally:
+        os.close(fd)
+    other = FakeEngine()
+    other.engine_id = "another-engine"
+    assert recover_journals(other, project) == []
+    assert engine.tagged("rolebake/base:latest") == moved and journal.exists()
+    assert recover_journals(engine, project)
+    assert engine.tagged("rolebake/base:latest") != moved
+
+
+def test_a_layer_another_build_used_since_keeps_its_tags(
+        engine: FakeEngine, project: Project, monkeypatch: pytest.MonkeyPatch) -> None:
+    run_build(engine, project, ["base"])
+    with monkeypatch.context() as killed:
+        _killed_while_tagging(killed)
+        run_build(engine, project, ["base"], no_cache=True)
+    third, _, _ = run_build(engine, project, ["base"], no_cache=True)
+    now = engine.tagged("rolebake/base:latest")
+    assert now == third.results["base"].image_id
+    said = recover_journals(engine, project)
+    assert any("kept the tags of base" in line and "another build has used this layer since"
+               in line for line in said), said
+    assert engine.tagged("rolebake/base:latest") == now
+
+
+def test_a_finished_or_interrupted_run_leaves_no_journal(
+        engine: FakeEngine, project: Project) -> None:
+    report, _, _ = run_build(engine, project, ["web"])
+    assert report.error is None
+    folder = project.state_dir / "journal"
+    assert folder.is_dir() and list(folder.iterdir()) == []

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import os
 import subprocess
 import sys
+import tarfile
+import urllib.parse
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from pathlib import Path
@@ -309,3 +312,198 @@ def test_parity_output_progress_and_logs_are_redacted(tmp_path: Path,
     assert TRICKY in seen["secrets"].values()
     log = root / ".rolebake" / "logs" / "parity-web.log"
     assert "w€rd" not in log.read_text(encoding="utf-8")
+
+
+# Encoded forms (issue 18: "Secrets, every form") -----------------------------------------------
+
+
+SECRET = "db-pass: hunter2/Xy+z?&=ok"  # `/`, `+`, `?`, `&`, `=`: every encoding differs
+
+
+def _b64(data: bytes, urlsafe: bool, pad: bool) -> str:
+    text = (base64.urlsafe_b64encode(data) if urlsafe else base64.b64encode(data)).decode()
+    return text if pad else text.rstrip("=")
+
+
+@pytest.mark.parametrize("urlsafe", [False, True], ids=["standard", "url-safe"])
+@pytest.mark.parametrize("pad", [True, False], ids=["padded", "unpadded"])
+@pytest.mark.parametrize("value", [SECRET, "abcd", "abcde", "abcdef", TRICKY])
+def test_a_whole_value_is_caught_in_base64(value: str, urlsafe: bool, pad: bool) -> None:
+    encoded = _b64(value.encode(), urlsafe, pad)
+    hidden = Redactor([value]).text(f"msg: {encoded}\n")
+    assert hidden == f"msg: {REDACTED}\n", (encoded, hidden)
+
+
+@pytest.mark.parametrize("urlsafe", [False, True], ids=["standard", "url-safe"])
+@pytest.mark.parametrize("before", [b"", b"x", b"xy", b"xyz", b"#!/bin/sh\nexport TOKEN="])
+@pytest.mark.parametrize("after", [b"", b"\n", b"\nmore text after it\n"])
+def test_a_value_inside_a_longer_base64_stream_is_caught_at_any_offset(
+        before: bytes, after: bytes, urlsafe: bool) -> None:
+    stream = _b64(before + SECRET.encode() + after, urlsafe, pad=True)
+    hidden = Redactor([SECRET]).text(stream)
+    assert REDACTED in hidden
+    # What is left are the characters that also encode the bytes around it: at most a
+    # group's worth on each side of the secret, never a run that decodes to part of it.
+    left = hidden.replace(REDACTED, " ").split()
+    assert sum(len(part) for part in left) <= len(stream) - len(SECRET) * 4 // 3 + 4, hidden
+
+
+@pytest.mark.parametrize("form", [
+    SECRET.encode().hex(),
+    SECRET.encode().hex().upper(),
+    urllib.parse.quote(SECRET, safe=""),
+    urllib.parse.quote_plus(SECRET),
+    urllib.parse.quote(SECRET),
+    json.dumps(SECRET)[1:-1],
+    json.dumps(TRICKY)[1:-1],
+], ids=["hex", "HEX", "url", "url-plus", "url-path", "json", "json-tricky"])
+def test_hex_url_and_json_forms_are_caught(form: str) -> None:
+    redactor = Redactor([SECRET, TRICKY])
+    assert redactor.text(f"[{form}]") == f"[{REDACTED}]"
+
+
+def test_value_forms_hold_every_whole_form() -> None:
+    forms = set(redact.value_forms(SECRET))
+    assert {SECRET, base64.b64encode(SECRET.encode()).decode(),
+            base64.urlsafe_b64encode(SECRET.encode()).decode().rstrip("="),
+            SECRET.encode().hex(), SECRET.encode().hex().upper(),
+            urllib.parse.quote(SECRET, safe=""), json.dumps(SECRET)[1:-1]} <= forms
+    assert all(len(form) >= redact.MIN_LENGTH for form in forms)
+
+
+def test_the_scan_leaves_out_encodings_short_enough_to_match_by_chance() -> None:
+    forms = redact.value_forms("abcd")  # 8 hex characters: a checksum could hold them
+    assert "abcd" in forms and "61626364" not in forms
+    assert "61626364" in Redactor(["abcd"]).needles  # output still hides it
+
+
+# Registered as soon as parsed -----------------------------------------------------------------
+
+
+def test_registered_values_stay_hidden_whatever_is_installed_later() -> None:
+    try:
+        redact.register([SECRET])
+        assert redact.text(SECRET) == REDACTED
+        redact.install(Redactor([TRICKY]))  # the CLI's, built later from the SecretSet
+        assert redact.text(f"{SECRET} {TRICKY}") == f"{REDACTED} {REDACTED}"
+    finally:
+        redact.reset()
+    assert redact.text(SECRET) == SECRET
+
+
+@pytest.mark.parametrize("value", [
+    "2024-01-01",  # a date: not JSON
+    "{4711: 'x'}",  # a key that is not text: the message used to quote it
+    "[.inf]",
+    "!!binary aGVsbG8=",
+])
+def test_a_bad_sensitive_var_names_the_key_never_the_value(tmp_path: Path, value: str) -> None:
+    root = tmp_path / "project"
+    (root / "images").mkdir(parents=True)
+    (root / "roles" / "common" / "tasks").mkdir(parents=True)
+    (root / "roles" / "common" / "tasks" / "main.yml").write_text("- debug: msg=hi\n")
+    (root / "images" / "base.yml").write_text(
+        "from: rolebake/debian:bookworm\nroles: [common]\n"
+        f"vars:\n  db_password: {value}\nsensitive_vars: [db_password]\n")
+    result = CliRunner().invoke(main, ["--project", str(root), "plan", "base"],
+                                env={"DOCKER_HOST": "unix:///nonexistent/rolebake-test.sock"})
+    output = result.stderr + result.stdout
+    assert result.exit_code == 2, output
+    assert "images/base.yml:4: vars.db_password: a sensitive var can hold only" in output
+    for part in ("4711", "2024", "inf", "aGVsbG8", "hello"):
+        assert part not in output, output
+
+
+def test_a_sensitive_value_is_hidden_in_any_later_parse_error(tmp_path: Path) -> None:
+    root = tmp_path / "project"
+    (root / "images").mkdir(parents=True)
+    # The bad tag comes after the value is read: the error quotes the tag, which
+    # holds the value.
+    (root / "images" / "base.yml").write_text(
+        "from: rolebake/debian:bookworm\nroles: [common]\n"
+        "vars: {api_token: zq9-TOPSECRET}\nsensitive_vars: [api_token]\n"
+        "tags: ['Bad:zq9-TOPSECRET']\n")
+    result = CliRunner().invoke(main, ["--project", str(root), "plan", "base"],
+                                env={"DOCKER_HOST": "unix:///nonexistent/rolebake-test.sock"})
+    output = result.stderr + result.stdout
+    assert result.exit_code == 2, output
+    assert "zq9-TOPSECRET" not in output and REDACTED in output, output
+
+
+# The layer scan looks for every form; a failed scan keeps no image ------------------------------
+
+
+def _saved_image(files: dict[str, bytes]) -> bytes:
+    """A `docker save` archive with one layer holding `files`."""
+    def tar_of(members: dict[str, bytes]) -> bytes:
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w") as tar:
+            for name, data in members.items():
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+        return buffer.getvalue()
+    manifest = json.dumps([{"Config": "config.json", "Layers": ["layer/layer.tar"]}]).encode()
+    return tar_of({"manifest.json": manifest, "config.json": b"{}",
+                   "layer/layer.tar": tar_of(files)})
+
+
+@pytest.mark.parametrize("encode", [
+    lambda s: s,
+    base64.b64encode,
+    lambda s: base64.b64encode(b"prefix-" + s + b"\n"),
+    lambda s: base64.b64encode(b"pr" + s).rstrip(b"="),
+    lambda s: base64.urlsafe_b64encode(b"p" + s + b"suffix"),
+    lambda s: s.hex().encode(),
+    lambda s: s.hex().upper().encode(),
+    lambda s: urllib.parse.quote(s, safe="").encode(),
+    lambda s: json.dumps(s.decode()).encode(),
+], ids=["plain", "b64", "b64-embedded", "b64-offset2-nopad", "b64url-offset1", "hex", "HEX",
+        "url", "json"])
+def test_the_scan_finds_every_form_in_the_layer(encode: Any, tmp_path: Path) -> None:
+    from rolebake.secrets import SecretSet, _scan_saved_image
+
+    secrets = SecretSet()
+    secrets.add_values([SECRET])
+    try:
+        archive = _saved_image({"etc/app.conf": b"token = " + encode(SECRET.encode()) + b"\n",
+                                "etc/harmless": b"nothing here\n"})
+        needles = sorted({f.encode() for v in secrets.values() for f in redact.value_forms(v)})
+        assert _scan_saved_image(io.BytesIO(archive), needles) == ["/etc/app.conf"]
+    finally:
+        redact.reset()
+
+
+def test_keep_failed_never_keeps_an_image_that_failed_the_scan(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from rolebake import provision
+    from rolebake.builder import Builder, BuildOptions
+    from rolebake.load import plan_build
+    from rolebake.secrets import SecretSet
+    from tests.unit.fakes import FAKE_PROVISIONER, FakeEngine, FakeProvisioner, ProvisionerControl
+    from tests.unit.test_builder import BASE, BASE_IMAGE, Recorder, make_project
+
+    monkeypatch.setitem(provision.PROVISIONERS, "fake", FAKE_PROVISIONER)
+    monkeypatch.setattr(FakeProvisioner, "control", ProvisionerControl())
+    project = make_project(tmp_path / "project", base=BASE)
+    engine = FakeEngine()
+    engine.add_image(BASE_IMAGE, config={"Cmd": ["bash"]})
+    archive = _saved_image({"etc/copy": base64.b64encode(SECRET.encode())})
+    monkeypatch.setattr(engine, "save", lambda image_id: iter([archive]))
+    secrets = SecretSet()
+    secrets.add_values([SECRET])
+    recorder = Recorder()
+    try:
+        report = Builder(engine, project, recorder, BuildOptions(
+            keep_failed=True, secrets=secrets)).build(plan_build(project, ["base"]))
+    finally:
+        redact.reset()
+    base = report.results["base"]
+    assert base.error is not None and "a build secret was found in the image" in \
+        base.error.message
+    assert "/etc/copy" in base.error.message
+    assert "removed despite --keep-failed" in base.error.message
+    assert base.failed_tag is None
+    assert engine.image_ids() == {engine.tagged(BASE_IMAGE)}
+    said = [getattr(e, "message", "") for e in recorder.events]
+    assert any("removed, not kept: it failed the secret scan" in m for m in said), said

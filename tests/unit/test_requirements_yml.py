@@ -19,6 +19,7 @@ from rolebake.errors import InputError
 from rolebake.events import Event, LogEvent
 from rolebake.load import plan_build
 from rolebake.provision import provisioner_class
+from rolebake.provision.ansible_spec import settings_of
 from rolebake.provision.galaxy import ensure
 from rolebake.provision.requirements import installed, parse, read_requirements, tree_digest
 from rolebake.spec import Project
@@ -175,7 +176,7 @@ def test_an_unreachable_source_names_the_requirement(project: Project, tmp_path:
     source = src.format(tmp=tmp_path / "afile" if src == "{tmp}" else tmp_path)
     pin(project, f"---\nroles:\n  - name: reqrole\n    src: {source}\n")
     with pytest.raises(InputError) as caught:
-        plan_build(project, ["img"])
+        plan_build(project, ["img"], install=True)
     assert "/requirements.yml:3: requirement role reqrole: " in str(caught.value)
     assert message.format(tmp=tmp_path) in caught.value.message
 
@@ -279,3 +280,98 @@ def test_credentials_in_a_url_are_never_shown(project: Project, tmp_path: Path) 
         read_requirements(project)
     assert "s3cr3t" not in str(caught.value) and "https://***@127.0.0.1:9/r.git" in str(
         caught.value)
+
+
+# Nothing from an input runs as a command (DESIGN.md invariant 7) -----------------------------
+
+
+@pytest.mark.parametrize("entry", [
+    "- src: 'git+--upload-pack=touch {marker};git-upload-pack'\n  name: reqrole",
+    "- src: '--upload-pack=touch {marker}'\n  name: reqrole",
+    "- src: 'git+ssh://-oProxyCommand=touch {marker}/x'\n  name: reqrole",
+    "- src: 'git+https://user@-oProxyCommand=touch {marker}/x'\n  name: reqrole",
+    "- src: 'git@-oProxyCommand=touch {marker}:x.git'\n  name: reqrole\n  scm: git",
+    "- src: 'git+file:///srv/role.git'\n  name: reqrole\n  version: '--upload-pack=touch {marker}'",
+    "- 'git+--upload-pack=touch {marker};git-upload-pack,v1,reqrole'",
+])
+def test_a_source_that_looks_like_an_option_is_refused_at_its_line(
+        project: Project, tmp_path: Path, entry: str) -> None:
+    marker = tmp_path / f"marker-{time.monotonic_ns()}"
+    pin(project, "roles:\n" + textwrap.indent(entry.format(marker=marker), "  ") + "\n")
+    for attempt in (lambda: plan_build(project, ["img"]), lambda: ensure(project)):
+        with pytest.raises(InputError) as caught:
+            attempt()
+        assert "requirements.yml:2: `" in str(caught.value), caught.value
+        assert "looks like a command-line option" in caught.value.message
+        assert "\n" not in caught.value.message
+    assert not marker.exists()
+    assert not (project.state_dir / "requirements").exists()
+
+
+def test_a_collection_name_that_looks_like_an_option_is_refused(project: Project) -> None:
+    pin(project, "collections:\n  - name: 'git+--upload-pack=x'\n    type: git\n")
+    with pytest.raises(InputError, match=r"requirements.yml:2: `name:` .* command-line option"):
+        plan_build(project, ["img"])
+
+
+def test_plan_runs_no_git_and_installs_nothing(project: Project, repo: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    pin(project, f"roles:\n  - {{name: reqrole, src: 'git+file://{repo}', version: v1}}\n")
+
+    def no_process(*args: object, **kwargs: object) -> None:
+        raise AssertionError(f"plan ran {args}")
+    with monkeypatch.context() as patched:
+        patched.setattr(subprocess, "run", no_process)
+        patched.setattr(subprocess, "Popen", no_process)
+        plan = plan_build(project, ["img"])  # the role it names comes from requirements.yml
+        tools, inputs = layer_key(project)
+    assert settings_of(plan.layer("img")).roles == ("reqrole",)
+    assert not (project.state_dir / "requirements").exists()
+    assert tools["requirement role reqrole"] == "v1 (not installed yet)"
+    assert any("role reqrole (requirements.yml) is not installed yet" in note
+               for note in inputs.notes)  # type: ignore[attr-defined]
+    assert installed(project) is None
+
+    found = ensure(project)  # the build's first step
+    done = installed(project)
+    assert found is not None and done is not None and done.folder == found.folder
+    with monkeypatch.context() as patched:
+        patched.setattr(subprocess, "run", no_process)
+        tools, _ = layer_key(project)  # keyed from the record of the last install
+    assert tools["requirement role reqrole"].startswith("v1 (")
+
+
+def test_git_runs_in_a_neutral_folder_never_the_checkout(project: Project, repo: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    # The project is a checkout whose origin is a reachable repository: a relative or
+    # empty URL must not name it.
+    git(project.root, "init", "-q")
+    git(project.root, "remote", "add", "origin", str(repo))
+    monkeypatch.chdir(project.root)
+    for src in (".", "./"):
+        pin(project, f"roles:\n  - {{name: reqrole, src: 'git+{src}', scm: git}}\n")
+        with pytest.raises(InputError, match="cannot reach"):
+            ensure(project)
+    pin(project, "roles:\n  - {name: reqrole, src: 'git+', scm: git}\n")
+    with pytest.raises(InputError, match=r"git URL is empty|cannot reach"):
+        ensure(project)
+    assert not (project.state_dir / "requirements").exists() or not any(
+        (project.state_dir / "requirements").glob("*/installed.json"))
+
+
+def test_git_collections_are_cloned_by_rolebake_with_a_separator(project: Project,
+                                                                 tmp_path: Path) -> None:
+    collection = tmp_path / "coll"
+    collection.mkdir()
+    git(collection, "init", "-q")
+    write(collection / "galaxy.yml",
+          "namespace: rbtest\nname: tools\nversion: 1.2.0\nreadme: README.md\nauthors: [t]\n")
+    write(collection / "README.md", "x\n")
+    git(collection, "add", "-A")
+    git(collection, "commit", "-q", "-m", "one")
+    git(collection, "tag", "v1")
+    pin(project, f"collections:\n  - name: 'git+file://{collection}'\n    type: git\n"
+                 "    version: v1\n")
+    found = ensure(project)
+    assert found is not None
+    assert [e.name for e in found.manifest().values()] == ["rbtest.tools"]

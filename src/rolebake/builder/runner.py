@@ -38,7 +38,8 @@ from rolebake.rootfs import cache_dir
 # Test hook, for the fault-injection tests only: ROLEBAKE_TEST_PAUSE=<step> makes
 # every layer wait (up to ROLEBAKE_TEST_PAUSE_SECONDS, default 60) at the start
 # of that step, so a signal can be sent at a step too short to hit otherwise;
-# `after:<step>` waits once the step has passed, with no cancel check after it.
+# `after:<step>` waits once the step has passed, with no cancel check after it;
+# `tag:moved` waits after the first tag of a layer moved, in the middle of the move.
 TEST_PAUSE_ENV = "ROLEBAKE_TEST_PAUSE"
 
 # How long a failed step waits for an engine that stopped answering to come back
@@ -161,6 +162,11 @@ class Runner(Steps):
         if os.environ.get(TEST_PAUSE_ENV) == f"after:{step.value}":
             self.cancel.wait(float(os.environ.get(TEST_PAUSE_ENV + "_SECONDS", "60")))
 
+    def _between_tags(self) -> None:
+        if os.environ.get(TEST_PAUSE_ENV) == "tag:moved":
+            self.cancel.wait(float(os.environ.get(TEST_PAUSE_ENV + "_SECONDS", "60")))
+        super()._between_tags()
+
     def _on_failure(self, run: LayerRun, step: Step, exc: BaseException) -> None:
         """Say plainly when the engine or the container died under a step; keep or drop an image."""
         cancelled = (self.cancel.is_set() or isinstance(exc, Interrupted)
@@ -178,11 +184,21 @@ class Runner(Steps):
         after_tag = PIPELINE.index(step) > PIPELINE.index(Step.TAG)
         if run.image_id is not None and not run.cached and step not in CONTAINER_STEPS \
                 and not after_tag:  # a failed push leaves the tagged image as it is
-            # A cancelled build keeps nothing, whatever --keep-failed says.
+            # A cancelled build keeps nothing, whatever --keep-failed says; nor does one
+            # whose image holds a secret (the scan found it): kept, it would leak it.
+            leaked = step == Step.SCAN and not cancelled
             keep = (plainly is None and isinstance(exc, RolebakeError) and not cancelled
-                    and self.options.keep_failed)
+                    and self.options.keep_failed and not leaked)
             try:
                 self._keep_or_drop(run, keep)
+                if leaked and self.options.keep_failed:
+                    self.events(LogEvent(run.layer.id, f"image {run.image_id} removed, not "
+                                         "kept: it failed the secret scan (--keep-failed "
+                                         "never keeps an image that holds a secret)"))
+                    if isinstance(exc, RolebakeError):
+                        exc.message += ("; it was removed despite --keep-failed: a kept image "
+                                        "would keep the secret")
+                        exc.args = (exc.message,)
             except Exception as gone:  # the build's own error matters more
                 self.events(LogEvent(run.layer.id, f"could not remove image {run.image_id}: "
                                      f"{as_error(gone).message}"))

@@ -37,7 +37,7 @@ class Builder(Runner):
         self.cache = Cache(engine, repo)
         self.cancel = threading.Event()
         self.build_id = uuid.uuid4().hex[:12]
-        self.tags = TagJournal(engine, self.build_id)
+        self.tags = TagJournal(engine, self.build_id, project)
         self._locks = {}
         self._engine_identity = None
         self._targets = frozenset()
@@ -74,6 +74,10 @@ class Builder(Runner):
         except BaseException as exc:
             self.roll_back(exc)
             raise
+        finally:
+            # Built, or rolled back: no tag move of this run is left for the next run
+            # to finish (the journal on disk is for a run killed outright).
+            self.tags.settle()
         return BuildReport(results=results, seconds=time.monotonic() - started,
                            build_id=self.build_id)
 

@@ -222,7 +222,7 @@ class Steps:
         if not run.cached and self.options.verify:
             refs.append(Cache.tag_for(run.layer, run.inputs.key))
         try:
-            self.tags.move(run.layer.id, run.image_id, refs, run.lock, check=self._check_cancel)
+            self.tags.move(run.layer.id, run.image_id, refs, run.lock, check=self._between_tags)
         except InputError as exc:
             raise InputError(exc.message, path=run.layer.spec.path,
                              line=run.layer.spec.line_of("tags")) from None
@@ -252,6 +252,10 @@ class Steps:
     def _progress(self, layer: Layer) -> Callable[[str], None]:
         """Pull and push progress lines, as log events of the layer."""
         return lambda line: self.events(LogEvent(layer.id, line))
+
+    def _between_tags(self) -> None:
+        """Called after each tag moved: a cancel then puts back those already moved."""
+        self._check_cancel()
 
     def _check_cancel(self) -> None:
         if self.cancel.is_set():

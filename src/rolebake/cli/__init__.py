@@ -24,8 +24,10 @@ from rolebake.cli.running import (
     CACHE_REPO_HELP,
     cache_repo_of,
     echo_json,
+    engine_for,
     err,
     handled,
+    insecure_engine_option,
     progress_of,
     project_of,
     secret_files_option,
@@ -61,6 +63,7 @@ def main(project: Path | None, debug: bool, quiet: bool) -> None:
 @click.option("--no-verify", is_flag=True, help="Skip metadata checks and the testinfra suite.")
 @secret_files_option
 @vault_option
+@insecure_engine_option
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
 @click.option("--junit", type=click.Path(dir_okay=False, path_type=Path),
               help="Write the image checks as JUnit XML.")
@@ -72,12 +75,11 @@ def main(project: Path | None, debug: bool, quiet: bool) -> None:
 @handled
 def build(ctx: click.Context, images: tuple[str, ...], no_cache: bool, jobs: int,
           keep_failed: bool, idempotence: bool, no_verify: bool, secrets: tuple[str, ...],
-          vault_password_file: Path | None, as_json: bool, junit: Path | None, push: bool,
-          cache_repo: str | None) -> None:
+          vault_password_file: Path | None, allow_insecure_engine: bool, as_json: bool,
+          junit: Path | None, push: bool, cache_repo: str | None) -> None:
     """Build IMAGES (spec names, or name:variant; none means all) and tag them when verified."""
     from rolebake.builder import Builder, BuildOptions
-    from rolebake.engine import Engine
-    from rolebake.load import plan_build
+    from rolebake.load import install_requirements, plan_build
     from rolebake.report import build_summary
     from rolebake.verify import write_junit
 
@@ -87,7 +89,9 @@ def build(ctx: click.Context, images: tuple[str, ...], no_cache: bool, jobs: int
     project = project_of(ctx)
     plan = plan_build(project, images, progress_of(ctx))
     secret_set = secrets_for(ctx, project, plan, secrets, vault_password_file)
-    engine = Engine.connect()
+    engine = engine_for(ctx, project, secret_set, allow_insecure=allow_insecure_engine)
+    # The build's first step, before any layer: `plan` installs nothing.
+    install_requirements(project, progress_of(ctx))
     options = BuildOptions(no_cache=no_cache, jobs=jobs, keep_failed=keep_failed,
                            idempotence=idempotence, verify=not no_verify, secrets=secret_set,
                            push=push, cache_repo=repository)
@@ -128,10 +132,9 @@ def plan(ctx: click.Context, images: tuple[str, ...], as_json: bool,
          cache_repo: str | None, vault_password_file: Path | None) -> None:
     """Show the layers IMAGES need, HIT or MISS, and which input changed. Creates nothing."""
     from rolebake.cache import preview
-    from rolebake.engine import Engine
     from rolebake.events import PIPELINE
     from rolebake.load import plan_build, vault_needed
-    from rolebake.provision.requirements import installed
+    from rolebake.provision.requirements import declared, installed
     from rolebake.registry import CacheRepo
     from rolebake.report import plan_table
 
@@ -145,16 +148,22 @@ def plan(ctx: click.Context, images: tuple[str, ...], as_json: bool,
     else:
         vaulted = [f"{project.relative(path)}:{line}"
                    for path, line in vault_needed(project, build_plan)]
-    engine = Engine.connect()
+    engine = engine_for(ctx, project)
     rows = preview(engine, project, build_plan,
                    CacheRepo(engine, repository) if repository else None)
     required = installed(project)
     pins = {e.tool: e.value for e in required.manifest().values()} if required else {}
+    pending = required is None and declared(project) is not None
+    note = ("requirements.yml is not installed yet: `rolebake build` installs it first; "
+            "the layers that use it are keyed once it is") if pending else ""
     if as_json:
         echo_json({"steps": [s.value for s in PIPELINE], "layers": [r.to_dict() for r in rows],
-                    "requirements": pins, "vault_password_needed": vaulted})
+                    "requirements": pins, "requirements_installed": not pending,
+                    "notes": [note] if note else [], "vault_password_needed": vaulted})
         return
     click.echo("steps per layer: " + " -> ".join(s.value for s in PIPELINE))
+    if note:
+        click.echo(f"note: {note}")
     for name, value in pins.items():
         click.echo(f"{name}: {value}")
     for line in plan_table((r.to_dict() for r in rows), color=sys.stdout.isatty()):
@@ -176,12 +185,11 @@ def plan(ctx: click.Context, images: tuple[str, ...], as_json: bool,
 def base(ctx: click.Context, name: str, mirror: str | None, rebuild: bool,
          cache_repo: str | None) -> None:
     """Make a base image (e.g. debian:bookworm) with debootstrap; no registry needed."""
-    from rolebake.engine import Engine
     from rolebake.registry import CacheRepo
     from rolebake.rootfs import ensure_base
 
     repository = cache_repo_of(cache_repo)
-    engine = Engine.connect()
+    engine = engine_for(ctx)
     result = ensure_base(engine, name, mirror=mirror, events=progress_of(ctx), rebuild=rebuild,
                          repo=CacheRepo(engine, repository) if repository else None)
     notes = [n for n in (result.source if result.reused else "", result.shared) if n]
@@ -205,7 +213,6 @@ def test_command(ctx: click.Context, image: str, tests_dir: Path | None, as_json
     For a spec name (`web`, `web:dev`) the image its first tag names is checked,
     metadata included; any other IMAGE is an image reference and needs --tests.
     """
-    from rolebake.engine import Engine
     from rolebake.errors import TestsFailed
     from rolebake.load import plan_build
     from rolebake.verify import (
@@ -233,7 +240,7 @@ def test_command(ctx: click.Context, image: str, tests_dir: Path | None, as_json
         raise InputError(f"no testinfra suite for {image}", hint="pass --tests DIR")
     if tests_dir is not None and not tests_dir.is_dir():
         raise InputError(f"{tests_dir} is not a folder", hint="pass --tests DIR")
-    engine = Engine.connect()
+    engine = engine_for(ctx, project)
     found = engine.image(ref)
     if found is None:
         raise InputError(f"image {ref!r} is not on the engine", hint=f"rolebake build {image}")
@@ -275,17 +282,18 @@ def test_command(ctx: click.Context, image: str, tests_dir: Path | None, as_json
 @click.option("--force", is_flag=True, help="Overwrite the file if it exists.")
 @secret_files_option
 @vault_option
+@insecure_engine_option
 @click.pass_context
 @handled
 def scaffold_tests(ctx: click.Context, image: str, output: Path | None, force: bool,
-                   secrets: tuple[str, ...], vault_password_file: Path | None) -> None:
+                   secrets: tuple[str, ...], vault_password_file: Path | None,
+                   allow_insecure_engine: bool) -> None:
     """Write a starting testinfra file for IMAGE from what its roles did.
 
     The layer is provisioned once more (as with --no-cache, without verifying,
     tagging or keeping the image) and the provisioner's task results become
     checks: packages, files, users and groups, services enabled.
     """
-    from rolebake.engine import Engine
     from rolebake.load import plan_build
     from rolebake.scaffold import record, render, save
 
@@ -293,14 +301,15 @@ def scaffold_tests(ctx: click.Context, image: str, output: Path | None, force: b
     if not project.has_spec(image.split(":", maxsplit=1)[0]):
         raise InputError(f"no image spec named {image.split(':', maxsplit=1)[0]!r}",
                          hint=f"known: {', '.join(project.spec_names()) or 'none'}")
-    scaffold_plan = plan_build(project, [image], progress_of(ctx))
+    scaffold_plan = plan_build(project, [image], progress_of(ctx), install=True)
     layer = scaffold_plan.layer(image)
     folder = image.replace(":", "-")
     target = output or project.root / "tests" / "images" / folder / "test_scaffold.py"
     if target.exists() and not force:
         raise InputError(f"{target} exists; not overwriting it", hint="pass --force, or -o PATH")
     secret_set = secrets_for(ctx, project, scaffold_plan, secrets, vault_password_file)
-    recording = record(Engine.connect(), project, layer.id, progress_of(ctx), secrets=secret_set)
+    engine = engine_for(ctx, project, secret_set, allow_insecure=allow_insecure_engine)
+    recording = record(engine, project, layer.id, progress_of(ctx), secrets=secret_set)
     kept = project.private_dir("scaffold") / f"{folder}.json"
     save(recording, kept)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -358,21 +367,24 @@ def _first_line(text: str) -> str:
               help="Count system users, groups and owners whose dynamic ids shifted as "
                    "differences.")
 @vault_option
+@insecure_engine_option
 @click.pass_context
 @handled
 def parity(ctx: click.Context, image: str, vm: str, as_json: bool, show_equal: bool,
-           strict_ids: bool, vault_password_file: Path | None) -> None:
+           strict_ids: bool, vault_password_file: Path | None,
+           allow_insecure_engine: bool) -> None:
     """Apply IMAGE's roles to a VM too; run its suite on both and diff their state (exit 5)."""
-    from rolebake.engine import Engine
     from rolebake.errors import ParityDifferent
     from rolebake.load import plan_build
     from rolebake.parity.run import run_parity
     from rolebake.report import parity_table, tests_side_by_side
 
     project = project_of(ctx)
-    secret_set = secrets_for(ctx, project, plan_build(project, [image], progress_of(ctx)),
+    secret_set = secrets_for(ctx, project, plan_build(project, [image], progress_of(ctx),
+                                                      install=True),
                           vault_password_file=vault_password_file)
-    result = run_parity(Engine.connect(), project, image, vm, events=progress_of(ctx),
+    engine = engine_for(ctx, project, secret_set, allow_insecure=allow_insecure_engine)
+    result = run_parity(engine, project, image, vm, events=progress_of(ctx),
                         secrets=secret_set, strict_ids=strict_ids)
     if as_json:
         echo_json(result.to_dict())
@@ -413,7 +425,6 @@ _AGE = re.compile(r"^(\d+)([smhd])$")
 def clean(ctx: click.Context, older_than: str, dry_run: bool, labels: tuple[str, ...]) -> None:
     """Remove leftovers with rolebake's labels: build/verify containers, failed images."""
     from rolebake.cleanup import find_leftovers, remove_leftovers, sweep_scratch
-    from rolebake.engine import Engine
     from rolebake.spec import Project
 
     match = _AGE.match(older_than)
@@ -426,7 +437,7 @@ def clean(ctx: click.Context, older_than: str, dry_run: bool, labels: tuple[str,
         if not sep or not key or not value:
             raise InputError(f"--label {label!r}: expected KEY=VALUE")
         wanted[key] = value
-    engine = Engine.connect()
+    engine = engine_for(ctx)
     leftovers = find_leftovers(engine, dt.timedelta(seconds=seconds), wanted)
     for item in leftovers:
         click.echo(f"{'would remove' if dry_run else 'removing'} {item.kind} {item.name}"

@@ -27,6 +27,7 @@ from rolebake.errors import InputError, Interrupted, RolebakeError
 from rolebake.yamlio import parsed_once
 
 if TYPE_CHECKING:
+    from rolebake.engine import Engine
     from rolebake.plan import BuildPlan
     from rolebake.secrets import SecretSet
     from rolebake.spec import Project
@@ -78,10 +79,12 @@ def fail(exc: RolebakeError) -> None:
 def _redacted_output() -> Iterator[None]:
     """Pass stdout and stderr through the installed Redactor while a command runs.
 
-    The command installs its Redactor once it knows its secrets; until then
-    (and after the command) one that hides nothing is installed.
+    Secret values are registered with it as soon as they are parsed (the spec's
+    sensitive vars, `--secret` files, the vault password), so it hides them
+    from the first line the command prints; after the command it hides nothing.
     """
     saved = sys.stdout, sys.stderr
+    redact.reset()  # values are registered from here on, as they are parsed
     sys.stdout = redact.RedactingStream(saved[0])
     sys.stderr = redact.RedactingStream(saved[1])
     try:
@@ -91,7 +94,7 @@ def _redacted_output() -> Iterator[None]:
             sys.stdout.flush()
             sys.stderr.flush()
         sys.stdout, sys.stderr = saved
-        redact.install(redact.Redactor())
+        redact.reset()
 
 
 def handled(func: F) -> F:
@@ -138,6 +141,37 @@ def secrets_for(ctx: click.Context, project: Project, plan: BuildPlan,
     return found
 
 
+def engine_for(ctx: click.Context, project: Project | None = None,
+               secrets: SecretSet | None = None, *, allow_insecure: bool = False) -> Engine:
+    """Connect to the engine DOCKER_HOST names, after checking where that is.
+
+    A malformed DOCKER_HOST is exit 4 in one line. A tcp:// engine without TLS is
+    named on stderr; a build with secrets is refused over it (exit 2, before any
+    byte is sent) unless `allow_insecure` (--allow-insecure-engine). With a
+    project, the tag journals of runs killed outright on this engine are
+    finished (`image.recover_journals`) and what was done is said.
+    """
+    from rolebake.engine import Engine, engine_address
+
+    address = engine_address()
+    if address.insecure:
+        err(f"warning: DOCKER_HOST={address.url} is tcp:// without TLS: the engine's API, and "
+            "whatever a build sends it, cross the network in clear")
+        if secrets is not None and secrets.values() and not allow_insecure:
+            raise InputError(f"this build has secrets and DOCKER_HOST={address.url} has no TLS: "
+                             "they would cross the network in clear",
+                             hint="set DOCKER_TLS_VERIFY=1 and DOCKER_CERT_PATH, use ssh://, "
+                                  "or pass --allow-insecure-engine")
+    engine = Engine.connect()
+    if project is not None:
+        from rolebake.image import recover_journals
+
+        # A run killed outright while it moved tags left its journal: finish it first.
+        for line in recover_journals(engine, project):
+            err(f"note: {line}")
+    return engine
+
+
 def echo_json(data: Any) -> None:
     """Data as JSON on stdout, every secret in it hidden."""
     # Redacted before serialising: json.dumps escapes quotes, backslashes, tabs and
@@ -182,6 +216,9 @@ def progress_of(ctx: click.Context) -> Any:
 secret_files_option = click.option(
     "--secret", "secrets", multiple=True, metavar="id=NAME,src=PATH",
     help="A file the roles may read during the build only.")
+insecure_engine_option = click.option(
+    "--allow-insecure-engine", is_flag=True,
+    help="Send secrets to a tcp:// engine without TLS (in clear over the network).")
 vault_option = click.option(
     "--vault-password-file", type=click.Path(path_type=Path),
     help="Ansible Vault password (or set ROLEBAKE_VAULT_PASSWORD).")

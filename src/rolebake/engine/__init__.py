@@ -24,7 +24,7 @@ over the same SDK client (as docker-py's own `APIClient` is):
 from __future__ import annotations
 
 from rolebake.engine.commands import Commands, ExecStream
-from rolebake.engine.connection import Connection
+from rolebake.engine.connection import Connection, EngineAddress, engine_address
 from rolebake.engine.containers import Containers
 from rolebake.engine.failures import as_error, disk_full_hint, engine_failure
 from rolebake.engine.files import Files
@@ -51,6 +51,7 @@ __all__ = [
     "ContainerHandle",
     "ContainerInfo",
     "Engine",
+    "EngineAddress",
     "ExecResult",
     "ExecStream",
     "ImageInfo",
@@ -58,6 +59,7 @@ __all__ = [
     "as_error",
     "commit_changes",
     "disk_full_hint",
+    "engine_address",
     "engine_failure",
     "familiar",
 ]

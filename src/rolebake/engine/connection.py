@@ -1,4 +1,12 @@
-"""The connection to the engine: which engine answers, and noticing when it goes away."""
+"""The connection to the engine: which engine answers, and noticing when it goes away.
+
+DOCKER_HOST is an input like any other (DESIGN.md invariant 7): it is read
+here, once, by `engine_address`, before anything connects. An `ssh://` URL
+whose user or host looks like an option, or whose port is not a number, is
+refused in one line (the ssh client would take `-oX` as an option); a
+`tcp://` URL without TLS is marked `insecure`, for the CLI to name it on
+stderr and to refuse a build with secrets over it.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +14,12 @@ import contextlib
 import functools
 import hashlib
 import os
+import re
 import threading
 import time
-from collections.abc import Iterator
+import urllib.parse
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any, Self
 
 import docker
@@ -16,6 +27,78 @@ import docker.errors
 import requests.exceptions
 
 from rolebake.errors import EngineUnavailable
+
+DEFAULT_HOST = "unix:///var/run/docker.sock"
+# A host name, an IPv4 address or a bracketed IPv6 one: nothing an ssh client
+# could read as an option or a second argument.
+_HOST = re.compile(r"^(?:[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9_])?|\[[0-9A-Fa-f:.]+\])$")
+_USER = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+
+
+@dataclass(frozen=True)
+class EngineAddress:
+    """Where the engine is, as DOCKER_HOST says, checked before anything connects."""
+
+    url: str
+    scheme: str  # unix | tcp | ssh | npipe | fd
+    tls: bool = False  # tcp:// with DOCKER_TLS_VERIFY or DOCKER_CERT_PATH
+
+    @property
+    def insecure(self) -> bool:
+        """True for tcp:// without TLS: the API, and any secret sent through it, in clear."""
+        return self.scheme == "tcp" and not self.tls
+
+
+def engine_address(environ: Mapping[str, str] | None = None) -> EngineAddress:
+    """The engine DOCKER_HOST names (the default socket without it), checked.
+
+    Args:
+        environ: the environment to read (default: this process's).
+
+    Raises:
+        EngineUnavailable: a malformed DOCKER_HOST, in one line (exit 4).
+    """
+    env = os.environ if environ is None else environ
+    url = (env.get("DOCKER_HOST") or DEFAULT_HOST).strip()
+    scheme, sep, _rest = url.partition("://")
+    if not sep:
+        # `host:2375` is tcp to the docker SDK and CLI alike.
+        scheme, url = "tcp", f"tcp://{url}"
+    scheme = scheme.lower()
+    if scheme == "ssh":
+        _check_ssh(url)
+    elif scheme in ("tcp", "http", "https"):
+        _port(url, urllib.parse.urlsplit(url))
+    # docker-py's own rule (`kwargs_from_env`): TLS when a cert path is given, or when
+    # DOCKER_TLS_VERIFY is set to anything but the empty string.
+    tls = bool(env.get("DOCKER_CERT_PATH")) or bool(env.get("DOCKER_TLS_VERIFY"))
+    return EngineAddress(url=url, scheme="tcp" if scheme == "http" else scheme,
+                         tls=tls or scheme == "https")
+
+
+def _check_ssh(url: str) -> None:
+    """Refuse an ssh:// URL the ssh client could read as options, or with a bad port."""
+    parts = urllib.parse.urlsplit(url)
+    user, at, host = parts.netloc.rpartition("@")
+    host = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+    if at and (not user or not _USER.match(user)):
+        raise EngineUnavailable(f"DOCKER_HOST {url!r}: {user!r} is not a user name "
+                                "(letters, digits, `_`, `.`, `-`; not starting with `-`)")
+    if not host or not _HOST.match(host):
+        raise EngineUnavailable(f"DOCKER_HOST {url!r}: {host!r} is not a host name "
+                                "(letters, digits, `.`, `-`; not starting with `-`)")
+    _port(url, parts)
+
+
+def _port(url: str, parts: urllib.parse.SplitResult) -> None:
+    try:
+        parts.port  # noqa: B018 - parsing it is the check
+    except ValueError:
+        raise EngineUnavailable(f"DOCKER_HOST {url!r}: the port is not a number from 1 to "
+                                "65535") from None
+    if parts.port == 0:
+        raise EngineUnavailable(f"DOCKER_HOST {url!r}: the port is not a number from 1 to "
+                                "65535")
 
 
 class Connection:
@@ -25,6 +108,7 @@ class Connection:
         """Wrap a docker SDK client (a fake one in unit tests)."""
         self.client = client
         self._went_away = threading.Event()
+        self.address = EngineAddress(DEFAULT_HOST, "unix")
 
     @functools.cached_property
     def kind(self) -> str:
@@ -38,10 +122,11 @@ class Connection:
         """Connect to the engine DOCKER_HOST names (or the default socket) and check it answers.
 
         Raises:
-            EngineUnavailable: no engine answers.
+            EngineUnavailable: a malformed DOCKER_HOST, or no engine answers.
         """
-        where = os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
-        over_ssh = where.startswith("ssh://")
+        address = engine_address()
+        where = address.url
+        over_ssh = address.scheme == "ssh"
         if over_ssh:
             _tolerate_ssh_exit()
         try:
@@ -49,13 +134,16 @@ class Connection:
             # ssh config, keys and agent apply.
             client = docker.from_env(timeout=timeout, use_ssh_client=over_ssh)
             client.ping()
-        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+        except (docker.errors.DockerException, requests.exceptions.RequestException,
+                ValueError, OSError) as exc:  # the SDK's own URL parsing raises ValueError
             raise EngineUnavailable(
                 f"no container engine answers at {where}",
                 details=str(exc),
                 hint="start one with `make engine`, or point DOCKER_HOST at a running engine",
             ) from None
-        return cls(client)
+        connection = cls(client)
+        connection.address = address
+        return connection
 
     def version(self) -> str:
         """The engine's version, for provenance."""

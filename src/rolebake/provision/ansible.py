@@ -550,6 +550,8 @@ def _role_dir(project: Project, role: str, spec: ImageSpec, line: int | None = N
     required = requirements.installed(project)
     if not path.is_dir() and required is not None and (required.roles_dir / role).is_dir():
         return required.roles_dir / role  # installed from requirements.yml
+    if not path.is_dir() and role in requirements.pending_roles(project):
+        return path  # from requirements.yml, which the build installs first (`plan` says so)
     if not path.is_dir():
         known = sorted(p.name for p in project.roles_dir.iterdir()) if project.roles_dir.is_dir() \
             else []

@@ -44,7 +44,7 @@ from rolebake.provision.collection_versions import (
     named_in_keyword,
     named_in_module,
 )
-from rolebake.provision.requirements import Requirements, installed, used
+from rolebake.provision.requirements import Requirements, installed, pending_roles, used
 from rolebake.provision.task_args import task_args
 from rolebake.spec import Project
 from rolebake.yamlfile import YamlList, YamlMap, check_size, kind, read_ansible_yaml
@@ -99,6 +99,7 @@ def read_inputs(project: Project, *, roles: Sequence[str], playbook: Path | None
             or include path, a meta dependency or play role that is nowhere.
     """
     walker = _Walker(project, variables, playbook, installed(project), not_applied=not_applied)
+    walker.pending = pending_roles(project)
     if inventory is not None:
         walker.vars_names = {"group_vars": inventory.groups, "host_vars": (inventory.host,)}
     config = read_config(project)
@@ -130,6 +131,9 @@ def read_inputs(project: Project, *, roles: Sequence[str], playbook: Path | None
     walker.finish()
     collections = walker.versions()  # keys the files of collections inside the project too
     required = used(walker.required, walker.owners) if walker.required else {}
+    for name in walker.pending_used:  # `plan` before the install: the pin as written
+        required[f"requirement role {name}"] = \
+            f"{walker.pending[name] or 'unversioned'} (not installed yet)"
     notes = [*walker.notes, *(f"{tool} (requirements.yml): keyed on its installed content"
                               for tool in required)]
     return AnsibleInputs(files=tuple(sorted(walker.files)), collections=collections,
@@ -166,6 +170,8 @@ class _Walker:
     vars_found: dict[str, None] = field(default_factory=dict)
     not_applied: frozenset[tuple[str, int | None]] = frozenset()  # plays: (realpath, line)
     importing: list[str] = field(default_factory=list)  # playbooks being walked (realpaths)
+    pending: Mapping[str, str] = field(default_factory=dict)  # requirements.yml, not installed
+    pending_used: dict[str, None] = field(default_factory=dict)
 
     # Files -----------------------------------------------------------------------------
 
@@ -280,6 +286,12 @@ class _Walker:
             return None
         if any(not self.project.inside(c) for c in candidates):
             raise InputError(f"role {resolved!r} is outside the project", path=path, line=line)
+        if resolved in self.pending:
+            if resolved not in self.pending_used:
+                self.pending_used[resolved] = None
+                self.notes.append(f"role {resolved} (requirements.yml) is not installed yet: "
+                                  "the build installs it first, then keys it")
+            return None
         if required and not self.lenient:
             known = sorted(p.name for p in self.project.roles_dir.iterdir()
                            if p.is_dir()) if self.project.roles_dir.is_dir() else []

@@ -110,7 +110,10 @@ def read(top: Fields, variants: Mapping[str, Fields],
     """
     roles = top.text_list("roles", pattern=ROLE_NAME_RE, what="a role name")
     playbook = project_path(project, top, "playbook")
-    vars_ = read_vars(top, "vars")
+    names = top.data.get("sensitive_vars")
+    hidden = frozenset(n for n in names if isinstance(n, str)) if isinstance(names, list) \
+        else frozenset()
+    vars_ = read_vars(top, "vars", hidden)
     sensitive = top.text_list("sensitive_vars", pattern=VAR_NAME_RE, what="a variable name")
     layers: dict[str, AnsibleSettings] = {}
     own_vars: list[Mapping[str, Any]] = []
@@ -120,7 +123,7 @@ def read(top: Fields, variants: Mapping[str, Fields],
             raise InputError(f"variants.{name}: needs roles_append "
                              "(a variant is a layer of extra roles)",
                              path=body.path, line=body.line)
-        extra = read_vars(body, "vars")
+        extra = read_vars(body, "vars", hidden)
         own_vars.append(extra)
         layers[name] = AnsibleSettings(roles=appended, vars={**vars_, **extra})
     _check_sensitive_known(top, sensitive, vars_, own_vars)
@@ -132,8 +135,13 @@ def read(top: Fields, variants: Mapping[str, Fields],
                                 inventory=inventory) for name, layer in layers.items()}
 
 
-def read_vars(fields: Fields, key: str) -> dict[str, Any]:
-    """A `vars:` mapping: valid variable names, values that JSON can carry."""
+def read_vars(fields: Fields, key: str, sensitive: frozenset[str] = frozenset()
+              ) -> dict[str, Any]:
+    """A `vars:` mapping: valid variable names, values that JSON can carry.
+
+    An error in a `sensitive` var names its key, never its value (nor a key or a
+    number inside it).
+    """
     section = fields.mapping(key)
     if section is None:
         return {}
@@ -144,7 +152,16 @@ def read_vars(fields: Fields, key: str) -> dict[str, Any]:
                 path=section.path, line=section.line_of(var),
             )
     # Vars reach Ansible as JSON extra vars: refuse here what JSON cannot carry.
-    require_json(section.data, section.path, section.where, section.line)
+    for var, value in section.data.items():
+        where = f"{section.where}.{var}"
+        try:
+            require_json(value, section.path, where, section.line_of(var))
+        except InputError:
+            if var not in sensitive:
+                raise
+            raise InputError(f"{where}: a sensitive var can hold only text, numbers, lists "
+                             "and mappings with text keys (its content is not shown)",
+                             path=section.path, line=section.line_of(var)) from None
     return dict(plain(section.data))
 
 

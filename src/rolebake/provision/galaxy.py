@@ -4,12 +4,16 @@ What is pinned, and the key, come from `requirements`; this runs
 ansible-galaxy (the one beside rolebake's python, as for ansible-playbook)
 with a private ANSIBLE_HOME, a short Galaxy timeout and no prompts, into a
 scratch folder that is renamed into place complete, manifest last. A git
-source is installed at the commit that was keyed, not at its ref.
+source is cloned by rolebake itself (`--` before the URL, in a scratch
+folder) and checked out at the commit that was keyed, not at its ref; the
+clone is then installed as a folder, so ansible-galaxy never runs git.
+It runs as the build's first step (`ensure`), never in `plan`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -34,6 +38,8 @@ from rolebake.provision.requirements import (
     git_url,
     local_path,
     read_requirements,
+    record_install,
+    run_git,
     shown,
     tree_digest,
 )
@@ -59,7 +65,10 @@ def ensure(project: Project, events: EventSink = discard) -> Requirements | None
             install one (a Galaxy name with no Galaxy reachable, a bad archive).
     """
     found = read_requirements(project)
-    if found is None or found.installed:
+    if found is None:
+        return None
+    if found.installed:
+        record_install(project, found, _content_of(project))
         return found
     names = ", ".join(entry.label for entry in found.entries) or "nothing"
     events(LogEvent(EVENT_LAYER, f"installing requirements ({names}) ..."))
@@ -80,6 +89,7 @@ def ensure(project: Project, events: EventSink = discard) -> Requirements | None
     for stale in base.iterdir():
         if stale.is_dir() and stale != found.folder and not (stale / MANIFEST).is_file():
             shutil.rmtree(stale, ignore_errors=True)
+    record_install(project, found, _content_of(project))
     summary = ", ".join(f"{e.kind} {e.name} {e.version or ''}".rstrip()
                         for e in manifest.values())
     events(LogEvent(EVENT_LAYER, f"requirements installed: {summary or 'nothing'}"))
@@ -94,9 +104,12 @@ def _install(project: Project, found: Requirements, content: Path, scratch: Path
     (content / "collections").mkdir()
     galaxy_roles = []
     for entry in roles:
-        if entry.source == "dir":
-            # ansible-galaxy installs no role from a folder: copied as it is.
-            shutil.copytree(local_path(project, entry), content / "roles" / entry.name,
+        if entry.source in ("dir", "git"):
+            # ansible-galaxy installs no role from a folder: copied as it is; a git
+            # source is cloned here first, so that only rolebake ever runs git.
+            source = _clone(entry, scratch) if entry.source == "git" else \
+                local_path(project, entry)
+            shutil.copytree(source, content / "roles" / entry.name,
                             symlinks=True, ignore=shutil.ignore_patterns(".git"))
         else:
             galaxy_roles.append(_role_line(project, entry))
@@ -108,7 +121,7 @@ def _install(project: Project, found: Requirements, content: Path, scratch: Path
     if collections:
         listing = scratch / "collections.yml"
         write_private(listing, yaml.safe_dump(
-            {"collections": [_collection_line(project, e) for e in collections]},
+            {"collections": [_collection_line(project, e, scratch) for e in collections]},
             sort_keys=False))
         offline = all(e.source not in ("galaxy", "galaxy server", "url") for e in collections)
         _galaxy(project, ["collection", "install", "-r", str(listing), "-p",
@@ -116,12 +129,38 @@ def _install(project: Project, found: Requirements, content: Path, scratch: Path
                 collections, scratch)
 
 
+def _clone(entry: Requirement, scratch: Path) -> Path:
+    """A clone of a git source at the commit that was keyed (not its ref), in `scratch`."""
+    url, _, subdir = git_url(entry.src).partition("#")
+    where = scratch / "git" / hashlib.sha256(f"{entry.kind}\0{entry.name}".encode()).hexdigest()
+    where.parent.mkdir(exist_ok=True)
+    cloned = run_git(["clone", "--quiet", "--no-checkout", "--", url, str(where)],
+                     timeout=INSTALL_TIMEOUT_S)
+    if cloned.returncode == 0:
+        # The commit is hex (`requirements._git_commit`): never read as an option.
+        cloned = run_git(["checkout", "--quiet", "--detach", entry.resolved, "--"], cwd=where)
+    if cloned.returncode != 0:
+        lines = cloned.stderr.strip().splitlines() or ["git failed"]
+        raise InputError(f"requirement {entry.label}: cannot clone {shown(url)}: "
+                         f"{shown(lines[-1].removeprefix('fatal:').strip())}",
+                         path=entry.path, line=entry.line)
+    folder = (where / subdir.strip("/")) if subdir else where
+    if not folder.resolve().is_relative_to(where.resolve()) or not folder.is_dir():
+        raise InputError(f"requirement {entry.label}: {subdir!r} is not a folder of "
+                         f"{shown(url)}", path=entry.path, line=entry.line)
+    return folder
+
+
+def _content_of(project: Project) -> str:
+    from rolebake.provision.requirements import declared
+
+    found = declared(project)
+    return found.content if found is not None else ""
+
+
 def _role_line(project: Project, entry: Requirement) -> dict[str, Any]:
     line: dict[str, Any] = {"name": entry.name}
-    if entry.source == "git":
-        # The commit keyed, not the ref: what is installed is what was resolved.
-        line.update(src=git_url(entry.src), scm="git", version=entry.resolved)
-    elif entry.source == "tarball":
+    if entry.source == "tarball":
         line["src"] = str(local_path(project, entry))
     else:
         line["src"] = entry.src
@@ -130,11 +169,10 @@ def _role_line(project: Project, entry: Requirement) -> dict[str, Any]:
     return line
 
 
-def _collection_line(project: Project, entry: Requirement) -> dict[str, Any]:
+def _collection_line(project: Project, entry: Requirement, scratch: Path) -> dict[str, Any]:
     if entry.source == "git":
-        url = git_url(entry.name)
-        return {"name": url if url.startswith("git+") else f"git+{url}", "type": "git",
-                "version": entry.resolved}
+        # Cloned here (ansible-galaxy's own clone puts no `--` before the URL).
+        return {"name": str(_clone(entry, scratch)), "type": "dir"}
     if entry.source in ("tarball", "dir"):
         return {"name": str(local_path(project, entry)),
                 "type": "file" if entry.source == "tarball" else "dir"}

@@ -2,19 +2,29 @@
 
 A team's repository pins the roles and collections it does not keep itself
 in `requirements.yml` at its root (or `roles/requirements.yml` and
-`collections/requirements.yml`). Before planning, rolebake installs them
-with `ansible-galaxy` into `.rolebake/requirements/<key>/`, where the key is
-a digest of the files and of what each source resolves to now (a git ref's
-commit, a tarball's or a folder's bytes): the same pins are installed once,
-a moved pin is a new folder. Ansible's roles and collections paths take that
-folder for builds and parity, and the layers that use an installed role or
-collection key on its content (`ansible_inputs`).
+`collections/requirements.yml`). As the first step of a build (never in
+`plan`), rolebake installs them into `.rolebake/requirements/<key>/`, where
+the key is a digest of the files and of what each source resolves to now (a
+git ref's commit, a tarball's or a folder's bytes): the same pins are
+installed once, a moved pin is a new folder. Ansible's roles and collections
+paths take that folder for builds and parity, and the layers that use an
+installed role or collection key on its content (`ansible_inputs`).
 
-Every source is checked before anything is installed: a git URL with
-`git ls-remote`, a tarball or a folder by its path. A source that cannot be
-reached is an InputError naming the requirement, before any container. A
-requirement given by a Galaxy name only is left to ansible-galaxy with a
-short timeout; when Galaxy cannot be reached that too is an InputError.
+`plan` runs nothing: it reads the files (`declared`) and keys on the last
+install made for exactly these files (`installed`, from a record written at
+install time); when there is none it says the requirements are not
+installed yet.
+
+Sources are URLs or paths, never options (DESIGN.md invariant 7): a source
+that starts with `-` once its scheme prefix is taken off is refused at its
+line; git gets `--` before every URL, runs in an empty folder of its own (an
+empty URL never means the current checkout's remote) and only over the
+usual transports. Every source is checked before anything is installed: a
+git URL with `git ls-remote`, a tarball or a folder by its path. A source
+that cannot be reached is an InputError naming the requirement, before any
+container. A requirement given by a Galaxy name only is left to
+ansible-galaxy with a short timeout; when Galaxy cannot be reached that too
+is an InputError.
 """
 
 from __future__ import annotations
@@ -24,6 +34,7 @@ import json
 import os
 import re
 import subprocess
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +47,7 @@ from rolebake.yamlfile import YamlList, YamlMap, load_yaml
 FILES = ("requirements.yml", "roles/requirements.yml", "collections/requirements.yml")
 CACHE = "requirements"  # .rolebake/requirements/<key>/
 MANIFEST = "installed.json"
+RECORD = "last-install.json"  # .rolebake/requirements/: which key the files were installed as
 EVENT_LAYER = "requirements"  # the name progress lines about requirements go under
 GIT_TIMEOUT_S = 30
 TARBALL = (".tar.gz", ".tgz", ".tar", ".tar.bz2", ".tar.xz")
@@ -132,17 +144,29 @@ class Requirements:
         return "/".join(parts)
 
 
+@dataclass(frozen=True)
+class Declared:
+    """The project's requirements files as written: parsed and checked, nothing resolved."""
+
+    files: tuple[Path, ...]
+    entries: tuple[Requirement, ...]
+    content: str  # digest of the files
+
+    def names(self, kind: str = "role") -> frozenset[str]:
+        """The names the files give roles (or collections) of `kind`."""
+        return frozenset(e.name for e in self.entries if e.kind == kind)
+
+
+_DECLARED: dict[tuple[str, str], Declared] = {}
 _RESOLVED: dict[tuple[str, str], Requirements | None] = {}
 
 
-def read_requirements(project: Project) -> Requirements | None:
-    """The project's requirements with their key; None when it has no requirements file.
-
-    Sources are resolved (a git ref to its commit) once per process and content.
+def declared(project: Project) -> Declared | None:
+    """The project's requirements files, parsed and checked; None without one. Runs nothing.
 
     Raises:
-        InputError: a file that is not a requirements file, an entry rolebake
-            cannot install, or a source that cannot be reached; file and line.
+        InputError: a file that is not a requirements file, or an entry rolebake
+            cannot install (an option for a source among them); file and line.
     """
     files = tuple(project.root / name for name in FILES if (project.root / name).is_file())
     if not files:
@@ -151,16 +175,75 @@ def read_requirements(project: Project) -> Requirements | None:
     for path in files:
         content.update(project.relative(path).encode() + b"\0" + path.read_bytes() + b"\0")
     memo = (str(project.root), content.hexdigest())
+    if memo not in _DECLARED:
+        entries = tuple(entry for path in files for entry in parse(path))
+        _DECLARED[memo] = Declared(files, entries, content.hexdigest())
+    return _DECLARED[memo]
+
+
+def read_requirements(project: Project) -> Requirements | None:
+    """The project's requirements with their key; None when it has no requirements file.
+
+    Sources are resolved (a git ref to its commit, with `git ls-remote`) once
+    per process and content: only the build's install step calls this.
+
+    Raises:
+        InputError: a file that is not a requirements file, an entry rolebake
+            cannot install, or a source that cannot be reached; file and line.
+    """
+    found = declared(project)
+    if found is None:
+        return None
+    memo = (str(project.root), found.content)
     if memo not in _RESOLVED:
-        entries = tuple(_resolve(project, entry) for path in files for entry in parse(path))
-        _RESOLVED[memo] = _keyed(project, files, entries, content.hexdigest())
+        entries = tuple(_resolve(project, entry) for entry in found.entries)
+        _RESOLVED[memo] = _keyed(project, found.files, entries, found.content)
     return _RESOLVED[memo]
 
 
 def installed(project: Project) -> Requirements | None:
-    """The project's requirements when they are installed, else None (nothing is run)."""
-    found = read_requirements(project)
-    return found if found is not None and found.installed else None
+    """The last install made for the project's requirements files as they are, else None.
+
+    Nothing is run: the record the install step wrote (`record_install`) names
+    the key the same files were installed as. Files changed since, or never
+    installed: None (`plan` says so; the build installs them first).
+    """
+    found = declared(project)
+    if found is None:
+        return None
+    try:
+        record = json.loads((project.state_dir / CACHE / RECORD).read_text(encoding="utf-8"))
+        key = str(record[found.content])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if not re.fullmatch(r"[0-9a-f]{32}", key):
+        return None
+    done = Requirements(files=found.files, entries=found.entries, key=key,
+                        folder=project.state_dir / CACHE / key)
+    return done if done.installed else None
+
+
+def pending_roles(project: Project) -> dict[str, str]:
+    """Roles the requirements files give that are not installed yet, {name: pinned version}."""
+    found = declared(project)
+    if found is None or installed(project) is not None:
+        return {}
+    return {e.name: e.version for e in found.entries if e.kind == "role"}
+
+
+def record_install(project: Project, found: Requirements, content: str) -> None:
+    """Note that the files with digest `content` are installed as `found.key` (for `plan`)."""
+    from rolebake.state import write_private
+
+    path = project.private_dir(CACHE) / RECORD
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(record, dict):
+            record = {}
+    except (OSError, ValueError):
+        record = {}
+    record[content] = found.key
+    write_private(path, json.dumps(dict(list(record.items())[-20:]), indent=1))
 
 
 # Parsing ----------------------------------------------------------------------------------
@@ -218,6 +301,9 @@ def _role(item: Any, path: Path, line: int) -> Requirement:
     parsed = _role_fields(item)
     src = str(parsed.get("src") or parsed.get("name") or "")
     version = str(parsed.get("version") or "")
+    _not_an_option(src, "src", path, line)
+    _not_an_option(version, "version", path, line)
+    _not_an_option(str(parsed.get("name") or ""), "name", path, line)
     scm = parsed.get("scm")
     explicit = item.get("name") if isinstance(item, dict) else None
     if scm == "git" or src.startswith("git+"):
@@ -255,6 +341,9 @@ def _collection(item: Any, path: Path, line: int) -> Requirement:
     name = str(item["name"])
     kind = str(item.get("type") or "")
     version = str(item.get("version") or "")
+    _not_an_option(name, "name", path, line)
+    _not_an_option(version, "version", path, line)
+    _not_an_option(str(item.get("source") or ""), "source", path, line)
     if kind == "git" or name.startswith("git+"):
         source = "git"
     elif kind in ("file", "dir", "url", "galaxy"):
@@ -273,6 +362,27 @@ def _collection(item: Any, path: Path, line: int) -> Requirement:
     if source == "galaxy" and item.get("source"):
         source = "galaxy server"
     return Requirement("collection", name, name, version, source, path, line)
+
+
+def _not_an_option(text: str, key: str, path: Path, line: int) -> None:
+    """Refuse a value that a program would read as an option (DESIGN.md invariant 7).
+
+    Looked at once its scheme prefix (`git+`, `scheme://`, `git@`, `user@`) is
+    off, as git sees it: `git+--upload-pack=CMD` is an option to git.
+    """
+    rest = text.strip()
+    rest = rest.removeprefix("git+")
+    if "://" in rest:
+        rest = rest.split("://", 1)[1]
+        host = rest.split("/", 1)[0]
+        if "@" in host:
+            rest = rest[rest.index("@") + 1:]
+    elif "@" in rest.split(":", 1)[0]:
+        rest = rest.split("@", 1)[1]  # git@host:team/role.git
+    if text.strip().startswith("-") or rest.startswith("-"):
+        raise InputError(f"`{key}:` {shown(text)!r} looks like a command-line option; a "
+                         "requirement's source is a URL, a path or a Galaxy name",
+                         path=path, line=line)
 
 
 def _role_fields(item: str | dict[str, Any]) -> dict[str, Any]:
@@ -352,14 +462,42 @@ def git_url(src: str) -> str:
     return url.split(",", 1)[0]
 
 
+def git_env() -> dict[str, str]:
+    """The environment git runs with: no prompts, batch ssh, the usual transports only.
+
+    `ext::` (runs a command) and other transports a URL could name are off;
+    GIT_CEILING_DIRECTORIES keeps git from finding a repository above its
+    neutral working folder.
+    """
+    return {**base_env(), "GIT_TERMINAL_PROMPT": "0", "GIT_ALLOW_PROTOCOL": GIT_PROTOCOLS,
+            "GIT_SSH_COMMAND": "ssh -o BatchMode=yes -o ConnectTimeout=10",
+            "GIT_CEILING_DIRECTORIES": tempfile.gettempdir(),
+            "GIT_CONFIG_NOSYSTEM": "1"}
+
+
+GIT_PROTOCOLS = "https:http:ssh:git:file"
+
+
+def run_git(args: list[str], *, timeout: float = GIT_TIMEOUT_S,
+            cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """Run `git ARGS` in `cwd`, or in an empty private folder of its own (never a checkout).
+
+    The caller puts `--` before every URL in `args`.
+    """
+    with tempfile.TemporaryDirectory(prefix="rolebake-git-") as neutral:
+        return subprocess.run(["git", "-c", "protocol.ext.allow=never", *args],
+                              capture_output=True, text=True, timeout=timeout,
+                              env=git_env(), cwd=cwd or neutral, check=False)
+
+
 def _git_commit(entry: Requirement) -> str:
     """The commit the pinned version names now, from `git ls-remote` (no clone)."""
     url = git_url(entry.src)
-    env = {**base_env(), "GIT_TERMINAL_PROMPT": "0",
-           "GIT_SSH_COMMAND": "ssh -o BatchMode=yes -o ConnectTimeout=10"}
+    if not url.strip():
+        raise InputError(f"requirement {entry.label}: the git URL is empty",
+                         path=entry.path, line=entry.line)
     try:
-        done = subprocess.run(["git", "ls-remote", url], capture_output=True, text=True,
-                              timeout=GIT_TIMEOUT_S, env=env, check=False)
+        done = run_git(["ls-remote", "--", url])
     except FileNotFoundError:
         raise InputError(f"requirement {entry.label}: git is not installed",
                          path=entry.path, line=entry.line) from None
@@ -382,7 +520,7 @@ def _git_commit(entry: Requirement) -> str:
         if ref in refs:
             return refs[ref]
     if _SHA.match(version):
-        return version  # a commit: git checks it out as it is
+        return version  # a commit: git checks it out as it is (hex only: never an option)
     raise InputError(f"requirement {entry.label}: {version!r} is not a tag or branch of "
                      f"{shown(url)}",
                      path=entry.path, line=entry.line)
