@@ -16,7 +16,7 @@ import shutil
 import sys
 import threading
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ from rolebake.provision import (
     agent,
     ansible_failure,
     ansible_inventory,
+    ansible_observed,
     pytoolchain,
     requirements,
 )
@@ -54,6 +55,7 @@ from rolebake.provision.base import (
     first_line,
     lend_volume,
 )
+from rolebake.provision.observed import sort_reads
 from rolebake.provision.pytoolchain import Runtime
 from rolebake.provision.target import ContainerTarget, SSHTarget
 from rolebake.release import Release
@@ -154,7 +156,8 @@ class AnsibleProvisioner(Provisioner):
         del engine
         found = self._inputs()
         tools = {**{f"collection {name}": version for name, version in found.collections.items()},
-                 **found.requirements}
+                 **found.requirements, **ansible_observed.declared_digests(
+                     settings_of(self.layer).inputs)}
         member = ansible_inventory.membership(self.project, self.layer.spec)
         plays: tuple[str, ...] = ()
         notes = found.notes
@@ -310,6 +313,11 @@ class AnsibleProvisioner(Provisioner):
             append_log(ctx.log_path, "idempotence check" if idempotence else "provision",
                        stdout)
             status = runner.status
+            if not idempotence and isinstance(ctx.target, ContainerTarget):
+                own = settings_of(self.layer)
+                self.observed = replace(sort_reads(
+                    self.project, ansible_observed.read_record(data_dir)),
+                    declared=own.inputs, record=own.record_inputs)
         if ctx.cancel.is_set() or status == "canceled":
             raise BuildFailed("provisioning was cancelled")
         result = ProvisionResult(tasks=tuple(watcher.results))
@@ -384,6 +392,9 @@ class AnsibleProvisioner(Provisioner):
         env["ANSIBLE_CONNECTION_PLUGINS"] = os.pathsep.join(filter(None, [
             str(agent.PLUGINS / "connection"),
             env.get("ANSIBLE_CONNECTION_PLUGINS") or config.get("connection_plugins") or ""]))
+        # The read recorder (ansible_observed.py); ansible-runner puts its own callbacks first.
+        env.update(ansible_observed.environment(self.project, data_dir))
+        env["ANSIBLE_CALLBACK_PLUGINS"] = str(ansible_observed.CALLBACK_PLUGINS)
         if ctx.secrets is not None:
             password_file = ctx.secrets.write_vault_password(data_dir)
             if password_file is not None:
