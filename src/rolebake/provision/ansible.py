@@ -393,7 +393,8 @@ class AnsibleProvisioner(Provisioner):
             str(agent.PLUGINS / "connection"),
             env.get("ANSIBLE_CONNECTION_PLUGINS") or config.get("connection_plugins") or ""]))
         # The read recorder (ansible_observed.py); ansible-runner puts its own callbacks first.
-        env.update(ansible_observed.environment(self.project, data_dir))
+        env.update(ansible_observed.environment(self.project, data_dir,
+                                                env.get("PYTHONPATH", "")))
         env["ANSIBLE_CALLBACK_PLUGINS"] = str(ansible_observed.CALLBACK_PLUGINS)
         if ctx.secrets is not None:
             password_file = ctx.secrets.write_vault_password(data_dir)

@@ -22,8 +22,12 @@ from rolebake.spec import Project
 RECORD = "observed.jsonl"  # in the run's private data dir
 
 
-def environment(project: Project, data_dir: Path) -> dict[str, str]:
+def environment(project: Project, data_dir: Path, python_path: str = "") -> dict[str, str]:
     """Variables that install the recorder in ansible-playbook and say what it may skip.
+
+    The recorder's folder goes first on `python_path` (the PYTHONPATH Ansible
+    would have had): what Ansible then reads from the rest of it (a collection)
+    is a read from outside the project like any other.
 
     Skipped: rolebake's own scratch and state (the run's data dir, ANSIBLE_HOME,
     `.rolebake/`: installed requirements are keyed by their digest), and the
@@ -38,7 +42,7 @@ def environment(project: Project, data_dir: Path) -> dict[str, str]:
     skip = [data_dir, project.state_dir, Path(rolebake.__file__).parent,
             Path(ansible.__file__).parent, Path(ansible_runner.__file__).parent]
     return {
-        "PYTHONPATH": str(PLUGINS / "observe"),
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(PLUGINS / "observe"), python_path])),
         "ROLEBAKE_OBSERVE_FILE": str(data_dir / RECORD),
         "ROLEBAKE_OBSERVE_SKIP": os.pathsep.join(
             dict.fromkeys(os.path.realpath(p) for p in skip)),

@@ -193,8 +193,8 @@ def load(project: Project, layer: Layer) -> Recorded:
         return Recorded()
     if not isinstance(data, dict):
         return Recorded()
-    files = [p for p in data.get("files") or [] if isinstance(p, str)]
-    lists = [p for p in data.get("lists") or [] if isinstance(p, str)]
+    files, lists = ([p for p in value if isinstance(p, str)] if isinstance(
+        value := data.get(key), list) else [] for key in ("files", "lists"))
     tasks = data.get("tasks") if isinstance(data.get("tasks"), dict) else {}
     return Recorded(files=tuple(files), lists=tuple(lists), tasks=dict(tasks or {}))
 
