@@ -55,7 +55,7 @@ from rolebake.provision.base import (
     first_line,
     lend_volume,
 )
-from rolebake.provision.observed import sort_reads
+from rolebake.provision.observed import drop_loaded, sort_reads
 from rolebake.provision.pytoolchain import Runtime
 from rolebake.provision.target import ContainerTarget, SSHTarget
 from rolebake.release import Release
@@ -172,10 +172,17 @@ class AnsibleProvisioner(Provisioner):
             plays, notes = tuple(selection.lines()), (*notes, *selection.notes)
         return ProvisionerInputs(files=found.files, tools=tools, notes=notes, plays=plays)
 
-    def _inputs(self) -> AnsibleInputs:
+    def _inputs(self, *, every_play: bool = False) -> AnsibleInputs:
         layer = self.layer
         line = next((v.line for v in layer.spec.variants if v.name == layer.variant), None)
-        return _read_inputs(self.project, layer.spec, settings_of(layer), line=line)
+        return _read_inputs(self.project, layer.spec, settings_of(layer), line=line,
+                            every_play=every_play)
+
+    def _loaded_only(self) -> frozenset[str]:
+        """Files only plays the layer does not apply read: Ansible loads them with the rest."""
+        every, applied = (frozenset(map(self.project.logical, found.files)) for found in
+                          (self._inputs(every_play=True), self._inputs()))
+        return every - applied
 
     def runtime(self, engine: Engine, parent: ImageInfo, release: Release | None) -> str:
         """The lent python of the parent's release, or the apt bootstrap when there is none."""
@@ -315,8 +322,8 @@ class AnsibleProvisioner(Provisioner):
             status = runner.status
             if not idempotence and isinstance(ctx.target, ContainerTarget):
                 own = settings_of(self.layer)
-                self.observed = replace(sort_reads(
-                    self.project, ansible_observed.read_record(data_dir)),
+                self.observed = replace(drop_loaded(sort_reads(
+                    self.project, ansible_observed.read_record(data_dir)), self._loaded_only()),
                     declared=own.inputs, record=own.record_inputs)
         if ctx.cancel.is_set() or status == "canceled":
             raise BuildFailed("provisioning was cancelled")
@@ -570,8 +577,11 @@ def _role_dir(project: Project, role: str, spec: ImageSpec, line: int | None = N
 
 
 def _read_inputs(project: Project, spec: ImageSpec, own: AnsibleSettings,
-                 line: int | None = None) -> AnsibleInputs:
-    """What one layer of `spec` reads: `own` is the layer's settings."""
+                 line: int | None = None, every_play: bool = False) -> AnsibleInputs:
+    """What one layer of `spec` reads: `own` is the layer's settings.
+
+    With `every_play`, also what the plays the layer does not apply read.
+    """
     # Sensitive values never name a file: the name would end up in the inputs label.
     resolvable = {k: v for k, v in own.vars.items() if k not in own.sensitive_vars}
     playbook = own.playbook
@@ -579,7 +589,8 @@ def _read_inputs(project: Project, spec: ImageSpec, own: AnsibleSettings,
     member = ansible_inventory.membership(project, spec)
     return read_inputs(project, roles=own.roles, playbook=playbook, variables=resolvable,
                        where=(spec.path, where), inventory=member,
-                       not_applied=ansible_inventory.not_applied(project, spec, playbook, member))
+                       not_applied=frozenset() if every_play else
+                       ansible_inventory.not_applied(project, spec, playbook, member))
 
 
 def _trim(res: Mapping[str, Any]) -> dict[str, Any]:

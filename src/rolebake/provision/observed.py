@@ -99,6 +99,18 @@ def sort_reads(project: Project, reads: Iterable[Read]) -> Observed:
                     outside=dict(sorted(outside.items())))
 
 
+def drop_loaded(observed: Observed, names: Iterable[str]) -> Observed:
+    """Leave out files read while the playbook was loaded that only unapplied plays use.
+
+    Ansible loads every play's roles with the playbook, also the plays that match
+    no group of the target or that a parent layer applied; they shape nothing in
+    the layer, and the key leaves them out on purpose (ansible_inventory.py).
+    """
+    drop = set(names)
+    return Observed(files={p: t for p, t in observed.files.items() if t or p not in drop},
+                    lists=observed.lists, outside=observed.outside)
+
+
 def _task(project: Project, where: str) -> str:
     """`file:line` with the file as a project path (a host path stays as it is)."""
     if not where:
