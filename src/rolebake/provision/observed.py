@@ -44,6 +44,18 @@ SYSTEM_READS = (
 )
 
 
+def _engine_client_files() -> tuple[str, ...]:
+    """The docker client's settings and TLS files, which the engine connection reads.
+
+    Ansible's docker_api connection (the fallback when rolebake's agent cannot
+    start) reads them to reach the engine; they are not content of the image.
+    """
+    found = [os.path.join(os.path.expanduser("~"), ".docker", "")]
+    if os.environ.get("DOCKER_CERT_PATH"):
+        found.append(os.path.join(os.environ["DOCKER_CERT_PATH"], ""))
+    return tuple(found)
+
+
 @dataclass(frozen=True)
 class Read:
     """One file opened for reading (`read`) or folder listed (`list`), and by which task."""
@@ -77,6 +89,7 @@ def sort_reads(project: Project, reads: Iterable[Read]) -> Observed:
     lists: dict[str, str] = {}
     outside: dict[str, str] = {}
     state = os.path.realpath(project.state_dir) + os.sep
+    plumbing = (*SYSTEM_READS, *_engine_client_files())
     for read in reads:
         path = Path(read.path)
         task = _task(project, read.task)
@@ -93,7 +106,7 @@ def sort_reads(project: Project, reads: Iterable[Read]) -> Observed:
                 lists.setdefault(name.rstrip("/") or ".", task)
             elif read.kind == "read" and path.is_file():
                 files.setdefault(name, task)
-        elif read.kind == "read" and path.is_file() and not read.path.startswith(SYSTEM_READS):
+        elif read.kind == "read" and path.is_file() and not read.path.startswith(plumbing):
             outside.setdefault(read.path, task)
     return Observed(files=dict(sorted(files.items())), lists=dict(sorted(lists.items())),
                     outside=dict(sorted(outside.items())))
