@@ -247,3 +247,12 @@ def test_an_unreadable_record_is_no_record(project: Project) -> None:
     path.write_text(json.dumps({"files": ["../outside", 3], "lists": "x"}))
     _, after = inputs_now(project)
     assert after.key == before.key
+
+
+def test_files_only_unapplied_plays_use_are_dropped_when_read_at_load_time() -> None:
+    seen = Observed(files={"roles/app/defaults/main.yml": "", "roles/app/files/x": "p.yml:3",
+                           "roles/common/tasks/main.yml": ""}, lists={"confs": "p.yml:4"})
+    kept = observed.drop_loaded(seen, ["roles/app/defaults/main.yml", "roles/app/files/x"])
+    # A read by a running task stays whatever the file is: only loading is forgiven.
+    assert kept.files == {"roles/app/files/x": "p.yml:3", "roles/common/tasks/main.yml": ""}
+    assert kept.lists == seen.lists

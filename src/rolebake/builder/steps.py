@@ -158,10 +158,15 @@ class Steps:
         """
         layer = run.layer
         recorded = run.inputs.values.get("observed") or {}
-        observed.check(self.project, seen,
-                       keyed=[*(run.inputs.values.get("files") or {}), *recorded],
-                       declared=seen.declared, record=self.options.record_inputs or seen.record,
-                       where=(layer.spec.path, layer.spec.line_of("inputs")))
+        holes = observed.check(self.project, seen,
+                               keyed=[*(run.inputs.values.get("files") or {}), *recorded],
+                               declared=seen.declared,
+                               record=self.options.record_inputs or seen.record,
+                               where=(layer.spec.path, layer.spec.line_of("inputs")))
+        if holes:
+            shown = ", ".join(holes[:5]) + (f" and {len(holes) - 5} more" if len(holes) > 5 else "")
+            self.events(LogEvent(layer.id, f"notice: keyed from now on (read by Ansible, not "
+                                           f"seen by the static walk): {shown}"))
         observed.save(self.project, layer, seen)
         run.inputs = with_recorded(self.project, run.inputs, observed.load(self.project, layer))
         run.result.cache_key = run.inputs.key
