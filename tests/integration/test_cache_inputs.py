@@ -405,12 +405,12 @@ def test_a_read_outside_the_project_is_refused_with_its_task_and_allowed_when_de
         assert refused.rc == 2, refused.output
         assert "error: playbooks/host.yml:5: /etc/hostname is read from outside the project " \
                "by this task" in refused.stderr, refused.stderr
-        assert "ansible: {inputs: [/etc/hostname]}" in refused.stderr
+        assert "`inputs: [/etc/hostname]`" in refused.stderr
         assert project.image_id(project.tag(spec)) is None
         # Declared: built, and keyed by the file's content.
         outside = tmp_path / "outside.txt"
         outside.write_text("one\n")
-        project.edit_spec(spec, ansible={"inputs": ["/etc/hostname", str(outside)]})
+        project.edit_spec(spec, inputs=["/etc/hostname", str(outside)])
         allowed = run_cli("build", spec, cwd=project.root)
         assert allowed.rc == 0, allowed.output
         assert plan_row(project, spec)["status"] == "HIT"

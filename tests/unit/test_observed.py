@@ -19,6 +19,7 @@ from rolebake.errors import InputError
 from rolebake.load import plan_build
 from rolebake.provision import ansible_observed, observed
 from rolebake.provision.agent import PLUGINS
+from rolebake.provision.ansible_spec import settings_of
 from rolebake.provision.observed import Observed, Read, Recorded
 from rolebake.spec import Project
 
@@ -166,27 +167,28 @@ def test_a_host_file_is_refused_unless_declared(project: Project, tmp_path: Path
     assert caught.value.message.endswith(
         f"/{SITE}:9: /etc/hostname is read from outside the project by this task; rolebake "
         "reads nothing from outside the project unless the spec declares it")
-    assert "`ansible: {inputs: [/etc/hostname]}`" in caught.value.hint
+    assert "`inputs: [/etc/hostname]`" in caught.value.hint
     assert check(project, seen, declared=("/etc/hostname", str(folder))) == []
 
 
-def test_the_spec_section_declares_absolute_existing_paths(project: Project,
+def test_the_spec_declares_absolute_existing_host_paths(project: Project,
                                                            tmp_path: Path) -> None:
     outside = tmp_path / "outside.txt"
     outside.write_text("one")
     spec = project.spec_path("img")
     base = spec.read_text()
-    spec.write_text(base + f"ansible:\n  inputs: [{outside}]\n  record_inputs: true\n")
+    spec.write_text(base + f"inputs: [{outside}]\nrecord_inputs: true\n")
     layer = plan_build(project, ["img"]).layer("img")
-    assert layer.spec.provisioner_options == {"inputs": [str(outside)], "record_inputs": True}
-    for section, message in ((["relative.txt"], "'relative.txt' is not an absolute path"),
-                             ([str(tmp_path / "nope")], "does not exist")):
-        spec.write_text(base + yaml.safe_dump({"ansible": {"inputs": section}}))
+    assert (settings_of(layer).inputs, settings_of(layer).record_inputs) == ((str(outside),), True)
+    for given, message in ((["relative.txt"], "'relative.txt' is not an absolute path"),
+                           ([str(tmp_path / "nope")], "does not exist")):
+        spec.write_text(base + yaml.safe_dump({"inputs": given}))
         with pytest.raises(InputError, match=message) as caught:
             plan_build(project, ["img"])
-        assert "img.yml:5: ansible.inputs[0]" in caught.value.message
-    spec.write_text(base + "ansible: {record: true}\n")
-    with pytest.raises(InputError, match="unknown key 'record'"):
+        assert "img.yml:4: inputs[0]" in caught.value.message
+    spec.write_text("from: rolebake/debian:bookworm\nprovisioner: chef-solo\n"
+                    "inputs: [/etc/hostname]\n")
+    with pytest.raises(InputError, match="`inputs:` is a key of the ansible provisioner"):
         plan_build(project, ["img"])
 
 
@@ -256,3 +258,18 @@ def test_files_only_unapplied_plays_use_are_dropped_when_read_at_load_time() -> 
     # A read by a running task stays whatever the file is: only loading is forgiven.
     assert kept.files == {"roles/app/files/x": "p.yml:3", "roles/common/tasks/main.yml": ""}
     assert kept.lists == seen.lists
+
+
+def test_credential_files_the_cfg_names_are_neither_keyed_nor_refused(project: Project,
+                                                                       tmp_path: Path) -> None:
+    (project.root / "ansible.cfg").write_text(
+        "[defaults]\nvault_password_file = .vault-pass\nprivate_key_file = /keys/id\n")
+    (project.root / ".vault-pass").write_text("secret\n")
+    data = tmp_path / "run"
+    data.mkdir()
+    lines = [{"kind": "read", "path": str(project.root / ".vault-pass"), "task": ""},
+             {"kind": "read", "path": "/keys/id", "task": ""},
+             {"kind": "read", "path": str(project.root / SITE), "task": ""}]
+    (data / ansible_observed.RECORD).write_text("".join(json.dumps(x) + "\n" for x in lines))
+    assert [r.path for r in ansible_observed.read_record(data, project)] == [
+        str(project.root / SITE)]

@@ -16,7 +16,7 @@ import shutil
 import sys
 import threading
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +55,6 @@ from rolebake.provision.base import (
     first_line,
     lend_volume,
 )
-from rolebake.provision.observed import drop_loaded, sort_reads
 from rolebake.provision.pytoolchain import Runtime
 from rolebake.provision.target import ContainerTarget, SSHTarget
 from rolebake.release import Release
@@ -321,10 +320,8 @@ class AnsibleProvisioner(Provisioner):
                        stdout)
             status = runner.status
             if not idempotence and isinstance(ctx.target, ContainerTarget):
-                own = settings_of(self.layer)
-                self.observed = replace(drop_loaded(sort_reads(
-                    self.project, ansible_observed.read_record(data_dir)), self._loaded_only()),
-                    declared=own.inputs, record=own.record_inputs)
+                self.observed = ansible_observed.observe(
+                    self.project, data_dir, self._loaded_only(), settings_of(self.layer))
         if ctx.cancel.is_set() or status == "canceled":
             raise BuildFailed("provisioning was cancelled")
         result = ProvisionResult(tasks=tuple(watcher.results))

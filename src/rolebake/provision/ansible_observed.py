@@ -13,10 +13,13 @@ import hashlib
 import json
 import os
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from rolebake.provision.agent import PLUGINS
-from rolebake.provision.observed import Read
+from rolebake.provision.ansible_config import read_config
+from rolebake.provision.ansible_spec import AnsibleSettings
+from rolebake.provision.observed import Observed, Read, drop_loaded, sort_reads
 from rolebake.spec import Project
 
 RECORD = "observed.jsonl"  # in the run's private data dir
@@ -52,21 +55,52 @@ def environment(project: Project, data_dir: Path, python_path: str = "") -> dict
 CALLBACK_PLUGINS = PLUGINS / "callback"
 
 
-def read_record(data_dir: Path) -> list[Read]:
-    """What the recorder wrote during the run (one JSON line per first sight)."""
+def observe(project: Project, data_dir: Path, loaded_only: frozenset[str],
+            own: AnsibleSettings) -> Observed:
+    """What the run read, sorted, with what the layer's spec allows (`inputs`, recording).
+
+    `loaded_only` are project files only plays the layer does not apply use.
+    """
+    seen = drop_loaded(sort_reads(project, read_record(data_dir, project)), loaded_only)
+    return replace(seen, declared=own.inputs, record=own.record_inputs)
+
+
+def read_record(data_dir: Path, project: Project | None = None) -> list[Read]:
+    """What the recorder wrote during the run (one JSON line per first sight).
+
+    With `project`, the credential files its ansible.cfg names are left out: they
+    decide nothing about an image, and are neither keyed nor refused.
+    """
     path = data_dir / RECORD
     found: list[Read] = []
     if not path.exists():
         return found
+    credentials = _credential_files(project) if project is not None else set()
     for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
         try:
             item = json.loads(line)
         except ValueError:
             continue  # a worker killed mid-write; the rest stands
-        if isinstance(item, dict) and isinstance(item.get("path"), str):
+        if isinstance(item, dict) and isinstance(item.get("path"), str) \
+                and os.path.realpath(item["path"]) not in credentials:
             found.append(Read(kind=str(item.get("kind") or "read"), path=item["path"],
                               task=str(item.get("task") or "")))
     return found
+
+
+def _credential_files(project: Project) -> set[str]:
+    """Real paths of `vault_password_file` and `private_key_file` in the project's cfg."""
+    config = read_config(project)
+    found = set()
+    for key in CREDENTIAL_KEYS:
+        value = config.get(key)
+        if value:
+            path = Path(os.path.expanduser(value))
+            found.add(os.path.realpath(path if path.is_absolute() else project.root / path))
+    return found
+
+
+CREDENTIAL_KEYS = ("vault_password_file", "private_key_file")
 
 
 # Host files the spec declares (`inputs:`) --------------------------------------------
