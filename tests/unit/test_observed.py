@@ -273,3 +273,22 @@ def test_credential_files_the_cfg_names_are_neither_keyed_nor_refused(project: P
     (data / ansible_observed.RECORD).write_text("".join(json.dumps(x) + "\n" for x in lines))
     assert [r.path for r in ansible_observed.read_record(data, project)] == [
         str(project.root / SITE)]
+
+
+def test_byte_code_beside_a_project_plugin_is_no_input(project: Project) -> None:
+    plugins = project.root / "playbooks/filter_plugins"
+    (plugins / "__pycache__").mkdir(parents=True)
+    (plugins / "mine.py").write_text("")
+    (plugins / "__pycache__/mine.cpython-311.pyc").write_bytes(b"")
+    found = observed.sort_reads(project, [
+        Read("read", str(plugins / "__pycache__/mine.cpython-311.pyc"), ""),
+        Read("read", str(plugins / "mine.py"), ""),
+        Read("list", str(plugins / "__pycache__"), "")])
+    assert found.files == {"playbooks/filter_plugins/mine.py": ""} and found.lists == {}
+    # Python making __pycache__ there does not change what the folder lists.
+    with_cache = observed.listing_digest(plugins)
+    (plugins / "__pycache__/mine.cpython-311.pyc").unlink()
+    (plugins / "__pycache__").rmdir()
+    assert observed.listing_digest(plugins) == with_cache
+    (plugins / "other.py").write_text("")
+    assert observed.listing_digest(plugins) != with_cache

@@ -98,7 +98,7 @@ def sort_reads(project: Project, reads: Iterable[Read]) -> Observed:
         except InputError:
             continue
         if inside:
-            if os.path.realpath(path).startswith(state):
+            if os.path.realpath(path).startswith(state) or _litter(path):
                 continue
             name = project.logical(path)
             if read.kind == "list" and (path.is_dir() or not path.exists()):
@@ -122,6 +122,18 @@ def drop_loaded(observed: Observed, names: Iterable[str]) -> Observed:
     drop = set(names)
     return Observed(files={p: t for p, t in observed.files.items() if t or p not in drop},
                     lists=observed.lists, outside=observed.outside)
+
+
+# Folders that are never an input: the ones `base.tree_files` skips (base imports this
+# module, so the list is repeated here). Python writes byte code into __pycache__
+# beside a project's plugins as Ansible imports them.
+LITTER_DIRS = frozenset({".git", ".rolebake", "__pycache__", ".pytest_cache", ".mypy_cache",
+                         ".ruff_cache", ".tox", ".venv"})
+
+
+def _litter(path: Path) -> bool:
+    """Python's byte code, VCS and editor files: never an input."""
+    return bool(LITTER_DIRS.intersection(path.parts)) or path.name.endswith((".pyc", ".swp"))
 
 
 def _task(project: Project, where: str) -> str:
@@ -259,7 +271,7 @@ def extra_inputs(project: Project, recorded: Recorded, static: Iterable[str],
 def listing_digest(folder: Path) -> str:
     """`list:<sha>` of the sorted names in a folder (`list:missing` when it is gone)."""
     try:
-        names = sorted(os.listdir(folder))
+        names = sorted(n for n in os.listdir(folder) if not _litter(Path(n)))
     except OSError:
         return "list:missing"
     return "list:" + hashlib.sha256("\0".join(names).encode()).hexdigest()[:32]
