@@ -420,3 +420,56 @@ def test_a_read_outside_the_project_is_refused_with_its_task_and_allowed_when_de
         assert any(f"outside input {outside} changed" in r for r in row["reasons"]), row
     finally:
         remove_project_images(project.client, project)
+
+
+COLLECTION_USE = """
+    - name: The collection layer
+      hosts: all
+      gather_facts: false
+      tasks:
+        - name: Use a filter of a collection found on PYTHONPATH
+          ansible.builtin.copy:
+            dest: /etc/shouted
+            content: "{{ 'hello' | acme.tools.shout }}\\n"
+            mode: "0644"
+    """
+SHOUT = """
+def shout(text):
+    return str(text).upper()
+
+
+class FilterModule:
+    def filters(self):
+        return {"shout": shout}
+"""
+
+
+def test_a_collection_on_pythonpath_is_refused_unless_declared(project: TestProject,
+                                                               tmp_path: Path) -> None:
+    site = tmp_path / "pythonpath"
+    collection = site / "ansible_collections" / "acme" / "tools"
+    (collection / "plugins" / "filter").mkdir(parents=True)
+    (collection / "plugins" / "filter" / "shout.py").write_text(SHOUT)
+    (project.root / "playbooks/shout.yml").write_text(dedent(COLLECTION_USE))
+    spec = add_spec(project, f"col{project.token}", roles=(), suite=None,
+                    playbook="playbooks/shout.yml")
+    env = {"PYTHONPATH": str(site)}
+    try:
+        refused = run_cli("build", spec, cwd=project.root, env=env)
+        assert refused.rc == 2, refused.output
+        assert f"error: playbooks/shout.yml:5: {collection}/" in refused.stderr, refused.stderr
+        assert "is read from outside the project by this task" in refused.stderr
+        project.edit_spec(spec, inputs=[str(site)])
+        allowed = run_cli("build", spec, cwd=project.root, env=env)
+        assert allowed.rc == 0, allowed.output
+        assert read_image_file(project, project.tag(spec), "/etc/shouted") == "HELLO\n"
+        # The collection's module changed, same version: the key moves.
+        (collection / "plugins" / "filter" / "shout.py").write_text(SHOUT + "# changed\n")
+        row = plan_row(project, spec)
+        assert row["status"] == "MISS" and any(str(site) in r for r in row["reasons"]), row
+    finally:
+        remove_project_images(project.client, project)
+
+
+def read_image_file(project: TestProject, ref: str, path: str) -> str:
+    return read(Stack(project, "", "", "", ""), ref, path)
