@@ -29,7 +29,7 @@ from rolebake.engine import ROLE_LABEL, Engine, ImageInfo, Progress
 from rolebake.errors import InputError
 from rolebake.image import CACHE_KEY_LABEL, INPUTS_LABEL, LAYER_LABEL, PROJECT_LABEL
 from rolebake.plan import BuildPlan, Layer
-from rolebake.provision import provisioner_class
+from rolebake.provision import observed, provisioner_class
 from rolebake.provision.base import Provisioner
 from rolebake.registry import CacheRepo, RemoteImage
 from rolebake.release import RELEASE_LABEL, release_of
@@ -46,6 +46,9 @@ class LayerInputs:
     """Everything that decides a layer's content, as digests; the cache key hashes them."""
 
     values: Mapping[str, Any]
+    # What the last build of the layer read in the project (observed.py), for `plan`;
+    # only the part the static walk misses is in `values` ("observed"), and so keyed.
+    recorded: tuple[str, ...] = ()
 
     @property
     def key(self) -> str:
@@ -196,6 +199,8 @@ def explain_miss(current: LayerInputs, previous: LayerInputs | None) -> tuple[st
         files = [*files[:MAX_FILE_REASONS - 1],
                  f"... and {len(files) - MAX_FILE_REASONS + 1} more files"]
     reasons.extend(files)
+    reasons.extend(f"{change} (recorded by the last build)" for change in _dict_changes(
+        now.get("observed", {}), before.get("observed", {}), "", "file"))
     reasons.extend(note for note in now.get("notes", []) if note not in before.get("notes", []))
     reasons.extend(_dict_changes(now.get("vars", {}), before.get("vars", {}), "var ", "var"))
     reasons.extend(_dict_changes(now.get("config", {}), before.get("config", {}), "config.",
@@ -489,7 +494,22 @@ def provisioner_and_inputs(engine: Engine, project: Project, layer: Layer,
     inputs = layer_inputs(project, layer, parent.id if parent else "", found.files,
                           provisioner.version(), tools=found.tools, notes=found.notes,
                           runtime=runtime, plays=found.plays)
-    return provisioner, inputs
+    return provisioner, with_recorded(project, inputs, observed.load(project, layer))
+
+
+def with_recorded(project: Project, inputs: LayerInputs,
+                  recorded: observed.Recorded) -> LayerInputs:
+    """Fold a build's recorded reads into the key: those the static walk does not key.
+
+    So after one build, a change to any file it read (or a file added to a folder
+    it listed) moves the key, even where the static walk cannot see it.
+    """
+    values = {k: v for k, v in inputs.values.items() if k != "observed"}
+    extra = observed.extra_inputs(project, recorded, values.get("files") or {}, file_digest)
+    if extra:
+        values["observed"] = extra
+    return LayerInputs(values, recorded=(*recorded.files,
+                                         *(p.rstrip("/") + "/" for p in recorded.lists)))
 
 
 @dataclass(frozen=True)
@@ -507,6 +527,8 @@ class PlanRow:
     notes: tuple[str, ...] = ()  # why the key covers more than the layer needs
     source: str | None = None  # of a hit: LOCAL or FROM_REPO
     plays: tuple[str, ...] = ()  # the plays of the layer's playbook that apply
+    static_inputs: tuple[str, ...] = ()  # project files the static walk keys
+    recorded_inputs: tuple[str, ...] = ()  # what the last build read (files, folders/)
 
     @property
     def status(self) -> str:
@@ -518,7 +540,9 @@ class PlanRow:
         return {"layer": self.layer, "parent": self.parent, "depth": self.depth,
                 "status": self.status, "image": self.image, "cache_key": self.key,
                 "reasons": list(self.reasons), "notes": list(self.notes),
-                "tags": list(self.tags), "source": self.source, "plays": list(self.plays)}
+                "tags": list(self.tags), "source": self.source, "plays": list(self.plays),
+                "static_inputs": list(self.static_inputs),
+                "recorded_inputs": list(self.recorded_inputs)}
 
 
 def preview(engine: Engine, project: Project, plan: BuildPlan,
@@ -542,7 +566,9 @@ def preview(engine: Engine, project: Project, plan: BuildPlan,
                       + (" nor in the cache repo" if repo is not None else ""))
             _, inputs = provisioner_and_inputs(engine, project, layer, None)
             rows.append(PlanRow(layer.id, layer.parent, depth, False, None, None, (reason,),
-                                layer.tags, inputs.notes, plays=inputs.plays))
+                                layer.tags, inputs.notes, plays=inputs.plays,
+                                static_inputs=tuple(inputs.values.get("files") or ()),
+                                recorded_inputs=inputs.recorded))
             images[layer.id] = None
             continue
         _, inputs = provisioner_and_inputs(engine, project, layer, parent)
@@ -550,5 +576,6 @@ def preview(engine: Engine, project: Project, plan: BuildPlan,
         images[layer.id] = decision.image_id
         rows.append(PlanRow(layer.id, layer.parent, depth, decision.hit, decision.image_id,
                             decision.key, decision.reasons, layer.tags, inputs.notes,
-                            decision.source if decision.hit else None, inputs.plays))
+                            decision.source if decision.hit else None, inputs.plays,
+                            tuple(inputs.values.get("files") or ()), inputs.recorded))
     return rows

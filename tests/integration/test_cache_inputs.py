@@ -24,7 +24,7 @@ from pathlib import Path
 import docker
 import pytest
 
-from tests.conftest import run_cli
+from tests.conftest import Run, run_cli
 from tests.integration.conftest import TestProject
 from tests.integration.tinyproject import (
     add_spec,
@@ -229,3 +229,247 @@ def test_a_rebuild_after_a_group_var_changed_applies_it(stack: Stack) -> None:
         assert read(stack, stack.project.tag(stack.ib), "/etc/ib") == f"one {mark}\n"
     finally:
         group_vars.write_text(original)
+
+
+# Observed inputs: what Ansible itself read, checked against the key ---------------------
+#
+# `ob` applies a playbook whose plays read files the way a new user would write them
+# (the issue's first list). Where the static walk sees the file, the key moves before
+# any build; after one build every file Ansible read is recorded and moves the key,
+# including one the static walk cannot see (`beside.txt`, found by a play-level
+# lookup beside the playbook), which is a cache hole until --record-inputs keys it.
+
+OBSERVED_FILES = {
+    "playbooks/ob.yml": """
+        - name: The ob layer
+          hosts: all
+          gather_facts: false
+          roles: [obrole]
+          tasks:
+            - name: A play-level file lookup
+              ansible.builtin.copy:
+                dest: /etc/ob-motd
+                content: "{{ lookup('file', 'motd.txt') }}\\n"
+                mode: "0644"
+            - name: A play-level template
+              ansible.builtin.template: {src: page.j2, dest: /etc/ob-page, mode: "0644"}
+            - name: A play-level template lookup
+              ansible.builtin.copy:
+                dest: /etc/ob-look
+                content: "{{ lookup('template', 'look.j2') }}"
+                mode: "0644"
+            - name: Files beside the playbook by a glob
+              ansible.builtin.copy: {src: "{{ item }}", dest: /etc/, mode: "0644"}
+              with_fileglob: ["confs/*"]
+            - name: A file only Ansible's search finds
+              ansible.builtin.copy:
+                dest: /etc/ob-beside
+                content: "{{ lookup('file', 'beside.txt') }}\\n"
+                mode: "0644"
+        """,
+    "playbooks/files/motd.txt": "motd\n",
+    "playbooks/templates/page.j2": "page {{ 1 + 1 }}\n",
+    "playbooks/templates/look.j2": "look {{ 2 + 2 }}\n",
+    "playbooks/confs/one.conf": "one\n",
+    "playbooks/beside.txt": "beside\n",
+    "roles/obrole/tasks/main.yml": """
+        - name: Vars from a folder shared by roles
+          ansible.builtin.include_vars: "{{ role_path }}/../../shared/x.yml"
+        - ansible.builtin.copy: {dest: /etc/ob-x, content: "{{ ob_x }}\\n", mode: "0644"}
+        """,
+    "shared/x.yml": "ob_x: one\n",
+}
+# Files the static walk keys (so plan moves before any build), and the one it cannot see.
+SEEN_STATICALLY = ["playbooks/files/motd.txt", "playbooks/templates/page.j2",
+                   "playbooks/templates/look.j2", "playbooks/confs/one.conf", "shared/x.yml"]
+SEEN_BY_ANSIBLE_ONLY = "playbooks/beside.txt"
+
+
+@dataclass
+class Observed:
+    project: TestProject
+    ob: str
+    moved_before: dict[str, bool]  # file -> did a change move the key before any build
+    hole: Run  # the first build, without --record-inputs
+    tagged_after_hole: str | None  # what the image's tag named after it
+    left_after_hole: list[str]  # build containers left after it
+    recorded: Run  # the build with --record-inputs
+
+
+def touch_and_plan(project: TestProject, spec: str, path: str) -> dict:
+    """Plan `spec` with `path` changed (a comment line), then put the file back."""
+    target = project.root / path
+    original = target.read_text()
+    target.write_text(original + f"# {uuid.uuid4().hex}\n")
+    try:
+        return plan_row(project, spec)
+    finally:
+        target.write_text(original)
+
+
+def plan_row(project: TestProject, spec: str) -> dict:
+    result = run_cli("plan", spec, "--json", cwd=project.root)
+    assert result.rc == 0, result.output
+    return next(r for r in json.loads(result.stdout)["layers"] if r["layer"] == spec)
+
+
+@pytest.fixture(scope="module")
+def observed(tmp_path_factory: pytest.TempPathFactory,
+             engine: docker.DockerClient) -> Iterator[Observed]:
+    project = new_project(tmp_path_factory.mktemp("observed") / "project", engine)
+    try:
+        for rel, text in OBSERVED_FILES.items():
+            path = project.root / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(dedent(text))
+        ob = add_spec(project, f"ob{project.token}", roles=(), suite=None,
+                      playbook="playbooks/ob.yml")
+        key = plan_row(project, ob)["cache_key"]
+        moved = {path: touch_and_plan(project, ob, path)["cache_key"] != key
+                 for path in [*SEEN_STATICALLY, SEEN_BY_ANSIBLE_ONLY]}
+        hole = run_cli("build", ob, cwd=project.root)
+        tagged, left = project.image_id(project.tag(ob)), project.build_containers()
+        recorded = run_cli("build", ob, "--record-inputs", cwd=project.root)
+        yield Observed(project, ob, moved, hole, tagged, left, recorded)
+    finally:
+        remove_project_images(engine, project)
+
+
+def test_the_static_walk_keys_the_constructs_it_can_see_before_any_build(
+        observed: Observed) -> None:
+    assert observed.moved_before == {**dict.fromkeys(SEEN_STATICALLY, True),
+                                     SEEN_BY_ANSIBLE_ONLY: False}
+
+
+def test_a_cache_hole_fails_the_build_naming_the_file_and_the_task(observed: Observed) -> None:
+    hole = observed.hole
+    assert hole.rc == 2, hole.output
+    errors = [line for line in hole.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [f"error: playbooks/ob.yml:21: cache hole: {SEEN_BY_ANSIBLE_ONLY} is read "
+                      "by this task but is not in the cache key"], hole.stderr
+    assert "--record-inputs" in hole.stderr
+    assert observed.tagged_after_hole is None
+    assert observed.left_after_hole == []
+
+
+def test_record_inputs_keys_what_ansible_read_and_plan_shows_both_answers(
+        observed: Observed) -> None:
+    assert observed.recorded.rc == 0, observed.recorded.output
+    row = plan_row(observed.project, observed.ob)
+    assert row["status"] == "HIT", row
+    assert set(SEEN_STATICALLY) <= set(row["static_inputs"])
+    assert SEEN_BY_ANSIBLE_ONLY not in row["static_inputs"]
+    assert {*SEEN_STATICALLY, SEEN_BY_ANSIBLE_ONLY, "playbooks/confs/"} <= \
+        set(row["recorded_inputs"]), row["recorded_inputs"]
+
+
+@pytest.mark.parametrize("path", [*SEEN_STATICALLY, SEEN_BY_ANSIBLE_ONLY])
+def test_after_one_build_every_file_ansible_read_moves_the_key(observed: Observed,
+                                                               path: str) -> None:
+    assert observed.recorded.rc == 0, observed.recorded.output
+    row = touch_and_plan(observed.project, observed.ob, path)
+    assert row["status"] == "MISS", row
+    assert any(path in reason for reason in row["reasons"]), row["reasons"]
+    assert plan_row(observed.project, observed.ob)["status"] == "HIT"
+
+
+def test_a_file_added_where_a_fileglob_looks_moves_the_key(observed: Observed) -> None:
+    assert observed.recorded.rc == 0, observed.recorded.output
+    added = observed.project.root / "playbooks/confs/two.conf"
+    added.write_text("two\n")
+    try:
+        row = plan_row(observed.project, observed.ob)
+        assert row["status"] == "MISS" and "playbooks/confs/two.conf added" in row["reasons"]
+    finally:
+        added.unlink()
+    assert plan_row(observed.project, observed.ob)["status"] == "HIT"
+
+
+HOST_READ = """
+    - name: The outside layer
+      hosts: all
+      gather_facts: false
+      tasks:
+        - name: Copy the controller's own file
+          ansible.builtin.copy: {src: /etc/hostname, dest: /etc/from-host, mode: "0644"}
+    """
+
+
+def test_a_read_outside_the_project_is_refused_with_its_task_and_allowed_when_declared(
+        project: TestProject, tmp_path: Path) -> None:
+    (project.root / "playbooks/host.yml").write_text(dedent(HOST_READ))
+    spec = add_spec(project, f"out{project.token}", roles=(), suite=None,
+                    playbook="playbooks/host.yml")
+    try:
+        refused = run_cli("build", spec, cwd=project.root)
+        assert refused.rc == 2, refused.output
+        assert "error: playbooks/host.yml:5: /etc/hostname is read from outside the project " \
+               "by this task" in refused.stderr, refused.stderr
+        assert "`inputs: [/etc/hostname]`" in refused.stderr
+        assert project.image_id(project.tag(spec)) is None
+        # Declared: built, and keyed by the file's content.
+        outside = tmp_path / "outside.txt"
+        outside.write_text("one\n")
+        project.edit_spec(spec, inputs=["/etc/hostname", str(outside)])
+        allowed = run_cli("build", spec, cwd=project.root)
+        assert allowed.rc == 0, allowed.output
+        assert plan_row(project, spec)["status"] == "HIT"
+        outside.write_text("two\n")
+        row = plan_row(project, spec)
+        assert row["status"] == "MISS", row
+        assert any(f"outside input {outside} changed" in r for r in row["reasons"]), row
+    finally:
+        remove_project_images(project.client, project)
+
+
+COLLECTION_USE = """
+    - name: The collection layer
+      hosts: all
+      gather_facts: false
+      tasks:
+        - name: Use a filter of a collection found on PYTHONPATH
+          ansible.builtin.copy:
+            dest: /etc/shouted
+            content: "{{ 'hello' | acme.tools.shout }}\\n"
+            mode: "0644"
+    """
+SHOUT = """
+def shout(text):
+    return str(text).upper()
+
+
+class FilterModule:
+    def filters(self):
+        return {"shout": shout}
+"""
+
+
+def test_a_collection_on_pythonpath_is_refused_unless_declared(project: TestProject,
+                                                               tmp_path: Path) -> None:
+    site = tmp_path / "pythonpath"
+    collection = site / "ansible_collections" / "acme" / "tools"
+    (collection / "plugins" / "filter").mkdir(parents=True)
+    (collection / "plugins" / "filter" / "shout.py").write_text(SHOUT)
+    (project.root / "playbooks/shout.yml").write_text(dedent(COLLECTION_USE))
+    spec = add_spec(project, f"col{project.token}", roles=(), suite=None,
+                    playbook="playbooks/shout.yml")
+    env = {"PYTHONPATH": str(site)}
+    try:
+        refused = run_cli("build", spec, cwd=project.root, env=env)
+        assert refused.rc == 2, refused.output
+        assert f"error: playbooks/shout.yml:5: {collection}/" in refused.stderr, refused.stderr
+        assert "is read from outside the project by this task" in refused.stderr
+        project.edit_spec(spec, inputs=[str(site)])
+        allowed = run_cli("build", spec, cwd=project.root, env=env)
+        assert allowed.rc == 0, allowed.output
+        assert read_image_file(project, project.tag(spec), "/etc/shouted") == "HELLO\n"
+        # The collection's module changed, same version: the key moves.
+        (collection / "plugins" / "filter" / "shout.py").write_text(SHOUT + "# changed\n")
+        row = plan_row(project, spec)
+        assert row["status"] == "MISS" and any(str(site) in r for r in row["reasons"]), row
+    finally:
+        remove_project_images(project.client, project)
+
+
+def read_image_file(project: TestProject, ref: str, path: str) -> str:
+    return read(Stack(project, "", "", "", ""), ref, path)

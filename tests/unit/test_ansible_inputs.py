@@ -474,3 +474,54 @@ def test_becoming_keyed_on_the_whole_tree_is_explained_briefly(project: Project)
     assert reasons[0] == "roles/a/tasks/main.yml changed"
     assert any(r.startswith("... and ") and r.endswith(" more files") for r in reasons)
     assert reasons[-1].startswith("keyed on the whole roles/ tree: roles/a/tasks/main.yml:1")
+
+
+def test_play_level_content_beside_the_playbook_is_keyed(project: Project) -> None:
+    write(project.root, {
+        "playbooks/site.yml": """
+            - hosts: all
+              tasks:
+                - ansible.builtin.copy:
+                    content: "{{ lookup('file', 'motd.txt') }}"
+                    dest: /etc/motd
+                - ansible.builtin.template: {src: page.j2, dest: /etc/page}
+                - ansible.builtin.copy: {src: "{{ item }}", dest: /etc/}
+                  with_fileglob: ["confs/*", "/etc/*", "{{ pattern }}/*"]
+            """,
+        "playbooks/files/motd.txt": "motd\n",
+        "playbooks/templates/page.j2": "page\n",
+        "playbooks/confs/a.conf": "a\n",
+        "playbooks/confs/sub/not-a-match.conf": "the glob is one level deep\n",
+        "playbooks/other.txt": "nobody reads me\n",
+    })
+    found = rel(project, walk(project, playbook="playbooks/site.yml"))
+    assert {"playbooks/files/motd.txt", "playbooks/templates/page.j2",
+            "playbooks/confs/a.conf"} <= found
+    assert "playbooks/other.txt" not in found
+    assert "playbooks/confs/sub/not-a-match.conf" not in found
+
+
+def test_role_path_and_playbook_dir_are_filled_in(project: Project) -> None:
+    write(project.root, {
+        "roles/r/tasks/main.yml": """
+            - ansible.builtin.include_vars: "{{ role_path }}/../../shared/x.yml"
+            - ansible.builtin.include_vars:
+                file: "{{ playbook_dir }}/vars/p.yml"
+            """,
+        "shared/x.yml": "x: 1\n",
+        "playbooks/site.yml": "- hosts: all\n  roles: [r]\n",
+        "playbooks/vars/p.yml": "p: 1\n",
+    })
+    found = walk(project, playbook="playbooks/site.yml")
+    assert {"shared/x.yml", "playbooks/vars/p.yml"} <= rel(project, found)
+    assert found.notes == ()
+
+
+def test_role_path_that_leaves_the_project_is_refused(project: Project) -> None:
+    write(project.root, {"roles/r/tasks/main.yml": """
+        - ansible.builtin.include_vars: "{{ role_path }}/../../../outside.yml"
+        """})
+    (project.root.parent / "outside.yml").write_text("x: 1\n")
+    with pytest.raises(InputError, match="outside the project") as caught:
+        walk(project, roles=("r",))
+    assert "roles/r/tasks/main.yml:1" in caught.value.message

@@ -25,6 +25,7 @@ class BuildOptions:
     secrets: SecretSet | None = None
     push: bool = False  # push every tag of each verified image the user named
     cache_repo: Repository | None = None  # share verified layers through this repository
+    record_inputs: bool = False  # key what Ansible read but the key missed, instead of failing
 
 
 @dataclass

@@ -17,11 +17,13 @@ from typing import Any
 from rolebake import aptcache
 from rolebake.aptcache import AptCache
 from rolebake.builder.records import BuildOptions, LayerResult
-from rolebake.cache import FROM_REPO, Cache, CacheDecision, LayerInputs
+from rolebake.cache import FROM_REPO, Cache, CacheDecision, LayerInputs, with_recorded
 from rolebake.engine import BUILD_ID_LABEL, ROLE_LABEL, ContainerHandle, Engine, ImageInfo
 from rolebake.errors import BuildFailed, InputError, TestsFailed
 from rolebake.events import EventSink, LogEvent
 from rolebake.image import (
+    CACHE_KEY_LABEL,
+    INPUTS_LABEL,
     LAYER_LABEL,
     MANAGED_LABEL,
     TagJournal,
@@ -31,6 +33,7 @@ from rolebake.image import (
 )
 from rolebake.locks import Held
 from rolebake.plan import Layer
+from rolebake.provision import observed
 from rolebake.provision.base import ProvisionContext, Provisioner
 from rolebake.provision.target import ContainerTarget
 from rolebake.release import RELEASE_LABEL, Release
@@ -144,6 +147,31 @@ class Steps:
         assert run.ctx is not None
         run.result.provision = run.provisioner.provision(run.ctx)
         run.config["Labels"][MANAGED_LABEL] = managed_label(run.result.provision.managed_paths())
+        if run.provisioner.observed is not None:
+            self._observed(run, run.provisioner.observed)
+
+    def _observed(self, run: LayerRun, seen: observed.Observed) -> None:
+        """Check what the provisioner read against the key; record it; key it from now on.
+
+        The key is then remade from this run's record (what the next `plan` will
+        compute), and the image is labelled and cache-tagged with that key.
+        """
+        layer = run.layer
+        recorded = run.inputs.values.get("observed") or {}
+        holes = observed.check(self.project, seen,
+                               keyed=[*(run.inputs.values.get("files") or {}), *recorded],
+                               declared=seen.declared,
+                               record=self.options.record_inputs or seen.record,
+                               where=(layer.spec.path, layer.spec.line_of("inputs")))
+        if holes:
+            shown = ", ".join(holes[:5]) + (f" and {len(holes) - 5} more" if len(holes) > 5 else "")
+            self.events(LogEvent(layer.id, f"notice: keyed from now on (read by Ansible, not "
+                                           f"seen by the static walk): {shown}"))
+        observed.save(self.project, layer, seen)
+        run.inputs = with_recorded(self.project, run.inputs, observed.load(self.project, layer))
+        run.result.cache_key = run.inputs.key
+        run.config["Labels"][CACHE_KEY_LABEL] = run.inputs.key
+        run.config["Labels"][INPUTS_LABEL] = run.inputs.to_label()
 
     def _idempotence(self, run: LayerRun) -> None:
         assert run.ctx is not None

@@ -71,12 +71,15 @@ def main(project: Path | None, debug: bool, quiet: bool) -> None:
               help="Push every tag of each image once it passed verification.")
 @click.option("--cache-repo", envvar="ROLEBAKE_CACHE_REPO", metavar="REGISTRY/PATH",
               help=CACHE_REPO_HELP)
+@click.option("--record-inputs", is_flag=True,
+              help="Key project files Ansible read that the cache key missed (a cache hole), "
+                   "instead of failing.")
 @click.pass_context
 @handled
 def build(ctx: click.Context, images: tuple[str, ...], no_cache: bool, jobs: int,
           keep_failed: bool, idempotence: bool, no_verify: bool, secrets: tuple[str, ...],
           vault_password_file: Path | None, allow_insecure_engine: bool, as_json: bool,
-          junit: Path | None, push: bool, cache_repo: str | None) -> None:
+          junit: Path | None, push: bool, cache_repo: str | None, record_inputs: bool) -> None:
     """Build IMAGES (spec names, or name:variant; none means all) and tag them when verified."""
     from rolebake.builder import Builder, BuildOptions
     from rolebake.load import install_requirements, plan_build
@@ -94,7 +97,7 @@ def build(ctx: click.Context, images: tuple[str, ...], no_cache: bool, jobs: int
     install_requirements(project, progress_of(ctx))
     options = BuildOptions(no_cache=no_cache, jobs=jobs, keep_failed=keep_failed,
                            idempotence=idempotence, verify=not no_verify, secrets=secret_set,
-                           push=push, cache_repo=repository)
+                           push=push, cache_repo=repository, record_inputs=record_inputs)
     builder = Builder(engine, project, progress_of(ctx), options)
     try:
         report = builder.build(plan)

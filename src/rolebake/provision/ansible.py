@@ -29,6 +29,7 @@ from rolebake.provision import (
     agent,
     ansible_failure,
     ansible_inventory,
+    ansible_observed,
     pytoolchain,
     requirements,
 )
@@ -154,7 +155,8 @@ class AnsibleProvisioner(Provisioner):
         del engine
         found = self._inputs()
         tools = {**{f"collection {name}": version for name, version in found.collections.items()},
-                 **found.requirements}
+                 **found.requirements, **ansible_observed.declared_digests(
+                     settings_of(self.layer).inputs)}
         member = ansible_inventory.membership(self.project, self.layer.spec)
         plays: tuple[str, ...] = ()
         notes = found.notes
@@ -169,10 +171,17 @@ class AnsibleProvisioner(Provisioner):
             plays, notes = tuple(selection.lines()), (*notes, *selection.notes)
         return ProvisionerInputs(files=found.files, tools=tools, notes=notes, plays=plays)
 
-    def _inputs(self) -> AnsibleInputs:
+    def _inputs(self, *, every_play: bool = False) -> AnsibleInputs:
         layer = self.layer
         line = next((v.line for v in layer.spec.variants if v.name == layer.variant), None)
-        return _read_inputs(self.project, layer.spec, settings_of(layer), line=line)
+        return _read_inputs(self.project, layer.spec, settings_of(layer), line=line,
+                            every_play=every_play)
+
+    def _loaded_only(self) -> frozenset[str]:
+        """Files only plays the layer does not apply read: Ansible loads them with the rest."""
+        every, applied = (frozenset(map(self.project.logical, found.files)) for found in
+                          (self._inputs(every_play=True), self._inputs()))
+        return every - applied
 
     def runtime(self, engine: Engine, parent: ImageInfo, release: Release | None) -> str:
         """The lent python of the parent's release, or the apt bootstrap when there is none."""
@@ -310,6 +319,9 @@ class AnsibleProvisioner(Provisioner):
             append_log(ctx.log_path, "idempotence check" if idempotence else "provision",
                        stdout)
             status = runner.status
+            if not idempotence and isinstance(ctx.target, ContainerTarget):
+                self.observed = ansible_observed.observe(
+                    self.project, data_dir, self._loaded_only(), settings_of(self.layer))
         if ctx.cancel.is_set() or status == "canceled":
             raise BuildFailed("provisioning was cancelled")
         result = ProvisionResult(tasks=tuple(watcher.results))
@@ -384,6 +396,10 @@ class AnsibleProvisioner(Provisioner):
         env["ANSIBLE_CONNECTION_PLUGINS"] = os.pathsep.join(filter(None, [
             str(agent.PLUGINS / "connection"),
             env.get("ANSIBLE_CONNECTION_PLUGINS") or config.get("connection_plugins") or ""]))
+        # The read recorder (ansible_observed.py); ansible-runner puts its own callbacks first.
+        env.update(ansible_observed.environment(self.project, data_dir,
+                                                env.get("PYTHONPATH", "")))
+        env["ANSIBLE_CALLBACK_PLUGINS"] = str(ansible_observed.CALLBACK_PLUGINS)
         if ctx.secrets is not None:
             password_file = ctx.secrets.write_vault_password(data_dir)
             if password_file is not None:
@@ -561,8 +577,11 @@ def _role_dir(project: Project, role: str, spec: ImageSpec, line: int | None = N
 
 
 def _read_inputs(project: Project, spec: ImageSpec, own: AnsibleSettings,
-                 line: int | None = None) -> AnsibleInputs:
-    """What one layer of `spec` reads: `own` is the layer's settings."""
+                 line: int | None = None, every_play: bool = False) -> AnsibleInputs:
+    """What one layer of `spec` reads: `own` is the layer's settings.
+
+    With `every_play`, also what the plays the layer does not apply read.
+    """
     # Sensitive values never name a file: the name would end up in the inputs label.
     resolvable = {k: v for k, v in own.vars.items() if k not in own.sensitive_vars}
     playbook = own.playbook
@@ -570,7 +589,8 @@ def _read_inputs(project: Project, spec: ImageSpec, own: AnsibleSettings,
     member = ansible_inventory.membership(project, spec)
     return read_inputs(project, roles=own.roles, playbook=playbook, variables=resolvable,
                        where=(spec.path, where), inventory=member,
-                       not_applied=ansible_inventory.not_applied(project, spec, playbook, member))
+                       not_applied=frozenset() if every_play else
+                       ansible_inventory.not_applied(project, spec, playbook, member))
 
 
 def _trim(res: Mapping[str, Any]) -> dict[str, Any]:

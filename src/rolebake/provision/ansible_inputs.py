@@ -6,7 +6,8 @@ folder (links inside the project followed), its meta dependencies,
 `include_role`/`import_role` (with `tasks_from`, `vars_from`,
 `defaults_from`, `handlers_from`), `include_tasks`/`import_tasks`,
 `include_vars`, a playbook's `vars_files`, `import_playbook`, the
-`group_vars`/`host_vars` and plugin folders beside each playbook, the
+`group_vars`/`host_vars`, plugin and content folders beside each playbook
+(`files/`, `templates/`, `with_fileglob`: ansible_playfiles.py), the
 project's `ansible.cfg` and what it points at, and the collections named by
 FQCN or `collections:`.
 
@@ -35,6 +36,7 @@ from rolebake.provision.ansible_config import (
     roles_path,
 )
 from rolebake.provision.ansible_inventory import Membership
+from rolebake.provision.ansible_playfiles import CONTENT_DIRS, fileglob_matches, special_vars
 from rolebake.provision.base import check_inside, tree_files
 from rolebake.provision.collection_versions import (
     ALWAYS_USED,
@@ -377,7 +379,10 @@ class _Walker:
                 action = raw_key.removeprefix("ansible.builtin.").removeprefix("ansible.legacy.")
                 at = task.line_of(raw_key) if isinstance(task, YamlMap) else line
                 args = task_args(value, task.get("args"))
-                if action in TASK_INCLUDES:
+                if raw_key == "with_fileglob" and ctx.playbook_dir is not None:
+                    for found in fileglob_matches(task, ctx.playbook_dir):
+                        self.add(found)
+                elif action in TASK_INCLUDES:
                     self._include_tasks(args, path, at, ctx, raw_key)
                 elif action in ROLE_INCLUDES:
                     self._include_role(args, path, at, ctx, raw_key)
@@ -437,12 +442,12 @@ class _Walker:
     def _relative(self, name: str, path: Path, line: int | None, ctx: _Context, what: str,
                   keyword: str, *, role_sub: str) -> list[Path]:
         """The existing files a relative name can mean, keyed; [] when templated or missing."""
-        resolved = self.resolve(name)
+        resolved = self.resolve(special_vars(name, ctx.role, ctx.playbook_dir))
         if resolved is None:
             self.unknown(in_role=ctx.role is not None, folder=ctx.playbook_dir or path.parent,
                          path=path, line=line, what=what, name=name)
             return []
-        if Path(resolved).is_absolute():
+        if Path(resolved).is_absolute() and not name.startswith("{{"):
             raise InputError(f"{keyword}: {resolved!r} is an absolute path; give a path "
                              "inside the project, relative to the role or playbook",
                              path=path, line=line)
@@ -479,7 +484,7 @@ class _Walker:
         self.add(path)
         folder = path.parent
         self.vars_dirs(folder)
-        for sub in PLAYBOOK_PLUGIN_DIRS:
+        for sub in (*PLAYBOOK_PLUGIN_DIRS, *CONTENT_DIRS):
             if (folder / sub).is_dir():
                 self.add_tree(folder / sub)
         if (folder / "collections").is_dir():
@@ -598,11 +603,7 @@ class _Walker:
 
 def _entry(folder: Path, name: str) -> Path | None:
     """A role's entry file (`main` -> main.yml, main.yaml, main.json or main)."""
-    for candidate in (folder / name, folder / f"{name}.yml", folder / f"{name}.yaml",
-                      folder / f"{name}.json"):
-        if candidate.is_file():
-            return candidate
-    return None
+    return next((c for c in (folder / f"{name}{s}" for s in VARS_SUFFIXES) if c.is_file()), None)
 
 
 def _line(data: Any, key: str, default: int | None) -> int | None:

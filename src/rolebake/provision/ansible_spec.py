@@ -9,6 +9,7 @@ problem. Whether the roles and the playbook exist is checked later, by
 from __future__ import annotations
 
 import difflib
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -54,6 +55,14 @@ SCHEMA = Schema(
             "The inventory to read groups and variables from; needs `groups:`.",
             "ansible.cfg's `inventory`, else an `inventory*` or `hosts*` file at the root, "
             "then beside the playbook"),
+        Key("inputs", "a list of absolute host paths (files or folders)",
+            "Files outside the project Ansible may read (`copy: {src: /etc/hostname}`, a "
+            "collection on PYTHONPATH), each keyed by content; any other read from outside "
+            "the project fails the build.", "none: the build reads only the project"),
+        Key("record_inputs", "true or false",
+            "Key project files Ansible read that the cache key missed (a cache hole) from "
+            "now on, instead of failing the build (as `rolebake build --record-inputs`).",
+            "false"),
     ),
     variant_keys=(
         Key("roles_append", "a list of role names (required)",
@@ -75,6 +84,8 @@ class AnsibleSettings(ProvisionerSettings):
     groups: tuple[str, ...] | None = None  # inventory groups the image is a host of; None: not said
     host: str | None = None  # the inventory host name the image takes (its host_vars)
     inventory: Path | None = None  # the inventory given by the spec
+    inputs: tuple[str, ...] = ()  # host paths Ansible may read, keyed by content
+    record_inputs: bool = False  # key a cache hole from now on instead of failing
 
     @property
     def variables(self) -> Mapping[str, Any]:
@@ -88,7 +99,10 @@ class AnsibleSettings(ProvisionerSettings):
 
     def key_form(self) -> Mapping[str, Any]:
         """The roles and the playbook (the inventory is keyed by its files and the host)."""
-        return {"roles": list(self.roles), "playbook": self.playbook}
+        form: dict[str, Any] = {"roles": list(self.roles), "playbook": self.playbook}
+        if self.inputs:  # their content is keyed too, as tools (AnsibleProvisioner.inputs)
+            form["inputs"] = list(self.inputs)
+        return form
 
 
 def settings_of(holder: ImageSpec | Variant | Layer) -> AnsibleSettings:
@@ -128,11 +142,26 @@ def read(top: Fields, variants: Mapping[str, Fields],
         layers[name] = AnsibleSettings(roles=appended, vars={**vars_, **extra})
     _check_sensitive_known(top, sensitive, vars_, own_vars)
     groups, host, inventory = _inventory_fields(project, top)
+    inputs, record = _host_inputs(top), top.flag("record_inputs", False)
     spec = AnsibleSettings(roles=roles, playbook=playbook, vars=vars_, sensitive_vars=sensitive,
-                           groups=groups, host=host, inventory=inventory)
-    # A variant's layer is a host of the same inventory, with the same secrets.
+                           groups=groups, host=host, inventory=inventory, inputs=inputs,
+                           record_inputs=record)
+    # A variant's layer is a host of the same inventory, with the same secrets and inputs.
     return spec, {name: replace(layer, sensitive_vars=sensitive, groups=groups, host=host,
-                                inventory=inventory) for name, layer in layers.items()}
+                                inventory=inventory, inputs=inputs, record_inputs=record)
+                  for name, layer in layers.items()}
+
+
+def _host_inputs(top: Fields) -> tuple[str, ...]:
+    """`inputs:`: absolute host paths that exist (observed.py refuses any other host read)."""
+    inputs = top.text_list("inputs", what="an absolute host path")
+    for index, path in enumerate(inputs):
+        if not os.path.isabs(path):
+            raise top.item_fail("inputs", index, f"{path!r} is not an absolute path; "
+                                "`inputs:` declares host files outside the project")
+        if not os.path.exists(path):
+            raise top.item_fail("inputs", index, f"{path} does not exist")
+    return inputs
 
 
 def read_vars(fields: Fields, key: str, sensitive: frozenset[str] = frozenset()

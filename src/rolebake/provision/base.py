@@ -30,6 +30,7 @@ from rolebake.errors import BuildFailed, InputError, RolebakeError
 from rolebake.events import EventSink, TaskEvent, discard
 from rolebake.locks import exclusive
 from rolebake.plan import Layer
+from rolebake.provision.observed import Observed
 from rolebake.provision.target import ContainerTarget, Target
 from rolebake.rootfs import cache_dir
 from rolebake.spec import ImageSpec, Project
@@ -233,6 +234,9 @@ class Provisioner(abc.ABC):
 
     name: ClassVar[str]
     over_ssh: ClassVar[bool] = False  # can `provision` apply the layer to an SSHTarget?
+    # What the last provisioning pass in a build container read (observed.py); None when
+    # the provisioner cannot tell, and then the key is the static walk's alone.
+    observed: Observed | None = None
 
     def __init__(self, project: Project, layer: Layer) -> None:
         """Bind the provisioner to the layer it will apply."""
