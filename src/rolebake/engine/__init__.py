@@ -15,6 +15,9 @@ over the same SDK client (as docker-py's own `APIClient` is):
 - `containers`: containers for a `with` block, always removed; listing,
   state, health and logs;
 - `commands`: commands run in a container, waited for or streamed;
+- `session`: one agent per container, every command and file through it
+  (chunked files, a timeout per command that kills its process group,
+  commands side by side);
 - `files`: files into and out of containers, and read from images;
 - `volumes`: named volumes, and which one a container has mounted where;
 - `records` (what callers hold) and `failures` (the SDK's exceptions as
@@ -40,6 +43,13 @@ from rolebake.engine.records import (
     ImageInfo,
     Progress,
 )
+from rolebake.engine.session import (
+    Channel,
+    ContainerSession,
+    SessionError,
+    SessionResult,
+    Stream,
+)
 from rolebake.engine.transfer import Transfers
 from rolebake.engine.volumes import Volumes
 
@@ -48,13 +58,18 @@ __all__ = [
     "LABEL_PREFIX",
     "LEFTOVER_ROLES",
     "ROLE_LABEL",
+    "Channel",
     "ContainerHandle",
     "ContainerInfo",
+    "ContainerSession",
     "Engine",
     "ExecResult",
     "ExecStream",
     "ImageInfo",
     "Progress",
+    "SessionError",
+    "SessionResult",
+    "Stream",
     "as_error",
     "commit_changes",
     "disk_full_hint",
