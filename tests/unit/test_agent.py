@@ -126,7 +126,7 @@ def test_a_killed_channel_and_a_closed_session_leave_nothing(
         while not pid_file.exists() or not pid_file.read_text().strip():
             time.sleep(0.05)
         channel.kill()
-        answer = [json.loads(p) for k, p in channel.frames() if k == wire.DONE][0]
+        answer = next(json.loads(p) for k, p in channel.frames() if k == wire.DONE)
         assert answer["rc"] == -9
         assert _wait_gone(int(pid_file.read_text()))
         # rolebake going away (the agent's stdin closes) kills what still runs
@@ -159,7 +159,7 @@ def test_files_travel_in_chunks(session: ContainerSession, tmp_path: Path) -> No
 
 def test_the_agent_answers_a_bad_request_and_keeps_serving(session: ContainerSession) -> None:
     channel = session.open({"op": "format-disk"})
-    answer = [json.loads(p) for k, p in channel.frames() if k == wire.DONE][0]
+    answer = next(json.loads(p) for k, p in channel.frames() if k == wire.DONE)
     assert answer["rc"] == 255 and "format-disk" in answer["error"]
     assert session.run(["true"]).rc == 0
 
