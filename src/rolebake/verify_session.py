@@ -69,10 +69,10 @@ class SessionBackend(DockerBackend):
             if self._opened:
                 return self._session
             # Imported on first use: a suite that runs no command pays no docker SDK import.
-            from rolebake.engine import ContainerHandle, Engine, SessionError
+            from rolebake.engine import ContainerHandle, DockerEngine, SessionError
 
             self._opened = True
-            self._engine = engine = Engine.connect(timeout=60)
+            self._engine = engine = DockerEngine.connect(timeout=60)
             container = ContainerHandle(self.name, self.name)
             found = engine.exec_demuxed(container, ["/bin/sh", "-c", _FIND_PYTHON])
             python = found.stdout.decode("utf-8", "replace").strip()

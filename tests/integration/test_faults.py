@@ -27,7 +27,7 @@ from typing import Any
 import docker
 import pytest
 
-from rolebake.engine import Engine
+from rolebake.engine import DockerEngine
 from rolebake.locks import host_lock
 from tests.conftest import run_cli
 from tests.integration.conftest import TestProject
@@ -151,7 +151,7 @@ def test_signal_at_step(faults: Faults, tmp_path: Path, step: str, which: str, s
 
 def layer_lock(client: docker.DockerClient, spec: str) -> Path:
     """The host-wide lock rolebake takes for `spec`'s layer on this engine."""
-    return host_lock(spec, Engine(client).identity(), f"rolebake-cache/{spec}")
+    return host_lock(spec, DockerEngine(client).identity(), f"rolebake-cache/{spec}")
 
 
 def test_signal_while_waiting_for_the_lock(faults: Faults) -> None:

@@ -20,7 +20,14 @@ from pathlib import Path
 import docker
 import pytest
 
-from rolebake.engine import BUILD_ID_LABEL, ROLE_LABEL, ContainerHandle, ContainerSession, Engine
+from rolebake.engine import (
+    BUILD_ID_LABEL,
+    ROLE_LABEL,
+    ContainerHandle,
+    ContainerSession,
+    DockerEngine,
+    Engine,
+)
 from rolebake.events import discard
 from rolebake.provision import pytoolchain
 from rolebake.provision.base import lend_volume
@@ -105,7 +112,7 @@ def _log(project: TestProject, spec: str) -> str:
 def lent(engine: docker.DockerClient) -> Iterator[tuple[Engine, ContainerHandle]]:
     """A container of the base image with the python toolchain lent, as a build has it."""
     del engine  # the session's check that an engine answers
-    rolebake_engine = Engine.connect(timeout=120)
+    rolebake_engine = DockerEngine.connect(timeout=120)
     image = rolebake_engine.image(BASE_IMAGE)
     assert image is not None
     runtime = pytoolchain.choose(rolebake_engine, release_of(rolebake_engine, image))

@@ -1,6 +1,7 @@
 """Fakes for unit tests of the build pipeline: an in-memory engine and a scriptable provisioner.
 
-`FakeEngine` is a `rolebake.engine.Engine` whose state lives in plain dicts
+`FakeEngine` implements the `rolebake.engine.Engine` protocol (mypy checks it
+does: see `_implements`, and the real class is not its parent); its state lives in plain dicts
 (images by id with their tags, labels and config; containers with their
 labels) and which logs every call, so a test can assert "no container left",
 "tag X names image Y" or "image removed". It follows the Docker behaviours
@@ -29,10 +30,14 @@ from typing import Any
 from rolebake.engine import (
     ContainerHandle,
     ContainerInfo,
+    ContainerSession,
     Engine,
     ExecResult,
+    ExecStream,
     ImageInfo,
     Progress,
+    SessionError,
+    SessionResult,
 )
 from rolebake.errors import BuildFailed, InputError, RegistryError
 from rolebake.provision import ansible_spec
@@ -117,13 +122,13 @@ class _Hook:
     times: int | None
 
 
-class FakeEngine(Engine):
+class FakeEngine:
     """An in-memory container engine with a call log and injectable faults."""
 
     kind = "docker"  # which engine it plays; a test may make it "podman"
 
     def __init__(self) -> None:
-        super().__init__(client=None)
+        self._went_away = threading.Event()
         self.images_by_id: dict[str, FakeImage] = {}
         self.containers_by_id: dict[str, FakeContainer] = {}
         self.calls: list[Call] = []
@@ -228,6 +233,10 @@ class FakeEngine(Engine):
         if self.down:
             self._went_away.set()
         return not self.down
+
+    def restarted(self) -> bool:
+        """Whether the engine stopped (and maybe came back) since `watch` began."""
+        return self._went_away.is_set()
 
     def stop(self) -> None:
         """The engine stops: every container dies, no call is answered."""
@@ -557,6 +566,59 @@ class FakeEngine(Engine):
             if ref in other.tags:
                 other.tags.remove(ref)
         image.tags.append(ref)
+
+
+    # What no unit test drives: each says so if one ever does ---------------------------
+
+    def fetch(self, ref: str, progress: Progress | None = None,
+              check: Callable[[], None] = lambda: None) -> ImageInfo:
+        """Pulls from a cache repo go through `pull` here."""
+        return self.pull(ref, progress)
+
+    def import_rootfs(self, tarball: Path, ref: str, changes: Sequence[str]) -> ImageInfo:
+        """An image from a tarball: an empty image tagged `ref`."""
+        self._enter("import_rootfs", tarball, ref)
+        return self.add_image(ref)
+
+    def registry_config(self) -> Mapping[str, Any]:
+        """No registry settings."""
+        return {}
+
+    def registry_credentials(self, registry: str) -> dict[str, str]:
+        """No credentials."""
+        return {}
+
+    def copy_out(self, container: ContainerHandle, path: str, dest: Path) -> None:
+        """Not in memory: a unit test that needs it is an integration test."""
+        raise NotImplementedError("FakeEngine.copy_out")
+
+    def open_file(self, container_id: str, path: str) -> tuple[int, Iterator[bytes]] | None:
+        """Not in memory: a unit test that needs it is an integration test."""
+        raise NotImplementedError("FakeEngine.open_file")
+
+    def exec_demuxed(self, container: ContainerHandle, argv: Sequence[str], *,
+                     user: str = "root") -> SessionResult:
+        """`exec`, its output as stdout."""
+        done = self.exec(container, argv, user=user)
+        return SessionResult(rc=done.rc, stdout=done.output.encode(), stderr=b"")
+
+    def exec_stream(self, container: ContainerHandle, argv: Sequence[str], *,
+                    env: Mapping[str, str] | None = None) -> ExecStream:
+        """No long-lived commands in memory."""
+        raise NotImplementedError("FakeEngine.exec_stream")
+
+    @contextlib.contextmanager
+    def session(self, container: ContainerHandle, python: str, *,
+                env: Mapping[str, str] | None = None) -> Iterator[ContainerSession]:
+        """No agent in memory: callers fall back to `exec`, as without a python."""
+        self._enter("session", container, python)
+        raise SessionError(f"no agent in the fake engine ({python})")
+        yield  # pragma: no cover - a generator, for contextmanager
+
+
+def _implements(fake: FakeEngine) -> Engine:
+    """Never called: mypy checks here that FakeEngine keeps up with the Engine protocol."""
+    return fake
 
 
 def _has(labels: Mapping[str, str], wanted: Mapping[str, str | None]) -> bool:

@@ -76,7 +76,7 @@ def build(ctx: click.Context, images: tuple[str, ...], no_cache: bool, jobs: int
           cache_repo: str | None) -> None:
     """Build IMAGES (spec names, or name:variant; none means all) and tag them when verified."""
     from rolebake.builder import Builder, BuildOptions
-    from rolebake.engine import Engine
+    from rolebake.engine import DockerEngine
     from rolebake.load import plan_build
     from rolebake.report import build_summary
     from rolebake.verify import write_junit
@@ -87,7 +87,7 @@ def build(ctx: click.Context, images: tuple[str, ...], no_cache: bool, jobs: int
     project = project_of(ctx)
     plan = plan_build(project, images, progress_of(ctx))
     secret_set = secrets_for(ctx, project, plan, secrets, vault_password_file)
-    engine = Engine.connect()
+    engine = DockerEngine.connect()
     options = BuildOptions(no_cache=no_cache, jobs=jobs, keep_failed=keep_failed,
                            idempotence=idempotence, verify=not no_verify, secrets=secret_set,
                            push=push, cache_repo=repository)
@@ -127,7 +127,7 @@ def plan(ctx: click.Context, images: tuple[str, ...], as_json: bool,
          cache_repo: str | None) -> None:
     """Show the layers IMAGES need, HIT or MISS, and which input changed. Creates nothing."""
     from rolebake.cache import preview
-    from rolebake.engine import Engine
+    from rolebake.engine import DockerEngine
     from rolebake.events import PIPELINE
     from rolebake.load import plan_build
     from rolebake.provision.requirements import installed
@@ -137,7 +137,7 @@ def plan(ctx: click.Context, images: tuple[str, ...], as_json: bool,
     repository = cache_repo_of(cache_repo)
     project = project_of(ctx)
     build_plan = plan_build(project, images, progress_of(ctx))
-    engine = Engine.connect()
+    engine = DockerEngine.connect()
     rows = preview(engine, project, build_plan,
                    CacheRepo(engine, repository) if repository else None)
     required = installed(project)
@@ -165,12 +165,12 @@ def plan(ctx: click.Context, images: tuple[str, ...], as_json: bool,
 def base(ctx: click.Context, name: str, mirror: str | None, rebuild: bool,
          cache_repo: str | None) -> None:
     """Make a base image (e.g. debian:bookworm) with debootstrap; no registry needed."""
-    from rolebake.engine import Engine
+    from rolebake.engine import DockerEngine
     from rolebake.registry import CacheRepo
     from rolebake.rootfs import ensure_base
 
     repository = cache_repo_of(cache_repo)
-    engine = Engine.connect()
+    engine = DockerEngine.connect()
     result = ensure_base(engine, name, mirror=mirror, events=progress_of(ctx), rebuild=rebuild,
                          repo=CacheRepo(engine, repository) if repository else None)
     notes = [n for n in (result.source if result.reused else "", result.shared) if n]
@@ -194,7 +194,7 @@ def test_command(ctx: click.Context, image: str, tests_dir: Path | None, as_json
     For a spec name (`web`, `web:dev`) the image its first tag names is checked,
     metadata included; any other IMAGE is an image reference and needs --tests.
     """
-    from rolebake.engine import Engine
+    from rolebake.engine import DockerEngine
     from rolebake.errors import TestsFailed
     from rolebake.load import plan_build
     from rolebake.verify import (
@@ -222,7 +222,7 @@ def test_command(ctx: click.Context, image: str, tests_dir: Path | None, as_json
         raise InputError(f"no testinfra suite for {image}", hint="pass --tests DIR")
     if tests_dir is not None and not tests_dir.is_dir():
         raise InputError(f"{tests_dir} is not a folder", hint="pass --tests DIR")
-    engine = Engine.connect()
+    engine = DockerEngine.connect()
     found = engine.image(ref)
     if found is None:
         raise InputError(f"image {ref!r} is not on the engine", hint=f"rolebake build {image}")
@@ -274,7 +274,7 @@ def scaffold_tests(ctx: click.Context, image: str, output: Path | None, force: b
     tagging or keeping the image) and the provisioner's task results become
     checks: packages, files, users and groups, services enabled.
     """
-    from rolebake.engine import Engine
+    from rolebake.engine import DockerEngine
     from rolebake.load import plan_build
     from rolebake.scaffold import record, render, save
 
@@ -289,7 +289,8 @@ def scaffold_tests(ctx: click.Context, image: str, output: Path | None, force: b
     if target.exists() and not force:
         raise InputError(f"{target} exists; not overwriting it", hint="pass --force, or -o PATH")
     secret_set = secrets_for(ctx, project, scaffold_plan, secrets, vault_password_file)
-    recording = record(Engine.connect(), project, layer.id, progress_of(ctx), secrets=secret_set)
+    recording = record(DockerEngine.connect(), project, layer.id, progress_of(ctx),
+                       secrets=secret_set)
     kept = project.private_dir("scaffold") / f"{folder}.json"
     save(recording, kept)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -346,7 +347,7 @@ def _first_line(text: str) -> str:
 def parity(ctx: click.Context, image: str, vm: str, as_json: bool, show_equal: bool,
            strict_ids: bool, vault_password_file: Path | None) -> None:
     """Apply IMAGE's roles to a VM too; run its suite on both and diff their state (exit 5)."""
-    from rolebake.engine import Engine
+    from rolebake.engine import DockerEngine
     from rolebake.errors import ParityDifferent
     from rolebake.load import plan_build
     from rolebake.parity.run import run_parity
@@ -355,7 +356,7 @@ def parity(ctx: click.Context, image: str, vm: str, as_json: bool, show_equal: b
     project = project_of(ctx)
     secret_set = secrets_for(ctx, project, plan_build(project, [image], progress_of(ctx)),
                           vault_password_file=vault_password_file)
-    result = run_parity(Engine.connect(), project, image, vm, events=progress_of(ctx),
+    result = run_parity(DockerEngine.connect(), project, image, vm, events=progress_of(ctx),
                         secrets=secret_set, strict_ids=strict_ids)
     if as_json:
         echo_json(result.to_dict())
@@ -396,7 +397,7 @@ _AGE = re.compile(r"^(\d+)([smhd])$")
 def clean(ctx: click.Context, older_than: str, dry_run: bool, labels: tuple[str, ...]) -> None:
     """Remove leftovers with rolebake's labels: build/verify containers, failed images."""
     from rolebake.cleanup import find_leftovers, remove_leftovers, sweep_scratch
-    from rolebake.engine import Engine
+    from rolebake.engine import DockerEngine
     from rolebake.spec import Project
 
     match = _AGE.match(older_than)
@@ -409,7 +410,7 @@ def clean(ctx: click.Context, older_than: str, dry_run: bool, labels: tuple[str,
         if not sep or not key or not value:
             raise InputError(f"--label {label!r}: expected KEY=VALUE")
         wanted[key] = value
-    engine = Engine.connect()
+    engine = DockerEngine.connect()
     leftovers = find_leftovers(engine, dt.timedelta(seconds=seconds), wanted)
     for item in leftovers:
         click.echo(f"{'would remove' if dry_run else 'removing'} {item.kind} {item.name}"

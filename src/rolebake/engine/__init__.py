@@ -4,8 +4,10 @@ Everything else speaks in rolebake's own records (ContainerHandle, ImageInfo,
 ExecResult) and imports them from here. Containers made here are always
 removed by a context manager (DESIGN.md invariant 1).
 
-`Engine` is one object put together from one module per concern, each a class
-over the same SDK client (as docker-py's own `APIClient` is):
+`Engine` (api.py) is the protocol every caller annotates: what rolebake may
+ask of an engine. `DockerEngine` implements it, one object put together from
+one module per concern, each a class over the same SDK client (as docker-py's
+own `APIClient` is):
 
 - `connection`: connecting, which engine answers (Docker or Podman), its
   identity, and noticing when it stops or restarts;
@@ -26,6 +28,7 @@ over the same SDK client (as docker-py's own `APIClient` is):
 
 from __future__ import annotations
 
+from rolebake.engine.api import Engine
 from rolebake.engine.commands import Commands, ExecStream
 from rolebake.engine.connection import Connection
 from rolebake.engine.containers import Containers
@@ -62,6 +65,7 @@ __all__ = [
     "ContainerHandle",
     "ContainerInfo",
     "ContainerSession",
+    "DockerEngine",
     "Engine",
     "ExecResult",
     "ExecStream",
@@ -78,5 +82,5 @@ __all__ = [
 ]
 
 
-class Engine(Transfers, Images, Files, Containers, Commands, Volumes, Connection):
-    """rolebake's view of a Docker engine."""
+class DockerEngine(Transfers, Images, Files, Containers, Commands, Volumes, Connection):
+    """rolebake's view of a Docker (or Podman) engine: the `Engine` protocol over the SDK."""
