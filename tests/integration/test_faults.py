@@ -6,9 +6,10 @@ fills its disk: test_engine_faults.py.
 Every fault hits a build that misses the cache (a new `tiny_nonce` var) of an
 image that was built once before, so "no tag moved" is checked against a real
 previous image. A step is hit by waiting for its progress line; the steps that
-take milliseconds (create, cache lookup, commit, scan, tag) are held open with
-the ROLEBAKE_TEST_PAUSE test hook in builder.runner.Runner._step, and so are bootstrap
-and clean, which take a fraction of a second now that python is lent instead of installed;
+take milliseconds (create, cache lookup, commit, scan, tag) are held open by a
+gate on the build's event stream (gate.py: the build runs with its step events
+watched from outside, no hook in rolebake), and so are bootstrap and clean, which
+take a fraction of a second now that python is lent instead of installed;
 the others (lock wait, provision, idempotence, verify) are hit in real time.
 """
 
@@ -31,6 +32,7 @@ from rolebake.engine import DockerEngine
 from rolebake.locks import host_lock
 from tests.conftest import run_cli
 from tests.integration.conftest import TestProject
+from tests.integration.gate import HELD
 from tests.integration.tinyproject import (
     Build,
     add_spec,
@@ -90,7 +92,7 @@ def assert_clean_stop(faults: Faults, spec: str, build: Build, signame: str) -> 
 
 
 POINTS = [
-    # (step, spec, signal, progress line to wait for, seconds to wait after it, test hook)
+    # (step, spec, signal, progress line to wait for, seconds to wait after it, gate)
     ("cache", "quick", "SIGTERM", r"\] cache \.\.\.", 0, "cache"),
     ("create", "quick", "SIGINT", r"\] create \.\.\.", 0, "create"),
     ("bootstrap", "full", "SIGINT", r"\] bootstrap \.\.\.", 0, "bootstrap"),
@@ -105,14 +107,13 @@ POINTS = [
 ]
 
 
-@pytest.mark.parametrize(("step", "which", "signame", "line", "delay", "hook"), POINTS,
+@pytest.mark.parametrize(("step", "which", "signame", "line", "delay", "gate"), POINTS,
                          ids=[f"{p[0]}-{p[2]}" for p in POINTS])
 def test_signal_at_step(faults: Faults, tmp_path: Path, step: str, which: str, signame: str,
-                        line: str, delay: float, hook: str | None) -> None:
+                        line: str, delay: float, gate: str | None) -> None:
     project = faults.project
     spec = faults.quick if which == "quick" else faults.full
     args = [spec]
-    env = {"ROLEBAKE_TEST_PAUSE": hook} if hook else {}
     suite = project.root / "tests" / "images" / spec / "test_slow.py"
     values: dict[str, object] = {}
     if step == "provision":
@@ -128,9 +129,11 @@ def test_signal_at_step(faults: Faults, tmp_path: Path, step: str, which: str, s
         suite.write_text(SLOW_SUITE)
     set_vars(project, spec, **values)
     try:
-        build = Build(project, *args, env=env)
+        build = Build(project, *args, gate=gate)
         try:
             build.wait_for(line)
+            if gate is not None:
+                build.wait_for(rf"{HELD} {gate}$")
             if step == "idempotence":  # mid-task, in the second run
                 build.wait_for(r"task tiny : Sleep on the second run")
                 delay = 2
@@ -200,7 +203,7 @@ def cache_tags(client: docker.DockerClient, spec: str) -> set[str]:
 def test_signal_after_a_layer_finished_puts_back_every_tag_of_the_run(faults: Faults) -> None:
     # A chain: the quick spec, and a child on it. The child's tag step passes its last
     # cancel check and moves every tag; only then does SIGTERM land (the after:tag
-    # test hook holds the layer there). The parent had finished long before.
+    # gate holds the layer there). The parent had finished long before.
     project, parent = faults.project, faults.quick
     child = add_spec(project, f"c{project.token}", parent=parent, roles=("tiny",))
     try:
@@ -210,10 +213,10 @@ def test_signal_after_a_layer_finished_puts_back_every_tag_of_the_run(faults: Fa
         images = {spec: spec_images(project.client, spec) for spec in (parent, child)}
         caches = {spec: cache_tags(project.client, spec) for spec in (parent, child)}
         set_vars(project, parent)  # both layers build anew
-        build = Build(project, child, env={"ROLEBAKE_TEST_PAUSE": "after:tag",
-                                           "ROLEBAKE_TEST_PAUSE_SECONDS": "10"})
+        build = Build(project, child, gate="after:tag")
         try:
             build.wait_for(rf"\[{child}\] tag ok")
+            build.wait_for(rf"{HELD} after:tag")
             build.signal("SIGTERM")
             result = build.finish(timeout=180)
         finally:
