@@ -24,8 +24,10 @@ if TYPE_CHECKING:
     from rolebake.engine import ContainerSession, Engine, SessionResult
 
 SCHEME = "rolebake"
-# Which python runs the agent in a container under test: the image's own, if any.
-_FIND_PYTHON = "command -v python3"
+# Which python runs the agent in a container under test: the lent one (verify.py
+# lends the build's), else the image's own, if any.
+_FIND_PYTHON = ('for p in /mnt/rolebake-python/bin/python3 "$(command -v python3)"; do '
+                '[ -x "$p" ] && { echo "$p"; exit 0; }; done; exit 1')
 
 
 class SessionBackend(DockerBackend):
