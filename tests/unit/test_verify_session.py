@@ -71,3 +71,26 @@ def test_a_dead_agent_falls_back_to_execs(monkeypatch: pytest.MonkeyPatch) -> No
     stream.proc.wait()
     assert backend.run("echo %s", "fine").stdout == "fine\n"
     assert backend._session is None and backend._engine.execs
+
+
+def test_verification_borrows_the_lent_python_only_when_it_exists(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from rolebake.provision import pytoolchain
+    from rolebake.release import Release
+    from tests.unit.fakes import FakeEngine
+
+    monkeypatch.delenv(pytoolchain.TOOLCHAIN_ENV, raising=False)
+    engine = FakeEngine()
+    bookworm = Release("debian", "12", "bookworm", ("debian",))
+    labels = {"rolebake.build-id": "b1"}
+    # none made yet: verification makes none, and goes without
+    assert pytoolchain.lent_mount(engine, bookworm, labels) is None
+    assert pytoolchain.lent_mount(engine, None, labels) is None
+    toolchain = engine.add_image(pytoolchain.tag_for(bookworm),
+                                 labels={pytoolchain.KIND_LABEL: "python"})
+    mount = pytoolchain.lent_mount(engine, bookworm, labels)
+    assert mount is not None
+    assert (mount["target"], mount["read_only"]) == (pytoolchain.VOLUME, True)
+    assert toolchain.id.split(":")[-1][:12] in mount["source"]
+    monkeypatch.setenv(pytoolchain.TOOLCHAIN_ENV, "none")
+    assert pytoolchain.lent_mount(engine, bookworm, labels) is None
