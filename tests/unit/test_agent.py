@@ -202,6 +202,10 @@ def test_ansible_playbook_through_the_plugin(session: ContainerSession, tmp_path
     - ansible.builtin.fetch: {{src: "{out}/copied", dest: "{tmp_path}/fetched/", flat: true}}
     - ansible.builtin.assert: {{that: ["shown.stdout == 'hello agent'",
                                       "ansible_facts.python.executable is string"]}}
+    - name: async, polled (the job leaves the command's process group)
+      ansible.builtin.command: sleep 1
+      async: 30
+      poll: 1
     - name: hangs
       ansible.builtin.shell: echo $$ > {pid_file}; exec sleep 300
       timeout: 3
