@@ -36,7 +36,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(REPO))
 
-from tests.integration.engines import (  # noqa: E402 (needs the repo on the path)
+from bench.engines import (  # noqa: E402 (needs the repo on the path)
     REGISTRY,
     empty_dockerd,
     registry_answers,

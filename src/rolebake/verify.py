@@ -34,6 +34,9 @@ from rolebake.listeners import (
     owners_to_ask,
     parse_listeners,
 )
+from rolebake.provision import pytoolchain
+from rolebake.release import release_of
+from rolebake.rootfs import cache_dir
 from rolebake.spec import ImageConfig, ReadyCheck
 
 
@@ -159,16 +162,21 @@ def run_suite(
     # `name` may be an image reference (rolebake test registry/app:1.0): the engine
     # only takes [a-zA-Z0-9][a-zA-Z0-9_.-] in container names.
     name = re.sub(r"[^a-zA-Z0-9_.-]+", ".", name).strip(".") or "image"
-    image = engine.image(image_id) if ready is None else None
-    if image is None or not _exits_at_once(image.config):
+    image = engine.image(image_id)
+    # The build's lent python runs the session's agent here too (one agent for
+    # every command of the suite instead of an exec each); an image without it
+    # gets one exec per command (verify_session.py).
+    mounts = [found] if image is not None and (found := pytoolchain.lent_mount(
+        engine, release_of(engine, image, cache_dir() / "releases"), labels)) else []
+    if ready is not None or image is None or not _exits_at_once(image.config):
         with engine.container(image_id, name=f"rolebake-verify-{name}-{run_id}", labels=labels,
-                              keep_alive=False) as container:
+                              keep_alive=False, mounts=mounts) as container:
             if wait_ready(engine, container, ready):
                 return _pytest(tests, session_url(container.id), project_root, SESSION_ARGS)
     # The image's command finished on its own (a shell, a one-shot tool): such an
     # image has nothing to wait for, so its files are tested in an idle container.
     with engine.container(image_id, name=f"rolebake-verify-{name}-{run_id}-idle",
-                          labels=labels, keep_alive=True) as container:
+                          labels=labels, keep_alive=True, mounts=mounts) as container:
         return _pytest(tests, session_url(container.id), project_root, SESSION_ARGS)
 
 

@@ -1,19 +1,18 @@
-"""A pytest plugin for verification: testinfra's checks through one shell per container.
+"""A pytest plugin for verification: testinfra's checks through the container's session.
 
 testinfra's docker backend starts the docker CLI for every command a check
 runs (a shell, the CLI, its API calls, then an engine exec). Loaded with
 `-p rolebake.verify_session`, this plugin adds the `rolebake://<container>`
 backend: the same docker backend (NAME "docker", same results), whose commands
-go to one `/bin/sh` started in the container with a single engine exec. Each
-command's output is written to /dev/shm (the container's tmpfs, never part of
-an image) and read back with its length, so binary output and exit codes come
-back exactly as the CLI would give them.
+go through the container's session (engine/session.py): one agent for every
+command when the image has a python, else one engine exec per command through
+the SDK (no CLI). Either way stdout, stderr and the exit code come back apart
+and exactly, binary output included.
 """
 
 from __future__ import annotations
 
-import secrets
-import shlex
+import contextlib
 import threading
 from typing import TYPE_CHECKING, Any
 
@@ -22,65 +21,72 @@ from testinfra.backend import base
 from testinfra.backend.docker import DockerBackend
 
 if TYPE_CHECKING:
-    from rolebake.engine import ExecStream
+    from rolebake.engine import ContainerSession, Engine, SessionResult
 
 SCHEME = "rolebake"
-_OUT, _ERR = "/dev/shm/.rolebake-verify.out", "/dev/shm/.rolebake-verify.err"
+# Which python runs the agent in a container under test: the lent one (verify.py
+# lends the build's), else the image's own, if any.
+_FIND_PYTHON = ('for p in /mnt/rolebake-python/bin/python3 "$(command -v python3)"; do '
+                '[ -x "$p" ] && { echo "$p"; exit 0; }; done; exit 1')
 
 
 class SessionBackend(DockerBackend):
-    """testinfra's docker backend, with its commands run by one long-lived shell."""
+    """testinfra's docker backend, with its commands run through the container's session."""
 
     NAME = "docker"  # suites that ask which backend they run on see no difference
 
     def __init__(self, name: str, *args: Any, **kwargs: Any) -> None:
         """Bind to the container `name` (an id), as the docker backend does."""
         super().__init__(name, *args, **kwargs)
-        self._stream: ExecStream | None = None
-        self._lock = threading.Lock()
-        self._token = secrets.token_hex(8)
+        self._engine: Engine | None = None
+        self._session: ContainerSession | None = None
+        self._opened = False
+        self._stack = contextlib.ExitStack()
+        self._lock = threading.Lock()  # opening the session only; commands run side by side
 
     def run(self, command: str, *args: str, **kwargs: Any) -> base.CommandResult:
         """Run one command in the container; as the docker backend for users other than root."""
         if self.user not in (None, "root"):
             return super().run(command, *args, **kwargs)
         cmd = self.get_command(command, *args)
-        with self._lock:
-            try:
-                rc, out, err = self._run(cmd)
-            except (EOFError, OSError, ValueError):
-                self._close()
-                return super().run(command, *args, **kwargs)
-        result = self.result(rc, self.encode(cmd), out, err)
+        done = self._run(["/bin/sh", "-c", cmd])
+        result = self.result(done.rc, self.encode(cmd), done.stdout, done.stderr)
         result.command = self.encode(cmd)
         return result
 
-    def _run(self, cmd: str) -> tuple[int, bytes, bytes]:
-        stream = self._session()
-        line = (f"sh -c {shlex.quote(cmd)} </dev/null >{_OUT} 2>{_ERR}; "
-                f"printf '%s %s %s %s\\n' {self._token} \"$?\" \"$(wc -c <{_OUT})\" "
-                f"\"$(wc -c <{_ERR})\"; cat {_OUT} {_ERR}\n")
-        stream.write(line.encode("utf-8"))
-        while True:
-            words = stream.readline().decode("utf-8", "replace").split()
-            if len(words) == 4 and words[0] == self._token:
-                break
-        rc, out_size, err_size = (int(w) for w in words[1:])
-        return rc, stream.read(out_size), stream.read(err_size)
+    def _run(self, argv: list[str]) -> SessionResult:
+        from rolebake.engine import ContainerHandle, SessionError
 
-    def _session(self) -> ExecStream:
-        if self._stream is None:
+        session = self._open()
+        if session is not None:
+            try:
+                return session.run(argv)
+            except SessionError:
+                self._close()  # the agent died: one exec per command from now on
+        assert self._engine is not None
+        return self._engine.exec_demuxed(ContainerHandle(self.name, self.name), argv)
+
+    def _open(self) -> ContainerSession | None:
+        with self._lock:
+            if self._opened:
+                return self._session
             # Imported on first use: a suite that runs no command pays no docker SDK import.
-            from rolebake.engine import ContainerHandle, Engine
+            from rolebake.engine import ContainerHandle, DockerEngine, SessionError
 
-            engine = Engine.connect(timeout=60)
-            self._stream = engine.exec_stream(ContainerHandle(self.name, self.name), ["/bin/sh"])
-        return self._stream
+            self._opened = True
+            self._engine = engine = DockerEngine.connect(timeout=60)
+            container = ContainerHandle(self.name, self.name)
+            found = engine.exec_demuxed(container, ["/bin/sh", "-c", _FIND_PYTHON])
+            python = found.stdout.decode("utf-8", "replace").strip()
+            if found.rc == 0 and python:
+                with contextlib.suppress(SessionError):
+                    self._session = self._stack.enter_context(engine.session(container, python))
+            return self._session
 
     def _close(self) -> None:
-        if self._stream is not None:
-            self._stream.close()
-        self._stream = None
+        self._session = None
+        with contextlib.suppress(Exception):
+            self._stack.close()
 
 
 def register() -> None:

@@ -21,6 +21,7 @@ import pytest
 from tests.conftest import Run, run_cli
 from tests.integration.conftest import TestProject
 from tests.integration.engines import ThrowawayEngine, can_run_engines
+from tests.integration.gate import HELD
 from tests.integration.tinyproject import (
     Build,
     add_role,
@@ -61,8 +62,9 @@ class Faulty:
         # lent python toolchain with: the layers use the image's own python3.
         return {**self.engine.env(), "ROLEBAKE_PYTHON_TOOLCHAIN": "none"}
 
-    def build(self, *args: str, env: dict[str, str] | None = None) -> Build:
-        return Build(self.project, *args, env={**self.env(), **(env or {})})
+    def build(self, *args: str, env: dict[str, str] | None = None,
+              gate: str | None = None) -> Build:
+        return Build(self.project, *args, env={**self.env(), **(env or {})}, gate=gate)
 
     def cli(self, *args: str) -> Run:
         return run_cli(*args, cwd=self.project.root, env=self.env(), timeout=600)
@@ -152,11 +154,11 @@ def test_engine_disk_fills_up(faulty: Faulty, step: str) -> None:
     known = spec_images(engine.client, spec)
     set_vars(project, spec, bulky_mb=300)
     # The layer is held at the start of the step, the disk is filled, the step goes on.
-    build = faulty.build(spec, env={"ROLEBAKE_TEST_PAUSE": step,
-                                    "ROLEBAKE_TEST_PAUSE_SECONDS": "5"})
+    build = faulty.build(spec, gate=step)
     try:
-        build.wait_for(rf"\] {step} \.\.\.")
+        build.wait_for(rf"{HELD} {step}$")
         with engine.disk_filled(leave_mib=60):
+            build.release()
             result = build.finish(timeout=300)
     finally:
         build.kill()

@@ -6,9 +6,10 @@ fills its disk: test_engine_faults.py.
 Every fault hits a build that misses the cache (a new `tiny_nonce` var) of an
 image that was built once before, so "no tag moved" is checked against a real
 previous image. A step is hit by waiting for its progress line; the steps that
-take milliseconds (create, cache lookup, commit, scan, tag) are held open with
-the ROLEBAKE_TEST_PAUSE test hook in builder.runner.Runner._step, and so are bootstrap
-and clean, which take a fraction of a second now that python is lent instead of installed;
+take milliseconds (create, cache lookup, commit, scan, tag) are held open by a
+gate on the build's event stream (gate.py: the build runs with its step events
+watched from outside, no hook in rolebake), and so are bootstrap and clean, which
+take a fraction of a second now that python is lent instead of installed;
 the others (lock wait, provision, idempotence, verify) are hit in real time.
 """
 
@@ -27,12 +28,13 @@ from typing import Any
 import docker
 import pytest
 
-from rolebake.engine import Engine
+from rolebake.engine import DockerEngine
 from rolebake.load import plan_build
 from rolebake.locks import host_lock
 from rolebake.spec import Project
 from tests.conftest import run_cli
 from tests.integration.conftest import TestProject
+from tests.integration.gate import HELD
 from tests.integration.tinyproject import (
     Build,
     add_spec,
@@ -92,7 +94,7 @@ def assert_clean_stop(faults: Faults, spec: str, build: Build, signame: str) -> 
 
 
 POINTS = [
-    # (step, spec, signal, progress line to wait for, seconds to wait after it, test hook)
+    # (step, spec, signal, progress line to wait for, seconds to wait after it, gate)
     ("cache", "quick", "SIGTERM", r"\] cache \.\.\.", 0, "cache"),
     ("create", "quick", "SIGINT", r"\] create \.\.\.", 0, "create"),
     ("bootstrap", "full", "SIGINT", r"\] bootstrap \.\.\.", 0, "bootstrap"),
@@ -107,14 +109,13 @@ POINTS = [
 ]
 
 
-@pytest.mark.parametrize(("step", "which", "signame", "line", "delay", "hook"), POINTS,
+@pytest.mark.parametrize(("step", "which", "signame", "line", "delay", "gate"), POINTS,
                          ids=[f"{p[0]}-{p[2]}" for p in POINTS])
 def test_signal_at_step(faults: Faults, tmp_path: Path, step: str, which: str, signame: str,
-                        line: str, delay: float, hook: str | None) -> None:
+                        line: str, delay: float, gate: str | None) -> None:
     project = faults.project
     spec = faults.quick if which == "quick" else faults.full
     args = [spec]
-    env = {"ROLEBAKE_TEST_PAUSE": hook} if hook else {}
     suite = project.root / "tests" / "images" / spec / "test_slow.py"
     values: dict[str, object] = {}
     if step == "provision":
@@ -130,9 +131,11 @@ def test_signal_at_step(faults: Faults, tmp_path: Path, step: str, which: str, s
         suite.write_text(SLOW_SUITE)
     set_vars(project, spec, **values)
     try:
-        build = Build(project, *args, env=env)
+        build = Build(project, *args, gate=gate)
         try:
             build.wait_for(line)
+            if gate is not None:
+                build.wait_for(rf"{HELD} {gate}$")
             if step == "idempotence":  # mid-task, in the second run
                 build.wait_for(r"task tiny : Sleep on the second run")
                 delay = 2
@@ -154,7 +157,8 @@ def test_signal_at_step(faults: Faults, tmp_path: Path, step: str, which: str, s
 def layer_lock(project: TestProject, spec: str) -> Path:
     """The host-wide lock rolebake takes for `spec`'s layer of the project on this engine."""
     layer = plan_build(Project(project.root), [spec]).layer(spec)
-    return host_lock(layer.lock_name, Engine(project.client).identity(), layer.cache_repository)
+    return host_lock(layer.lock_name, DockerEngine(project.client).identity(),
+                     layer.cache_repository)
 
 
 def cache_repository(project: TestProject, spec: str) -> str:
@@ -209,7 +213,7 @@ def cache_tags(project: TestProject, spec: str) -> set[str]:
 def test_signal_after_a_layer_finished_puts_back_every_tag_of_the_run(faults: Faults) -> None:
     # A chain: the quick spec, and a child on it. The child's tag step passes its last
     # cancel check and moves every tag; only then does SIGTERM land (the after:tag
-    # test hook holds the layer there). The parent had finished long before.
+    # gate holds the layer there). The parent had finished long before.
     project, parent = faults.project, faults.quick
     child = add_spec(project, f"c{project.token}", parent=parent, roles=("tiny",))
     try:
@@ -219,10 +223,10 @@ def test_signal_after_a_layer_finished_puts_back_every_tag_of_the_run(faults: Fa
         images = {spec: spec_images(project.client, spec) for spec in (parent, child)}
         caches = {spec: cache_tags(project, spec) for spec in (parent, child)}
         set_vars(project, parent)  # both layers build anew
-        build = Build(project, child, env={"ROLEBAKE_TEST_PAUSE": "after:tag",
-                                           "ROLEBAKE_TEST_PAUSE_SECONDS": "10"})
+        build = Build(project, child, gate="after:tag")
         try:
             build.wait_for(rf"\[{child}\] tag ok")
+            build.wait_for(rf"{HELD} after:tag")
             build.signal("SIGTERM")
             result = build.finish(timeout=180)
         finally:

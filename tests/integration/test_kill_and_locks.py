@@ -1,7 +1,7 @@
 """A run killed outright in the tag step, and a lock file turned into a link, on a real
 engine (DESIGN.md invariants 1 and 7).
 
-SIGKILL lands in the middle of the tag step (the `tag:moved` test hook holds the layer
+SIGKILL lands in the middle of the tag step (the `tag:moved` gate holds the layer
 after its first tag moved) or right after it (`after:tag`): no cleanup of any kind runs,
 so the tags are split or moved. The next `rolebake plan` on the engine finds the run's
 journal on disk, puts the previous tags back and says so.
@@ -22,8 +22,11 @@ from pathlib import Path
 import docker
 import pytest
 
+from rolebake.load import plan_build
+from rolebake.spec import Project
 from tests.conftest import run_cli
 from tests.integration.conftest import TestProject
+from tests.integration.gate import HELD
 from tests.integration.tinyproject import (
     Build,
     new_project,
@@ -63,22 +66,24 @@ def tiny(tmp_path_factory: pytest.TempPathFactory,
         remove_project_images(engine, project)
 
 
-def _cache_tags(client: docker.DockerClient, spec: str) -> dict[str, str]:
-    return {t: i.id for i in client.images.list(f"rolebake-cache/{spec}") for t in i.tags}
+def _cache_tags(project: TestProject, spec: str) -> dict[str, str]:
+    """The layer's cache tags (`rolebake-cache/<project>/<layer>:<key>`) and their images."""
+    repository = plan_build(Project(project.root), [spec]).layer(spec).cache_repository
+    return {t: i.id for i in project.client.images.list(repository) for t in i.tags}
 
 
 @pytest.mark.parametrize("hook", ["tag:moved", "after:tag"])
 def test_sigkill_in_the_tag_step_is_rolled_back_by_the_next_run(tiny: Tiny, hook: str) -> None:
     project, spec = tiny.project, tiny.spec
     before = project.image_id(project.tag(spec))
-    caches = _cache_tags(project.client, spec)
-    assert before is not None
+    caches = _cache_tags(project, spec)
+    assert before is not None and caches  # the layer was built and cached
     set_vars(project, spec)  # a miss: a new image, whose tags will move
-    build = Build(project, spec, env={**tiny.env, "ROLEBAKE_TEST_PAUSE": hook,
-                                      "ROLEBAKE_TEST_PAUSE_SECONDS": "120"})
+    build = Build(project, spec, env=tiny.env, gate=hook, gate_seconds=120)
     try:
-        build.wait_for(r"\] tag ok" if hook == "after:tag" else r"\] tag \.\.\.", timeout=600)
-        # The first tag moves within milliseconds of the step's start; then the hook holds.
+        # The gate holds the layer after its first tag moved (`tag:moved`) or once the
+        # tag step passed (`after:tag`), and says so.
+        build.wait_for(rf"{HELD} {hook}", timeout=600)
         deadline = time.monotonic() + 30
         while project.image_id(project.tag(spec)) == before and time.monotonic() < deadline:
             time.sleep(0.2)
@@ -98,7 +103,7 @@ def test_sigkill_in_the_tag_step_is_rolled_back_by_the_next_run(tiny: Tiny, hook
     assert notes, planned.output
     assert any(f"put back {project.tag(spec)}" in line for line in notes), notes
     assert project.image_id(project.tag(spec)) == before
-    assert _cache_tags(project.client, spec) == caches
+    assert _cache_tags(project, spec) == caches
     assert moved not in spec_images(project.client, spec)  # untagged: removed
     assert not journals[0].exists()
     again = run_cli("plan", spec, cwd=project.root, env=tiny.env)

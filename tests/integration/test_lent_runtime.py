@@ -1,8 +1,8 @@
 """The lent python, the shared apt cache and the fallback to the apt bootstrap, on a real engine.
 
 - The committed layer holds nothing of the toolchain: checked on the engine's
-  diff of the build container while it waits at the commit step (the
-  ROLEBAKE_TEST_PAUSE hook), and on the image.
+  diff of the build container while it is held at the commit step (a gate on
+  the build's events, gate.py), and on the image.
 - A second build finds the packages the first one downloaded in the apt cache
   volume (the log says how much each downloaded); none of it is in the image.
 - A parent image of another release than the named toolchain gets python3 from
@@ -23,6 +23,7 @@ from rolebake.provision import pytoolchain
 from rolebake.release import RELEASE_LABEL, Release
 from tests.conftest import run_cli
 from tests.integration.conftest import BASE_IMAGE, TestProject
+from tests.integration.gate import HELD
 from tests.integration.tinyproject import (
     Build,
     add_role,
@@ -95,15 +96,16 @@ def apt_env(project: TestProject, name: str = "apt") -> dict[str, str]:
 def test_committed_layer_has_no_trace_of_the_toolchain(project: TestProject) -> None:
     spec = add_spec(project, f"lent{project.token}", roles=("aptly",), suite=SUITE)
     set_vars(project, spec)
-    build = Build(project, spec, env={**apt_env(project), "ROLEBAKE_TEST_PAUSE": "commit",
-                                      "ROLEBAKE_TEST_PAUSE_SECONDS": "20"})
+    build = Build(project, spec, env=apt_env(project), gate="commit")
     try:
         build.wait_for(r"python lent: python 3\.\d+ for debian 12 \(bookworm\); tasks run "
                        r"through rolebake's agent")
         build.wait_for(rf"\[{spec}\] commit \.\.\.")
+        build.wait_for(rf"{HELD} commit$")
         containers = list(iter_build_containers(project.client, project.token))
         assert len(containers) == 1
         changes = {c["Path"] for c in containers[0].diff() or []}
+        build.release()
         result = build.finish()
     finally:
         build.kill()

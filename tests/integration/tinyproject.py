@@ -128,12 +128,23 @@ def set_vars(project: TestProject, spec: str, **values: Any) -> None:
     project.edit_spec(spec, vars={"tiny_nonce": uuid.uuid4().hex, **values})
 
 
-class Build:
-    """`rolebake build` running in the background, read line by line from its stderr."""
+GATE = Path(__file__).resolve().parent / "gate.py"
 
-    def __init__(self, project: TestProject, *args: str, env: dict[str, str] | None = None):
+
+class Build:
+    """`rolebake build` running in the background, read line by line from its stderr.
+
+    With `gate` (`commit`, `after:tag`: see gate.py) each layer is held at that
+    step until the build is signalled, `release()` is called, or `gate_seconds`
+    pass; `wait_for(HELD)` waits until it is held.
+    """
+
+    def __init__(self, project: TestProject, *args: str, env: dict[str, str] | None = None,
+                 gate: str | None = None, gate_seconds: float = 60):
+        program = ([str(GATE), gate, str(gate_seconds)] if gate is not None
+                   else ["-m", "rolebake"])
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "rolebake", "build", *args], cwd=project.root,
+            [sys.executable, *program, "build", *args], cwd=project.root,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
             env={**os.environ, "PYTHONPATH": str(REPO / "src"), **(env or {})})
         self.lines: list[str] = []
@@ -176,6 +187,10 @@ class Build:
 
     def signal(self, signame: str) -> None:
         self.proc.send_signal(getattr(signal, signame))
+
+    def release(self) -> None:
+        """Let a layer held at the gate go on."""
+        self.proc.send_signal(signal.SIGUSR1)
 
     @property
     def text(self) -> str:

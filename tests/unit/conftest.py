@@ -39,7 +39,6 @@ def fake_provisioner(monkeypatch: pytest.MonkeyPatch) -> ProvisionerControl:
     monkeypatch.setitem(provision.PROVISIONERS, "fake", FAKE_PROVISIONER)
     control = ProvisionerControl()
     monkeypatch.setattr(FakeProvisioner, "control", control)
-    monkeypatch.delenv("ROLEBAKE_TEST_PAUSE", raising=False)
     return control
 
 

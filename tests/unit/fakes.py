@@ -1,6 +1,7 @@
 """Fakes for unit tests of the build pipeline: an in-memory engine and a scriptable provisioner.
 
-`FakeEngine` is a `rolebake.engine.Engine` whose state lives in plain dicts
+`FakeEngine` implements the `rolebake.engine.Engine` protocol (mypy checks it
+does: see `_implements`, and the real class is not its parent); its state lives in plain dicts
 (images by id with their tags, labels and config; containers with their
 labels) and which logs every call, so a test can assert "no container left",
 "tag X names image Y" or "image removed". It follows the Docker behaviours
@@ -21,7 +22,6 @@ import hashlib
 import itertools
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -29,25 +29,22 @@ from typing import Any
 from rolebake.engine import (
     ContainerHandle,
     ContainerInfo,
+    ContainerSession,
     Engine,
     ExecResult,
+    ExecStream,
     ImageInfo,
     Progress,
+    SessionError,
+    SessionResult,
 )
 from rolebake.errors import BuildFailed, InputError, RegistryError
-from rolebake.provision import ansible_spec
-from rolebake.provision.base import (
-    ProvisionContext,
-    Provisioner,
-    ProvisionResult,
-    TaskResult,
-    tree_files,
-)
-from rolebake.spec import ImageSpec, Project
-from rolebake.spec_schema import Schema
-from rolebake.yamlfile import Fields
 
-FAKE_PROVISIONER = "tests.unit.fakes.FakeProvisioner"
+# The provisioner and the records live beside this module; tests import them from here.
+from tests.unit.fake_provisioner import FakeProvisioner, Gate, ProvisionerControl
+from tests.unit.fake_records import Call, FakeContainer, FakeImage, _Hook, normalize
+
+FAKE_PROVISIONER = "tests.unit.fake_provisioner.FakeProvisioner"
 
 # The builder's container scripts by text, so the call log can name them.
 _SCRIPTS = {entry.read_text(encoding="utf-8"): entry.name
@@ -58,72 +55,13 @@ _SCRIPTS = {entry.read_text(encoding="utf-8"): entry.name
 BASE_IMAGE = "debian:bookworm"  # the one image a fresh FakeEngine (conftest) holds
 
 
-def normalize(ref: str) -> str:
-    """A reference as the engine stores it: `name` means `name:latest`."""
-    return ref if ":" in ref.rsplit("/", 1)[-1] else f"{ref}:latest"
-
-
-@dataclass
-class FakeImage:
-    """One image the fake engine holds."""
-
-    id: str
-    tags: list[str]
-    labels: dict[str, str]
-    config: dict[str, Any]
-    created: str
-    parent: str | None = None
-    files: dict[str, bytes] = field(default_factory=dict)  # what read_files finds
-
-    def info(self) -> ImageInfo:
-        """The record the real engine would return."""
-        return ImageInfo(id=self.id, tags=tuple(self.tags), labels=dict(self.labels),
-                         created=self.created, config=copy.deepcopy(self.config))
-
-
-@dataclass
-class FakeContainer:
-    """One container the fake engine holds."""
-
-    id: str
-    name: str
-    image: str
-    labels: dict[str, str]
-    running: bool = True
-    options: dict[str, Any] = field(default_factory=dict)
-    created: str = "2024-01-01T00:00:00Z"  # long ago, as `rolebake clean` sees it
-
-    def info(self) -> ContainerInfo:
-        """The record the real engine would return."""
-        return ContainerInfo(id=self.id, name=self.name, labels=dict(self.labels),
-                             created=self.created,
-                             status="running" if self.running else "exited")
-
-
-@dataclass(frozen=True)
-class Call:
-    """One call the fake engine received."""
-
-    method: str
-    args: tuple[Any, ...]
-
-
-@dataclass
-class _Hook:
-    method: str
-    action: Callable[..., Any]
-    match: Callable[..., bool] | None
-    after: bool
-    times: int | None
-
-
-class FakeEngine(Engine):
+class FakeEngine:
     """An in-memory container engine with a call log and injectable faults."""
 
     kind = "docker"  # which engine it plays; a test may make it "podman"
 
     def __init__(self) -> None:
-        super().__init__(client=None)
+        self._went_away = threading.Event()
         self.images_by_id: dict[str, FakeImage] = {}
         self.containers_by_id: dict[str, FakeContainer] = {}
         self.calls: list[Call] = []
@@ -228,6 +166,10 @@ class FakeEngine(Engine):
         if self.down:
             self._went_away.set()
         return not self.down
+
+    def restarted(self) -> bool:
+        """Whether the engine stopped (and maybe came back) since `watch` began."""
+        return self._went_away.is_set()
 
     def stop(self) -> None:
         """The engine stops: every container dies, no call is answered."""
@@ -559,139 +501,72 @@ class FakeEngine(Engine):
         image.tags.append(ref)
 
 
+    # What no unit test drives: each says so if one ever does ---------------------------
+
+    def fetch(self, ref: str, progress: Progress | None = None,
+              check: Callable[[], None] = lambda: None) -> ImageInfo:
+        """Pulls from a cache repo go through `pull` here."""
+        return self.pull(ref, progress)
+
+    def import_rootfs(self, tarball: Path, ref: str, changes: Sequence[str]) -> ImageInfo:
+        """An image from a tarball: an empty image tagged `ref`."""
+        self._enter("import_rootfs", tarball, ref)
+        return self.add_image(ref)
+
+    def registry_config(self) -> Mapping[str, Any]:
+        """No registry settings."""
+        return {}
+
+    def registry_credentials(self, registry: str) -> dict[str, str]:
+        """No credentials."""
+        return {}
+
+    def copy_out(self, container: ContainerHandle, path: str, dest: Path) -> None:
+        """Not in memory: a unit test that needs it is an integration test."""
+        raise NotImplementedError("FakeEngine.copy_out")
+
+    def open_file(self, container_id: str, path: str) -> tuple[int, Iterator[bytes]] | None:
+        """Not in memory: a unit test that needs it is an integration test."""
+        raise NotImplementedError("FakeEngine.open_file")
+
+    def exec_demuxed(self, container: ContainerHandle, argv: Sequence[str], *,
+                     user: str = "root") -> SessionResult:
+        """`exec`, its output as stdout."""
+        done = self.exec(container, argv, user=user)
+        return SessionResult(rc=done.rc, stdout=done.output.encode(), stderr=b"")
+
+    def exec_stream(self, container: ContainerHandle, argv: Sequence[str], *,
+                    env: Mapping[str, str] | None = None) -> ExecStream:
+        """No long-lived commands in memory."""
+        raise NotImplementedError("FakeEngine.exec_stream")
+
+    @contextlib.contextmanager
+    def session(self, container: ContainerHandle, python: str, *,
+                env: Mapping[str, str] | None = None) -> Iterator[ContainerSession]:
+        """No agent in memory: callers fall back to `exec`, as without a python."""
+        self._enter("session", container, python)
+        raise SessionError(f"no agent in the fake engine ({python})")
+        yield  # pragma: no cover - a generator, for contextmanager
+
+
+def _implements(fake: FakeEngine) -> Engine:
+    """Never called: mypy checks here that FakeEngine keeps up with the Engine protocol."""
+    return fake
+
+
 def _has(labels: Mapping[str, str], wanted: Mapping[str, str | None]) -> bool:
     return all(k in labels and (v is None or labels[k] == v) for k, v in wanted.items())
 
 
-# The provisioner ----------------------------------------------------------------------
-
-
-@dataclass
-class Gate:
-    """Holds a provisioner step until released; says when a layer has reached it."""
-
-    entered: threading.Event = field(default_factory=threading.Event)
-    release: threading.Event = field(default_factory=threading.Event)
-    timeout: float = 10.0
-    # False: like a blocking exec, only a release (e.g. the container killed) ends it.
-    stops_on_cancel: bool = True
-
-
-@dataclass
-class ProvisionerControl:
-    """What every FakeProvisioner records and is told to do, by layer id and step."""
-
-    calls: list[tuple[str, str]] = field(default_factory=list)  # (layer, step), in order
-    failures: dict[tuple[str, str], BaseException] = field(default_factory=dict)
-    gates: dict[tuple[str, str], Gate] = field(default_factory=dict)
-    hooks: dict[tuple[str, str], Callable[[ProvisionContext], None]] = field(
-        default_factory=dict)
-    tasks: tuple[TaskResult, ...] = (
-        TaskResult(name="install nginx", role="web", action="ansible.builtin.apt",
-                   status="changed", args={"name": "nginx"}),
-        TaskResult(name="check config", role="web", action="ansible.builtin.stat",
-                   status="ok"),
-    )
-    version: str = "fake 1.0"
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def fail(self, layer: str, step: str, error: BaseException) -> None:
-        """Make `step` (preflight, bootstrap, provision, clean) raise `error` for `layer`."""
-        self.failures[(layer, step)] = error
-
-    def block(self, layer: str, step: str, timeout: float = 10.0, *,
-              stops_on_cancel: bool = True) -> Gate:
-        """Make `step` wait for `layer` until the gate is released (or the build cancelled)."""
-        gate = Gate(timeout=timeout, stops_on_cancel=stops_on_cancel)
-        self.gates[(layer, step)] = gate
-        return gate
-
-    def steps_of(self, layer: str) -> list[str]:
-        """The steps run for `layer`, in order."""
-        with self.lock:
-            return [step for name, step in self.calls if name == layer]
-
-
-class FakeProvisioner(Provisioner):
-    """A provisioner that only records, fails or blocks when the test says so."""
-
-    name = "fake"
-    control = ProvisionerControl()
-
-    @classmethod
-    def schema(cls) -> Schema:
-        """Ansible's keys (roles, vars, roles_append ...), so a fake spec reads like a real one."""
-        return Schema(owner=cls.name, keys=ansible_spec.SCHEMA.keys,
-                      variant_keys=ansible_spec.SCHEMA.variant_keys)
-
-    @classmethod
-    def read_settings(cls, top: Fields, variants: Mapping[str, Fields], project: Project
-                      ) -> tuple[ansible_spec.AnsibleSettings,
-                                 Mapping[str, ansible_spec.AnsibleSettings]]:
-        """Read as the ansible provisioner reads them."""
-        return ansible_spec.read(top, variants, project)
-
-    @classmethod
-    def validate(cls, spec: ImageSpec, project: Project) -> None:
-        """Anything goes: the fake applies nothing."""
-
-    @classmethod
-    def version(cls) -> str:
-        """Part of every cache key, so a test can change it to force a miss."""
-        return cls.control.version
-
-    def input_files(self) -> list[Path]:
-        """The files of the layer's roles, when the test project has any."""
-        files: list[Path] = []
-        for role in ansible_spec.settings_of(self.layer).roles:
-            folder = self.project.roles_dir / role
-            if folder.is_dir():
-                files.extend(tree_files(folder, self.project))
-        return files
-
-    def preflight(self, engine: Engine) -> None:
-        """Record, or fail as told."""
-        self._step("preflight", None)
-
-    def bootstrap(self, ctx: ProvisionContext) -> None:
-        """Record, or fail or block as told."""
-        self._step("bootstrap", ctx)
-
-    def provision(self, ctx: ProvisionContext, *, idempotence: bool = False) -> ProvisionResult:
-        """Record, or fail or block as told; report the control's task results."""
-        self._step("idempotence" if idempotence else "provision", ctx)
-        if idempotence:
-            return ProvisionResult(tasks=tuple(
-                TaskResult(t.name, t.role, t.action, "ok" if t.status == "changed" else t.status)
-                for t in self.control.tasks))
-        return ProvisionResult(tasks=self.control.tasks)
-
-    def clean(self, ctx: ProvisionContext) -> None:
-        """Record, or fail or block as told."""
-        self._step("clean", ctx)
-
-    def _step(self, step: str, ctx: ProvisionContext | None) -> None:
-        control = self.control
-        key = (self.layer.id, step)
-        with control.lock:
-            control.calls.append(key)
-        hook = control.hooks.get(key)
-        if hook is not None and ctx is not None:
-            hook(ctx)
-        gate = control.gates.get(key)
-        if gate is not None:
-            gate.entered.set()
-            waited = 0.0
-            while not gate.release.wait(0.01):
-                waited += 0.01
-                # As ansible-runner's cancel_callback does: a cancelled build stops here.
-                if gate.stops_on_cancel and ctx is not None and ctx.cancel.is_set():
-                    raise BuildFailed(f"{step} was cancelled")
-                if waited > gate.timeout:
-                    raise BuildFailed(f"test gate for {key} was never released")
-            # What ran in the build container fails when the container died meanwhile.
-            if ctx is not None and not ctx.engine.container_state(ctx.container).get("Running"):
-                raise BuildFailed(f"{step}: the build container {ctx.container.name} stopped")
-        error = control.failures.get(key)
-        if error is not None:
-            raise error
+__all__ = [
+    "BASE_IMAGE",
+    "FAKE_PROVISIONER",
+    "Call",
+    "FakeContainer",
+    "FakeEngine",
+    "FakeImage",
+    "FakeProvisioner",
+    "Gate",
+    "ProvisionerControl",
+    "normalize",
+]

@@ -30,7 +30,7 @@ from rolebake.builder import Builder, BuildOptions
 from rolebake.builder import runner as build_runner
 from rolebake.cleanup import find_leftovers, remove_leftovers
 from rolebake.cli import main
-from rolebake.engine import BUILD_ID_LABEL, ROLE_LABEL, Engine
+from rolebake.engine import BUILD_ID_LABEL, ROLE_LABEL, DockerEngine
 from rolebake.errors import BuildFailed, EngineUnavailable, InternalError, Interrupted
 from rolebake.image import TagJournal, recover_journals
 from rolebake.load import plan_build
@@ -189,7 +189,7 @@ def test_a_signal_while_the_report_is_written_still_puts_the_tags_back(
     run_build(engine, project, ["web"])
     before = tags_now(engine, project)
     change_roles(project, "web")
-    monkeypatch.setattr(Engine, "connect", classmethod(lambda cls, timeout=600: engine))
+    monkeypatch.setattr(DockerEngine, "connect", classmethod(lambda cls, timeout=600: engine))
     # The build has returned; the signal comes while the CLI writes the JUnit file.
     monkeypatch.setattr("rolebake.verify.write_junit", lambda *_args: signal.raise_signal(
         signal.SIGINT))
@@ -255,7 +255,7 @@ def test_the_cli_writes_the_report_when_a_worker_raises(
     (project.root / "tests" / "images" / "two" / "test_two.py").write_text("")
     monkeypatch.setattr("rolebake.verify._pytest", lambda *_args, **_kw: [
         TestCase(suite="test_two", name="test_it", outcome="passed")])
-    monkeypatch.setattr(Engine, "connect", classmethod(lambda cls, timeout=600: engine))
+    monkeypatch.setattr(DockerEngine, "connect", classmethod(lambda cls, timeout=600: engine))
     fail_one_while_two_builds(fake_provisioner, KeyError("layer"))
     junit = tmp_path / "junit.xml"
 

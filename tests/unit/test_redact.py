@@ -276,7 +276,7 @@ def test_parity_output_progress_and_logs_are_redacted(tmp_path: Path,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     """`rolebake parity` loads the spec's secrets like a build, hands them on, and every
     output (table, progress, the VM's Ansible log) hides them."""
-    from rolebake.engine import Engine
+    from rolebake.engine import DockerEngine
     from rolebake.events import LogEvent
     from rolebake.parity import run as parity_run
     from rolebake.parity.diff import Category, ParityItem, ParityReport, Status
@@ -302,7 +302,7 @@ def test_parity_output_progress_and_logs_are_redacted(tmp_path: Path,
                                        container_tests=[], vm_tests=[])
 
     monkeypatch.setattr(parity_run, "run_parity", fake_parity)
-    monkeypatch.setattr(Engine, "connect", classmethod(lambda cls: None))
+    monkeypatch.setattr(DockerEngine, "connect", classmethod(lambda cls: None))
     for args in ([], ["--json"]):
         result = CliRunner().invoke(main, ["--project", str(root), "parity", "web", "--vm",
                                            "ssh://root@vm.example:22", *args])

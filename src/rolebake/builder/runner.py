@@ -9,7 +9,6 @@ engine or the build container died under it, and keeps or drops the image.
 from __future__ import annotations
 
 import contextlib
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -34,13 +33,6 @@ from rolebake.locks import exclusive, host_lock
 from rolebake.plan import Layer
 from rolebake.release import release_of
 from rolebake.rootfs import cache_dir
-
-# Test hook, for the fault-injection tests only: ROLEBAKE_TEST_PAUSE=<step> makes
-# every layer wait (up to ROLEBAKE_TEST_PAUSE_SECONDS, default 60) at the start
-# of that step, so a signal can be sent at a step too short to hit otherwise;
-# `after:<step>` waits once the step has passed, with no cancel check after it;
-# `tag:moved` waits after the first tag of a layer moved, in the middle of the move.
-TEST_PAUSE_ENV = "ROLEBAKE_TEST_PAUSE"
 
 # How long a failed step waits for an engine that stopped answering to come back
 # (a restart), so it can say what happened and remove its container.
@@ -144,9 +136,6 @@ class Runner(Steps):
         began = time.monotonic()
         try:
             self._check_cancel()
-            if os.environ.get(TEST_PAUSE_ENV) == step.value:
-                self.cancel.wait(float(os.environ.get(TEST_PAUSE_ENV + "_SECONDS", "60")))
-                self._check_cancel()
             message = self._steps[step](run) or ""
         except BaseException as exc:
             run.result.steps[step.value] = StepStatus.FAILED.value
@@ -159,13 +148,6 @@ class Runner(Steps):
         status = StepStatus.CACHED if step == Step.CACHE and run.cached else StepStatus.OK
         run.result.steps[step.value] = status.value
         self.events(StepEvent(run.layer.id, step, status, message))
-        if os.environ.get(TEST_PAUSE_ENV) == f"after:{step.value}":
-            self.cancel.wait(float(os.environ.get(TEST_PAUSE_ENV + "_SECONDS", "60")))
-
-    def _between_tags(self) -> None:
-        if os.environ.get(TEST_PAUSE_ENV) == "tag:moved":
-            self.cancel.wait(float(os.environ.get(TEST_PAUSE_ENV + "_SECONDS", "60")))
-        super()._between_tags()
 
     def _on_failure(self, run: LayerRun, step: Step, exc: BaseException) -> None:
         """Say plainly when the engine or the container died under a step; keep or drop an image."""

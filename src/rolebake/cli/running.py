@@ -151,7 +151,7 @@ def engine_for(ctx: click.Context, project: Project | None = None,
     project, the tag journals of runs killed outright on this engine are
     finished (`image.recover_journals`) and what was done is said.
     """
-    from rolebake.engine import Engine, engine_address
+    from rolebake.engine import DockerEngine, engine_address
 
     address = engine_address()
     if address.insecure:
@@ -162,7 +162,7 @@ def engine_for(ctx: click.Context, project: Project | None = None,
                              "they would cross the network in clear",
                              hint="set DOCKER_TLS_VERIFY=1 and DOCKER_CERT_PATH, use ssh://, "
                                   "or pass --allow-insecure-engine")
-    engine = Engine.connect()
+    engine = DockerEngine.connect()
     if project is not None:
         from rolebake.image import recover_journals
 

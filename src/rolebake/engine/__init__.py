@@ -4,8 +4,10 @@ Everything else speaks in rolebake's own records (ContainerHandle, ImageInfo,
 ExecResult) and imports them from here. Containers made here are always
 removed by a context manager (DESIGN.md invariant 1).
 
-`Engine` is one object put together from one module per concern, each a class
-over the same SDK client (as docker-py's own `APIClient` is):
+`Engine` (api.py) is the protocol every caller annotates: what rolebake may
+ask of an engine. `DockerEngine` implements it, one object put together from
+one module per concern, each a class over the same SDK client (as docker-py's
+own `APIClient` is):
 
 - `connection`: connecting, which engine answers (Docker or Podman), its
   identity, and noticing when it stops or restarts;
@@ -15,6 +17,9 @@ over the same SDK client (as docker-py's own `APIClient` is):
 - `containers`: containers for a `with` block, always removed; listing,
   state, health and logs;
 - `commands`: commands run in a container, waited for or streamed;
+- `session`: one agent per container, every command and file through it
+  (chunked files, a timeout per command that kills its process group,
+  commands side by side);
 - `files`: files into and out of containers, and read from images;
 - `volumes`: named volumes, and which one a container has mounted where;
 - `records` (what callers hold) and `failures` (the SDK's exceptions as
@@ -23,6 +28,7 @@ over the same SDK client (as docker-py's own `APIClient` is):
 
 from __future__ import annotations
 
+from rolebake.engine.api import Engine
 from rolebake.engine.commands import Commands, ExecStream
 from rolebake.engine.connection import Connection, EngineAddress, engine_address
 from rolebake.engine.containers import Containers
@@ -40,6 +46,13 @@ from rolebake.engine.records import (
     ImageInfo,
     Progress,
 )
+from rolebake.engine.session import (
+    Channel,
+    ContainerSession,
+    SessionError,
+    SessionResult,
+    Stream,
+)
 from rolebake.engine.transfer import Transfers
 from rolebake.engine.volumes import Volumes
 
@@ -48,14 +61,20 @@ __all__ = [
     "LABEL_PREFIX",
     "LEFTOVER_ROLES",
     "ROLE_LABEL",
+    "Channel",
     "ContainerHandle",
     "ContainerInfo",
+    "ContainerSession",
+    "DockerEngine",
     "Engine",
     "EngineAddress",
     "ExecResult",
     "ExecStream",
     "ImageInfo",
     "Progress",
+    "SessionError",
+    "SessionResult",
+    "Stream",
     "as_error",
     "commit_changes",
     "disk_full_hint",
@@ -65,5 +84,5 @@ __all__ = [
 ]
 
 
-class Engine(Transfers, Images, Files, Containers, Commands, Volumes, Connection):
-    """rolebake's view of a Docker engine."""
+class DockerEngine(Transfers, Images, Files, Containers, Commands, Volumes, Connection):
+    """rolebake's view of a Docker (or Podman) engine: the `Engine` protocol over the SDK."""

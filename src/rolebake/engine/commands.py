@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import docker.errors
@@ -13,6 +13,7 @@ import docker.utils.socket
 from rolebake.engine.connection import Connection
 from rolebake.engine.failures import api_message, engine_failure
 from rolebake.engine.records import ContainerHandle, ExecResult
+from rolebake.engine.session import ContainerSession, SessionResult, agent_argv, agent_session
 from rolebake.errors import BuildFailed
 
 
@@ -50,6 +51,30 @@ class Commands(Connection):
             raise BuildFailed(f"could not start {argv[0]} in container {container.name}: "
                               f"{api_message(exc)}") from None
         return ExecStream(sock)
+
+    def exec_demuxed(self, container: ContainerHandle, argv: Sequence[str], *,
+                     user: str = "root") -> SessionResult:
+        """Run a command and wait for it, its stdout and stderr apart (no stdin)."""
+        try:
+            rc, (out, err) = self.client.containers.get(container.id).exec_run(
+                list(argv), user=user, demux=True)
+        except docker.errors.APIError as exc:
+            raise engine_failure(f"could not run {argv[0]} in container {container.name}",
+                                 exc) from None
+        return SessionResult(rc=int(rc if rc is not None else -1), stdout=out or b"",
+                             stderr=err or b"")
+
+    @contextlib.contextmanager
+    def session(self, container: ContainerHandle, python: str, *,
+                env: Mapping[str, str] | None = None) -> Iterator[ContainerSession]:
+        """A session: rolebake's agent started with `python` in the container, for a `with` block.
+
+        Raises:
+            SessionError: the agent did not start (no such python, a broken one).
+        """
+        stream = self.exec_stream(container, agent_argv(python), env=env)
+        with agent_session(stream, python) as served:
+            yield served
 
     def shell(self, container: ContainerHandle, script: str, *args: str,
               env: Mapping[str, str] | None = None) -> ExecResult:

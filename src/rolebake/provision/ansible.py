@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shlex
 import shutil
 import sys
 import threading
@@ -22,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from rolebake.engine import Engine, ExecResult, ImageInfo
+from rolebake.engine import Engine, ExecResult, ImageInfo, SessionError
 from rolebake.errors import BuildFailed, InputError
 from rolebake.events import EventSink, LogEvent, discard
 from rolebake.provision import (
@@ -268,13 +267,11 @@ class AnsibleProvisioner(Provisioner):
         """A shell script in the build container: through the agent when it runs."""
         if self._relay is None:
             return ctx.engine.shell(ctx.container, text, *args)
-        command = shlex.join(["/bin/sh", "-c", text, "rolebake", *args])
         try:
-            answer, parts = self._relay.call({"op": "exec", "shell": "/bin/sh", "cmd": command})
-        except (EOFError, OSError, ValueError):
+            done = self._relay.session.shell(text, *args)
+        except SessionError:
             return ctx.engine.shell(ctx.container, text, *args)
-        output = b"".join(parts).decode("utf-8", "replace")
-        return ExecResult(rc=int(answer.get("rc", 255)), output=output or answer.get("error", ""))
+        return ExecResult(rc=done.rc, output=done.output)
 
     def _stop_agent(self) -> None:
         agent_stack, self._agent, self._relay = self._agent, None, None

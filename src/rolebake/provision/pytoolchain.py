@@ -23,15 +23,17 @@ import hashlib
 import os
 import tempfile
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from rolebake import __version__, aptcache
 from rolebake.engine import ROLE_LABEL, Engine, ImageInfo
 from rolebake.errors import BuildFailed, InputError
 from rolebake.events import EventSink, LogEvent
 from rolebake.locks import exclusive
-from rolebake.provision.base import SCRATCH
+from rolebake.provision.base import SCRATCH, lend_volume
 from rolebake.release import RELEASE_LABEL, Release
 from rolebake.rootfs import cache_dir
 from rolebake.scripts import script
@@ -103,6 +105,26 @@ def choose(engine: Engine, release: Release | None) -> Runtime:
         return Runtime(release, notice=f"the python toolchain {setting} is for {made_for}, the "
                                        f"parent image is {release}: python3 bootstrapped")
     return Runtime(release, toolchain=info.id)
+
+
+def lent_mount(engine: Engine, release: Release | None,
+               labels: Mapping[str, str]) -> dict[str, Any] | None:
+    """The mount lending `release`'s python to a container, when its toolchain exists.
+
+    For containers rolebake runs commands in besides the build's (verification):
+    never makes a toolchain, and None whenever the build would not lend one.
+    """
+    try:
+        runtime = choose(engine, release)
+    except InputError:
+        return None
+    if runtime.toolchain is None:
+        return None
+    toolchain = engine.image(runtime.toolchain)
+    if toolchain is None:
+        return None
+    return lend_volume(engine, toolchain.id, volume=VOLUME, at=VOLUME, kind="python",
+                       build_labels=labels)
 
 
 def ensure(engine: Engine, runtime: Runtime, parent: ImageInfo, events: EventSink,

@@ -144,7 +144,7 @@ def test_cli_passes_without_strict_ids_and_exits_5_with_it(
     from click.testing import CliRunner
 
     from rolebake.cli import main
-    from rolebake.engine import Engine
+    from rolebake.engine import DockerEngine
     from rolebake.parity import run as parity_run
 
     root = tmp_path / "project"
@@ -163,7 +163,7 @@ def test_cli_passes_without_strict_ids_and_exits_5_with_it(
                                        report=report, container_tests=[], vm_tests=[])
 
     monkeypatch.setattr(parity_run, "run_parity", fake_parity)
-    monkeypatch.setattr(Engine, "connect", classmethod(lambda cls: None))
+    monkeypatch.setattr(DockerEngine, "connect", classmethod(lambda cls: None))
     args = ["--project", str(root), "parity", "svc", "--vm", "ssh://root@vm.example:22"]
     loose = CliRunner().invoke(main, args)
     assert loose.exit_code == 0, loose.output

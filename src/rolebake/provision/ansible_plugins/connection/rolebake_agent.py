@@ -2,19 +2,25 @@
 
 Loaded by the ansible-playbook rolebake starts (ANSIBLE_CONNECTION_PLUGINS);
 it talks to rolebake's relay over a unix socket on this machine, and the relay
-to the agent in the container (see rolebake/provision/agent.py). It has no
-use outside a rolebake build.
+to the agent in the container (see rolebake/provision/agent.py), in the
+agent's own frames (rolebake/scripts/agent.py, standard library only, so a
+worker imports no docker SDK). Files travel in chunks. When Ansible gives up
+on a task (its `timeout:`), the worker process ends and its socket closes; the
+relay then kills the command in the container. It has no use outside a
+rolebake build.
 """
 
 from __future__ import annotations
 
 import json
 import socket
-from typing import Any
+from typing import Any, BinaryIO
 
 from ansible.errors import AnsibleConnectionFailure, AnsibleError
 from ansible.module_utils.common.text.converters import to_bytes, to_text
 from ansible.plugins.connection import ConnectionBase
+
+from rolebake.scripts import agent as wire
 
 DOCUMENTATION = """
 name: rolebake_agent
@@ -50,6 +56,7 @@ class Connection(ConnectionBase):
         super().__init__(*args, **kwargs)
         self._sock: socket.socket | None = None
         self._reader: Any = None
+        self._channel = 0
 
     def _connect(self) -> Connection:
         if not self._connected:  # type: ignore[has-type]
@@ -62,49 +69,71 @@ class Connection(ConnectionBase):
             self._connected = True
         return self
 
-    def _call(self, head: dict[str, Any], *payloads: bytes) -> tuple[dict[str, Any], list[bytes]]:
+    def _call(self, request: dict[str, Any], source: BinaryIO | bytes | None = None,
+              sink: BinaryIO | None = None) -> tuple[dict[str, Any], bytes, bytes]:
+        """One channel: its request, its input in chunks, then what comes back until DONE.
+
+        Output goes to `sink` when given (a fetched file), else it is returned.
+        """
         self._connect()
         assert self._sock is not None
-        head = dict(head, lens=[len(p) for p in payloads])
+        self._channel += 1
+        number, out, err = self._channel, bytearray(), bytearray()
         try:
-            self._sock.sendall(json.dumps(head).encode("utf-8") + b"\n" + b"".join(payloads))
-            line = self._reader.readline()
-            if not line:
-                raise EOFError("the relay hung up")
-            answer = json.loads(line)
-            parts = [self._reader.read(size) for size in answer.get("lens") or []]
+            self._sock.sendall(wire.frame(number, wire.OPEN, json.dumps(request).encode()))
+            if isinstance(source, bytes):
+                for start in range(0, len(source), wire.CHUNK):
+                    self._sock.sendall(wire.frame(number, wire.DATA,
+                                                  source[start:start + wire.CHUNK]))
+            elif source is not None:
+                while chunk := source.read(wire.CHUNK):
+                    self._sock.sendall(wire.frame(number, wire.DATA, chunk))
+            if request["op"] != "fetch":
+                self._sock.sendall(wire.frame(number, wire.EOF))
+            while True:
+                channel, kind, payload = wire.read_frame(self._reader)
+                if channel != number:
+                    continue  # the tail of a channel given up on
+                if kind == wire.DONE:
+                    return json.loads(payload), bytes(out), bytes(err)
+                if kind == wire.OUT and sink is not None:
+                    sink.write(payload)
+                else:
+                    (out if kind == wire.OUT else err).extend(payload)
         except (OSError, EOFError, ValueError) as exc:
+            self.close()
             raise AnsibleConnectionFailure(f"rolebake agent: {exc}") from exc
-        return answer, parts
+        except BaseException:
+            # Ansible's task timeout (an alarm) interrupts us mid-answer: hang up,
+            # so the relay kills the command and the next call starts clean.
+            self.close()
+            raise
 
     def exec_command(self, cmd: str, in_data: bytes | None = None,
                      sudoable: bool = True) -> tuple[int, bytes, bytes]:
         """Run a shell command in the container; its stdin is `in_data` (pipelining)."""
         super().exec_command(cmd, in_data=in_data, sudoable=sudoable)
-        answer, parts = self._call({"op": "exec", "shell": self._play_context.executable,
-                                    "cmd": to_text(cmd)}, to_bytes(in_data or b""))
+        answer, out, err = self._call({"op": "exec", "shell": self._play_context.executable,
+                                       "cmd": to_text(cmd)}, to_bytes(in_data or b""))
         if "error" in answer:
             raise AnsibleConnectionFailure(answer["error"])
-        out, err = [*parts, b"", b""][:2]
         return int(answer["rc"]), out, err
 
     def put_file(self, in_path: str, out_path: str) -> None:
-        """Copy a file from this machine into the container."""
+        """Copy a file from this machine into the container, in chunks."""
         super().put_file(in_path, out_path)
         with open(to_bytes(in_path), "rb") as handle:
-            data = handle.read()
-        answer, _ = self._call({"op": "put", "path": to_text(out_path)}, data)
+            answer, _, _ = self._call({"op": "put", "path": to_text(out_path)}, handle)
         if "error" in answer:
             raise AnsibleError(f"could not put {out_path}: {answer['error']}")
 
     def fetch_file(self, in_path: str, out_path: str) -> None:
-        """Copy a file from the container to this machine."""
+        """Copy a file from the container to this machine, in chunks."""
         super().fetch_file(in_path, out_path)
-        answer, parts = self._call({"op": "fetch", "path": to_text(in_path)})
+        with open(to_bytes(out_path), "wb") as handle:
+            answer, _, _ = self._call({"op": "fetch", "path": to_text(in_path)}, sink=handle)
         if "error" in answer:
             raise AnsibleError(f"could not fetch {in_path}: {answer['error']}")
-        with open(to_bytes(out_path), "wb") as handle:
-            handle.write(parts[0] if parts else b"")
 
     def close(self) -> None:
         """Hang up on the relay (the agent keeps running for the next task)."""
