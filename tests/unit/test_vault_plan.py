@@ -72,11 +72,11 @@ def test_build_with_the_password_prints_no_ansible_warnings(project: Project) ->
 
 def test_plan_notes_the_missing_password_and_checks_a_given_one(
         project: Project, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    from rolebake.engine import Engine
+    from rolebake.engine import DockerEngine
 
     engine = FakeEngine()
     engine.add_image(BASE_IMAGE, config={"Cmd": ["bash"]})
-    monkeypatch.setattr(Engine, "connect", classmethod(lambda cls, *a, **k: engine))
+    monkeypatch.setattr(DockerEngine, "connect", classmethod(lambda cls, *a, **k: engine))
     monkeypatch.chdir(project.root)
 
     def plan(*args: str) -> Any:
