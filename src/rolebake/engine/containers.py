@@ -33,11 +33,15 @@ class Containers(Connection):
         volumes_from: Sequence[str] = (),
         ports: Mapping[str, Any] | None = None,
         environment: Mapping[str, str] | None = None,
+        init: bool = True,
     ) -> Iterator[ContainerHandle]:
         """Run a container for the length of a `with` block and always remove it.
 
         With `keep_alive` the image's own command is replaced by a sleeping
-        entrypoint, so a build container stays up whatever the image runs.
+        entrypoint, so a build container stays up whatever the image runs. With
+        `init` the engine's own init (`docker run --init`, Podman's `--init`) is
+        PID 1 and reaps: a daemon a role restarts is gone when it exits, as on a
+        server, instead of a zombie its restart waits for.
         """
         kwargs: dict[str, Any] = {
             "name": name,
@@ -48,6 +52,7 @@ class Containers(Connection):
             "volumes_from": list(volumes_from),
             "ports": dict(ports or {}),
             "environment": dict(environment or {}),
+            "init": init,
         }
         if keep_alive:
             # An entrypoint (not a cmd) keeps the commit from inheriting it: the
