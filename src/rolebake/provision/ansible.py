@@ -88,6 +88,7 @@ class AnsibleProvisioner(Provisioner):
         self._agent: contextlib.ExitStack | None = None
         self._relay: agent.AgentRelay | None = None
         self._run: ansible_inventory.RunInventory | None = None
+        self._env: dict[str, str] = dict(CONTAINER_ENV)
 
     @classmethod
     def version(cls) -> str:
@@ -205,6 +206,8 @@ class AnsibleProvisioner(Provisioner):
         if self._lent:
             assert runtime.release is not None
             self.interpreter = pytoolchain.INTERPRETER
+            # The lent systemctl runs with the lent python: both, or neither.
+            self._env = container_env(self._parent.config if self._parent else {})
             agent_started = self._start_agent(ctx, quiet=True)
             checked = self._shell(ctx, _CHECK_LENT, pytoolchain.INTERPRETER)
             lines = checked.output.strip().splitlines()
@@ -215,6 +218,7 @@ class AnsibleProvisioner(Provisioner):
                                                   f"tasks run through {how}"))
                 return
             self._stop_agent()
+            self._env = dict(CONTAINER_ENV)
             why = (f"is for {runtime.release}, the build container is {here}"
                    if checked.rc == 0 and here is not None
                    else f"does not run on {here or 'this image'} ({first_line(checked.tail(1))})")
@@ -245,7 +249,7 @@ class AnsibleProvisioner(Provisioner):
         stack = contextlib.ExitStack()
         try:
             self._relay = stack.enter_context(agent.relay(
-                ctx.engine, ctx.container, self.interpreter, env=dict(CONTAINER_ENV)))
+                ctx.engine, ctx.container, self.interpreter, env=dict(self._env)))
         except BuildFailed as exc:
             stack.close()
             if not quiet:
@@ -282,7 +286,7 @@ class AnsibleProvisioner(Provisioner):
         Returns:
             Every task's result.
         """
-        host_vars = _host_vars(ctx.target, self.interpreter, self._relay)
+        host_vars = _host_vars(ctx.target, self.interpreter, self._relay, self._env)
         with _private_data_dir(ctx) as data_dir:
             playbook = self._write_run_files(ctx, data_dir, host_vars)
             watcher = EventWatcher(ctx)
@@ -396,14 +400,28 @@ _CHECK_LENT = ('cat /etc/os-release 2>/dev/null; "$1" -c "import apt_pkg, sys; '
 
 
 CONTAINER_ENV = {
-    # Enable systemd units offline: there is no systemd running in a build
-    # container; start/restart requests are skipped with a warning.
+    # A systemctl the roles install (systemd itself) enables units offline: no
+    # systemd runs in a build container; it skips starts with a warning. Without
+    # it, the lent systemctl (scripts/systemctl.py) serves, starts included.
     "SYSTEMD_OFFLINE": "1",
 }
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"  # Docker's
+
+
+def container_env(image_config: Mapping[str, Any]) -> dict[str, str]:
+    """CONTAINER_ENV, and PATH ending in the lent systemctl's folder.
+
+    Last on the image's own PATH (Docker's default when it sets none): a
+    systemctl the roles install comes first, as Ansible's modules then find it.
+    """
+    path = next((e.split("=", 1)[1] for e in image_config.get("Env") or ()
+                 if e.startswith("PATH=")), DEFAULT_PATH)
+    return {**CONTAINER_ENV, "PATH": f"{path}:{pytoolchain.SYSTEMCTL_DIR}"}
 
 
 def _host_vars(target: ContainerTarget | SSHTarget, interpreter: str = SYSTEM_PYTHON,
-               relay: agent.AgentRelay | None = None) -> dict[str, Any]:
+               relay: agent.AgentRelay | None = None,
+               env: Mapping[str, str] = CONTAINER_ENV) -> dict[str, Any]:
     """How Ansible reaches the target: rolebake's agent (or the engine's exec API), or SSH."""
     if isinstance(target, SSHTarget):
         return dict(target.ansible_host_vars())
@@ -416,7 +434,7 @@ def _host_vars(target: ContainerTarget | SSHTarget, interpreter: str = SYSTEM_PY
         "ansible_host": target.container.id,
         "ansible_user": "root",
         "ansible_python_interpreter": interpreter,
-        "ansible_docker_extra_env": dict(CONTAINER_ENV),
+        "ansible_docker_extra_env": dict(env),
     }
     if os.environ.get("DOCKER_HOST"):
         # The connection plugin does not read DOCKER_HOST by itself: name the

@@ -39,7 +39,10 @@ done
 [ -z "$killed" ] || echo "notice: killed what did not stop within 10 s of SIGTERM:$killed" \
     >> /tmp/.rolebake-notices
 find /run /var/run -xdev -name '*.pid' -type f -delete 2>/dev/null || true
-rm -f /etc/dpkg/dpkg.cfg.d/zz-rolebake-unsafe-io /lib/lsb/init-functions.d/01-rolebake-init-watch
+# sd_booted's mark for Ansible (prepare.sh): on /dev, never committed; gone all the same.
+rmdir /dev/.systemd 2>/dev/null
+rm -f /etc/dpkg/dpkg.cfg.d/zz-rolebake-unsafe-io /etc/dpkg/dpkg.cfg.d/zz-rolebake-systemctl \
+      /lib/lsb/init-functions.d/01-rolebake-init-watch
 if [ -e /usr/sbin/.rolebake-policy-rc.d ]; then
     rm -f /usr/sbin/policy-rc.d /usr/sbin/.rolebake-policy-rc.d
 fi
