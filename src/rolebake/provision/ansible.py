@@ -69,6 +69,7 @@ SYSTEM_PYTHON = "/usr/bin/python3"
 # first. Either way the apt module must never install it into the layer itself.
 MODULE_DEFAULTS = {"ansible.builtin.apt": {"auto_install_module_deps": False}}
 IDEMPOTENCE_SKIP_TAGS = "molecule-notest,molecule-idempotence-notest"
+SLOW_TASK_S = 10.0  # a task taking longer is named in the build's progress
 
 
 class AnsibleProvisioner(Provisioner):
@@ -489,6 +490,11 @@ class EventWatcher:
                 path=str(data.get("task_path") or ""),
             )
             self.results.append(task)
+            seconds = data.get("duration")
+            if isinstance(seconds, (int, float)) and seconds >= SLOW_TASK_S:
+                # A restart that waits for a process nobody reaps took 60 s and said nothing.
+                self.ctx.events(LogEvent(self.ctx.layer.id, f"notice: task '{task.name}' took "
+                                                            f"{seconds:.0f} s"))
             if status == "failed":
                 self.failures.append(task)
                 self.failure_paths.append(str(data.get("task_path") or ""))
