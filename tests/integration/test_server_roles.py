@@ -380,5 +380,5 @@ def test_a_daemon_restart_takes_what_it_takes_on_a_server(project: TestProject) 
     assert "RUNNING HANDLER [rbapache : Restart apache2]" in text, text[-3000:]
     # The build names every task that took 10 s or more (ansible's own duration of
     # the task); without a reaping PID 1 the restart waited 60 s for its zombie.
-    slow = [line for line in built.stderr.splitlines() if "took" in line and "task '" in line]
+    slow = [line for line in built.stderr.splitlines() if "slow task: " in line]
     assert not any("Restart apache2" in line for line in slow), slow

@@ -493,7 +493,7 @@ class EventWatcher:
             seconds = data.get("duration")
             if isinstance(seconds, (int, float)) and seconds >= SLOW_TASK_S:
                 # A restart that waits for a process nobody reaps took 60 s and said nothing.
-                self.ctx.events(LogEvent(self.ctx.layer.id, f"notice: task '{task.name}' took "
+                self.ctx.events(LogEvent(self.ctx.layer.id, f"slow task: '{task.name}' took "
                                                             f"{seconds:.0f} s"))
             if status == "failed":
                 self.failures.append(task)
