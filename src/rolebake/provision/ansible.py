@@ -401,19 +401,17 @@ _CHECK_LENT = ('cat /etc/os-release 2>/dev/null; "$1" -c "import apt_pkg, sys; '
 
 
 CONTAINER_ENV = {
-    # A systemctl the roles install (systemd itself) enables units offline: no
-    # systemd runs in a build container; it skips starts with a warning. Without
-    # it, the lent systemctl (scripts/systemctl.py) serves, starts included.
+    # A systemctl the roles install enables units offline and skips starts (no
+    # systemd runs here); without one the lent systemctl serves, starts included.
     "SYSTEMD_OFFLINE": "1",
 }
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"  # Docker's
 
 
 def container_env(image_config: Mapping[str, Any]) -> dict[str, str]:
-    """CONTAINER_ENV, and PATH ending in the lent systemctl's folder.
+    """CONTAINER_ENV, and the image's PATH ending in the lent systemctl's folder.
 
-    Last on the image's own PATH (Docker's default when it sets none): a
-    systemctl the roles install comes first, as Ansible's modules then find it.
+    Last, so that a systemctl the roles install is the one Ansible's modules find.
     """
     path = next((e.split("=", 1)[1] for e in image_config.get("Env") or ()
                  if e.startswith("PATH=")), DEFAULT_PATH)
