@@ -180,3 +180,14 @@ def test_the_toolchain_carries_it_and_its_recipe_keys_it(tmp_path: Path) -> None
         assert tar.getmember(f".{pytoolchain.SYSTEMCTL_DIR}/systemd_units.py")
     # prepare.sh looks for it there.
     assert pytoolchain.SYSTEMCTL in script("prepare.sh")
+
+
+def test_it_is_last_on_the_modules_path_after_the_images_own() -> None:
+    from rolebake.provision.ansible import CONTAINER_ENV, DEFAULT_PATH, container_env
+
+    env = container_env({"Env": ["LANG=C.UTF-8", "PATH=/opt/app/bin:/usr/bin:/bin"]})
+    assert env["PATH"] == f"/opt/app/bin:/usr/bin:/bin:{pytoolchain.SYSTEMCTL_DIR}"
+    assert env["SYSTEMD_OFFLINE"] == CONTAINER_ENV["SYSTEMD_OFFLINE"]  # for a real systemctl
+    assert container_env({})["PATH"] == f"{DEFAULT_PATH}:{pytoolchain.SYSTEMCTL_DIR}"
+    # No python on PATH with it: the folder holds systemctl alone (and its module).
+    assert os.path.dirname(pytoolchain.INTERPRETER) != pytoolchain.SYSTEMCTL_DIR
