@@ -28,6 +28,10 @@ def root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setattr(units, "SEARCH", (str(etc), str(lib)))
     monkeypatch.setattr(units, "CONFIG", str(etc))
     monkeypatch.setattr(units, "STATE", str(tmp_path / "state"))
+    # Never this machine's own /run: the test's folder stands for it.
+    monkeypatch.setattr(units, "TMPFILES", (str(tmp_path / "usr/lib/tmpfiles.d"),
+                                            str(tmp_path / "etc/tmpfiles.d")))
+    monkeypatch.setattr(units, "RUNTIME", (str(tmp_path / "run") + "/",))
     return tmp_path
 
 
@@ -191,3 +195,21 @@ def test_it_is_last_on_the_modules_path_after_the_images_own() -> None:
     assert container_env({})["PATH"] == f"{DEFAULT_PATH}:{pytoolchain.SYSTEMCTL_DIR}"
     # No python on PATH with it: the folder holds systemctl alone (and its module).
     assert os.path.dirname(pytoolchain.INTERPRETER) != pytoolchain.SYSTEMCTL_DIR
+
+
+def test_a_start_makes_what_a_boot_makes_under_run(root: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    # MariaDB's ExecStartPre= writes into /run/mysqld, which systemd-tmpfiles makes at boot.
+    run = root / "run"
+    (root / "usr/lib/tmpfiles.d").mkdir(parents=True)
+    (root / "usr/lib/tmpfiles.d/db.conf").write_text(
+        f"d {run}/db 0750 root root -\nd {run}/gone 0755 - - -\nd /var/lib/db 0755 - - -\n")
+    (root / "etc/tmpfiles.d").mkdir(parents=True)
+    (root / "etc/tmpfiles.d/db.conf").write_text(f"d {run}/mysqld 0700 - - -\n")  # overrides
+    (root / "etc/systemd/system/db.service").write_text(
+        f"[Service]\nType=oneshot\nExecStartPre=/bin/touch {run}/mysqld/started\n"
+        "ExecStart=/bin/true\n")
+    assert systemctl(capsys, "start", "db")[0] == 0
+    assert (run / "mysqld/started").exists()
+    assert (run / "mysqld").stat().st_mode & 0o777 == 0o700
+    assert not (run / "db").exists() and not (run / "gone").exists()

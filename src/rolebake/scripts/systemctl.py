@@ -87,6 +87,7 @@ def start(unit: units.Unit, seen: set[str] | None = None) -> None:
     kind = unit.get("Service", "Type", "simple" if unit.all("Service", "ExecStart")
                     else "oneshot")
     timeout = units.seconds(unit, "TimeoutStartSec")
+    units.boot_directories()
     units.directories(unit)
     try:
         units.run(unit, "ExecCondition", timeout)

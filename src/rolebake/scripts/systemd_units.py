@@ -33,6 +33,8 @@ SEARCH = ("/etc/systemd/system", "/run/systemd/system", "/lib/systemd/system",
 CONFIG = SEARCH[0]
 STATE = "/tmp/.rolebake-systemctl"  # removed before commit with every /tmp/.rolebake*
 MARK = "ROLEBAKE_SYSTEMD_UNIT"  # in a unit's processes' environment: our "cgroup"
+TMPFILES = ("/usr/lib/tmpfiles.d", "/lib/tmpfiles.d", "/run/tmpfiles.d", "/etc/tmpfiles.d")
+RUNTIME = ("/run/", "/var/run/")  # what a boot makes afresh
 NOT_SERVED = "not served in a build container (rolebake's systemctl)"
 SYSTEMD_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 UNIT_TYPES = (".service", ".socket", ".timer", ".target", ".path", ".mount", ".automount",
@@ -424,6 +426,35 @@ def directories(unit: Unit) -> None:
             if key != "ConfigurationDirectory":
                 with contextlib.suppress(OSError):
                     os.chown(path, uid, gid)
+
+
+def boot_directories() -> None:
+    """The folders systemd-tmpfiles makes under /run at boot (`d`, `D` lines).
+
+    A build container never booted, and a daemon's ExecStartPre= counts on them
+    (MariaDB's /run/mysqld); /etc/tmpfiles.d overrides a file of the same name.
+    """
+    found: dict[str, str] = {}
+    for folder in TMPFILES:
+        for path in glob.glob(os.path.join(folder, "*.conf")):
+            found[os.path.basename(path)] = path
+    for name in sorted(found):
+        with contextlib.suppress(OSError), open(found[name], encoding="utf-8") as handle:
+            lines = handle.read().splitlines()
+        for line in lines:
+            fields = line.split()
+            if len(fields) < 2 or fields[0].rstrip("!-=~^") not in ("d", "D") or \
+                    not fields[1].startswith(RUNTIME) or "%" in fields[1] or \
+                    os.path.exists(fields[1]):
+                continue
+            fields += ["-"] * 4
+            mode = int(fields[2], 8) if fields[2].isdigit() else 0o755
+            os.makedirs(fields[1], mode=mode, exist_ok=True)
+            os.chmod(fields[1], mode)
+            with contextlib.suppress(KeyError, OSError):
+                uid = pwd.getpwnam(fields[3]).pw_uid if fields[3] != "-" else -1
+                gid = grp.getgrnam(fields[4]).gr_gid if fields[4] != "-" else -1
+                os.chown(fields[1], uid, gid)
 
 
 def conditions(unit: Unit) -> bool:
