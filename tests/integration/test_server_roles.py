@@ -180,3 +180,205 @@ def test_a_kernel_parameter_fails_with_the_reason_and_the_task(project: TestProj
         in built.stderr, built.stderr[-3000:]
     assert "roles/kernel/tasks/main.yml:2)" in built.stderr, built.stderr[-3000:]
     assert list(iter_build_containers(project.client, project.token)) == []
+
+
+# A role as public server roles are written: its own unit, templated into
+# /etc/systemd/system, enabled and started with the systemd module, a handler that
+# restarts it, and a service named by another unit's Alias=.
+UNIT = """\
+[Unit]
+Description=rbunit, a daemon of the role's own
+After=network.target
+
+[Service]
+Type=simple
+User=daemon
+Environment=RBUNIT_GREETING={{ rbunit_greeting }}
+EnvironmentFile=-/etc/default/rbunit
+WorkingDirectory=/var/lib/rbunit
+ExecStart=/usr/local/bin/rbunit $RBUNIT_OPTS
+ExecReload=/bin/kill -HUP $MAINPID
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+FORKING_UNIT = """\
+[Unit]
+Description=a database-like daemon that forks, known by an alias too
+
+[Service]
+Type=forking
+PIDFile=/run/rbdb.pid
+ExecStart=/bin/sh -c 'sleep 86400 & echo $! > /run/rbdb.pid'
+
+[Install]
+WantedBy=multi-user.target
+Alias=rbdb-alias.service
+"""
+
+UNIT_TASKS = """\
+---
+- name: Install the daemon
+  ansible.builtin.copy:
+    dest: /usr/local/bin/rbunit
+    mode: "0755"
+    content: |
+      #!/bin/sh
+      echo "$(id -un) $RBUNIT_GREETING $(pwd) $*" > /var/lib/rbunit/started
+      exec sleep 86400
+
+- name: Its folder and options
+  ansible.builtin.copy:
+    dest: /etc/default/rbunit
+    content: "RBUNIT_OPTS=--verbose\\n"
+    mode: "0644"
+
+- name: Its state folder
+  ansible.builtin.file:
+    path: /var/lib/rbunit
+    state: directory
+    owner: daemon
+    mode: "0755"
+
+- name: Install the unit
+  ansible.builtin.template:
+    src: rbunit.service.j2
+    dest: /etc/systemd/system/rbunit.service
+    mode: "0644"
+  notify: Restart rbunit
+
+- name: Install the database-like unit
+  ansible.builtin.copy:
+    src: rbdb.service
+    dest: /lib/systemd/system/rbdb.service
+    mode: "0644"
+
+- name: Enable and start rbunit
+  ansible.builtin.systemd:
+    name: rbunit
+    enabled: true
+    state: started
+    daemon_reload: true
+
+- name: Enable the database-like unit
+  ansible.builtin.systemd:
+    name: rbdb
+    enabled: true
+
+- name: Start it by its alias
+  ansible.builtin.service:
+    name: rbdb-alias
+    state: started
+
+- name: The daemon runs as its unit says
+  ansible.builtin.command: cat /var/lib/rbunit/started
+  register: started
+  changed_when: false
+  failed_when: started.stdout != "daemon hello /var/lib/rbunit --verbose"
+
+- name: The alias is active
+  ansible.builtin.command: systemctl is-active rbdb-alias
+  changed_when: false
+"""
+
+UNIT_HANDLERS = """\
+---
+- name: Restart rbunit
+  ansible.builtin.systemd:
+    name: rbunit
+    state: restarted
+"""
+
+UNIT_SUITE = """\
+def test_enabled_as_on_a_server(host):
+    wants = host.file("/etc/systemd/system/multi-user.target.wants/rbunit.service")
+    assert wants.is_symlink
+    assert wants.linked_to == "/etc/systemd/system/rbunit.service"
+    # The link's own text, as systemctl writes it (linked_to resolves /lib to /usr/lib).
+    for link in ("multi-user.target.wants/rbdb.service", "rbdb-alias.service"):
+        assert host.check_output("readlink /etc/systemd/system/" + link) \\
+            == "/lib/systemd/system/rbdb.service"
+
+def test_no_systemctl_left(host):
+    assert host.run("command -v systemctl").rc != 0
+    assert not host.file("/mnt/rolebake-python").exists
+    assert not host.file("/tmp/.rolebake-systemctl").exists
+    assert not host.file("/etc/dpkg/dpkg.cfg.d/zz-rolebake-systemctl").exists
+
+def test_reaped_by_an_init(host):
+    assert host.file("/proc/1/comm").content_string.strip() != "sleep"
+"""
+
+
+def test_systemd_tasks_without_systemd(project: TestProject) -> None:
+    add_role(project, "rbunit", {
+        "templates/rbunit.service.j2": UNIT,
+        "files/rbdb.service": FORKING_UNIT,
+        "tasks/main.yml": UNIT_TASKS,
+        "handlers/main.yml": UNIT_HANDLERS,
+        "defaults/main.yml": "rbunit_greeting: hello\n",
+    })
+    spec = add_spec(project, f"unit{project.token}", roles=("rbunit",), suite=UNIT_SUITE)
+    built = run_cli("build", spec, cwd=project.root, timeout=900)
+    assert built.rc == 0, built.output[-5000:]
+    assert "verify ok: " in built.stderr, built.stderr[-3000:]
+    image = project.client.images.get(project.tag(spec))
+    # The image has no systemd installed, and none was needed.
+    out = project.client.containers.run(
+        image.id, ["sh", "-c", "ls /lib/systemd/systemd /usr/bin/systemctl 2>&1; "
+                   "cat /proc/1/comm"], remove=True, entrypoint=[]).decode()
+    assert "No such file" in out, out
+    assert list(iter_build_containers(project.client, project.token)) == []
+
+
+APACHE_TASKS = """\
+---
+- name: Install apache2
+  ansible.builtin.apt:
+    name: apache2
+    state: present
+
+- name: Start apache2
+  ansible.builtin.service:
+    name: apache2
+    state: started
+
+- name: Started through systemctl, as on a server
+  ansible.builtin.command: systemctl is-active apache2
+  changed_when: false
+
+- name: Configure a site
+  ansible.builtin.copy:
+    dest: /var/www/html/index.html
+    content: "rolebake\\n"
+    mode: "0644"
+  notify: Restart apache2
+"""
+
+APACHE_HANDLERS = """\
+---
+- name: Restart apache2
+  ansible.builtin.service:
+    name: apache2
+    state: restarted
+"""
+
+
+def test_a_daemon_restart_takes_what_it_takes_on_a_server(project: TestProject) -> None:
+    add_role(project, "rbapache", {"tasks/main.yml": APACHE_TASKS,
+                                   "handlers/main.yml": APACHE_HANDLERS})
+    spec = add_spec(project, f"apache{project.token}", roles=("rbapache",),
+                    suite="def test_enabled(host):\n"
+                          "    assert host.file('/etc/systemd/system/multi-user.target.wants/"
+                          "apache2.service').is_symlink\n")
+    built = run_cli("build", spec, cwd=project.root, timeout=900)
+    assert built.rc == 0, built.output[-5000:]
+    log = next(line.split("log: ", 1)[1].strip() for line in built.stderr.splitlines()
+               if "log: " in line)
+    text = (project.root / log).read_text()  # an absolute path stays one
+    assert "RUNNING HANDLER [rbapache : Restart apache2]" in text, text[-3000:]
+    # The build names every task that took 10 s or more (ansible's own duration of
+    # the task); without a reaping PID 1 the restart waited 60 s for its zombie.
+    slow = [line for line in built.stderr.splitlines() if "slow task: " in line]
+    assert not any("Restart apache2" in line for line in slow), slow

@@ -285,6 +285,7 @@ class FakeEngine:
         volumes_from: Sequence[str] = (),
         ports: Mapping[str, Any] | None = None,
         environment: Mapping[str, str] | None = None,
+        init: bool = True,
     ) -> Iterator[ContainerHandle]:
         """Create and start a container for a `with` block; always remove it."""
         self._enter("container", image_id, name, dict(labels))

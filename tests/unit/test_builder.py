@@ -915,3 +915,14 @@ def test_fake_provisioner_task_results_reach_the_layer_result(
     assert provisioned is not None
     assert provisioned.counts() == {"changed": 1, "ok": 2}
     assert report.to_dict()["layers"][0]["tasks"] == {"changed": 1, "ok": 2}
+
+
+def test_a_slow_task_is_named_with_ansibles_own_duration(project: Project) -> None:
+    def ok(task: str, duration: float) -> dict[str, Any]:
+        return {"event": "runner_on_ok", "event_data": {
+            "task": task, "role": "web", "task_action": "ansible.builtin.service",
+            "duration": duration, "res": {"changed": True}}}
+
+    _, seen = watch(project, [ok("Restart apache2", 61.2), ok("Reload nginx", 2.5)])
+    slow = [e.message for e in seen if isinstance(e, LogEvent)]
+    assert slow == ["slow task: 'Restart apache2' took 61 s"]

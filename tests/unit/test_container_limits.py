@@ -34,8 +34,10 @@ SYSCTL = ('Failed to reload sysctl: sysctl: permission denied on key "vm.overcom
     ("ansible.builtin.hostname", "Command failed rc=1, out=, err=hostname: you must be root "
      "to change the host name", "", "--hostname"),
     ("ansible.builtin.systemd", 'Failed to find required executable "systemctl" in paths: '
-     "/usr/sbin:/usr/bin", "", "no systemd"),
-    ("ansible.builtin.systemd_service", "systemctl: not found", "", "no systemd"),
+     "/usr/sbin:/usr/bin", "", "no systemctl here"),
+    ("ansible.builtin.systemd_service", "systemctl: not found", "", "no systemctl here"),
+    ("ansible.builtin.systemd", "Unable to start service x: systemctl isolate is not served "
+     "in a build container (rolebake's systemctl)", "", "runs no systemd"),
 ])
 def test_what_only_a_machine_can_do_gets_its_reason(action: str, message: str, output: str,
                                                     words: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import re
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
@@ -15,6 +16,9 @@ from rolebake.engine.connection import Connection
 from rolebake.engine.failures import api_message, engine_failure
 from rolebake.engine.records import ContainerHandle, ContainerInfo
 from rolebake.errors import BuildFailed, EngineUnavailable
+
+# What Docker and Podman say when the init binary `init=True` asks for is missing.
+_NO_INIT = re.compile(r"docker-init|catatonit|container-init|init binary", re.I)
 
 
 class Containers(Connection):
@@ -33,11 +37,15 @@ class Containers(Connection):
         volumes_from: Sequence[str] = (),
         ports: Mapping[str, Any] | None = None,
         environment: Mapping[str, str] | None = None,
+        init: bool = True,
     ) -> Iterator[ContainerHandle]:
         """Run a container for the length of a `with` block and always remove it.
 
         With `keep_alive` the image's own command is replaced by a sleeping
-        entrypoint, so a build container stays up whatever the image runs.
+        entrypoint, so a build container stays up whatever the image runs. With
+        `init` the engine's own init (`docker run --init`, Podman's `--init`) is
+        PID 1 and reaps: a daemon a role restarts is gone when it exits, as on a
+        server, instead of a zombie its restart waits for.
         """
         kwargs: dict[str, Any] = {
             "name": name,
@@ -48,6 +56,7 @@ class Containers(Connection):
             "volumes_from": list(volumes_from),
             "ports": dict(ports or {}),
             "environment": dict(environment or {}),
+            "init": init,
         }
         if keep_alive:
             # An entrypoint (not a cmd) keeps the commit from inheriting it: the
@@ -57,9 +66,22 @@ class Containers(Connection):
             kwargs["command"] = []
         handle: ContainerHandle | None = None
         try:
-            created = self.client.containers.create(image_id, **kwargs)
-            handle = ContainerHandle(id=created.id, name=name)
-            created.start()
+            try:
+                created = self.client.containers.create(image_id, **kwargs)
+                handle = ContainerHandle(id=created.id, name=name)
+                created.start()
+            except docker.errors.APIError as exc:
+                if not (init and _NO_INIT.search(api_message(exc))):
+                    raise
+                # An engine without its init binary (Podman without catatonit): the
+                # container goes without, as before; a restart may then wait for its
+                # zombie, and the build names a task that took long.
+                self._remove_after_error(handle.id if handle else name)
+                handle = None
+                kwargs["init"] = False
+                created = self.client.containers.create(image_id, **kwargs)
+                handle = ContainerHandle(id=created.id, name=name)
+                created.start()
             yield handle
         except docker.errors.APIError as exc:
             self._remove_after_error(handle.id if handle else name)

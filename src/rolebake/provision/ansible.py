@@ -69,6 +69,7 @@ SYSTEM_PYTHON = "/usr/bin/python3"
 # first. Either way the apt module must never install it into the layer itself.
 MODULE_DEFAULTS = {"ansible.builtin.apt": {"auto_install_module_deps": False}}
 IDEMPOTENCE_SKIP_TAGS = "molecule-notest,molecule-idempotence-notest"
+SLOW_TASK_S = 10.0  # a task taking longer is named in the build's progress
 
 
 class AnsibleProvisioner(Provisioner):
@@ -88,6 +89,7 @@ class AnsibleProvisioner(Provisioner):
         self._agent: contextlib.ExitStack | None = None
         self._relay: agent.AgentRelay | None = None
         self._run: ansible_inventory.RunInventory | None = None
+        self._env: dict[str, str] = dict(CONTAINER_ENV)
 
     @classmethod
     def version(cls) -> str:
@@ -213,6 +215,8 @@ class AnsibleProvisioner(Provisioner):
         if self._lent:
             assert runtime.release is not None
             self.interpreter = pytoolchain.INTERPRETER
+            # The lent systemctl runs with the lent python: both, or neither.
+            self._env = container_env(self._parent.config if self._parent else {})
             agent_started = self._start_agent(ctx, quiet=True)
             checked = self._shell(ctx, _CHECK_LENT, pytoolchain.INTERPRETER)
             lines = checked.output.strip().splitlines()
@@ -223,6 +227,7 @@ class AnsibleProvisioner(Provisioner):
                                                   f"tasks run through {how}"))
                 return
             self._stop_agent()
+            self._env = dict(CONTAINER_ENV)
             why = (f"is for {runtime.release}, the build container is {here}"
                    if checked.rc == 0 and here is not None
                    else f"does not run on {here or 'this image'} ({first_line(checked.tail(1))})")
@@ -253,7 +258,7 @@ class AnsibleProvisioner(Provisioner):
         stack = contextlib.ExitStack()
         try:
             self._relay = stack.enter_context(agent.relay(
-                ctx.engine, ctx.container, self.interpreter, env=dict(CONTAINER_ENV)))
+                ctx.engine, ctx.container, self.interpreter, env=dict(self._env)))
         except BuildFailed as exc:
             stack.close()
             if not quiet:
@@ -288,7 +293,7 @@ class AnsibleProvisioner(Provisioner):
         Returns:
             Every task's result.
         """
-        host_vars = _host_vars(ctx.target, self.interpreter, self._relay)
+        host_vars = _host_vars(ctx.target, self.interpreter, self._relay, self._env)
         with _private_data_dir(ctx) as data_dir:
             playbook = self._write_run_files(ctx, data_dir, host_vars)
             watcher = EventWatcher(ctx)
@@ -409,14 +414,26 @@ _CHECK_LENT = ('cat /etc/os-release 2>/dev/null; "$1" -c "import apt_pkg, sys; '
 
 
 CONTAINER_ENV = {
-    # Enable systemd units offline: there is no systemd running in a build
-    # container; start/restart requests are skipped with a warning.
+    # A systemctl the roles install enables units offline and skips starts (no
+    # systemd runs here); without one the lent systemctl serves, starts included.
     "SYSTEMD_OFFLINE": "1",
 }
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"  # Docker's
+
+
+def container_env(image_config: Mapping[str, Any]) -> dict[str, str]:
+    """CONTAINER_ENV, and the image's PATH ending in the lent systemctl's folder.
+
+    Last, so that a systemctl the roles install is the one Ansible's modules find.
+    """
+    path = next((e.split("=", 1)[1] for e in image_config.get("Env") or ()
+                 if e.startswith("PATH=")), DEFAULT_PATH)
+    return {**CONTAINER_ENV, "PATH": f"{path}:{pytoolchain.SYSTEMCTL_DIR}"}
 
 
 def _host_vars(target: ContainerTarget | SSHTarget, interpreter: str = SYSTEM_PYTHON,
-               relay: agent.AgentRelay | None = None) -> dict[str, Any]:
+               relay: agent.AgentRelay | None = None,
+               env: Mapping[str, str] = CONTAINER_ENV) -> dict[str, Any]:
     """How Ansible reaches the target: rolebake's agent (or the engine's exec API), or SSH."""
     if isinstance(target, SSHTarget):
         return dict(target.ansible_host_vars())
@@ -429,7 +446,7 @@ def _host_vars(target: ContainerTarget | SSHTarget, interpreter: str = SYSTEM_PY
         "ansible_host": target.container.id,
         "ansible_user": "root",
         "ansible_python_interpreter": interpreter,
-        "ansible_docker_extra_env": dict(CONTAINER_ENV),
+        "ansible_docker_extra_env": dict(env),
     }
     if os.environ.get("DOCKER_HOST"):
         # The connection plugin does not read DOCKER_HOST by itself: name the
@@ -484,6 +501,11 @@ class EventWatcher:
                 path=str(data.get("task_path") or ""),
             )
             self.results.append(task)
+            seconds = data.get("duration")
+            if isinstance(seconds, (int, float)) and seconds >= SLOW_TASK_S:
+                # A restart that waits for a process nobody reaps took 60 s and said nothing.
+                self.ctx.events(LogEvent(self.ctx.layer.id, f"slow task: '{task.name}' took "
+                                                            f"{seconds:.0f} s"))
             if status == "failed":
                 self.failures.append(task)
                 self.failure_paths.append(str(data.get("task_path") or ""))

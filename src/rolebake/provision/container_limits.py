@@ -1,8 +1,9 @@
 """What a build container cannot do that a server can, and what to tell the role's author.
 
 A role written for servers sometimes does what only a machine can: set a
-kernel parameter, mount a filesystem, rename the host, or talk to a systemd
-that the image does not have. The task then fails in the build container with
+kernel parameter, mount a filesystem, rename the host, or ask systemd for what
+rolebake's lent systemctl cannot serve (timers that fire, sockets that activate,
+networkd; docs/server-roles.md). The task then fails in the build container with
 the tool's own words ("permission denied on key ..."). `advice` turns those
 failures into one line that says why and how such a task is usually written
 for images, without hiding the original message.
@@ -40,11 +41,20 @@ _LIMITS = (
     _Limit(frozenset({"hostname"}), re.compile(r".", re.S),
            "the engine sets a container's hostname when the container starts "
            "(`docker run --hostname`): guard the task with " + _GUARD),
+    # rolebake's systemctl (scripts/systemctl.py) serves units in a build container; what
+    # it cannot serve says so in its message (docs/server-roles.md lists it).
+    _Limit(frozenset(),
+           re.compile(r"not served in a build container \(rolebake's systemctl\)"),
+           "a build container runs no systemd: rolebake's systemctl enables, starts and stops "
+           "units, but not this (see docs/server-roles.md); guard the task with "
+           f"{_GUARD}, or give it to a role that only servers get"),
     _Limit(frozenset(),
            re.compile(r'required executable "?systemctl"?|systemctl: (command )?not found'),
-           "the image has no systemd: install the `systemd` package in this layer or a "
-           "parent (in a build container units are enabled offline and starts are "
-           "skipped), or give the task to a role that only servers get"),
+           "no systemctl here: rolebake lends one with the python toolchain, not with the "
+           "apt bootstrap (ROLEBAKE_PYTHON_TOOLCHAIN=none, or a release it makes none for); "
+           "lend the toolchain, install the `systemd` package in this layer or a parent "
+           "(units are then enabled offline and starts skipped), or give the task to a role "
+           "that only servers get"),
 )
 
 

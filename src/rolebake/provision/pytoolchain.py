@@ -20,7 +20,9 @@ provisioner falls back to the apt bootstrap, with a one-line notice.
 from __future__ import annotations
 
 import hashlib
+import io
 import os
+import tarfile
 import tempfile
 import uuid
 from collections.abc import Mapping
@@ -43,6 +45,11 @@ VOLUME = SCRATCH  # what the toolchain image declares, and where it is lent
 PREFIX = f"{VOLUME}/rolebake-python"
 FORMAT = 2  # how the image is laid out; part of the recipe
 INTERPRETER = f"{PREFIX}/bin/python3"
+# rolebake's systemctl (scripts/systemctl.py) in a folder of its own: on PATH for
+# Ansible's modules, after the image's folders, without the lent python3 beside it.
+SYSTEMCTL_DIR = f"{PREFIX}/systemd"
+SYSTEMCTL = f"{SYSTEMCTL_DIR}/systemctl"
+_SYSTEMCTL_FILES = {"systemctl": "systemctl.py", "systemd_units.py": "systemd_units.py"}
 REPOSITORY = "rolebake-toolchain/python"
 KIND_LABEL = "rolebake.toolchain"
 RECIPE_LABEL = "rolebake.toolchain.recipe"
@@ -68,8 +75,30 @@ class Runtime:
 
 def recipe() -> str:
     """What decides a toolchain's making: rolebake's version, the maker script, the layout."""
-    maker = hashlib.sha256(script("make-python-toolchain.sh").encode()).hexdigest()[:12]
-    return f"{__version__}+maker.{maker}+format.{FORMAT}"
+    hashed = hashlib.sha256(script("make-python-toolchain.sh").encode())
+    for source in _SYSTEMCTL_FILES.values():
+        hashed.update(b"\0" + script(source).encode())
+    return f"{__version__}+maker.{hashed.hexdigest()[:12]}+format.{FORMAT}"
+
+
+def add_systemctl(tarball: Path) -> None:
+    """Put rolebake's systemctl into a toolchain's tarball, run by the lent python.
+
+    It is lent with the python, read-only, and so never reaches a layer.
+    """
+    with tarfile.open(tarball, "a") as tar:
+        folder = tarfile.TarInfo(f".{SYSTEMCTL_DIR}")
+        folder.type, folder.mode = tarfile.DIRTYPE, 0o755
+        tar.addfile(folder)
+        for name, source in _SYSTEMCTL_FILES.items():
+            text = script(source)
+            if name == "systemctl":
+                # -I: no PYTHON* variables, no user site; -B: the mount is read-only.
+                text = f"#!{INTERPRETER} -IB\n" + text
+            data = text.encode()
+            info = tarfile.TarInfo(f".{SYSTEMCTL_DIR}/{name}")
+            info.size, info.mode = len(data), 0o755 if name == "systemctl" else 0o644
+            tar.addfile(info, io.BytesIO(data))
 
 
 def tag_for(release: Release) -> str:
@@ -168,6 +197,7 @@ def _make(engine: Engine, ref: str, release: Release, parent: ImageInfo, events:
                          "layer instead")
             tarball = Path(tmp) / "toolchain.tar"
             engine.copy_out(container, "/tmp/rolebake-toolchain.tar", tarball)
+            add_systemctl(tarball)
         lines = made.output.splitlines()
         packages = next((ln.split(":", 1)[1].strip() for ln in lines
                          if ln.startswith("packages:")), "")

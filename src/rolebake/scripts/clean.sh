@@ -2,11 +2,19 @@
 # right before commit. Leaves nothing of the build behind (DESIGN.md invariant 3).
 set -u
 # Daemons a role started are not part of an image, and their pid files would
-# be stale in every container made from it. Stop everything but PID 1 and us.
+# be stale in every container made from it. Stop everything but PID 1, the
+# container's own command and us. Under the engine's init (PID 1, which reaps;
+# engine/containers.py) that command, `sleep infinity`, is init's child: when it
+# ends, so does the container.
+keep=" 1 $$ "
+for pid_dir in /proc/[0-9]*; do
+    [ "$(cut -d' ' -f4 "$pid_dir/stat" 2>/dev/null)" = 1 ] || continue
+    [ "$(tr '\0' ' ' < "$pid_dir/cmdline" 2>/dev/null)" = "sleep infinity " ] || continue
+    keep="$keep${pid_dir#/proc/} "
+done
 for pid_dir in /proc/[0-9]*; do
     pid=${pid_dir#/proc/}
-    [ "$pid" = 1 ] && continue
-    [ "$pid" = "$$" ] && continue
+    case "$keep" in *" $pid "*) continue ;; esac
     kill -TERM "$pid" 2>/dev/null || true
 done
 # Give them up to 10 s to go, without waiting when there was nothing to stop: a
@@ -17,7 +25,8 @@ while [ "$tries" -lt 200 ]; do
     alive=""
     for pid_dir in /proc/[0-9]*; do
         pid=${pid_dir#/proc/}
-        [ "$pid" = 1 ] || [ "$pid" = "$$" ] || [ ! -e "$pid_dir/stat" ] && continue
+        case "$keep" in *" $pid "*) continue ;; esac
+        [ -e "$pid_dir/stat" ] || continue
         # A zombie (state Z) is gone already; its parent reaps it.
         state=$(cut -d' ' -f3 "$pid_dir/stat" 2>/dev/null || echo Z)
         [ "$state" = Z ] || { alive=1; break; }
@@ -29,8 +38,7 @@ done
 killed=""
 for pid_dir in /proc/[0-9]*; do
     pid=${pid_dir#/proc/}
-    [ "$pid" = 1 ] && continue
-    [ "$pid" = "$$" ] && continue
+    case "$keep" in *" $pid "*) continue ;; esac
     state=$(cut -d' ' -f3 "$pid_dir/stat" 2>/dev/null || echo Z)
     [ "$state" = Z ] && continue
     name=$(cat "$pid_dir/comm" 2>/dev/null) || continue
@@ -39,7 +47,10 @@ done
 [ -z "$killed" ] || echo "notice: killed what did not stop within 10 s of SIGTERM:$killed" \
     >> /tmp/.rolebake-notices
 find /run /var/run -xdev -name '*.pid' -type f -delete 2>/dev/null || true
-rm -f /etc/dpkg/dpkg.cfg.d/zz-rolebake-unsafe-io /lib/lsb/init-functions.d/01-rolebake-init-watch
+# sd_booted's mark for Ansible (prepare.sh): on /dev, never committed; gone all the same.
+rmdir /dev/.systemd 2>/dev/null
+rm -f /etc/dpkg/dpkg.cfg.d/zz-rolebake-unsafe-io /etc/dpkg/dpkg.cfg.d/zz-rolebake-systemctl \
+      /lib/lsb/init-functions.d/01-rolebake-init-watch
 if [ -e /usr/sbin/.rolebake-policy-rc.d ]; then
     rm -f /usr/sbin/policy-rc.d /usr/sbin/.rolebake-policy-rc.d
 fi

@@ -46,6 +46,18 @@ start|restart|reload|force-reload|try-restart)
 esac
 HOOK
 fi
+# rolebake's systemctl, lent with the python toolchain (provision/pytoolchain.py), serves
+# Ansible's service module only where the module believes systemd runs the machine: it
+# looks for sd_booted's marks, /run/systemd/system, /dev/.run/systemd or /dev/.systemd.
+# /dev is the engine's tmpfs and never committed, and systemd's own tools only look at
+# /run/systemd/system. While a systemctl of the roles' own is installed (it comes first
+# on PATH and works offline, starting nothing) the mark goes, so that the service module
+# uses the init scripts as before: dpkg's hook keeps it so after each package change.
+if [ -x /mnt/rolebake-python/systemd/systemctl ] && [ -d /etc/dpkg/dpkg.cfg.d ]; then
+    mark='if [ -x /usr/bin/systemctl ] || [ -x /bin/systemctl ]; then rmdir /dev/.systemd 2>/dev/null; else mkdir -p /dev/.systemd; fi; true'
+    echo "post-invoke=$mark" > /etc/dpkg/dpkg.cfg.d/zz-rolebake-systemctl
+    sh -c "$mark"
+fi
 # As Debian's own container images do: dpkg skips its fsync calls during the build
 # (a build that dies is thrown away with its container anyway). Removed by clean.sh.
 if [ -d /etc/dpkg/dpkg.cfg.d ] && [ ! -e /etc/dpkg/dpkg.cfg.d/zz-rolebake-unsafe-io ]; then
