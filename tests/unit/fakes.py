@@ -343,6 +343,7 @@ class FakeEngine(Engine):
         volumes_from: Sequence[str] = (),
         ports: Mapping[str, Any] | None = None,
         environment: Mapping[str, str] | None = None,
+        hostname: str | None = None,
     ) -> Iterator[ContainerHandle]:
         """Create and start a container for a `with` block; always remove it."""
         self._enter("container", image_id, name, dict(labels))
@@ -358,7 +359,8 @@ class FakeEngine(Engine):
                                  labels={**image.labels, **labels}, options={
                                      "keep_alive": keep_alive, "mounts": list(mounts),
                                      "tmpfs": dict(tmpfs or {}),
-                                     "volumes_from": list(volumes_from)})
+                                     "volumes_from": list(volumes_from),
+                                     "hostname": hostname})
             self.containers_by_id[made.id] = made
         try:
             yield ContainerHandle(id=made.id, name=name)

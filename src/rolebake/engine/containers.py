@@ -33,11 +33,14 @@ class Containers(Connection):
         volumes_from: Sequence[str] = (),
         ports: Mapping[str, Any] | None = None,
         environment: Mapping[str, str] | None = None,
+        hostname: str | None = None,
     ) -> Iterator[ContainerHandle]:
         """Run a container for the length of a `with` block and always remove it.
 
         With `keep_alive` the image's own command is replaced by a sleeping
         entrypoint, so a build container stays up whatever the image runs.
+        `hostname` (default: the engine's, the container's short id) is what
+        the container's processes see as their host's name.
         """
         kwargs: dict[str, Any] = {
             "name": name,
@@ -49,6 +52,8 @@ class Containers(Connection):
             "ports": dict(ports or {}),
             "environment": dict(environment or {}),
         }
+        if hostname is not None:
+            kwargs["hostname"] = hostname
         if keep_alive:
             # An entrypoint (not a cmd) keeps the commit from inheriting it: the
             # daemon only copies the container's Cmd into an image when the

@@ -10,6 +10,7 @@ roles need it. A VM (parity) is reached over SSH by the very same code.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shlex
 import shutil
@@ -69,6 +70,8 @@ SYSTEM_PYTHON = "/usr/bin/python3"
 # first. Either way the apt module must never install it into the layer itself.
 MODULE_DEFAULTS = {"ansible.builtin.apt": {"auto_install_module_deps": False}}
 IDEMPOTENCE_SKIP_TAGS = "molecule-notest,molecule-idempotence-notest"
+TARGET_VARS_FILE = "target-vars.json"  # read by ansible_plugins/vars/rolebake_target.py
+TARGET_VARS_ENV = "ROLEBAKE_TARGET_VARS"
 
 
 class AnsibleProvisioner(Provisioner):
@@ -185,15 +188,18 @@ class AnsibleProvisioner(Provisioner):
                   events: EventSink = discard) -> Iterator[ContainerOptions]:
         """Lend the python toolchain (made first when this release has none yet)."""
         runtime = self._runtime
+        # The build container's hostname is the image's inventory host name, so facts
+        # (ansible_hostname, ansible_fqdn) say what a server of that name would.
+        hostname = ansible_inventory.host_name(self.layer.spec)
         try:
             if runtime.toolchain is None or self._parent is None:
-                yield ContainerOptions()
+                yield ContainerOptions(hostname=hostname)
                 return
             image = pytoolchain.ensure(engine, runtime, self._parent, events, self.layer.id)
             mount = lend_volume(engine, image.id, volume=pytoolchain.VOLUME,
                                 at=pytoolchain.VOLUME, kind="python", build_labels=labels)
             self._lent = True
-            yield ContainerOptions(mounts=(mount,))
+            yield ContainerOptions(mounts=(mount,), hostname=hostname)
         finally:
             # The build container outlives no toolchain; neither does the agent in it.
             self._lent = False
@@ -347,6 +353,8 @@ class AnsibleProvisioner(Provisioner):
         # The target as a host of the project's inventory (ansible_inventory.py).
         run = ansible_inventory.prepare(self.project, layer.spec, own.playbook, host_vars)
         _write(data_dir / "inventory" / "hosts.yml", yaml.safe_dump(dict(run.generated)))
+        _write(data_dir / TARGET_VARS_FILE, json.dumps({"host": run.host,
+                                                        "vars": dict(run.target_vars)}))
         self._run = run
         # Vars go in a file, not on ansible-playbook's command line where `ps` shows them;
         # YAML, so that a `!vault` var of the spec reaches Ansible still encrypted.
@@ -382,8 +390,10 @@ class AnsibleProvisioner(Provisioner):
                   if key in COLLECTIONS_KEYS), str(required.collections_dir.resolve())])
         # rolebake's agent connection (agent.py) first; the project's own after it.
         env["ANSIBLE_CONNECTION_PLUGINS"] = os.pathsep.join(filter(None, [
-            str(agent.PLUGINS / "connection"),
-            env.get("ANSIBLE_CONNECTION_PLUGINS") or config.get("connection_plugins") or ""]))
+            str(agent.PLUGINS / "connection"), env.get("ANSIBLE_CONNECTION_PLUGINS")
+            or os.pathsep.join(config.paths("connection_plugins"))]))
+        # The target's connection, for the target alone (ansible_plugins/vars).
+        env[TARGET_VARS_ENV] = str(data_dir / TARGET_VARS_FILE)
         if ctx.secrets is not None:
             password_file = ctx.secrets.write_vault_password(data_dir)
             if password_file is not None:
@@ -407,13 +417,15 @@ def _host_vars(target: ContainerTarget | SSHTarget, interpreter: str = SYSTEM_PY
     """How Ansible reaches the target: rolebake's agent (or the engine's exec API), or SSH."""
     if isinstance(target, SSHTarget):
         return dict(target.ansible_host_vars())
+    # No `ansible_host`: the container is named by the connection's own variable, so the
+    # image's host keeps its inventory address for templates, as on a server.
     if relay is not None:
-        return {"ansible_connection": agent.CONNECTION, "ansible_host": target.container.id,
+        return {"ansible_connection": agent.CONNECTION,
                 "ansible_rolebake_socket": str(relay.socket_path), "ansible_user": "root",
                 "ansible_python_interpreter": interpreter}
     host_vars: dict[str, Any] = {
         "ansible_connection": "community.docker.docker_api",
-        "ansible_host": target.container.id,
+        "ansible_docker_host": target.container.id,
         "ansible_user": "root",
         "ansible_python_interpreter": interpreter,
         "ansible_docker_extra_env": dict(CONTAINER_ENV),

@@ -1,0 +1,148 @@
+"""ansible-core in rolebake's own process, with the project's settings and nothing else.
+
+rolebake asks Ansible itself what an inventory holds, which hosts a pattern
+names and what the project's ansible.cfg says (`ansible_inventory`,
+`ansible_config`). ansible-core keeps its settings in module globals: the
+`ansible.constants` values computed at import from whatever ansible.cfg and
+ANSIBLE_* variables the process sees, the plugin loaders' search paths and
+caches, and the `host_group_vars` plugin's file cache. `session()` sets all of
+them for one project, under one lock, and puts them back afterwards:
+
+- the settings come from a ConfigManager for the project's cfg (or an empty
+  one) that reads the environment rolebake builds for Ansible's run, never the
+  host's (a stray ANSIBLE_INVENTORY or ~/.ansible.cfg changes nothing);
+- inventory and vars plugins are ansible-core's own only: the loaders search
+  no folder, and no collection loader is installed, so no code of the
+  project's or of a collection runs in rolebake's process. (The project's own
+  plugins run in the build's ansible-playbook, as on a server.)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import sys
+import threading
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+# Ansible's globals are one per process; every use of them goes through this lock.
+_LOCK = threading.RLock()
+EMPTY_CFG = Path(__file__).parent / "ansible_plugins" / "empty.cfg"
+
+
+def config_manager(path: Path | None, env: Mapping[str, str]) -> Any:
+    """A ConfigManager for `path` (None: no cfg) that sees `env` instead of os.environ.
+
+    Raises:
+        AnsibleOptionsError: the file is not a config Ansible can read.
+    """
+    from ansible.config.manager import ConfigManager
+
+    class ProjectConfig(ConfigManager):  # type: ignore[misc]
+        """Ansible's own config manager; its environment lookups go to `env`."""
+
+        def _loop_entries(self, container: Any, entry_list: Any) -> Any:
+            return super()._loop_entries(env if container is os.environ else container,
+                                         entry_list)
+
+    return ProjectConfig(conf_file=str(path if path is not None else EMPTY_CFG))
+
+
+@contextlib.contextmanager
+def session(path: Path | None, env: Mapping[str, str]) -> Iterator[Any]:
+    """ansible-core's globals set from the project's cfg and `env`, for a `with` block.
+
+    Args:
+        path: the project's ansible.cfg, or None.
+        env: the ANSIBLE_* settings the build's run gets (not the host's).
+
+    Yields:
+        The ConfigManager in use (ansible.constants.config).
+    """
+    with _LOCK:
+        from ansible import constants
+        from ansible.plugins import loader as plugin_loader
+
+        manager = config_manager(path, env)
+        names = list(manager.get_configuration_definitions())
+        saved = {name: getattr(constants, name) for name in (*names, "config")
+                 if hasattr(constants, name)}
+        from ansible.inventory import manager as inventory_manager
+
+        loaders = (plugin_loader.inventory_loader, plugin_loader.vars_loader)
+        loader_paths = [loader.config for loader in loaders]
+        ignored = inventory_manager.IGNORED
+        try:
+            constants.config = manager
+            for name in names:
+                # As ansible/constants.py does: defaults are templated with the
+                # settings set so far ({{ ANSIBLE_HOME }}).
+                constants.set_constant(name, manager.get_config_value(
+                    name, variables=vars(constants)), export=vars(constants))
+            for loader in loaders:
+                loader.config = []  # ansible-core's own plugins only
+                loader._clear_caches()
+            _clear_vars_cache()
+            # What an inventory folder's walk skips, computed at import from the host's settings.
+            inventory_manager.IGNORED = re.compile(b"|".join([
+                *inventory_manager.IGNORED_ALWAYS,
+                *(os.fsencode(p) for p in constants.INVENTORY_IGNORE_PATTERNS),
+                *(re.escape(os.fsencode(e)) + b"$" for e in constants.INVENTORY_IGNORE_EXTS)]))
+            yield manager
+        finally:
+            inventory_manager.IGNORED = ignored
+            for name, value in saved.items():
+                setattr(constants, name, value)
+            for loader, paths in zip(loaders, loader_paths, strict=True):
+                loader.config = paths
+                loader._clear_caches()
+            _clear_vars_cache()
+
+
+def _clear_vars_cache() -> None:
+    """host_group_vars remembers, per process, which vars files exist: forget it."""
+    for name, module in list(sys.modules.items()):
+        if name.endswith("host_group_vars") and module is not None:
+            for cache in ("FOUND", "NAK", "CANONICAL_PATHS"):
+                found = getattr(module, cache, None)
+                if hasattr(found, "clear"):
+                    found.clear()
+
+
+class _Collector:
+    """Stands in for Ansible's Display in the inventory manager: keeps what it would print."""
+
+    def __init__(self) -> None:
+        self.messages: list[str] = []
+
+    def warning(self, msg: str, *args: Any, **kwargs: Any) -> None:
+        self.messages.append(str(msg))
+
+    def error_as_warning(self, msg: str | None = None, exception: BaseException | None = None,
+                         **kwargs: Any) -> None:
+        detail = str(getattr(exception, "message", "") or exception or "").strip()
+        self.messages.append(" ".join(filter(None, [msg, detail.splitlines()[0]
+                                                    if detail else ""])))
+
+    def __getattr__(self, name: str) -> Any:
+        return lambda *args, **kwargs: None  # debug, vvv, ...: nothing to keep
+
+
+@contextlib.contextmanager
+def collected_warnings() -> Iterator[list[str]]:
+    """What the inventory manager would print (each plugin's reason a source failed), kept.
+
+    Only inside `session`: the lock is held.
+    """
+    from ansible.inventory import manager as inventory_manager
+
+    collector = _Collector()
+    display = inventory_manager.display
+    inventory_manager.display = collector
+    try:
+        yield collector.messages
+    finally:
+        inventory_manager.display = display
