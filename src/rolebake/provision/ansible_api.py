@@ -41,7 +41,7 @@ def config_manager(path: Path | None, env: Mapping[str, str]) -> Any:
     """
     from ansible.config.manager import ConfigManager
 
-    class ProjectConfig(ConfigManager):  # type: ignore[misc]
+    class ProjectConfig(ConfigManager):
         """Ansible's own config manager; its environment lookups go to `env`."""
 
         def _loop_entries(self, container: Any, entry_list: Any) -> Any:
@@ -107,8 +107,8 @@ def _clear_vars_cache() -> None:
     for name, module in list(sys.modules.items()):
         if name.endswith("host_group_vars") and module is not None:
             for cache in ("FOUND", "NAK", "CANONICAL_PATHS"):
-                found = getattr(module, cache, None)
-                if hasattr(found, "clear"):
+                found: Any = getattr(module, cache, None)
+                if found is not None:
                     found.clear()
 
 

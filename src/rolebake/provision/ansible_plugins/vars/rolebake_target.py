@@ -39,6 +39,7 @@ class VarsModule(BaseVarsPlugin):
     _loaded: tuple[str, dict[str, Any]] | None = None
 
     def get_vars(self, loader: Any, path: str, entities: Any, cache: bool = True) -> dict[str, Any]:
+        """The target's vars for the target, nothing for any other host or group."""
         del loader, path, cache
         host, values = self._target()
         found: dict[str, Any] = {}
