@@ -20,6 +20,7 @@ them for one project, under one lock, and puts them back afterwards:
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import re
 import sys
@@ -36,19 +37,69 @@ EMPTY_CFG = Path(__file__).parent / "ansible_plugins" / "empty.cfg"
 def config_manager(path: Path | None, env: Mapping[str, str]) -> Any:
     """A ConfigManager for `path` (None: no cfg) that sees `env` instead of os.environ.
 
+    One per cfg (as it is now) and environment, kept for the process.
+
     Raises:
         AnsibleOptionsError: the file is not a config Ansible can read.
     """
+    cfg = path if path is not None else EMPTY_CFG
+    try:
+        stat = cfg.stat()
+        stamp: tuple[int, int] = (stat.st_mtime_ns, stat.st_size)
+    except OSError:
+        stamp = (0, 0)
+    return _config_manager(cfg, stamp, tuple(sorted(env.items())))
+
+
+_BASE_DEFS: dict[str, Any] = {}  # ansible-core's own setting definitions (base.yml), read once
+
+
+@functools.lru_cache(maxsize=16)
+def _config_manager(cfg: Path, stamp: tuple[int, int],
+                    env_items: tuple[tuple[str, str], ...]) -> Any:
+    del stamp  # part of the cache key only
+    from ansible.config import manager as manager_module
     from ansible.config.manager import ConfigManager
+
+    env = dict(env_items)
 
     class ProjectConfig(ConfigManager):
         """Ansible's own config manager; its environment lookups go to `env`."""
+
+        def _read_config_yaml_file(self, yml_file: Any) -> Any:
+            # base.yml takes 0.2 s to parse; every manager reads the same file.
+            key = os.fsdecode(yml_file)
+            if key not in _BASE_DEFS:
+                from ansible import constants
+
+                # The manager ansible.constants made at import read the same file.
+                ours = getattr(constants.config, "_base_defs", None)
+                same = key == os.path.join(os.path.dirname(manager_module.__file__), "base.yml")
+                _BASE_DEFS[key] = ours if same and ours else \
+                    super()._read_config_yaml_file(yml_file)
+            return _BASE_DEFS[key]
 
         def _loop_entries(self, container: Any, entry_list: Any) -> Any:
             return super()._loop_entries(env if container is os.environ else container,
                                          entry_list)
 
-    return ProjectConfig(conf_file=str(path if path is not None else EMPTY_CFG))
+    return ProjectConfig(conf_file=str(cfg))
+
+
+def _constants(manager: Any) -> dict[str, Any]:
+    """Every setting's value, as ansible/constants.py computes them at import; once a manager."""
+    found = getattr(manager, "_rolebake_constants", None)
+    if found is None:
+        from ansible import constants
+
+        # Defaults are templated with the settings computed so far ({{ ANSIBLE_HOME }}),
+        # over the module's own names, as constants.py does.
+        scope = dict(vars(constants))
+        found = {}
+        for name in manager.get_configuration_definitions():
+            found[name] = scope[name] = manager.get_config_value(name, variables=scope)
+        manager._rolebake_constants = found
+    return dict(found)
 
 
 @contextlib.contextmanager
@@ -76,12 +127,10 @@ def session(path: Path | None, env: Mapping[str, str]) -> Iterator[Any]:
         loader_paths = [loader.config for loader in loaders]
         ignored = inventory_manager.IGNORED
         try:
+            values = _constants(manager)
             constants.config = manager
-            for name in names:
-                # As ansible/constants.py does: defaults are templated with the
-                # settings set so far ({{ ANSIBLE_HOME }}).
-                constants.set_constant(name, manager.get_config_value(
-                    name, variables=vars(constants)), export=vars(constants))
+            for name, value in values.items():
+                setattr(constants, name, value)
             for loader in loaders:
                 loader.config = []  # ansible-core's own plugins only
                 loader._clear_caches()
