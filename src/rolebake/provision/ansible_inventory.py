@@ -266,18 +266,6 @@ def _groups(project: Project, inventory: Inventory, host: str, groups: tuple[str
     return ("all", *sorted(names - {"all"}))
 
 
-def find_inventory(project: Project, spec: ImageSpec) -> Path | None:
-    """The spec's inventory, else ansible.cfg's `inventory`, else a default; None when none."""
-    own = settings_of(spec)
-    return locate_inventory(project, own.inventory, own.playbook)
-
-
-def locate_inventory(project: Project, given: Path | None, playbook: Path | None) -> Path | None:
-    """The first inventory source (see `inventory_sources`); None when there is none."""
-    found = inventory_sources(project, given, playbook)
-    return found[0] if found else None
-
-
 def inventory_sources(project: Project, given: Path | None,
                       playbook: Path | None) -> tuple[Path, ...]:
     """`given`, else ansible.cfg's `inventory` (every entry), else a default name.
