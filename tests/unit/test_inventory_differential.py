@@ -174,27 +174,27 @@ def test_rolebake_answers_as_ansible_does(tmp_path: Path, case: Case) -> None:
     project, spec = make(tmp_path / "project", case)
     member = inv.membership(project, spec)
     assert member is not None
-    run = inv.prepare(project, spec, spec.playbook, {})
+    run = inv.prepare(project, spec, spec.settings.playbook, {})
     generated = tmp_path / "generated.yml"
     generated.write_text(yaml.safe_dump(dict(run.generated)))
     sources = [a for s in run.sources for a in ("-i", str(s))] + ["-i", str(generated)]
-    assert spec.playbook is not None
+    assert spec.settings.playbook is not None
 
     # Groups and variables: ansible-inventory --list, with the playbook's vars folders.
     listed = json.loads(ansible(project, tmp_path, "ansible-inventory", *sources, "--list",
-                                "--playbook-dir", str(spec.playbook.parent)))
+                                "--playbook-dir", str(spec.settings.playbook.parent)))
     assert set(member.groups) == groups_of(listed, member.host)
-    ours = inv.target_variables(project, member, spec.playbook)
+    ours = inv.target_variables(project, member, spec.settings.playbook)
     ours.pop("ansible_facts", None)
     assert ours == listed["_meta"]["hostvars"].get(member.host, {})
     assert ours, "the corpus case gives the image no variable to compare"
 
     # Plays: ansible-playbook --list-hosts --limit <host>, as the build's run.
     output = ansible(project, tmp_path, "ansible-playbook", *sources, "--list-hosts",
-                     "--limit", member.host, str(spec.playbook))
+                     "--limit", member.host, str(spec.settings.playbook))
     theirs = listed_plays(output, member.host)
     assert len(theirs) == len(PATTERNS), output
     mine = inv.verdicts(PATTERNS, member)
     assert dict(zip(PATTERNS, mine, strict=True)) == dict(zip(PATTERNS, theirs, strict=True))
-    applied = inv.select_plays(spec.playbook, member, []).applied
+    applied = inv.select_plays(spec.settings.playbook, member, []).applied
     assert [p.name for p in applied] == [f"play {i}" for i, v in enumerate(theirs) if v]

@@ -54,7 +54,7 @@ def test_connection_vars_win_for_the_target_and_no_other_host(tmp_path: Path) ->
     project = Project(root)
     spec = plan_build(project, ["web"]).layer("web").spec
     connection = {"ansible_connection": "local", "ansible_python_interpreter": sys.executable}
-    run = inv.prepare(project, spec, spec.playbook, connection)
+    run = inv.prepare(project, spec, spec.settings.playbook, connection)
     assert not any(k.startswith("ansible_") for k in run.extravars)
 
     data = tmp_path / "data"
@@ -69,7 +69,7 @@ def test_connection_vars_win_for_the_target_and_no_other_host(tmp_path: Path) ->
     done = subprocess.run(
         [str(Path(sys.executable).parent / "ansible-playbook"),
          *(a for s in run.sources for a in ("-i", str(s))), "-i", str(data / "hosts.yml"),
-         "--limit", run.host, "-e", json.dumps({"out": str(out)}), str(spec.playbook)],
+         "--limit", run.host, "-e", json.dumps({"out": str(out)}), str(spec.settings.playbook)],
         env=env, cwd=data, capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 0, done.stdout + done.stderr
     lines = out.read_text().split()
