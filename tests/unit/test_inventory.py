@@ -275,3 +275,19 @@ def test_a_role_on_the_cfg_roles_path_is_found_and_keyed(project: Project) -> No
     (project.images_dir / "tools.yml").write_text("from: base\nroles: [vendored]\n")
     files = inputs(project, "tools").values["files"]
     assert "galaxy/vendored/tasks/main.yml" in files and "ansible.cfg" in files
+
+
+# The image's host name is the build container's hostname ----------------------------------------
+
+def test_the_build_container_takes_the_images_host_name(project: Project) -> None:
+    plan = plan_build(project, ["web"])
+
+    def hostname(spec_changes: dict[str, object]) -> str | None:
+        layer = replace(plan.layer("web"), spec=spec(project, "web", **spec_changes))
+        provisioner = provisioner_class("ansible")(project, layer)
+        with provisioner.toolchain(None) as options:  # type: ignore[arg-type]
+            return options.hostname
+
+    assert hostname({}) == "rolebake-web"
+    assert hostname({"host": "web1.example.internal"}) == "web1.example.internal"
+    assert hostname({"host": "a" * 65}) is None  # the kernel's limit: the engine's name stays

@@ -72,6 +72,7 @@ MODULE_DEFAULTS = {"ansible.builtin.apt": {"auto_install_module_deps": False}}
 IDEMPOTENCE_SKIP_TAGS = "molecule-notest,molecule-idempotence-notest"
 TARGET_VARS_FILE = "target-vars.json"  # read by ansible_plugins/vars/rolebake_target.py
 TARGET_VARS_ENV = "ROLEBAKE_TARGET_VARS"
+HOST_NAME_MAX = 64  # Linux's HOST_NAME_MAX: a longer `host:` is not the container's hostname
 
 
 class AnsibleProvisioner(Provisioner):
@@ -190,7 +191,9 @@ class AnsibleProvisioner(Provisioner):
         runtime = self._runtime
         # The build container's hostname is the image's inventory host name, so facts
         # (ansible_hostname, ansible_fqdn) say what a server of that name would.
-        hostname = ansible_inventory.host_name(self.layer.spec)
+        hostname: str | None = ansible_inventory.host_name(self.layer.spec)
+        if hostname is not None and len(hostname) > HOST_NAME_MAX:
+            hostname = None  # the kernel refuses it; the engine's own name stays
         try:
             if runtime.toolchain is None or self._parent is None:
                 yield ContainerOptions(hostname=hostname)
