@@ -11,6 +11,7 @@ them for one project, under one lock, and puts them back afterwards:
 - the settings come from a ConfigManager for the project's cfg (or an empty
   one) that reads the environment rolebake builds for Ansible's run, never the
   host's (a stray ANSIBLE_INVENTORY or ~/.ansible.cfg changes nothing);
+- `context.CLIARGS` is empty (no command line of anyone else's applies);
 - inventory and vars plugins are ansible-core's own only: the loaders search
   no folder, and no collection loader is installed, so no code of the
   project's or of a collection runs in rolebake's process. (The project's own
@@ -121,13 +122,18 @@ def session(path: Path | None, env: Mapping[str, str]) -> Iterator[Any]:
         names = list(manager.get_configuration_definitions())
         saved = {name: getattr(constants, name) for name in (*names, "config")
                  if hasattr(constants, name)}
+        from ansible import context
         from ansible.inventory import manager as inventory_manager
+        from ansible.utils.context_objects import CLIArgs
 
+        cliargs = context.CLIARGS
         loaders = (plugin_loader.inventory_loader, plugin_loader.vars_loader)
         loader_paths = [loader.config for loader in loaders]
         ignored = inventory_manager.IGNORED
         try:
             values = _constants(manager)
+            # No command line: no extra vars, limit or tags of anyone else's reach the answers.
+            context.CLIARGS = CLIArgs({})
             constants.config = manager
             for name, value in values.items():
                 setattr(constants, name, value)
@@ -142,6 +148,7 @@ def session(path: Path | None, env: Mapping[str, str]) -> Iterator[Any]:
                 *(re.escape(os.fsencode(e)) + b"$" for e in constants.INVENTORY_IGNORE_EXTS)]))
             yield manager
         finally:
+            context.CLIARGS = cliargs
             inventory_manager.IGNORED = ignored
             for name, value in saved.items():
                 setattr(constants, name, value)
