@@ -16,7 +16,7 @@ from rolebake.provision import ansible_inventory as inv
 from rolebake.provision import provisioner_class
 from rolebake.scaffold import init
 from rolebake.spec import Project
-from tests.conftest import REPO
+from tests.conftest import REPO, run_cli
 
 CONNECTION = {"ansible_connection": "rolebake_agent", "ansible_host": "cid",
               "ansible_python_interpreter": "/mnt/rolebake-python/bin/python3"}
@@ -291,3 +291,12 @@ def test_the_build_container_takes_the_images_host_name(project: Project) -> Non
     assert hostname({}) == "rolebake-web"
     assert hostname({"host": "web1.example.internal"}) == "web1.example.internal"
     assert hostname({"host": "a" * 65}) is None  # the kernel's limit: the engine's name stays
+
+
+def test_asking_ansible_prints_nothing_of_ansibles_own(project: Project) -> None:
+    # Ansible's Display patches the streams it finds; rolebake's redacting ones must
+    # not earn two warnings in every plan.
+    planned = run_cli("plan", "web", cwd=project.root)
+    assert planned.rc == 0, planned.output
+    assert "applies play 'Configure web servers' (hosts: web)" in planned.stdout
+    assert "WARNING" not in planned.stderr and "WARNING" not in planned.stdout

@@ -35,6 +35,34 @@ _LOCK = threading.RLock()
 EMPTY_CFG = Path(__file__).parent / "ansible_plugins" / "empty.cfg"
 
 
+def ready() -> None:
+    """Call before importing anything of ansible-core in rolebake's process."""
+    with _LOCK:
+        _display_made_on_real_streams()
+
+
+def _display_made_on_real_streams() -> None:
+    """Make Ansible's Display singleton while sys.stdout/stderr are the process's own.
+
+    Display patches the streams it finds when it is made (a lock around writes, an
+    encoding error handler); rolebake's RedactingStream has neither `buffer` nor
+    `reconfigure`, and Ansible would print two warnings into every command that
+    asks it anything. Display looks sys.stdout up again at every write, so its
+    output still goes through the redacting streams afterwards.
+    """
+    if "ansible.utils.display" in sys.modules:
+        return  # made already (the patch is Display's first-instance work only)
+    out, err = sys.stdout, sys.stderr
+    try:
+        sys.stdout = sys.__stdout__ or out
+        sys.stderr = sys.__stderr__ or err
+        from ansible.utils.display import Display
+
+        Display()
+    finally:
+        sys.stdout, sys.stderr = out, err
+
+
 def config_manager(path: Path | None, env: Mapping[str, str]) -> Any:
     """A ConfigManager for `path` (None: no cfg) that sees `env` instead of os.environ.
 
@@ -44,6 +72,7 @@ def config_manager(path: Path | None, env: Mapping[str, str]) -> Any:
         AnsibleOptionsError: the file is not a config Ansible can read.
     """
     cfg = path if path is not None else EMPTY_CFG
+    ready()
     try:
         stat = cfg.stat()
         stamp: tuple[int, int] = (stat.st_mtime_ns, stat.st_size)

@@ -188,6 +188,7 @@ def read_config(project: Project) -> AnsibleConfig:
 @functools.lru_cache(maxsize=32)
 def _read_config(path: Path, mtime: int, size: int) -> AnsibleConfig:
     del mtime, size  # the cache key: a changed file is read again
+    ansible_api.ready()
     from ansible.errors import AnsibleError
 
     try:

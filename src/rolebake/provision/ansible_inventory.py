@@ -120,6 +120,7 @@ def _ansible(project: Project) -> Iterator[None]:
     config = read_config(project)
     # ANSIBLE_HOME is never made: Ansible only looks there, finds nothing.
     env = {**settings(config, project.root / ".rolebake" / "ansible-home"), **QUIET}
+    ansible_api.ready()
     from ansible.errors import AnsibleError
 
     try:
@@ -332,6 +333,7 @@ def _plain(value: Any) -> Any:
 
 def split_pattern(hosts: Any) -> list[str] | None:
     """A play's `hosts:` as Ansible splits it into terms; None when templated."""
+    ansible_api.ready()
     from ansible.inventory.manager import split_host_pattern
 
     terms = hosts if isinstance(hosts, list) else [hosts]
