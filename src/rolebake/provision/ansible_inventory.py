@@ -47,8 +47,9 @@ SKIP_VAR = "rolebake_skip_plays"
 # What Ansible prints while rolebake asks it (it would land in `plan`'s output): off.
 QUIET = {"ANSIBLE_HOST_PATTERN_MISMATCH": "ignore", "ANSIBLE_LOCALHOST_WARNING": "False",
          "ANSIBLE_INVENTORY_UNPARSED_WARNING": "False",
-         # Only ansible-core's own vars plugin runs in rolebake's process.
-         "ANSIBLE_VARS_ENABLED": "host_group_vars"}
+         # Only ansible-core's own vars plugin runs in rolebake's process, and only when
+         # vars are asked for: group_vars are not read (nor decrypted) to list groups.
+         "ANSIBLE_VARS_ENABLED": "host_group_vars", "ANSIBLE_RUN_VARS_PLUGINS": "demand"}
 _MAGIC = frozenset({"inventory_hostname", "inventory_hostname_short", "group_names", "groups",
                     "omit", "playbook_dir", "inventory_dir", "inventory_file",
                     "ansible_playbook_python", "ansible_config_file", "ansible_version",
@@ -310,6 +311,9 @@ def target_variables(project: Project, member: Membership,
     Inventory vars, group_vars/ and host_vars/ beside the inventory and (when
     given) beside the playbook, with Ansible's precedence; no facts, no play
     vars, no magic variables.
+
+    Raises:
+        InputError: a vaulted vars file (no vault password is used here).
     """
     from ansible.vars.manager import VariableManager
 
