@@ -300,3 +300,16 @@ def test_asking_ansible_prints_nothing_of_ansibles_own(project: Project) -> None
     assert planned.rc == 0, planned.output
     assert "applies play 'Configure web servers' (hosts: web)" in planned.stdout
     assert "WARNING" not in planned.stderr and "WARNING" not in planned.stdout
+
+
+def test_a_vaulted_group_vars_file_needs_no_password_to_plan(tmp_path: Path) -> None:
+    (tmp_path / "group_vars").mkdir()
+    (tmp_path / "group_vars" / "web.yml").write_text(
+        "$ANSIBLE_VAULT;1.1;AES256\n3131313866623438633339366164396338343233306137613836\n")
+    (tmp_path / "ansible.cfg").write_text("[defaults]\nrun_vars_plugins = start\n")
+    (tmp_path / "hosts.ini").write_text("[web]\nweb1\n")
+    project = Project(tmp_path)
+    inventory = inv.read_inventory(project, tmp_path / "hosts.ini")
+    member = inv.Membership("rolebake-web", ("all", "web"), inventory, False,
+                            declared=("web",), project=project)
+    assert inv.matches("web", member) is True
