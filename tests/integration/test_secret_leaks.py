@@ -304,7 +304,7 @@ def test_a_killed_run_leaves_no_password_in_env_and_clean_sweeps_it(leaky: Leaky
     # inside with its own modes is out of others' reach; rolebake's own files are 0600.
     for folder in (orphan, tmp, tmp.parent):
         assert stat.S_IMODE(folder.stat().st_mode) == 0o700, folder
-    for name in ("vault-password", "env/extravars", "inventory/hosts.yml"):
+    for name in ("vault-password", "env/extravars", "inventory/hosts.yml", "target-vars.json"):
         assert stat.S_IMODE((orphan / name).stat().st_mode) == 0o600, name
     listed = run_cli("clean", "--dry-run", "--older-than", "0s", "--label",
                      f"rolebake.layer={leaky.crashing}", cwd=project.root)

@@ -286,6 +286,7 @@ class FakeEngine:
         ports: Mapping[str, Any] | None = None,
         environment: Mapping[str, str] | None = None,
         init: bool = True,
+        hostname: str | None = None,
     ) -> Iterator[ContainerHandle]:
         """Create and start a container for a `with` block; always remove it."""
         self._enter("container", image_id, name, dict(labels))
@@ -301,7 +302,8 @@ class FakeEngine:
                                  labels={**image.labels, **labels}, options={
                                      "keep_alive": keep_alive, "mounts": list(mounts),
                                      "tmpfs": dict(tmpfs or {}),
-                                     "volumes_from": list(volumes_from)})
+                                     "volumes_from": list(volumes_from),
+                                     "hostname": hostname})
             self.containers_by_id[made.id] = made
         try:
             yield ContainerHandle(id=made.id, name=name)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from rolebake.provision import ansible_api
 from rolebake.provision.ansible import _runner_async
 from rolebake.provision.ansible_config import (
     CONTROLLED,
@@ -73,8 +74,9 @@ def test_without_a_project_cfg_ansible_reads_an_empty_one_and_no_home(host: Path
                                                                      tmp_path: Path) -> None:
     data = tmp_path / "data"
     env = build_env(project_at(tmp_path), data)
-    assert Path(env["ANSIBLE_CONFIG"]).parent == data
-    assert Path(env["ANSIBLE_CONFIG"]).read_text().startswith("#")
+    # rolebake's own empty cfg: not the host's ANSIBLE_CONFIG, not ~/.ansible.cfg.
+    assert env["ANSIBLE_CONFIG"] == str(ansible_api.EMPTY_CFG)
+    assert all(line.startswith("#") for line in ansible_api.EMPTY_CFG.read_text().splitlines())
     assert env["ANSIBLE_HOME"] == str(data / "home")
     # Plugins and collections are looked for in the run's private home only.
     assert env["ANSIBLE_LIBRARY"] == str(data / "home" / "library")
@@ -172,6 +174,10 @@ def test_settings_rolebake_controls_win_over_the_project_cfg(host: Path, tmp_pat
     env = build_env(project, tmp_path / "data")
     assert env["ANSIBLE_REMOTE_TMP"] == "/tmp/.rb"
     assert env["ANSIBLE_STDOUT_CALLBACK"] == "default"
-    assert env["ANSIBLE_INVENTORY_ENABLED"] == "yaml,ini"
+    # The cfg decides which inventory plugins run (a script only when it says so);
+    # rolebake's generated inventory needs yaml.
+    assert env["ANSIBLE_INVENTORY_ENABLED"] == "script,yaml"
+    assert build_env(project_at(tmp_path / "other", ""), tmp_path / "d2")[
+        "ANSIBLE_INVENTORY_ENABLED"] == "yaml,ini"
     assert "ANSIBLE_CALLBACKS_ENABLED" not in env  # the cfg's callbacks apply
     assert env["ANSIBLE_CONFIG"] == str(project.root / "ansible.cfg")

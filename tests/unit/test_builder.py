@@ -39,7 +39,7 @@ from rolebake.errors import (
 from rolebake.events import PIPELINE, Event, LogEvent, StepEvent, TaskEvent
 from rolebake.image import CACHE_KEY_LABEL, LAYER_LABEL, keep_failed
 from rolebake.load import plan_build
-from rolebake.provision.ansible import EventWatcher
+from rolebake.provision.ansible_events import EventWatcher
 from rolebake.provision.ansible_failure import explain
 from rolebake.provision.base import ProvisionContext, TaskResult
 from rolebake.provision.target import ContainerTarget

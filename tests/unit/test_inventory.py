@@ -16,7 +16,7 @@ from rolebake.provision import ansible_inventory as inv
 from rolebake.provision import provisioner_class
 from rolebake.scaffold import init
 from rolebake.spec import Project
-from tests.conftest import REPO
+from tests.conftest import REPO, run_cli
 
 CONNECTION = {"ansible_connection": "rolebake_agent", "ansible_host": "cid",
               "ansible_python_interpreter": "/mnt/rolebake-python/bin/python3"}
@@ -43,16 +43,17 @@ def inputs(project: Project, layer_id: str):
                         tools=found.tools, notes=found.notes, plays=found.plays)
 
 
-# Reading inventories ------------------------------------------------------------------------
+# Reading inventories (Ansible's InventoryManager) -----------------------------------------
 
 def test_ini_inventory_groups_children_and_hosts(tmp_path: Path) -> None:
     (tmp_path / "hosts.ini").write_text(
-        "bastion\n[web]\nweb1 ansible_host=10.0.0.5\n[dc1:children]\nweb\n"
+        "bastion\n[web]\nweb[1:3] ansible_host=10.0.0.5\n[dc1:children]\nweb\n"
         "[prod:children]\ndc1\n[dc1:vars]\nx=1\n")
-    found = inv.read_inventory(Project(tmp_path), tmp_path / "hosts.ini")
-    assert found.host_groups["web1"] == {"web"}
-    assert found.host_groups["bastion"] == {"ungrouped"}
-    assert found.ancestors(["web"]) == {"web", "dc1", "prod"}
+    project = Project(tmp_path)
+    found = inv.read_inventory(project, tmp_path / "hosts.ini")
+    assert found.hosts == {"bastion", "web1", "web2", "web3"}  # Ansible expands the range
+    assert found.groups == {"all", "ungrouped", "web", "dc1", "prod"}
+    assert found.files == (tmp_path / "hosts.ini",)
 
 
 def test_yaml_inventory_and_folder_of_inventories(tmp_path: Path) -> None:
@@ -61,29 +62,69 @@ def test_yaml_inventory_and_folder_of_inventories(tmp_path: Path) -> None:
     (folder / "group_vars" / "web.yml").write_text("a: 1\n")
     (folder / "prod.yml").write_text(yaml.safe_dump(
         {"all": {"children": {"prod": {"children": {"web": {"hosts": {"web1": None}}}}}}}))
-    (folder / "README.md").write_text("not an inventory [\n")
+    (folder / "z-dc.ini").write_text("[dc1:children]\nweb\n")  # after prod.yml
+    (folder / "README.md").write_text("not an inventory [\n")  # ignored, as Ansible does
     found = inv.read_inventory(Project(tmp_path), folder)
-    assert found.files == (folder / "prod.yml",)
-    assert found.ancestors(["web"]) == {"web", "prod", "all"}
+    assert found.files == (folder / "prod.yml", folder / "z-dc.ini")
+    assert found.groups >= {"prod", "web", "dc1"}
     assert found.vars_dirs == (folder,)
 
 
-def test_inventory_plugin_config_is_refused(tmp_path: Path) -> None:
+def test_an_inventory_ansible_cannot_parse_is_an_input_error(tmp_path: Path) -> None:
+    (tmp_path / "hosts.ini").write_text("[web:children]\nnowhere\n")
+    with pytest.raises(InputError, match="undefined group 'nowhere'") as caught:
+        inv.read_inventory(Project(tmp_path), tmp_path / "hosts.ini")
+    assert caught.value.path == tmp_path / "hosts.ini"
+
+
+def test_inventory_plugin_config_is_refused_unless_enabled(tmp_path: Path) -> None:
     (tmp_path / "aws.yml").write_text("plugin: amazon.aws.aws_ec2\n")
-    with pytest.raises(InputError, match="inventory plugins are not read"):
+    with pytest.raises(InputError, match="Ansible cannot read the inventory"):
         inv.read_inventory(Project(tmp_path), tmp_path / "aws.yml")
 
 
-# Host patterns ------------------------------------------------------------------------------
+def test_a_script_runs_only_when_the_cfg_enables_the_script_plugin(tmp_path: Path) -> None:
+    script = tmp_path / "hosts.py"
+    script.write_text("#!/bin/sh\necho '{\"db\": {\"hosts\": [\"db1\"]}}'\n")
+    script.chmod(0o755)
+    with pytest.raises(InputError, match="enables the `script` inventory plugin"):
+        inv.read_inventory(Project(tmp_path), script)
+    (tmp_path / "ansible.cfg").write_text("[inventory]\nenable_plugins = script, ini\n")
+    found = inv.read_inventory(Project(tmp_path), script)
+    assert "db1" in found.hosts and "db" in found.groups and found.files == (script,)
+
+
+def test_the_hosts_settings_do_not_reach_the_questions(tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    # A stray ANSIBLE_* of the host changes neither the run nor what rolebake asks.
+    (tmp_path / "hosts.ini").write_text("[web]\nweb1\n")
+    monkeypatch.setenv("ANSIBLE_INVENTORY_ENABLED", "toml")
+    monkeypatch.setenv("ANSIBLE_INVENTORY_IGNORE", ".ini")
+    found = inv.read_inventory(Project(tmp_path), tmp_path / "hosts.ini")
+    assert "web1" in found.hosts
+    from ansible import constants
+
+    assert constants.config.__class__.__name__ == "ConfigManager"  # put back afterwards
+
+
+# Host patterns (Ansible's get_hosts) -----------------------------------------------------------
 
 @pytest.mark.parametrize(("pattern", "expected"), [
     ("all", True), ("web", True), ("app", False), ("web,app", True), ("app:web", True),
     ("web:&prod", True), ("web:&dc2", False), ("web:!prod", False), ("!app", True),
-    ("we*", True), ("~^pro", True), ("web[0]", True), ("rolebake-web", True),
-    (["app", "web"], True), ("{{ target }}", None),
+    ("we*", True), ("~^pro", True), ("web[0]", False), ("web[-1]", True),
+    ("web[0:2]", True), ("rolebake-web", True), (["app", "web"], True), ("{{ target }}", None),
 ])
-def test_play_patterns_against_the_target(pattern: object, expected: bool | None) -> None:
-    member = inv.Membership("rolebake-web", ("all", "prod", "web"), inv.Inventory(None), False)
+def test_play_patterns_against_the_target(tmp_path: Path, pattern: object,
+                                          expected: bool | None) -> None:
+    (tmp_path / "hosts.ini").write_text(
+        "[web]\nweb1\n[app]\napp1\n[dc2]\napp1\n[prod:children]\nweb\n")
+    project = Project(tmp_path)
+    inventory = inv.read_inventory(project, tmp_path / "hosts.ini")
+    member = inv.Membership("rolebake-web", ("all", "prod", "web"), inventory, False,
+                            declared=("web",), project=project)
+    # web[0] is the inventory's own web1: the image is added after what the inventory
+    # says, as the run's generated inventory comes after the project's.
     assert inv.matches(pattern, member) is expected
 
 
@@ -137,24 +178,26 @@ def test_run_puts_the_target_in_its_groups_next_to_the_project_inventory(
                             "when": f"ansible_play_name not in {inv.SKIP_VAR}"}]
 
 
-def test_a_named_host_gets_rolebakes_connection_over_its_host_vars(project: Project) -> None:
+def test_connection_vars_are_the_targets_alone_never_extra_vars(project: Project) -> None:
     web = spec(project, "web", host="web1.example.internal")
     run = inv.prepare(project, web, web.settings.playbook,
                       {**CONNECTION, "rolebake_secrets_dir": "/x"})
     assert run.extravars[inv.SKIP_VAR]
-    assert {k: v for k, v in run.extravars.items() if k != inv.SKIP_VAR} == CONNECTION
+    assert not any(k.startswith("ansible_") for k in run.extravars)  # every host would get them
+    assert run.target_vars == {**CONNECTION, "rolebake_secrets_dir": "/x"}
+    assert run.host == "web1.example.internal"
 
 
 def test_a_spec_without_groups_joins_every_group_its_playbook_names(project: Project) -> None:
     web = spec(project, "web", groups=None)
     run = inv.prepare(project, web, web.settings.playbook, CONNECTION)
-    assert run.host == inv.LEGACY_HOST and run.sources == () and run.wrapper is None
+    assert run.host == "rolebake-web" and run.sources == () and run.wrapper is None
     assert set(run.generated["all"]["children"]) == {"web", "app", "dev"}
 
 
 def test_inventory_from_ansible_cfg(project: Project) -> None:
     (project.root / "inventory").mkdir()
-    (project.root / "inventory" / "hosts").write_text("[web:children]\nfrontend\n")
+    (project.root / "inventory" / "hosts").write_text("[frontend]\n[web:children]\nfrontend\n")
     (project.root / "ansible.cfg").write_text("[defaults]\ninventory = inventory/hosts\n")
     member = inv.membership(project, spec(project, "web", groups=("frontend",)))
     assert member is not None and member.groups == ("all", "frontend", "web")
@@ -232,3 +275,41 @@ def test_a_role_on_the_cfg_roles_path_is_found_and_keyed(project: Project) -> No
     (project.images_dir / "tools.yml").write_text("from: base\nroles: [vendored]\n")
     files = inputs(project, "tools").values["files"]
     assert "galaxy/vendored/tasks/main.yml" in files and "ansible.cfg" in files
+
+
+# The image's host name is the build container's hostname ----------------------------------------
+
+def test_the_build_container_takes_the_images_host_name(project: Project) -> None:
+    plan = plan_build(project, ["web"])
+
+    def hostname(spec_changes: dict[str, object]) -> str | None:
+        layer = replace(plan.layer("web"), spec=spec(project, "web", **spec_changes))
+        provisioner = provisioner_class("ansible")(project, layer)
+        with provisioner.toolchain(None) as options:  # type: ignore[arg-type]
+            return options.hostname
+
+    assert hostname({}) == "rolebake-web"
+    assert hostname({"host": "web1.example.internal"}) == "web1.example.internal"
+    assert hostname({"host": "a" * 65}) is None  # the kernel's limit: the engine's name stays
+
+
+def test_asking_ansible_prints_nothing_of_ansibles_own(project: Project) -> None:
+    # Ansible's Display patches the streams it finds; rolebake's redacting ones must
+    # not earn two warnings in every plan.
+    planned = run_cli("plan", "web", cwd=project.root)
+    assert planned.rc == 0, planned.output
+    assert "applies play 'Configure web servers' (hosts: web)" in planned.stdout
+    assert "WARNING" not in planned.stderr and "WARNING" not in planned.stdout
+
+
+def test_a_vaulted_group_vars_file_needs_no_password_to_plan(tmp_path: Path) -> None:
+    (tmp_path / "group_vars").mkdir()
+    (tmp_path / "group_vars" / "web.yml").write_text(
+        "$ANSIBLE_VAULT;1.1;AES256\n3131313866623438633339366164396338343233306137613836\n")
+    (tmp_path / "ansible.cfg").write_text("[defaults]\nrun_vars_plugins = start\n")
+    (tmp_path / "hosts.ini").write_text("[web]\nweb1\n")
+    project = Project(tmp_path)
+    inventory = inv.read_inventory(project, tmp_path / "hosts.ini")
+    member = inv.Membership("rolebake-web", ("all", "web"), inventory, False,
+                            declared=("web",), project=project)
+    assert inv.matches("web", member) is True

@@ -51,6 +51,8 @@ class Engine(Protocol):
         volumes_from: Sequence[str] = (),
         ports: Mapping[str, Any] | None = None,
         environment: Mapping[str, str] | None = None,
+        init: bool = True,
+        hostname: str | None = None,
     ) -> contextlib.AbstractContextManager[ContainerHandle]:
         """Run a container for the length of a `with` block and always remove it."""
         ...

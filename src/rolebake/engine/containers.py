@@ -38,6 +38,7 @@ class Containers(Connection):
         ports: Mapping[str, Any] | None = None,
         environment: Mapping[str, str] | None = None,
         init: bool = True,
+        hostname: str | None = None,
     ) -> Iterator[ContainerHandle]:
         """Run a container for the length of a `with` block and always remove it.
 
@@ -46,6 +47,8 @@ class Containers(Connection):
         `init` the engine's own init (`docker run --init`, Podman's `--init`) is
         PID 1 and reaps: a daemon a role restarts is gone when it exits, as on a
         server, instead of a zombie its restart waits for.
+        `hostname` (default: the engine's, the container's short id) is what
+        the container's processes see as their host's name.
         """
         kwargs: dict[str, Any] = {
             "name": name,
@@ -58,6 +61,8 @@ class Containers(Connection):
             "environment": dict(environment or {}),
             "init": init,
         }
+        if hostname is not None:
+            kwargs["hostname"] = hostname
         if keep_alive:
             # An entrypoint (not a cmd) keeps the commit from inheriting it: the
             # daemon only copies the container's Cmd into an image when the

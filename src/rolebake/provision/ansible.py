@@ -10,12 +10,12 @@ roles need it. A VM (parity) is reached over SSH by the very same code.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import sys
 import threading
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,7 @@ from rolebake.provision.ansible_config import (
     roles_path,
     runner_environment,
 )
+from rolebake.provision.ansible_events import EventWatcher
 from rolebake.provision.ansible_inputs import AnsibleInputs, read_inputs
 from rolebake.provision.ansible_spec import SCHEMA, AnsibleSettings, read, settings_of
 from rolebake.provision.base import (
@@ -48,8 +49,6 @@ from rolebake.provision.base import (
     Provisioner,
     ProvisionerInputs,
     ProvisionResult,
-    TaskCounter,
-    TaskResult,
     append_log,
     first_line,
     lend_volume,
@@ -69,7 +68,9 @@ SYSTEM_PYTHON = "/usr/bin/python3"
 # first. Either way the apt module must never install it into the layer itself.
 MODULE_DEFAULTS = {"ansible.builtin.apt": {"auto_install_module_deps": False}}
 IDEMPOTENCE_SKIP_TAGS = "molecule-notest,molecule-idempotence-notest"
-SLOW_TASK_S = 10.0  # a task taking longer is named in the build's progress
+TARGET_VARS_FILE = "target-vars.json"  # read by ansible_plugins/vars/rolebake_target.py
+TARGET_VARS_ENV = "ROLEBAKE_TARGET_VARS"
+HOST_NAME_MAX = 64  # Linux's HOST_NAME_MAX: a longer `host:` is not the container's hostname
 
 
 class AnsibleProvisioner(Provisioner):
@@ -195,15 +196,20 @@ class AnsibleProvisioner(Provisioner):
                   events: EventSink = discard) -> Iterator[ContainerOptions]:
         """Lend the python toolchain (made first when this release has none yet)."""
         runtime = self._runtime
+        # The build container's hostname is the image's inventory host name, so facts
+        # (ansible_hostname, ansible_fqdn) say what a server of that name would.
+        hostname: str | None = ansible_inventory.host_name(self.layer.spec)
+        if hostname is not None and len(hostname) > HOST_NAME_MAX:
+            hostname = None  # the kernel refuses it; the engine's own name stays
         try:
             if runtime.toolchain is None or self._parent is None:
-                yield ContainerOptions()
+                yield ContainerOptions(hostname=hostname)
                 return
             image = pytoolchain.ensure(engine, runtime, self._parent, events, self.layer.id)
             mount = lend_volume(engine, image.id, volume=pytoolchain.VOLUME,
                                 at=pytoolchain.VOLUME, kind="python", build_labels=labels)
             self._lent = True
-            yield ContainerOptions(mounts=(mount,))
+            yield ContainerOptions(mounts=(mount,), hostname=hostname)
         finally:
             # The build container outlives no toolchain; neither does the agent in it.
             self._lent = False
@@ -361,6 +367,8 @@ class AnsibleProvisioner(Provisioner):
         # The target as a host of the project's inventory (ansible_inventory.py).
         run = ansible_inventory.prepare(self.project, layer.spec, own.playbook, host_vars)
         _write(data_dir / "inventory" / "hosts.yml", yaml.safe_dump(dict(run.generated)))
+        _write(data_dir / TARGET_VARS_FILE, json.dumps({"host": run.host,
+                                                        "vars": dict(run.target_vars)}))
         self._run = run
         # Vars go in a file, not on ansible-playbook's command line where `ps` shows them;
         # YAML, so that a `!vault` var of the spec reaches Ansible still encrypted.
@@ -396,12 +404,14 @@ class AnsibleProvisioner(Provisioner):
                   if key in COLLECTIONS_KEYS), str(required.collections_dir.resolve())])
         # rolebake's agent connection (agent.py) first; the project's own after it.
         env["ANSIBLE_CONNECTION_PLUGINS"] = os.pathsep.join(filter(None, [
-            str(agent.PLUGINS / "connection"),
-            env.get("ANSIBLE_CONNECTION_PLUGINS") or config.get("connection_plugins") or ""]))
+            str(agent.PLUGINS / "connection"), env.get("ANSIBLE_CONNECTION_PLUGINS")
+            or os.pathsep.join(config.paths("connection_plugins"))]))
         # The read recorder (ansible_observed.py); ansible-runner puts its own callbacks first.
         env.update(ansible_observed.environment(self.project, data_dir,
                                                 env.get("PYTHONPATH", "")))
         env["ANSIBLE_CALLBACK_PLUGINS"] = str(ansible_observed.CALLBACK_PLUGINS)
+        # The target's connection, for the target alone (ansible_plugins/vars).
+        env[TARGET_VARS_ENV] = str(data_dir / TARGET_VARS_FILE)
         if ctx.secrets is not None:
             password_file = ctx.secrets.write_vault_password(data_dir)
             if password_file is not None:
@@ -437,13 +447,15 @@ def _host_vars(target: ContainerTarget | SSHTarget, interpreter: str = SYSTEM_PY
     """How Ansible reaches the target: rolebake's agent (or the engine's exec API), or SSH."""
     if isinstance(target, SSHTarget):
         return dict(target.ansible_host_vars())
+    # No `ansible_host`: the container is named by the connection's own variable, so the
+    # image's host keeps its inventory address for templates, as on a server.
     if relay is not None:
-        return {"ansible_connection": agent.CONNECTION, "ansible_host": target.container.id,
+        return {"ansible_connection": agent.CONNECTION,
                 "ansible_rolebake_socket": str(relay.socket_path), "ansible_user": "root",
                 "ansible_python_interpreter": interpreter}
     host_vars: dict[str, Any] = {
         "ansible_connection": "community.docker.docker_api",
-        "ansible_host": target.container.id,
+        "ansible_docker_host": target.container.id,
         "ansible_user": "root",
         "ansible_python_interpreter": interpreter,
         "ansible_docker_extra_env": dict(env),
@@ -453,67 +465,6 @@ def _host_vars(target: ContainerTarget | SSHTarget, interpreter: str = SYSTEM_PY
         # engine, or Ansible would look for the container on the default socket.
         host_vars["ansible_docker_docker_host"] = os.environ["DOCKER_HOST"]
     return host_vars
-
-
-@dataclass
-class EventWatcher:
-    """Turns ansible-runner events into rolebake events and task results."""
-
-    ctx: ProvisionContext
-    results: list[TaskResult] = field(default_factory=list)
-    failures: list[TaskResult] = field(default_factory=list)
-    failure_paths: list[str] = field(default_factory=list)  # "file:line" of each failed task
-    counter: TaskCounter = field(init=False)
-
-    def __post_init__(self) -> None:
-        """Count tasks for the same context the events go to."""
-        self.counter = TaskCounter(self.ctx)
-
-    def __call__(self, event: Mapping[str, Any]) -> bool:
-        """Take one ansible-runner event; False keeps it out of runner's artifacts.
-
-        An event holds a task's whole result, secrets printed by the task
-        included; rolebake keeps what it needs here and writes no copy to disk.
-        """
-        kind = event.get("event", "")
-        data = event.get("event_data") or {}
-        if kind == "playbook_on_task_start":
-            self._emit(data, "started")
-        elif kind in ("runner_on_ok", "runner_on_failed", "runner_on_skipped",
-                      "runner_on_unreachable"):
-            res = data.get("res") or {}
-            if kind == "runner_on_ok":
-                status = "changed" if res.get("changed") else "ok"
-            elif kind == "runner_on_skipped":
-                status = "skipped"
-            elif data.get("ignore_errors"):
-                status = "ignored"
-            else:
-                status = "failed"
-            self.counter.count(status)
-            task = TaskResult(
-                name=str(data.get("task") or ""),
-                role=data.get("role") or None,
-                action=str(data.get("task_action") or ""),
-                status=status,
-                args=(res.get("invocation") or {}).get("module_args") or {},
-                result=_trim(res),
-                path=str(data.get("task_path") or ""),
-            )
-            self.results.append(task)
-            seconds = data.get("duration")
-            if isinstance(seconds, (int, float)) and seconds >= SLOW_TASK_S:
-                # A restart that waits for a process nobody reaps took 60 s and said nothing.
-                self.ctx.events(LogEvent(self.ctx.layer.id, f"slow task: '{task.name}' took "
-                                                            f"{seconds:.0f} s"))
-            if status == "failed":
-                self.failures.append(task)
-                self.failure_paths.append(str(data.get("task_path") or ""))
-            self._emit(data, status)
-        return False
-
-    def _emit(self, data: Mapping[str, Any], status: str) -> None:
-        self.counter.emit(str(data.get("task") or ""), data.get("role") or None, status)
 
 
 def _runner_async(envvars: dict[str, str], **kwargs: Any) -> tuple[threading.Thread, Any]:
@@ -610,10 +561,3 @@ def _read_inputs(project: Project, spec: ImageSpec, own: AnsibleSettings,
                        where=(spec.path, where), inventory=member,
                        not_applied=frozenset() if every_play else
                        ansible_inventory.not_applied(project, spec, playbook, member))
-
-
-def _trim(res: Mapping[str, Any]) -> dict[str, Any]:
-    keep = ("msg", "stderr", "stdout", "module_stderr", "rc", "changed", "path", "dest", "state",
-            "name", "mode", "owner", "group", "uid", "gid", "home", "shell", "enabled", "src",
-            "status", "cache_updated", "diff", "results")
-    return {k: res[k] for k in keep if k in res}

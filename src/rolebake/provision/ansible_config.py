@@ -7,21 +7,31 @@ build does without changing its cache key. So the environment is built here
 from scratch. Ansible reads the project's own `ansible.cfg` (keyed, see
 `ansible_inputs`) or an empty one, a private `ANSIBLE_HOME`, and every
 setting rolebake depends on is set over whatever the cfg says.
+
+What the cfg says is read by Ansible's own ConfigManager (`ansible_api`): the
+same typing, the same paths relative to the cfg's folder, the same keys
+(an old spelling Ansible dropped is dropped here too).
 """
 
 from __future__ import annotations
 
-import configparser
+import functools
 import os
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from rolebake.errors import InputError
+from rolebake.provision import ansible_api
 from rolebake.spec import Project
 
 CONFIG_FILE = "ansible.cfg"
+PLUGINS = Path(__file__).parent / "ansible_plugins"
+TARGET_VARS_PLUGIN = "rolebake_target"  # ansible_plugins/vars/rolebake_target.py
+# Without an `[inventory] enable_plugins` in the project's cfg: no script, no plugin config.
+DEFAULT_INVENTORY_PLUGINS = ("yaml", "ini")
 
 # [defaults] keys naming folders Ansible loads code or content from. A project
 # may point them at folders of its own (keyed, refused when outside the
@@ -47,7 +57,8 @@ PLUGIN_PATHS: Mapping[str, str] = {
     "vars_plugins": "ANSIBLE_VARS_PLUGINS",
     "collections_path": "ANSIBLE_COLLECTIONS_PATH",
 }
-COLLECTIONS_KEYS = ("collections_path", "collections_paths")  # the second is the old spelling
+# (ansible-core 2.19 no longer reads the old spelling `collections_paths`; neither does rolebake.)
+COLLECTIONS_KEYS = ("collections_path",)
 # [defaults] keys naming one file Ansible reads content from.
 CONTENT_FILES = ("plugin_filters_cfg",)
 
@@ -67,9 +78,9 @@ CONTROLLED: Mapping[str, str] = {
     "ANSIBLE_CALLBACK_PLUGINS": "",
     "ANSIBLE_DEPRECATION_WARNINGS": "False",
     "ANSIBLE_SYSTEM_WARNINGS": "False",
-    # rolebake writes the target's inventory as YAML; a project's is INI or YAML.
-    # Never a script or a plugin that would reach outside the project.
-    "ANSIBLE_INVENTORY_ENABLED": "yaml,ini",
+    # An inventory file Ansible cannot read is an input error, not a warning in a log.
+    "ANSIBLE_INVENTORY_UNPARSED_FAILED": "True",
+    "ANSIBLE_INVENTORY_ANY_UNPARSED_IS_FAILED": "True",
     "ANSIBLE_COLLECTIONS_SCAN_SYS_PATH": "True",  # community.docker comes from there
     "ANSIBLE_LOG_PATH": "/dev/null",  # the layer's log is rolebake's, redacted
     "ANSIBLE_ENABLE_TASK_DEBUGGER": "False",
@@ -97,55 +108,108 @@ _FQCN = re.compile(r"(?<![\w./-])([a-z][a-z0-9_]*\.[a-z][a-z0-9_]*)\.[a-z_][a-z0
 
 @dataclass(frozen=True)
 class AnsibleConfig:
-    """The project's ansible.cfg as Ansible reads it: `[section] key` -> (value, line)."""
+    """The project's ansible.cfg, as Ansible's own ConfigManager reads it.
+
+    Values are typed and resolved by Ansible (a path relative to the cfg's
+    folder, `~` and `$VARS` expanded, lists split); a setting counts only
+    when the cfg sets it (its origin is the file), never Ansible's default
+    nor the host's ANSIBLE_* variables.
+    """
 
     path: Path | None
-    values: Mapping[tuple[str, str], tuple[str, int]]
+    manager: Any = field(default=None, compare=False, repr=False)  # ansible's ConfigManager
+    names: Mapping[tuple[str, str], str] = field(default_factory=dict)  # (section, key) -> setting
+    lines: Mapping[tuple[str, str], int] = field(default_factory=dict)
+
+    def value(self, key: str, section: str = "defaults") -> Any:
+        """The value the cfg gives `[section] key`, as Ansible types it; None when unset."""
+        setting = self.names.get((section, key.lower()))
+        if self.manager is None or self.path is None or setting is None:
+            return None
+        return self._setting(setting, key, section)
+
+    def _setting(self, setting: str, key: str, section: str) -> Any:
+        from ansible.errors import AnsibleError
+
+        try:
+            value, origin = self.manager.get_config_value_and_origin(setting)
+        except AnsibleError as exc:
+            raise InputError(f"{key} = ...: {_first_line(str(exc))}", path=self.path,
+                             line=self.line(key, section)) from None
+        return value if origin == str(self.path) else None
 
     def get(self, key: str, section: str = "defaults") -> str | None:
-        """The raw value of a setting, or None when the cfg does not set it."""
-        found = self.values.get((section, key.lower()))
-        return found[0] if found else None
+        """The value of a setting as text (a list joined with `,`); None when the cfg leaves it."""
+        value = self.value(key, section)
+        if value is None:
+            return None
+        return ",".join(map(str, value)) if isinstance(value, list) else str(value)
+
+    def paths(self, key: str, section: str = "defaults") -> list[str]:
+        """A path-list setting, each entry resolved by Ansible (relative to the cfg's folder)."""
+        value = self.value(key, section)
+        if value is None:
+            return []
+        return [str(v) for v in (value if isinstance(value, list) else [value])]
 
     def line(self, key: str, section: str = "defaults") -> int | None:
-        """The line of a setting in the cfg."""
-        found = self.values.get((section, key.lower()))
-        return found[1] if found else None
+        """The line of a setting in the cfg (for messages only)."""
+        return self.lines.get((section, key.lower()))
 
     def collections(self) -> set[str]:
         """Collections the cfg names plugins of (a strategy, a callback, a vars plugin)."""
-        return {m.group(1) for value, _ in self.values.values() for m in _FQCN.finditer(value)
-                if m.group(1) not in ("ansible.builtin", "ansible.legacy")}
+        found: set[str] = set()
+        for (section, key), setting in self.names.items():
+            if (section, key) not in self.lines:
+                continue
+            value = self._setting(setting, key, section)
+            for item in value if isinstance(value, list) else [value]:
+                if isinstance(item, str):
+                    found.update(m.group(1) for m in _FQCN.finditer(item))
+        return found - {"ansible.builtin", "ansible.legacy"}
 
 
 def read_config(project: Project) -> AnsibleConfig:
-    """The project's ansible.cfg (at its root), or an empty config when it has none.
+    """The project's ansible.cfg (at its root) through Ansible's ConfigManager; empty when none.
 
     Raises:
         InputError: the file is not a config Ansible can read (file and line).
     """
     path = project.root / CONFIG_FILE
     if not path.is_file():
-        return AnsibleConfig(None, {})
+        return AnsibleConfig(None)
+    try:
+        stat = path.stat()
+    except OSError as exc:
+        raise InputError(f"cannot read: {exc}", path=path) from None
+    return _read_config(path, stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=32)
+def _read_config(path: Path, mtime: int, size: int) -> AnsibleConfig:
+    del mtime, size  # the cache key: a changed file is read again
+    ansible_api.ready()
+    from ansible.errors import AnsibleError
+
     try:
         text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"cannot read: {exc}", path=path) from None
-    # The same parser settings as Ansible's own config manager.
-    parser = configparser.ConfigParser(inline_comment_prefixes=(";",), interpolation=None)
-    try:
-        parser.read_string(text, source=str(path))
-    except configparser.Error as exc:
-        line = getattr(exc, "lineno", None)
-        message = str(exc).splitlines()[0]
-        raise InputError(f"not a valid ansible.cfg: {message}", path=path, line=line) from None
-    lines = _key_lines(text)
-    values = {(section, key): (parser.get(section, key, raw=True), lines.get((section, key), 1))
-              for section in parser.sections() for key in parser.options(section)}
-    return AnsibleConfig(path, values)
+        # The project's own values: no environment (rolebake's settings are laid over them
+        # in the run's environment, see `settings`).
+        manager = ansible_api.config_manager(path, {})
+    except (OSError, UnicodeDecodeError, AnsibleError) as exc:
+        message = _first_line(str(exc))
+        number = re.search(r"line (\d+)", message)
+        raise InputError(f"not a valid ansible.cfg: {message}", path=path,
+                         line=int(number.group(1)) if number else None) from None
+    names: dict[tuple[str, str], str] = {}
+    for setting, definition in manager.get_configuration_definitions().items():
+        for entry in definition.get("ini") or ():
+            names.setdefault((entry.get("section", "defaults"), entry["key"].lower()), setting)
+    return AnsibleConfig(path, manager, names, _key_lines(text))
 
 
 def _key_lines(text: str) -> dict[tuple[str, str], int]:
+    """Where each key is written, so that an error can name its line (Ansible keeps none)."""
     lines: dict[tuple[str, str], int] = {}
     section = ""
     for number, line in enumerate(text.splitlines(), start=1):
@@ -157,6 +221,10 @@ def _key_lines(text: str) -> dict[tuple[str, str], int]:
         if match and not line[:1].isspace():
             lines.setdefault((section, match.group(1).strip().lower()), number)
     return lines
+
+
+def _first_line(text: str) -> str:
+    return (text.strip().splitlines() or [""])[0]
 
 
 def content_paths(project: Project, config: AnsibleConfig) -> list[tuple[str, Path]]:
@@ -171,19 +239,14 @@ def content_paths(project: Project, config: AnsibleConfig) -> list[tuple[str, Pa
     if config.path is None:
         return []
     found: list[tuple[str, Path]] = []
-    for key in (*PLUGIN_PATHS, *COLLECTIONS_KEYS[1:], *CONTENT_FILES):
-        value = config.get(key)
-        if not value:
-            continue
-        entries = [value] if key in CONTENT_FILES else value.split(os.pathsep)
-        for entry in (e.strip() for e in entries):
-            if not entry or "{{" in entry:
+    for key in (*PLUGIN_PATHS, *CONTENT_FILES):
+        for entry in config.paths(key):
+            if "{{" in entry:
                 continue
-            expanded = Path(os.path.expandvars(os.path.expanduser(entry)))
-            path = expanded if expanded.is_absolute() else config.path.parent / expanded
+            path = Path(entry)
             if not project.inside(path):
-                raise InputError(f"{key} = {entry}: {path} is outside the project; rolebake "
-                                 "reads nothing from outside it", path=config.path,
+                raise InputError(f"{key} = {config.get(key)}: {path} is outside the project; "
+                                 "rolebake reads nothing from outside it", path=config.path,
                                  line=config.line(key))
             found.append((key, path))
     return found
@@ -196,19 +259,55 @@ def roles_path(project: Project, config: AnsibleConfig, playbook: Path | None) -
         InputError: a `roles_path` entry outside the project, at the cfg's line.
     """
     found = [playbook.parent / "roles"] if playbook is not None else []
-    value = config.get("roles_path") or ""
-    for entry in (e.strip() for e in value.split(os.pathsep)):
-        if not entry or "{{" in entry or config.path is None:
+    for entry in config.paths("roles_path"):
+        if "{{" in entry:
             continue
-        expanded = Path(os.path.expandvars(os.path.expanduser(entry)))
-        path = expanded if expanded.is_absolute() else config.path.parent / expanded
+        path = Path(entry)
         if not project.inside(path):
-            raise InputError(f"roles_path = {value}: {path} is outside the project; rolebake "
-                             "reads nothing from outside it", path=config.path,
-                             line=config.line("roles_path"))
+            raise InputError(f"roles_path = {config.get('roles_path')}: {path} is outside the "
+                             "project; rolebake reads nothing from outside it",
+                             path=config.path, line=config.line("roles_path"))
         found.append(path)
     found.append(project.roles_dir)
     return list(dict.fromkeys(found))
+
+
+def inventory_plugins(config: AnsibleConfig) -> list[str]:
+    """The inventory plugins Ansible may use: the cfg's `enable_plugins`, else yaml and ini.
+
+    rolebake's own generated inventory is YAML, so `yaml` is always among them.
+    A `script` (or any other) plugin runs only when the project's cfg, which is
+    keyed, enables it (see docs/architecture.md).
+    """
+    enabled = [str(p) for p in config.value("enable_plugins", "inventory") or ()] \
+        or list(DEFAULT_INVENTORY_PLUGINS)
+    return list(dict.fromkeys([*enabled, "yaml"]))
+
+
+def settings(config: AnsibleConfig, home: Path) -> dict[str, str]:
+    """The ANSIBLE_* settings of a run: rolebake's over the project's cfg.
+
+    The same settings serve the build's ansible-playbook (`environment`) and
+    the questions rolebake asks Ansible in its own process (`ansible_api`).
+    """
+    cfg = config.path if config.path is not None else ansible_api.EMPTY_CFG
+    env = dict(CONTROLLED)
+    env.update({
+        "ANSIBLE_CONFIG": str(cfg),
+        "ANSIBLE_HOME": str(home),
+        "ANSIBLE_INVENTORY_ENABLED": ",".join(inventory_plugins(config)),
+        # The target's connection, over every host_vars: rolebake's vars plugin, last.
+        "ANSIBLE_VARS_ENABLED": ",".join(dict.fromkeys([
+            *(str(p) for p in config.value("vars_plugins_enabled") or ("host_group_vars",)),
+            TARGET_VARS_PLUGIN])),
+    })
+    for key, variable in PLUGIN_PATHS.items():
+        if not config.value(key):
+            env[variable] = str(home / key.removesuffix("_path"))
+    # The cfg's vars_plugins folders, when it names some: the variable hides the cfg's value.
+    own = os.pathsep.join(config.paths("vars_plugins")) or env.get("ANSIBLE_VARS_PLUGINS", "")
+    env["ANSIBLE_VARS_PLUGINS"] = os.pathsep.join(filter(None, [str(PLUGINS / "vars"), own]))
+    return env
 
 
 def environment(config: AnsibleConfig, data_dir: Path, *, roles_path: Sequence[Path],
@@ -217,8 +316,8 @@ def environment(config: AnsibleConfig, data_dir: Path, *, roles_path: Sequence[P
 
     Args:
         config: the project's ansible.cfg (`read_config`).
-        data_dir: the run's private folder (removed after the run); holds the
-            empty cfg when the project has none, ANSIBLE_HOME and the local tmp.
+        data_dir: the run's private folder (removed after the run); holds
+            ANSIBLE_HOME and the local tmp.
         roles_path: where roles are looked up, in order.
         remote_tmp: Ansible's temporary folder on the target.
         programs: the folder with the ansible-playbook to run (first on PATH).
@@ -226,29 +325,16 @@ def environment(config: AnsibleConfig, data_dir: Path, *, roles_path: Sequence[P
     Returns:
         Variables for ansible-runner's `envvars`; see `runner_environment`.
     """
-    home = data_dir / "home"
     env = {name: os.environ[name] for name in HOST_VARIABLES if name in os.environ}
     env["PATH"] = os.pathsep.join([str(programs), os.environ.get("PATH", "/usr/bin:/bin")])
     if not any(name in env for name in ("LC_ALL", "LC_CTYPE", "LANG")):
         env["LANG"] = "C.UTF-8"  # Ansible refuses to run without a UTF-8 locale
-    if config.path is not None:
-        cfg = config.path
-    else:
-        cfg = data_dir / CONFIG_FILE
-        cfg.write_text("# rolebake: the project has no ansible.cfg; Ansible's defaults apply\n",
-                       encoding="utf-8")
-    env.update(CONTROLLED)
+    env.update(settings(config, data_dir / "home"))
     env.update({
-        "ANSIBLE_CONFIG": str(cfg),
-        "ANSIBLE_HOME": str(home),
         "ANSIBLE_LOCAL_TEMP": str(data_dir / "tmp"),
         "ANSIBLE_REMOTE_TMP": remote_tmp,
         "ANSIBLE_ROLES_PATH": os.pathsep.join(str(p) for p in roles_path),
     })
-    for key, variable in PLUGIN_PATHS.items():
-        keys = COLLECTIONS_KEYS if key == "collections_path" else (key,)
-        if not any(config.get(k) for k in keys):
-            env[variable] = str(home / key.removesuffix("_path"))
     return env
 
 

@@ -1,76 +1,94 @@
-"""An image as a host of the project's Ansible inventory: its groups, and the plays that apply.
+"""An image as a host of the project's Ansible inventory, as Ansible itself answers it.
 
 A spec with `groups:` makes its build target (a container, or the parity VM)
 a host of the project's inventory: it joins those groups (their parent groups
 by the inventory's `children`, and `all`), so a playbook's plays apply to it
 exactly as `ansible-playbook --limit` would apply them to a server of those
 groups, and the `group_vars/` and `host_vars/` beside the inventory and the
-playbook apply with Ansible's own precedence. Ansible itself decides at run
-time (the project's inventory is passed with a small generated one and
-`--limit`); the static reading here lets `rolebake plan` list the plays, keys
-the vars files of those groups, and picks the plays a parent layer applied.
+playbook apply with Ansible's own precedence.
+
+Every question is put to ansible-core in this process (`ansible_api.session`:
+the project's cfg, ansible-core's own plugins): `InventoryManager` reads the
+inventory (INI, YAML, a folder of them, a script when the project's cfg
+enables the `script` plugin), the image is added as a host of its groups
+(`add_host`), `get_hosts` matches each play's pattern, `VariableManager` gives
+its variables. rolebake keeps no grammar of its own for inventories or
+patterns; what is left here is which questions to ask, and how the build's
+run gets the same answers (the project's inventory, a generated one with the
+target, `--limit`).
 
 The inventory is the spec's `inventory:`, else the `inventory` of the
 project's ansible.cfg, else the first of DEFAULT_NAMES at the project root or
-beside the playbook. INI and YAML inventories, or a folder of them, are read.
+beside the playbook.
 """
 
 from __future__ import annotations
 
-import fnmatch
+import contextlib
+import functools
+import json
 import os
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from rolebake.errors import InputError
-from rolebake.provision.ansible_config import read_config
+from rolebake.provision import ansible_api
+from rolebake.provision.ansible_config import inventory_plugins, read_config, settings
 from rolebake.provision.ansible_spec import settings_of
 from rolebake.spec import ImageSpec, Project
 from rolebake.yamlfile import YamlList, read_ansible_yaml
 
 DEFAULT_NAMES = ("inventory", "inventory.ini", "inventory.yml", "inventory.yaml",
                  "hosts", "hosts.ini", "hosts.yml", "hosts.yaml")
-# What Ansible skips in an inventory folder (INVENTORY_IGNORE_EXTS, and the vars folders).
-IGNORED_SUFFIXES = (".pyc", ".pyo", ".swp", ".bak", "~", ".rpm", ".md", ".txt", ".rst",
-                    ".orig", ".cfg", ".retry")
-IGNORED_DIRS = ("group_vars", "host_vars")
 SKIP_VAR = "rolebake_skip_plays"
-LEGACY_HOST = "rolebake-build"  # the target's name when the spec gives no `groups:`
-_INI_SECTION = re.compile(r"^\[([^\]:]+)(?::(\w+))?\]\s*$")
-_WILDCARD = re.compile(r"[*?\[]")
+# What Ansible prints while rolebake asks it (it would land in `plan`'s output): off.
+QUIET = {"ANSIBLE_HOST_PATTERN_MISMATCH": "ignore", "ANSIBLE_LOCALHOST_WARNING": "False",
+         "ANSIBLE_INVENTORY_UNPARSED_WARNING": "False",
+         # Only ansible-core's own vars plugin runs in rolebake's process, and only when
+         # vars are asked for: group_vars are not read (nor decrypted) to list groups.
+         "ANSIBLE_VARS_ENABLED": "host_group_vars", "ANSIBLE_RUN_VARS_PLUGINS": "demand"}
+_MAGIC = frozenset({"inventory_hostname", "inventory_hostname_short", "group_names", "groups",
+                    "omit", "playbook_dir", "inventory_dir", "inventory_file",
+                    "ansible_playbook_python", "ansible_config_file", "ansible_version",
+                    "ansible_check_mode", "ansible_diff_mode", "ansible_forks",
+                    "ansible_inventory_sources", "ansible_skip_tags", "ansible_run_tags",
+                    "ansible_verbosity", "role_names", "hostvars", "environment",
+                    "ansible_collection_name", "ansible_dependent_role_names",
+                    "ansible_play_role_names", "ansible_role_names", "ansible_play_name",
+                    "ansible_play_hosts", "ansible_play_hosts_all", "ansible_play_batch",
+                    "play_hosts", "ansible_search_path"})
+
+
+def host_name(spec: ImageSpec) -> str:
+    """The image's inventory host name: the spec's `host:`, else `rolebake-<spec name>`.
+
+    It is also the build container's hostname, so facts (`ansible_hostname`,
+    `ansible_fqdn`) say it.
+    """
+    return settings_of(spec).host or f"rolebake-{spec.name}"
 
 
 @dataclass(frozen=True)
 class Inventory:
-    """The group structure of an inventory: which groups hold which, which hosts are where."""
+    """What Ansible read of the project's inventory: its files, groups and hosts."""
 
-    path: Path | None  # the file or folder; None when the project has none
-    files: tuple[Path, ...] = ()
-    parents: Mapping[str, frozenset[str]] = field(default_factory=dict)  # group -> parents
-    host_groups: Mapping[str, frozenset[str]] = field(default_factory=dict)  # host -> groups
+    sources: tuple[Path, ...] = ()  # files or folders, as Ansible gets them
+    files: tuple[Path, ...] = ()  # the files among them Ansible reads (keyed)
+    groups: frozenset[str] = frozenset({"all", "ungrouped"})
+    hosts: frozenset[str] = frozenset()
 
-    def ancestors(self, groups: Iterable[str]) -> set[str]:
-        """The groups and every group above them through `children`."""
-        found: set[str] = set()
-        stack = list(groups)
-        while stack:
-            group = stack.pop()
-            if group not in found:
-                found.add(group)
-                stack.extend(self.parents.get(group, ()))
-        return found
+    @property
+    def path(self) -> Path | None:
+        """The first source; None when the project has no inventory."""
+        return self.sources[0] if self.sources else None
 
     @property
     def vars_dirs(self) -> tuple[Path, ...]:
-        """The group_vars/ and host_vars/ folders' parent beside the inventory."""
-        if self.path is None:
-            return ()
-        return (self.path if self.path.is_dir() else self.path.parent,)
+        """Where group_vars/ and host_vars/ beside the inventory are looked for."""
+        return tuple(dict.fromkeys(p if p.is_dir() else p.parent for p in self.sources))
 
 
 @dataclass(frozen=True)
@@ -80,7 +98,9 @@ class Membership:
     host: str
     groups: tuple[str, ...]  # every group it is in, `all` and parent groups included
     inventory: Inventory
-    named: bool  # the spec named the host (its connection settings are then forced)
+    named: bool  # the spec named the host
+    declared: tuple[str, ...] = ()  # the spec's `groups:`
+    project: Project | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -93,176 +113,238 @@ class Play:
     line: int | None
 
 
+# Asking Ansible -------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def _ansible(project: Project) -> Iterator[None]:
+    """ansible-core set up for the project, as the build's run will be."""
+    config = read_config(project)
+    # ANSIBLE_HOME is never made: Ansible only looks there, finds nothing.
+    env = {**settings(config, project.root / ".rolebake" / "ansible-home"), **QUIET}
+    ansible_api.ready()
+    from ansible.errors import AnsibleError
+
+    try:
+        with ansible_api.session(config.path, env):
+            yield
+    except AnsibleError as exc:  # a setting of the cfg Ansible refuses
+        raise InputError(f"Ansible: {_message(exc)}", path=config.path) from None
+
+
+def _message(exc: BaseException) -> str:
+    text = str(getattr(exc, "message", "") or exc)
+    return (text.strip().splitlines() or [type(exc).__name__])[0]
+
+
+def _manager(project: Project, sources: Sequence[Path]) -> Any:
+    """Ansible's InventoryManager over the project's inventory (inside `_ansible`).
+
+    Raises:
+        InputError: a source Ansible cannot parse, with Ansible's reason.
+    """
+    from ansible.errors import AnsibleError
+    from ansible.inventory.manager import InventoryManager
+    from ansible.parsing.dataloader import DataLoader
+
+    loader = DataLoader()
+    with ansible_api.collected_warnings() as warnings:
+        try:
+            manager = InventoryManager(loader, sources=[str(s) for s in sources],
+                                       parse=bool(sources))
+        except AnsibleError as exc:
+            why = "; ".join(warnings) or _message(exc)
+            source = next((s for s in sources if str(s) in _message(exc)), None)
+            raise InputError(f"Ansible cannot read the inventory: {why}",
+                             path=source or (sources[0] if sources else project.root)) from None
+    if not sources:
+        manager.reconcile_inventory()
+    return manager
+
+
+def _add_target(manager: Any, host: str, groups: Iterable[str]) -> Any:
+    """The target as a host of its groups, as the run's generated inventory puts it."""
+    for group in groups:
+        if group != "all" and group not in manager.groups:
+            manager.add_group(group)
+        manager.add_host(host, group)
+    manager.reconcile_inventory()
+    return manager.get_host(host)
+
+
+@functools.lru_cache(maxsize=64)
+def _read(project: Project, sources: tuple[Path, ...], stamp: tuple[Any, ...]) -> Inventory:
+    del stamp  # part of the cache key only
+    enabled = inventory_plugins(read_config(project))
+    with _ansible(project):
+        files = tuple(f for s in sources for f in _source_files(project, s))
+        for file in files:
+            if "script" not in enabled and _is_script(file):
+                raise InputError("an inventory script: Ansible runs one only when the "
+                                 "project's ansible.cfg enables the `script` inventory plugin "
+                                 "([inventory] enable_plugins = script, yaml, ini)",
+                                 path=file, line=1)
+        manager = _manager(project, sources)
+        return Inventory(sources, files, frozenset(manager.groups), frozenset(manager.hosts))
+
+
+def _is_script(path: Path) -> bool:
+    try:
+        with path.open("rb") as handle:
+            return handle.read(2) == b"#!"
+    except OSError:
+        return False
+
+
+def _stamp(sources: Iterable[Path], project: Project) -> tuple[Any, ...]:
+    """What changes when any file of the inventory (or the cfg) changes: the cache key."""
+    found: list[Any] = []
+    for path in [project.root / "ansible.cfg", *sources]:
+        for root, dirs, files in os.walk(path) if path.is_dir() else [("", [], [str(path)])]:
+            dirs.sort()
+            for name in sorted(files):
+                with contextlib.suppress(OSError):
+                    stat = os.stat(os.path.join(root, name))
+                    found.append((root, name, stat.st_mtime_ns, stat.st_size, stat.st_mode))
+    return tuple(found)
+
+
+def _source_files(project: Project, source: Path) -> list[Path]:
+    """The files Ansible reads of a source (a folder: what it does not ignore, in its order)."""
+    from ansible.inventory import manager as inventory_manager
+
+    if not project.inside(source):
+        raise InputError("the inventory is outside the project", path=source)
+    if not source.is_dir():
+        return [source]
+    found: list[Path] = []
+    for entry in sorted(source.iterdir()):
+        if inventory_manager.IGNORED.search(os.fsencode(entry.name)):
+            continue
+        found.extend(_source_files(project, entry))
+    return found
+
+
+def read_inventory(project: Project, path: Path | Sequence[Path] | None) -> Inventory:
+    """What Ansible reads of an inventory (a file, a folder, or several): groups, hosts, files.
+
+    Raises:
+        InputError: a source outside the project, or one Ansible cannot parse.
+    """
+    sources = (() if path is None else (path,) if isinstance(path, Path) else tuple(path))
+    for source in sources:
+        if not project.inside(source):
+            raise InputError("the inventory is outside the project", path=source)
+    return _read(project, sources, _stamp(sources, project))
+
+
 def membership(project: Project, spec: ImageSpec) -> Membership | None:
     """The target's host name and groups, or None when the spec gives no `groups:`.
 
     Raises:
-        InputError: the inventory cannot be read (file and line).
+        InputError: the inventory cannot be read, or the host is named like a group.
     """
     own = settings_of(spec)
     if own.groups is None:
         return None
-    inventory = read_inventory(project, find_inventory(project, spec))
-    host = own.host or f"rolebake-{spec.name}"
-    direct = set(own.groups) | set(inventory.host_groups.get(host, ()))
-    groups = inventory.ancestors(direct - {"all"}) | {"all"}
-    if groups == {"all"}:
-        groups.add("ungrouped")  # as Ansible puts a host of no group
-    if host in inventory.parents or host in groups:
+    sources = inventory_sources(project, own.inventory, own.playbook)
+    inventory = read_inventory(project, sources)
+    host = host_name(spec)
+    if host in inventory.groups:
         raise InputError(f"host name {host!r} is also a group of the inventory; Ansible "
                          "would confuse them (give `host:` another name)",
                          path=spec.path, line=spec.line_of("host") or spec.line_of("groups"))
-    ordered = ["all", *sorted(groups - {"all"})]
-    return Membership(host=host, groups=tuple(ordered), inventory=inventory,
-                      named=own.host is not None)
+    groups = _groups(project, inventory, host, tuple(own.groups), _stamp(sources, project))
+    return Membership(host=host, groups=groups, inventory=inventory, named=own.host is not None,
+                      declared=tuple(own.groups), project=project)
 
 
-def find_inventory(project: Project, spec: ImageSpec) -> Path | None:
-    """The spec's inventory, else ansible.cfg's `inventory`, else a default; None when none."""
-    own = settings_of(spec)
-    return locate_inventory(project, own.inventory, own.playbook)
+@functools.lru_cache(maxsize=256)
+def _groups(project: Project, inventory: Inventory, host: str, groups: tuple[str, ...],
+            stamp: tuple[Any, ...]) -> tuple[str, ...]:
+    del stamp
+    with _ansible(project):
+        target = _add_target(_manager(project, inventory.sources), host, groups)
+        names = {g.name for g in target.get_groups()}
+    return ("all", *sorted(names - {"all"}))
 
 
-def locate_inventory(project: Project, given: Path | None, playbook: Path | None) -> Path | None:
-    """`given`, else ansible.cfg's `inventory`, else a default name (root, then beside playbook).
+def inventory_sources(project: Project, given: Path | None,
+                      playbook: Path | None) -> tuple[Path, ...]:
+    """`given`, else ansible.cfg's `inventory` (every entry), else a default name.
+
+    The default names are looked for at the root, then beside the playbook.
 
     Raises:
         InputError: the cfg names an inventory outside the project, or none there.
     """
     if given is not None:
-        return given
+        return (given,)
     config = read_config(project)
-    value = config.get("inventory")
-    if value and config.path is not None:
-        first = value.split(",")[0].strip()
-        path = Path(os.path.expanduser(first))
-        path = path if path.is_absolute() else config.path.parent / path
-        if not project.inside(path):
-            raise InputError(f"inventory = {first}: outside the project; rolebake reads nothing "
-                             "from outside it", path=config.path, line=config.line("inventory"))
-        if not path.exists():
-            raise InputError(f"inventory = {first}: not found", path=config.path,
-                             line=config.line("inventory"))
-        return path
+    entries = config.paths("inventory")
+    if entries and config.path is not None:
+        found: list[Path] = []
+        for entry in entries:
+            path = Path(entry)
+            if not project.inside(path):
+                raise InputError(f"inventory = {config.get('inventory')}: {path} is outside "
+                                 "the project; rolebake reads nothing from outside it",
+                                 path=config.path, line=config.line("inventory"))
+            if not path.exists():
+                raise InputError(f"inventory = {config.get('inventory')}: {path} not found",
+                                 path=config.path, line=config.line("inventory"))
+            found.append(path)
+        return tuple(found)
     folders = [project.root]
     if playbook is not None:
         folders.append(playbook.parent)
     for folder in folders:
         for name in DEFAULT_NAMES:
             if (folder / name).exists() and project.inside(folder / name):
-                return folder / name
-    return None
+                return (folder / name,)
+    return ()
 
 
-def read_inventory(project: Project, path: Path | None) -> Inventory:
-    """Read an INI or YAML inventory, or a folder of them, for its groups and hosts.
+def target_variables(project: Project, member: Membership,
+                     playbook: Path | None = None) -> dict[str, Any]:
+    """The target's inventory variables, as Ansible's VariableManager gives them to a play.
+
+    Inventory vars, group_vars/ and host_vars/ beside the inventory and (when
+    given) beside the playbook, with Ansible's precedence; no facts, no play
+    vars, no magic variables.
 
     Raises:
-        InputError: a file that is neither (a script, a plugin's config), with file and line.
+        InputError: a vaulted vars file (no vault password is used here).
     """
-    if path is None:
-        return Inventory(None)
-    files = _inventory_files(project, path)
-    parents: dict[str, set[str]] = {}
-    hosts: dict[str, set[str]] = {}
-    for file in files:
-        if file.suffix in (".yml", ".yaml", ".json"):
-            _read_yaml(file, parents, hosts)
-        else:
-            _read_ini(file, parents, hosts)
-    return Inventory(path, tuple(files), {g: frozenset(p) for g, p in parents.items()},
-                     {h: frozenset(g) for h, g in hosts.items()})
+    from ansible.vars.manager import VariableManager
+
+    with _ansible(project):
+        manager = _manager(project, member.inventory.sources)
+        target = _add_target(manager, member.host, member.declared)
+        loader = manager._loader
+        if playbook is not None:
+            loader.set_basedir(str(playbook.parent))
+        found = VariableManager(loader=loader, inventory=manager).get_vars(
+            host=target, include_hostvars=False)
+        return {k: _plain(v) for k, v in found.items() if k not in _MAGIC}
 
 
-def _inventory_files(project: Project, path: Path) -> list[Path]:
-    if not project.inside(path):
-        raise InputError("the inventory is outside the project", path=path)
-    if path.is_file():
-        return [path]
-    found: list[Path] = []
-    for entry in sorted(path.iterdir()):
-        if entry.name.startswith(".") or entry.name.endswith(IGNORED_SUFFIXES) \
-                or entry.name in IGNORED_DIRS:
-            continue
-        found.extend(_inventory_files(project, entry))
-    return found
-
-
-def _read_ini(path: Path, parents: dict[str, set[str]], hosts: dict[str, set[str]]) -> None:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"cannot read the inventory: {exc}", path=path) from None
-    if text.startswith("#!"):
-        raise InputError("an inventory script: rolebake reads INI and YAML inventories only "
-                         "(a script could reach anything)", path=path, line=1)
-    group, kind = "ungrouped", "hosts"
-    for number, raw in enumerate(text.splitlines(), start=1):
-        line = raw.strip()
-        if not line or line.startswith((";", "#")):
-            continue
-        header = _INI_SECTION.match(line)
-        if header:
-            group, kind = header.group(1).strip(), header.group(2) or "hosts"
-            if kind not in ("hosts", "children", "vars"):
-                raise InputError(f"unknown section kind {kind!r} (hosts, children or vars)",
-                                 path=path, line=number)
-            parents.setdefault(group, set())
-            continue
-        if line.startswith("["):
-            raise InputError("not an INI inventory section header", path=path, line=number)
-        name = line.split()[0]
-        if kind == "children":
-            parents.setdefault(name, set()).add(group)
-        elif kind == "hosts":
-            hosts.setdefault(name, set()).add(group)
-
-
-def _read_yaml(path: Path, parents: dict[str, set[str]], hosts: dict[str, set[str]]) -> None:
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        line = getattr(getattr(exc, "problem_mark", None), "line", None)
-        raise InputError(f"not a YAML inventory: {str(exc).splitlines()[0]}", path=path,
-                         line=line + 1 if line is not None else None) from None
-    if data is None:
-        return
-    if not isinstance(data, dict) or "plugin" in data:
-        raise InputError("not a YAML inventory (groups at the top); inventory plugins are "
-                         "not read", path=path, line=1)
-    stack: list[tuple[str, Any, str | None]] = [(g, body, None) for g, body in data.items()]
-    while stack:
-        group, body, parent = stack.pop()
-        group = str(group)
-        parents.setdefault(group, set())
-        if parent is not None:
-            parents[group].add(parent)
-        if not isinstance(body, dict):
-            continue
-        for host in (body.get("hosts") or {}) if isinstance(body.get("hosts"), dict) else ():
-            hosts.setdefault(str(host), set()).add(group)
-        children = body.get("children")
-        if isinstance(children, dict):
-            stack.extend((child, sub, group) for child, sub in children.items())
+def _plain(value: Any) -> Any:
+    """Ansible's tagged values as plain JSON data (a vaulted value stays a marker)."""
+    return json.loads(json.dumps(value, default=lambda v: f"<{type(v).__name__}>"))
 
 
 # Host patterns ------------------------------------------------------------------------------
 
 def split_pattern(hosts: Any) -> list[str] | None:
-    """A play's `hosts:` as Ansible's list of terms; None when templated (known at run time)."""
+    """A play's `hosts:` as Ansible splits it into terms; None when templated."""
+    ansible_api.ready()
+    from ansible.inventory.manager import split_host_pattern
+
     terms = hosts if isinstance(hosts, list) else [hosts]
-    found: list[str] = []
-    for term in terms:
-        text = str(term if term is not None else "")
-        if "{{" in text or "{%" in text:
-            return None
-        # Ansible splits on commas, and on colons outside IPv6 addresses and regexes.
-        for raw in text.split(","):
-            part = raw.strip()
-            pieces = [part] if part.startswith("~") or part.count(":") > 1 \
-                else part.split(":")
-            found.extend(p.strip() for p in pieces if p.strip())
-    return found
+    text = [str(t if t is not None else "") for t in terms]
+    if any("{{" in t or "{%" in t for t in text):
+        return None
+    return [str(t) for t in split_host_pattern(text)]
 
 
 def matches(hosts: Any, member: Membership | None) -> bool | None:
@@ -270,35 +352,44 @@ def matches(hosts: Any, member: Membership | None) -> bool | None:
 
     Without a membership (a spec with no `groups:`), every play applies.
     """
-    terms = split_pattern(hosts)
-    if terms is None:
-        return None
-    if member is None:
-        return True
-    regular = [t for t in terms if not t.startswith(("!", "&"))]
-    selected = any(_term(t, member) for t in regular) if regular else True
-    for term in terms:
-        if term.startswith("&"):
-            selected = selected and _term(term[1:], member)
-        elif term.startswith("!"):
-            selected = selected and not _term(term[1:], member)
-    return selected
+    return verdicts([hosts], member)[0]
 
 
-def _term(term: str, member: Membership) -> bool:
-    names = (member.host, *member.groups)
-    term = re.sub(r"\[[-0-9:]*\]$", "", term)  # web[0]: a subscript of group web
-    if term in ("all", "*"):
-        return True
-    if term.startswith("~"):
-        try:
-            pattern = re.compile(term[1:])
-        except re.error:
-            return False
-        return any(pattern.match(name) for name in names)
-    if _WILDCARD.search(term):
-        return any(fnmatch.fnmatchcase(name, term) for name in names)
-    return term in names
+def verdicts(patterns: Sequence[Any], member: Membership | None) -> list[bool | None]:
+    """For each pattern, whether Ansible's `get_hosts` names the target; None when templated.
+
+    Raises:
+        InputError: a pattern Ansible refuses.
+    """
+    terms = [split_pattern(p) for p in patterns]
+    if member is None or member.project is None:
+        return [None if t is None else True for t in terms]
+    return list(_verdicts(member.project, member, tuple(
+        None if t is None else tuple(t) for t in terms), _stamp(member.inventory.sources,
+                                                                member.project)))
+
+
+@functools.lru_cache(maxsize=256)
+def _verdicts(project: Project, member: Membership,
+              patterns: tuple[tuple[str, ...] | None, ...],
+              stamp: tuple[Any, ...]) -> tuple[bool | None, ...]:
+    del stamp
+    from ansible.errors import AnsibleError
+
+    found: list[bool | None] = []
+    with _ansible(project):
+        manager = _manager(project, member.inventory.sources)
+        target = _add_target(manager, member.host, member.declared)
+        for terms in patterns:
+            if terms is None:
+                found.append(None)
+                continue
+            try:
+                named = manager.get_hosts(list(terms))
+            except AnsibleError as exc:
+                raise InputError(f"hosts: {','.join(terms)}: {_message(exc)}") from None
+            found.append(target in named)
+    return tuple(found)
 
 
 # Plays --------------------------------------------------------------------------------------
@@ -363,16 +454,27 @@ def select_plays(playbook: Path, member: Membership | None,
         playbook: the layer's playbook.
         member: the target as a host of the inventory (None: every play applies).
         parents: the memberships of the parent layers built from the same playbook.
+
+    Raises:
+        InputError: a play's pattern Ansible refuses (file and line).
     """
+    every = plays(playbook)
+    patterns = [p.hosts for p in every]
+    try:
+        mine = verdicts(patterns, member)
+        theirs = [verdicts(patterns, parent) for parent in parents]
+    except InputError as exc:
+        play = next((p for p in every if p.hosts in exc.message), None)
+        raise InputError(exc.message, path=play.path if play else playbook,
+                         line=play.line if play else None) from None
     applied: list[Play] = []
     skipped: list[Play] = []
     undecided: list[Play] = []
-    every = plays(playbook)
-    for play in every:
-        verdict = matches(play.hosts, member)
+    for index, play in enumerate(every):
+        verdict = mine[index]
         if verdict is None:
             undecided.append(play)
-        elif verdict and any(matches(play.hosts, p) for p in parents):
+        elif verdict and any(parent[index] for parent in theirs):
             skipped.append(play)
         elif verdict:
             applied.append(play)
@@ -420,11 +522,17 @@ class RunInventory:
     sources: tuple[Path, ...]  # the project's inventory, passed before the generated one
     extravars: Mapping[str, Any]
     wrapper: list[dict[str, Any]] | None  # a playbook importing the layer's, skipping plays
+    target_vars: Mapping[str, Any] = field(default_factory=dict)  # the target's alone, forced
 
 
 def prepare(project: Project, spec: ImageSpec, playbook: Path | None,
             connection: Mapping[str, Any]) -> RunInventory:
     """The inventory, limit, extra vars and playbook wrapper of one layer's run.
+
+    The connection settings are the target's host vars in the generated
+    inventory and, through rolebake's vars plugin (`target_vars`), over any
+    host_vars/ file of a real host of that name; never extra vars, which
+    would apply to every host of the inventory.
 
     Args:
         project: the project.
@@ -432,22 +540,19 @@ def prepare(project: Project, spec: ImageSpec, playbook: Path | None,
         playbook: the layer's playbook, None for roles.
         connection: the target's host vars (how Ansible reaches it, secrets).
     """
+    host = host_name(spec)
     member = membership(project, spec)
     if member is None:
         groups = legacy_groups(playbook) if playbook is not None else set()
-        inventory: dict[str, Any] = {"all": {"hosts": {LEGACY_HOST: dict(connection)}}}
+        inventory: dict[str, Any] = {"all": {"hosts": {host: dict(connection)}}}
         if groups:
-            inventory["all"]["children"] = {g: {"hosts": {LEGACY_HOST: {}}}
-                                            for g in sorted(groups)}
-        return RunInventory(LEGACY_HOST, inventory, (), {}, None)
+            inventory["all"]["children"] = {g: {"hosts": {host: {}}} for g in sorted(groups)}
+        return RunInventory(host, inventory, (), {}, None, dict(connection))
     inventory = {"all": {"hosts": {member.host: dict(connection)}}}
-    children = [g for g in member.groups if g not in ("all", "ungrouped")]
+    children = [g for g in member.declared if g not in ("all", "ungrouped")]
     if children:
         inventory["all"]["children"] = {g: {"hosts": {member.host: {}}} for g in children}
     extravars: dict[str, Any] = {}
-    if member.named:
-        # host_vars of a real host name its address and user: the target's own win.
-        extravars.update({k: v for k, v in connection.items() if k.startswith("ansible_")})
     wrapper = None
     if playbook is not None:
         selection = select_plays(playbook, member, parent_memberships(project, spec, playbook))
@@ -456,8 +561,8 @@ def prepare(project: Project, spec: ImageSpec, playbook: Path | None,
             wrapper = [{"name": "rolebake: the plays a parent layer did not apply",
                         "import_playbook": str(playbook.resolve()),
                         "when": f"ansible_play_name not in {SKIP_VAR}"}]
-    sources = tuple(member.inventory.files) if member.inventory.path is not None else ()
-    return RunInventory(member.host, inventory, sources, extravars, wrapper)
+    return RunInventory(member.host, inventory, member.inventory.sources, extravars, wrapper,
+                        dict(connection))
 
 
 def parent_memberships(project: Project, spec: ImageSpec,

@@ -61,13 +61,15 @@ class ContainerOptions:
 
     mounts: tuple[Mapping[str, Any], ...] = ()
     volumes_from: tuple[str, ...] = ()
+    hostname: str | None = None  # the image's host name (Ansible: its inventory host)
 
     def merge(self, other: ContainerOptions) -> ContainerOptions:
         """Both sets of mounts (one mount per target: the first one given wins)."""
         targets = {m["target"] for m in self.mounts}
         extra = tuple(m for m in other.mounts if m["target"] not in targets)
         return ContainerOptions(mounts=self.mounts + extra,
-                                volumes_from=self.volumes_from + other.volumes_from)
+                                volumes_from=self.volumes_from + other.volumes_from,
+                                hostname=self.hostname or other.hostname)
 
 
 TOOLCHAIN_IMAGE_LABEL = "rolebake.toolchain.image"

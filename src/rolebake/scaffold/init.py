@@ -278,19 +278,20 @@ def check(project: Project, playbook: Path, given: Path | None,
     """
     if given is not None and not given.exists():
         raise InputError("no such inventory", path=given)
-    path = ansible_inventory.locate_inventory(project, given, playbook)
-    inventory = ansible_inventory.read_inventory(project, path)
+    sources = ansible_inventory.inventory_sources(project, given, playbook)
+    inventory = ansible_inventory.read_inventory(project, sources)
+    path = inventory.path
     if path is None:
         return ["notice: no inventory found; the images join only the groups their specs "
                 "name, and no group_vars beside an inventory apply"]
     lines = [f"inventory: {project.relative(path)}"]
-    known = set(inventory.parents) | {"all"}
+    known = set(inventory.groups)
     for proposal in proposals:
         if proposal.group not in known:
             lines.append(f"notice: group {proposal.group!r} is not in the inventory; image "
                          f"{proposal.name!r} joins it all the same")
     targeted = {p.group for p in proposals}
-    idle = sorted(set(inventory.parents) - targeted - {"all", "ungrouped"})
+    idle = sorted(set(inventory.groups) - targeted - {"all", "ungrouped"})
     if idle:
         lines.append(f"no play targets group(s) {', '.join(idle)}: no image for them")
     return lines
