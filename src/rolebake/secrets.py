@@ -193,13 +193,9 @@ def vault_values(files: Iterable[Path], password: str | None,
         for vaulted in _vaulted_in(spec_vars):
             found.append(_decrypt(vaulted, password, spec_path, vaulted.line))
     for path in files:
-        try:
-            data = path.read_bytes()
-        except OSError:
+        text = _vaulted_text(path)
+        if text is None:
             continue
-        if VAULT_HEADER not in data:
-            continue
-        text = data.decode("utf-8", errors="replace")
         if text.lstrip().startswith(VAULT_HEADER.decode()):
             plain = _decrypt(text, password, path, 1)
             try:
@@ -241,19 +237,24 @@ def vaulted_at(files: Iterable[Path],
     for spec_path, spec_vars in specs:
         found.extend((spec_path, vaulted.line) for vaulted in _vaulted_in(spec_vars))
     for path in files:
-        try:
-            data = path.read_bytes()
-        except OSError:
+        text = _vaulted_text(path)
+        if text is None:
             continue
-        if VAULT_HEADER not in data:
-            continue
-        text = data.decode("utf-8", errors="replace")
         if text.lstrip().startswith(VAULT_HEADER.decode()):
             found.append((path, 1))
             continue
         found.extend((path, text.count("\n", 0, match.start()) + 1)
                      for match in _INLINE_VAULT.finditer(text))
     return found
+
+
+def _vaulted_text(path: Path) -> str | None:
+    """The file's text when it holds vaulted content (the whole file or inline values)."""
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return None
+    return data.decode("utf-8", errors="replace") if VAULT_HEADER in data else None
 
 
 def _decrypt(vaulted: str, password: str | None, path: Path, line: int) -> str:
