@@ -122,7 +122,8 @@ def test_depends_through_a_virtual_package_and_the_vm_side() -> None:
                           container_relations=container.relations,
                           container_auto=container.auto_installed,
                           vm_packages={**vm.packages, "mawk": "1.3.4"}, vm_relations=vm_rel,
-                          vm_auto=vm.auto_installed, boot_packages=BOOT)
+                          vm_auto=(vm.auto_installed or frozenset()) | {"mawk"},
+                          boot_packages=BOOT)
     assert why is not None
     assert why.chain == ("mawk", "apache2") and why.relations == ("Depends",)
     assert not why.recommends
