@@ -163,10 +163,20 @@ class ParityReport:
         """True when nothing differs unexpectedly."""
         return not self.differences
 
+    @property
+    def verdict(self) -> str:
+        """`ok`, `recommends` when only the recommends class fails it, else `different`."""
+        if self.ok:
+            return "ok"
+        if all(i.status is Status.RECOMMENDS for i in self.differences):
+            return Status.RECOMMENDS.value
+        return Status.DIFFERENT.value
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form for `--json`: a summary and every item, equal ones included."""
         return {
             "ok": self.ok,
+            "status": self.verdict,
             "summary": {
                 "equal": self.equal_count,
                 "expected": len(self.expected),
