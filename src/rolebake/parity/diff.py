@@ -129,8 +129,10 @@ class ParityReport:
 
     @property
     def differences(self) -> tuple[ParityItem, ...]:
-        """Items that make parity fail (exit 5): different, recommends unless accepted,
-        ids-shifted with strict_ids."""
+        """Items that make parity fail (exit 5).
+
+        Different ones; recommends unless accepted; ids-shifted with strict_ids.
+        """
         failing = {Status.DIFFERENT}
         if self.strict_ids:
             failing.add(Status.IDS_SHIFTED)

@@ -80,8 +80,11 @@ class PackageRelations:
 
 
 def parse_relation_field(text: str) -> tuple[tuple[str, ...], ...]:
-    """`libc6 (>= 2.34), debconf | debconf-2.0, perl:any` → ((libc6,), (debconf, debconf-2.0),
-    (perl,)): names only, versions and architecture qualifiers dropped."""
+    """Parse a relation field into groups of alternatives, names only.
+
+    `libc6 (>= 2.34), debconf | debconf-2.0, perl:any` gives ((libc6,), (debconf,
+    debconf-2.0), (perl,)): versions and architecture qualifiers are dropped.
+    """
     groups = []
     for group in text.split(","):
         names = []

@@ -60,7 +60,7 @@ def test_page_has_verdict_differences_chain_tests_and_timeline() -> None:
     assert "the VM has procps: VM boot package, installed without Recommends" in text
     assert "install_recommends: false" in text
     assert "test_site_conf" in text and "failed" in text
-    assert "provisioning the VM" in text and "19–251 s" in text
+    assert "provisioning the VM" in text and "19\u2013251 s" in text
     # The expected classes are folded.
     assert re.search(r"<details class=\"folded-expected\">\s*<summary>", page)
 
