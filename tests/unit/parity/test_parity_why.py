@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
+from typing import Any
 
+import pytest
 from parity_recorded import FIXTURES
 
 from rolebake.errors import SnapshotError
@@ -142,3 +145,48 @@ def test_requested_names_from_apt_tasks() -> None:
              TaskResult("j", "web", "apt", "ok", args={"name": "procps,psmisc"}),
              TaskResult("k", "web", "ansible.builtin.copy", "ok", args={"name": "nope"})]
     assert requested_from_tasks(tasks) == {"apache2", "curl", "procps", "psmisc"}
+
+
+def test_cli_counts_recommends_unless_accepted_and_writes_html(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Exit 5 naming the class and its fix; 0 with --accept-recommends; --json and --html."""
+    from click.testing import CliRunner
+
+    from rolebake.cli import main
+    from rolebake.engine import Engine
+    from rolebake.parity import run as parity_run
+
+    root = tmp_path / "project"
+    (root / "images").mkdir(parents=True)
+    (root / "roles" / "web" / "tasks").mkdir(parents=True)
+    (root / "roles" / "web" / "tasks" / "main.yml").write_text("- debug: msg=hi\n")
+    (root / "images" / "web.yml").write_text("from: rolebake/debian:bookworm\nroles: [web]\n")
+
+    def fake_parity(engine: Any, project: Any, image: str, vm_url: str, *, events: Any,
+                    secrets: Any, strict_ids: bool = False,
+                    accept_recommends: bool = False) -> parity_run.ParityResult:
+        return parity_run.ParityResult(image=image, image_id="sha256:" + "0" * 64, vm=vm_url,
+                                       report=_report(accept_recommends=accept_recommends),
+                                       container_tests=[], vm_tests=[],
+                                       steps={"build": (0.0, 50.0), "vm_boot": (0.0, 20.0)})
+
+    monkeypatch.setattr(parity_run, "run_parity", fake_parity)
+    monkeypatch.setattr(Engine, "connect", classmethod(lambda cls: None))
+    args = ["--project", str(root), "parity", "web", "--vm", "ssh://root@vm.example:22"]
+    counted = CliRunner().invoke(main, args)
+    assert counted.exit_code == 5, counted.output
+    assert "only packages apt installed as Recommends" in counted.stderr
+    assert "--accept-recommends" in counted.stderr and "package psmisc" in counted.stderr
+    assert "recommends: in the container: psmisc ← (Recommends) procps" in counted.stdout
+    as_json = CliRunner().invoke(main, [*args, "--json"])
+    assert as_json.exit_code == 5
+    data = json.loads(as_json.stdout)
+    assert data["status"] == "recommends" and data["state"]["summary"]["recommends"] == 1
+    page = tmp_path / "parity.html"
+    accepted = CliRunner().invoke(main, [*args, "--accept-recommends", "--html", str(page)])
+    assert accepted.exit_code == 0, accepted.output
+    assert "1 recommends (accepted: --accept-recommends)" in accepted.stdout
+    assert f"wrote {page}" in accepted.stderr
+    assert "parity OK" in page.read_text() and "psmisc" in page.read_text()
+    missing_dir = CliRunner().invoke(main, [*args, "--html", str(tmp_path / "no" / "x.html")])
+    assert missing_dir.exit_code == 2 and "no such directory" in missing_dir.stderr
