@@ -190,3 +190,27 @@ def test_cli_counts_recommends_unless_accepted_and_writes_html(
     assert "parity OK" in page.read_text() and "psmisc" in page.read_text()
     missing_dir = CliRunner().invoke(main, [*args, "--html", str(tmp_path / "no" / "x.html")])
     assert missing_dir.exit_code == 2 and "no such directory" in missing_dir.stderr
+
+
+def test_snapshot_keeps_relations_and_marks_through_json() -> None:
+    from parity_recorded import Result
+
+    from rolebake.parity import snapshot as snap
+
+    class Host:
+        def run(self, command: str, *args: str, **kwargs: object) -> Result:
+            if "dpkg-query -W" in command and "${Recommends}" in command:
+                return Result(0, (FIXTURES / "recommends/container/packages.txt").read_text())
+            if "getent passwd" in command:
+                return Result(0, "root:x:0:0:root:/root:/bin/bash\n@@groups\nroot:x:0:\n")
+            return Result(0, "")
+
+    taken = snap.take_snapshot(Host())
+    assert taken.relations["procps"].recommends == (("psmisc",),)
+    assert taken.auto_installed is not None and "psmisc" in taken.auto_installed
+    again = Snapshot.from_dict(json.loads(json.dumps(taken.to_dict())))
+    assert again == taken
+    # A snapshot stored before relations were kept still loads.
+    old = {k: v for k, v in taken.to_dict().items() if k not in ("relations", "auto_installed")}
+    loaded = Snapshot.from_dict(old)
+    assert loaded.relations == {} and loaded.auto_installed is None
