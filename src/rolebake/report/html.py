@@ -8,10 +8,12 @@ read as markup. No network: the CSS is inline, there are no scripts, fonts or im
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import jinja2
+import markupsafe
 
 from rolebake import redact
 
@@ -71,9 +73,20 @@ def parity_html(result: Mapping[str, Any], *,
 
 def _environment() -> jinja2.Environment:
     # Autoescape always (the file is not named .html): every value is text, never markup.
-    return jinja2.Environment(loader=jinja2.PackageLoader("rolebake.report", "templates"),
-                              autoescape=True, undefined=jinja2.StrictUndefined,
-                              trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
+    env = jinja2.Environment(loader=jinja2.PackageLoader("rolebake.report", "templates"),
+                             autoescape=True, undefined=jinja2.StrictUndefined,
+                             trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
+    env.filters["code_spans"] = _code_spans
+    return env
+
+
+_BACKTICKED = re.compile(r"`([^`]+)`")
+
+
+def _code_spans(text: str) -> markupsafe.Markup:
+    """`install_recommends: false` in a hint as <code>: escaped first, then marked up."""
+    escaped = str(markupsafe.escape(text))
+    return markupsafe.Markup(_BACKTICKED.sub(r"<code>\1</code>", escaped))
 
 
 def _tests(tests: Mapping[str, Any]) -> list[dict[str, Any]]:

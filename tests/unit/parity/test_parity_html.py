@@ -128,3 +128,12 @@ def test_headless_chromium_renders_it(tmp_path: Path) -> None:
     keep = os.environ.get("ROLEBAKE_KEEP_SCREENSHOT")
     if keep:
         shutil.copy(shot, keep)
+
+
+def test_hints_mark_code_after_escaping() -> None:
+    data = _recorded()
+    state = data["state"]
+    assert isinstance(state, dict)
+    state["hints"] = {**state["hints"], "recommends": "set `a<b>` or <i>x</i>"}
+    page = parity_html(data)
+    assert "set <code>a&lt;b&gt;</code> or &lt;i&gt;x&lt;/i&gt;" in page
