@@ -153,7 +153,7 @@ def test_cli_counts_recommends_unless_accepted_and_writes_html(
     from click.testing import CliRunner
 
     from rolebake.cli import main
-    from rolebake.engine import Engine
+    from rolebake.engine import DockerEngine
     from rolebake.parity import run as parity_run
 
     root = tmp_path / "project"
@@ -171,7 +171,7 @@ def test_cli_counts_recommends_unless_accepted_and_writes_html(
                                        steps={"build": (0.0, 50.0), "vm_boot": (0.0, 20.0)})
 
     monkeypatch.setattr(parity_run, "run_parity", fake_parity)
-    monkeypatch.setattr(Engine, "connect", classmethod(lambda cls: None))
+    monkeypatch.setattr(DockerEngine, "connect", classmethod(lambda cls: None))
     args = ["--project", str(root), "parity", "web", "--vm", "ssh://root@vm.example:22"]
     counted = CliRunner().invoke(main, args)
     assert counted.exit_code == 5, counted.output
