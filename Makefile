@@ -7,7 +7,7 @@ ROLEBAKE := $(BIN)/rolebake
 DEMO_PORT ?= 18080
 PYTEST_FLAGS ?=
 
-.PHONY: install engine qemu registry podman base demo lint docs unit integration vm test parity bench clean-leftovers images.mk
+.PHONY: install engine qemu registry podman browser base demo lint docs unit integration vm test parity bench clean-leftovers images.mk
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,10 @@ engine:
 
 qemu:
 	@scripts/ensure-host.sh qemu
+
+# Headless Chromium, for the test that opens the parity HTML report.
+browser:
+	@scripts/ensure-host.sh browser
 
 # A registry on loopback for the push and cache-repo tests (started once, left running).
 registry:
@@ -60,7 +64,7 @@ integration: install engine registry podman base
 vm: install engine qemu base
 	$(BIN)/pytest tests/vm $(PYTEST_FLAGS)
 
-test: install engine qemu registry podman base lint
+test: install engine qemu registry podman browser base lint
 	$(BIN)/pytest tests/unit tests/integration tests/vm $(PYTEST_FLAGS)
 
 parity: install engine qemu base

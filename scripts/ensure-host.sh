@@ -2,7 +2,7 @@
 # Make sure the host has what rolebake's targets need, installing Debian
 # packages when we are root with apt, and starting a Docker engine when none
 # answers, and a loopback registry when none answers. Usage:
-# ensure-host.sh engine|qemu|podman|registry
+# ensure-host.sh engine|qemu|podman|registry|browser
 set -euo pipefail
 
 log() { printf 'host: %s\n' "$*"; }
@@ -84,6 +84,13 @@ podman() {
     log "buildah and podman ready"
 }
 
+# Headless Chromium: the parity HTML report test opens the page in it (screenshot, DOM).
+browser() {
+    apt_install chromium
+    command -v chromium >/dev/null || die "chromium is missing" 1
+    log "$(chromium --version 2>/dev/null | head -n1) ready"
+}
+
 # The loopback registry the tests push to and share layers through: Debian's
 # docker-registry (the CNCF distribution registry), its data in a throwaway directory.
 REGISTRY_ADDR=${ROLEBAKE_TEST_REGISTRY:-127.0.0.1:5000}
@@ -117,5 +124,6 @@ case "${1:-}" in
     qemu) qemu ;;
     podman) podman ;;
     registry) registry ;;
-    *) die "usage: $0 engine|qemu|podman|registry" 2 ;;
+    browser) browser ;;
+    *) die "usage: $0 engine|qemu|podman|registry|browser" 2 ;;
 esac

@@ -291,7 +291,8 @@ def test_parity_output_progress_and_logs_are_redacted(tmp_path: Path,
     seen: dict[str, Any] = {}
 
     def fake_parity(engine: Any, project: Any, image: str, vm: str, *, events: Any,
-                    secrets: Any, strict_ids: bool = False) -> Any:
+                    secrets: Any, strict_ids: bool = False,
+                    accept_recommends: bool = False) -> Any:
         seen["secrets"] = secrets
         events(LogEvent("web", f"applying {TRICKY} to the VM"))
         append_log(project.private_dir("logs") / "parity-web.log", "provision", TRICKY)
@@ -303,12 +304,16 @@ def test_parity_output_progress_and_logs_are_redacted(tmp_path: Path,
 
     monkeypatch.setattr(parity_run, "run_parity", fake_parity)
     monkeypatch.setattr(DockerEngine, "connect", classmethod(lambda cls: None))
-    for args in ([], ["--json"]):
+    page = tmp_path / "parity.html"
+    for args in ([], ["--json"], ["--html", str(page)]):
         result = CliRunner().invoke(main, ["--project", str(root), "parity", "web", "--vm",
                                            "ssh://root@vm.example:22", *args])
         assert result.exit_code == 5, result.output
         _assert_hidden(result.stdout + result.stderr)
         assert REDACTED in result.stdout and REDACTED in result.stderr
+    # The page: redacted before it is escaped, so no escaped form of the secret is left.
+    _assert_hidden(page.read_text(encoding="utf-8"))
+    assert REDACTED in page.read_text(encoding="utf-8")
     assert TRICKY in seen["secrets"].values()
     log = root / ".rolebake" / "logs" / "parity-web.log"
     assert "w€rd" not in log.read_text(encoding="utf-8")

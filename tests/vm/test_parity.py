@@ -175,3 +175,50 @@ def test_system_user_ids_shifted_by_the_vms_boot_packages(project: TestProject) 
     assert "ids-shifted: " in strict.stdout and "(--strict-ids)" in strict.stdout
     assert "user rbpkg" in strict.stderr  # the error names the rows that differ
     assert project.build_containers() == []
+
+
+def test_recommends_of_a_vm_boot_package_are_their_own_class(project: TestProject) -> None:
+    # The base role installs procps (a VM boot package, installed there without Recommends)
+    # with apt's Recommends: the container gets psmisc (procps Recommends it), the VM,
+    # whose procps is already there, gets nothing.
+    tasks = project.root / "roles" / "common" / "tasks" / "main.yml"
+    text = tasks.read_text()
+    assert "    install_recommends: false\n" in text
+    tasks.write_text(text.replace("    install_recommends: false\n",
+                                  "    install_recommends: true\n", 1))
+    page = project.root / "parity.html"
+    result = run_cli("parity", "base", "--vm", "qemu", "--json", "--html", str(page),
+                     cwd=project.root, timeout=2400)
+    assert result.rc == 5, result.output
+    report = json.loads(result.stdout)
+    assert report["status"] == "recommends", json.dumps(report["state"]["summary"])
+    items = {i["key"]: i for i in report["state"]["items"] if i["category"] == "package"}
+    psmisc = items["psmisc"]
+    assert psmisc["status"] == "recommends", psmisc
+    chain = [link["package"] for link in psmisc["why"]["chain"]]
+    assert chain[:2] == ["psmisc", "procps"], psmisc["why"]
+    assert psmisc["why"]["chain"][0]["pulled_in_by"] == "Recommends"
+    assert psmisc["why"]["head"] == "procps"
+    assert psmisc["why"]["head_there"].startswith("VM boot package"), psmisc["why"]
+    assert report["state"]["summary"]["recommends"] >= 1
+    assert "install_recommends: false" in report["state"]["hints"]["recommends"]
+    # Every package on one side only that no boot package explains says why.
+    for item in items.values():
+        if item["status"] in ("recommends", "different") and None in (item["container"],
+                                                                     item["vm"]):
+            assert item["why"] is not None, item
+    assert "only packages apt installed as Recommends" in result.stderr
+    # The page: the verdict and the chain, escaped and self-contained.
+    html = page.read_text(encoding="utf-8")
+    assert "parity FAILED: only Recommends differ" in html
+    assert "package psmisc" in html and "← (Recommends)" in html
+    assert "<script" not in html and "https://" not in html
+
+    # Accepted: exit 0, and the text table still shows the row with its chain.
+    accepted = run_cli("parity", "base", "--vm", "qemu", "--accept-recommends",
+                       cwd=project.root, timeout=2400)
+    assert accepted.rc == 0, accepted.output
+    assert "recommends: in the container: psmisc ← (Recommends) procps" in accepted.stdout
+    assert "(accepted: --accept-recommends)" in accepted.stdout
+    assert "the VM has procps: VM boot package" in accepted.stdout
+    assert project.build_containers() == []

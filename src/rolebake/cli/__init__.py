@@ -369,26 +369,38 @@ def _first_line(text: str) -> str:
 @click.option("--strict-ids", is_flag=True,
               help="Count system users, groups and owners whose dynamic ids shifted as "
                    "differences.")
+@click.option("--accept-recommends", is_flag=True,
+              help="Do not count packages one side has only because apt installed a "
+                   "Recommends the other side skipped (class `recommends`) as differences.")
+@click.option("--html", "html_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also write the report as one self-contained HTML page to this file.")
 @vault_option
 @insecure_engine_option
 @click.pass_context
 @handled
 def parity(ctx: click.Context, image: str, vm: str, as_json: bool, show_equal: bool,
-           strict_ids: bool, vault_password_file: Path | None,
-           allow_insecure_engine: bool) -> None:
+           strict_ids: bool, accept_recommends: bool, html_file: Path | None,
+           vault_password_file: Path | None, allow_insecure_engine: bool) -> None:
     """Apply IMAGE's roles to a VM too; run its suite on both and diff their state (exit 5)."""
     from rolebake.errors import ParityDifferent
     from rolebake.load import plan_build
     from rolebake.parity.run import run_parity
-    from rolebake.report import parity_table, tests_side_by_side
+    from rolebake.report import parity_html, parity_table, tests_side_by_side
 
     project = project_of(ctx)
+    if html_file is not None and not html_file.parent.is_dir():
+        raise InputError(f"--html {html_file}: no such directory {html_file.parent}")
     secret_set = secrets_for(ctx, project, plan_build(project, [image], progress_of(ctx),
                                                       install=True),
                           vault_password_file=vault_password_file)
     engine = engine_for(ctx, project, secret_set, allow_insecure=allow_insecure_engine)
     result = run_parity(engine, project, image, vm, events=progress_of(ctx),
-                        secrets=secret_set, strict_ids=strict_ids)
+                        secrets=secret_set, strict_ids=strict_ids,
+                        accept_recommends=accept_recommends)
+    if html_file is not None:
+        # Written before the verdict: a failed parity is when the page is read.
+        html_file.write_text(parity_html(result.to_dict()), encoding="utf-8")
+        err(f"wrote {html_file}")
     if as_json:
         echo_json(result.to_dict())
     else:
@@ -404,13 +416,19 @@ def parity(ctx: click.Context, image: str, vm: str, as_json: bool, show_equal: b
         click.echo(f"\n{len(result.report.differences)} difference(s), "
                    f"{len(result.report.expected)} expected, "
                    f"{len(result.report.ids_shifted)} ids shifted, "
+                   f"{len(result.report.recommends)} recommends, "
                    f"{result.report.equal_count} equal; {timing}")
     if not result.ok:
         names = [item.resource for item in result.report.differences][:10]
+        only_recommends = result.status == "recommends"
         raise ParityDifferent(
             f"{image} and the VM differ: {len(result.report.differences)} resource(s), "
-            f"{len(result.tests_differ)} test(s)",
-            details="\n".join(names + [f"test {t}" for t in result.tests_differ]))
+            f"{len(result.tests_differ)} test(s)"
+            + (" (only packages apt installed as Recommends on one side)"
+               if only_recommends else ""),
+            details="\n".join(names + [f"test {t}" for t in result.tests_differ]),
+            hint=("install_recommends: false on the roles' apt tasks makes them equal; "
+                  "--accept-recommends accepts them" if only_recommends else ""))
 
 
 _AGE = re.compile(r"^(\d+)([smhd])$")

@@ -3,7 +3,10 @@
 Every compared item ends up in the report as `equal`, `expected` (with the reason it is
 explainable: a VM boots a kernel, runs an init, has a hostname), `ids-shifted` (a system
 user, group or file owner whose name agrees but whose dynamically allocated id does not)
-or `different`. Nothing is dropped; the CLI decides how much of it to show.
+`recommends` (a package on one side only because apt installed a Recommends there that
+the other side's copy of the same package was installed without: see why.py) or
+`different`. A package on one side only carries the chain that brought it (`why`).
+Nothing is dropped; the CLI decides how much of it to show.
 """
 
 from __future__ import annotations
@@ -15,9 +18,11 @@ from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 from rolebake.parity.snapshot import Group, PathState, Service, Snapshot, User
+from rolebake.parity.why import Why, explain_package
 
 __all__ = [
     "IDS_SHIFTED_HINT",
+    "RECOMMENDS_HINT",
     "Category",
     "ParityItem",
     "ParityReport",
@@ -33,6 +38,9 @@ class Status(enum.StrEnum):
     EXPECTED = "expected"
     # Names agree, dynamic system ids do not: a difference only with --strict-ids.
     IDS_SHIFTED = "ids-shifted"
+    # On one side only through a Recommends the other side skipped: a difference unless
+    # --accept-recommends.
+    RECOMMENDS = "recommends"
     DIFFERENT = "different"
 
 
@@ -41,6 +49,14 @@ IDS_SHIFTED_HINT = (
     "free ids (on a VM, its boot packages: systemd, dbus, sshd). Files on shared storage "
     "would change owner; pin the uid/gid in the role (user: uid=..., group: gid=...) to make "
     "them equal. --strict-ids counts them as differences."
+)
+
+RECOMMENDS_HINT = (
+    "on one side only because apt installed a package's Recommends there, while the other "
+    "side has that package without them (a VM's boot packages are installed without "
+    "Recommends). To make them equal, set `install_recommends: false` on the role's apt "
+    "task, or `APT::Install-Recommends \"false\";` in the image's apt configuration (or "
+    "install the package by name on both). --accept-recommends accepts them."
 )
 
 
@@ -67,6 +83,7 @@ class ParityItem:
         vm: The VM's value, or None when absent there.
         status: equal, expected or different.
         reason: Why it is expected or how it differs; empty when equal.
+        why: For a package on one side only, the chain that brought it there.
     """
 
     category: Category
@@ -75,6 +92,7 @@ class ParityItem:
     vm: str | None
     status: Status
     reason: str = ""
+    why: Why | None = None
 
     @property
     def resource(self) -> str:
@@ -90,6 +108,7 @@ class ParityItem:
             "vm": self.vm,
             "status": self.status.value,
             "reason": self.reason,
+            "why": None if self.why is None else self.why.to_dict(),
         }
 
 
@@ -100,16 +119,31 @@ class ParityReport:
     Attributes:
         items: Every compared item.
         strict_ids: Count shifted dynamic system ids as differences (`--strict-ids`).
+        accept_recommends: Do not count packages installed as Recommends on one side only
+            as differences (`--accept-recommends`).
     """
 
     items: tuple[ParityItem, ...]
     strict_ids: bool = False
+    accept_recommends: bool = False
 
     @property
     def differences(self) -> tuple[ParityItem, ...]:
-        """Items that differ without an explanation: these make parity fail (exit 5)."""
-        failing = {Status.DIFFERENT, Status.IDS_SHIFTED} if self.strict_ids else {Status.DIFFERENT}
+        """Items that make parity fail (exit 5).
+
+        Different ones; recommends unless accepted; ids-shifted with strict_ids.
+        """
+        failing = {Status.DIFFERENT}
+        if self.strict_ids:
+            failing.add(Status.IDS_SHIFTED)
+        if not self.accept_recommends:
+            failing.add(Status.RECOMMENDS)
         return tuple(i for i in self.items if i.status in failing)
+
+    @property
+    def recommends(self) -> tuple[ParityItem, ...]:
+        """Packages on one side only through a Recommends the other side skipped."""
+        return tuple(i for i in self.items if i.status is Status.RECOMMENDS)
 
     @property
     def ids_shifted(self) -> tuple[ParityItem, ...]:
@@ -131,18 +165,33 @@ class ParityReport:
         """True when nothing differs unexpectedly."""
         return not self.differences
 
+    @property
+    def verdict(self) -> str:
+        """`ok`, `recommends` when only the recommends class fails it, else `different`."""
+        if self.ok:
+            return "ok"
+        if all(i.status is Status.RECOMMENDS for i in self.differences):
+            return Status.RECOMMENDS.value
+        return Status.DIFFERENT.value
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form for `--json`: a summary and every item, equal ones included."""
         return {
             "ok": self.ok,
+            "status": self.verdict,
             "summary": {
                 "equal": self.equal_count,
                 "expected": len(self.expected),
                 "ids_shifted": len(self.ids_shifted),
+                "recommends": len(self.recommends),
                 "different": len(self.differences),
             },
             "strict_ids": self.strict_ids,
-            "hints": {Status.IDS_SHIFTED.value: IDS_SHIFTED_HINT} if self.ids_shifted else {},
+            "accept_recommends": self.accept_recommends,
+            "hints": {
+                **({Status.IDS_SHIFTED.value: IDS_SHIFTED_HINT} if self.ids_shifted else {}),
+                **({Status.RECOMMENDS.value: RECOMMENDS_HINT} if self.recommends else {}),
+            },
             "items": [i.to_dict() for i in self.items],
         }
 
@@ -185,6 +234,8 @@ def diff_snapshots(
     vm_only_users: Iterable[str] = (),
     vm_only_groups: Iterable[str] = (),
     strict_ids: bool = False,
+    accept_recommends: bool = False,
+    requested_packages: Iterable[str] = (),
 ) -> ParityReport:
     """Compare the two snapshots item by item.
 
@@ -196,6 +247,9 @@ def diff_snapshots(
         vm_only_users: Users those packages created (`VMImage.added_users`).
         vm_only_groups: Groups those packages created (`VMImage.added_groups`).
         strict_ids: Count shifted dynamic system ids as differences.
+        accept_recommends: Do not count the `recommends` class as differences.
+        requested_packages: Package names the roles' apt tasks asked for (the chains end
+            there).
 
     Returns:
         The report, items ordered by category then key.
@@ -248,7 +302,34 @@ def diff_snapshots(
             "bind-mounted by the container engine" if _under(path, ENGINE_MANAGED_PATHS) else None
         ),
     )
-    return ParityReport(items=tuple(_shifted_ids(items, container, vm)), strict_ids=strict_ids)
+    items = _explain_packages(items, container, vm, boot_pkgs, frozenset(requested_packages))
+    return ParityReport(items=tuple(_shifted_ids(items, container, vm)), strict_ids=strict_ids,
+                        accept_recommends=accept_recommends)
+
+
+def _explain_packages(items: list[ParityItem], container: Snapshot, vm: Snapshot,
+                      boot: frozenset[str], requested: frozenset[str]) -> list[ParityItem]:
+    """Give each package on one side only its chain; class Recommends-only ones."""
+    explained = []
+    for item in items:
+        one_side = (item.container is None) != (item.vm is None)
+        if item.category is not Category.PACKAGE or item.status is not Status.DIFFERENT \
+                or not one_side:
+            explained.append(item)
+            continue
+        why = explain_package(
+            item.key, "container" if item.vm is None else "vm",
+            container_packages=container.packages, container_relations=container.relations,
+            container_auto=container.auto_installed, vm_packages=vm.packages,
+            vm_relations=vm.relations, vm_auto=vm.auto_installed, boot_packages=boot,
+            requested=requested)
+        if why is None:
+            explained.append(item)
+        elif why.recommends:
+            explained.append(replace(item, status=Status.RECOMMENDS, reason=why.text(), why=why))
+        else:
+            explained.append(replace(item, reason=f"{item.reason}; {why.text()}", why=why))
+    return explained
 
 
 def _created_by(names: frozenset[str], kind: str) -> Callable[[str, object], str | None]:

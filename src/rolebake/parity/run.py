@@ -31,6 +31,7 @@ from rolebake.parity import aptproxy
 from rolebake.parity.diff import ParityReport, diff_snapshots
 from rolebake.parity.qemu import QemuVM
 from rolebake.parity.snapshot import take_snapshot
+from rolebake.parity.why import requested_from_tasks
 from rolebake.plan import BuildPlan, Layer
 from rolebake.provision import provisioner_class
 from rolebake.provision.base import ProvisionContext, TaskResult, managed_paths
@@ -95,6 +96,13 @@ class ParityResult:
         """True when the states agree and the suite passes on both."""
         return self.report.ok and not self.tests_differ
 
+    @property
+    def status(self) -> str:
+        """`ok`; `recommends` when only Recommends-only packages fail it; else `different`."""
+        if self.tests_differ:
+            return "different"
+        return self.report.verdict
+
     def to_dict(self) -> dict[str, Any]:
         """JSON form."""
         return {
@@ -102,6 +110,7 @@ class ParityResult:
             "image_id": self.image_id,
             "vm": self.vm,
             "ok": self.ok,
+            "status": self.status,
             "state": self.report.to_dict(),
             "tests": {
                 "container": [c.to_dict() for c in self.container_tests],
@@ -115,7 +124,7 @@ class ParityResult:
 
 def run_parity(engine: Engine, project: Project, image: str, vm: str, *,
                events: EventSink, secrets: SecretSet | None = None,
-               strict_ids: bool = False) -> ParityResult:
+               strict_ids: bool = False, accept_recommends: bool = False) -> ParityResult:
     """Build `image` and, at the same time, apply the same layers to a VM; then check both.
 
     The container build runs in a thread while this thread boots the VM and
@@ -131,6 +140,8 @@ def run_parity(engine: Engine, project: Project, image: str, vm: str, *,
         events: progress sink.
         secrets: the vault password and sensitive values, for the build and the VM alike.
         strict_ids: count shifted dynamic system ids as differences.
+        accept_recommends: do not count packages one side has only as Recommends the other
+            side skipped as differences.
 
     Raises:
         InputError: a bad --vm value, or an image built with a provisioner other than Ansible.
@@ -176,6 +187,9 @@ def run_parity(engine: Engine, project: Project, image: str, vm: str, *,
         vm_only_users=vm_image.added_users if vm_image else (),
         vm_only_groups=vm_image.added_groups if vm_image else (),
         strict_ids=strict_ids,
+        accept_recommends=accept_recommends,
+        # The same roles ran on both sides: the VM's apt tasks name what they asked for.
+        requested_packages=requested_from_tasks(tasks),
     )
     return ParityResult(image=image, image_id=image_id, vm=vm, report=diff,
                         container_tests=container_tests, vm_tests=vm_tests,

@@ -18,6 +18,12 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
 from rolebake.errors import SnapshotError
+from rolebake.parity.dpkg import (
+    PackageRecords,
+    PackageRelations,
+    parse_package_records,
+    parse_packages,
+)
 from rolebake.parity.sysids import DEBIAN_DEFAULT, SYSIDS_SCRIPT, SystemIds, parse_system_ids
 
 __all__ = [
@@ -28,12 +34,14 @@ __all__ = [
     "SERVICES_SCRIPT",
     "Facts",
     "Group",
+    "PackageRecords",
     "PathState",
     "Service",
     "Snapshot",
     "User",
     "parse_accounts",
     "parse_facts",
+    "parse_package_records",
     "parse_packages",
     "parse_paths",
     "parse_services",
@@ -149,6 +157,9 @@ class Snapshot:
         running_services: Services systemd reports running, or None without a running systemd.
         failed_units: Units systemd reports failed, or None without a running systemd.
         system_ids: The range its tools hand out system uids and gids from.
+        relations: Installed package → its Depends, Pre-Depends, Recommends and Provides
+            (empty in snapshots recorded before they were kept).
+        auto_installed: Packages apt marked automatically installed; None when not recorded.
     """
 
     packages: Mapping[str, str] = field(default_factory=dict)
@@ -160,6 +171,8 @@ class Snapshot:
     running_services: tuple[str, ...] | None = None
     failed_units: tuple[str, ...] | None = None
     system_ids: SystemIds = DEBIAN_DEFAULT
+    relations: Mapping[str, PackageRelations] = field(default_factory=dict)
+    auto_installed: frozenset[str] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready data (`json.dumps(snapshot.to_dict())`)."""
@@ -179,6 +192,9 @@ class Snapshot:
             "running_services": _list_or_none(self.running_services),
             "failed_units": _list_or_none(self.failed_units),
             "system_ids": self.system_ids.to_dict(),
+            "relations": {k: v.to_dict() for k, v in sorted(self.relations.items())},
+            "auto_installed": (None if self.auto_installed is None
+                               else sorted(self.auto_installed)),
         }
 
     @classmethod
@@ -193,6 +209,7 @@ class Snapshot:
         try:
             running = data.get("running_services")
             failed = data.get("failed_units")
+            auto = data.get("auto_installed")
             return cls(
                 packages={str(k): str(v) for k, v in data["packages"].items()},
                 users={k: User(**v) for k, v in data["users"].items()},
@@ -212,6 +229,9 @@ class Snapshot:
                 failed_units=None if failed is None else tuple(failed),
                 system_ids=SystemIds.from_dict(data.get("system_ids")
                                                or DEBIAN_DEFAULT.to_dict()),
+                relations={str(k): PackageRelations.from_dict(v)
+                           for k, v in (data.get("relations") or {}).items()},
+                auto_installed=None if auto is None else frozenset(auto),
             )
         except (KeyError, TypeError, AttributeError) as err:
             raise SnapshotError(f"malformed snapshot data: {err!r}") from err
@@ -223,9 +243,15 @@ def _list_or_none(values: tuple[str, ...] | None) -> list[str] | None:
 
 # --------------------------------------------------------------------------- scripts
 
-PACKAGES_SCRIPT = (
-    r"""dpkg-query -W -f='${db:Status-Abbrev}\t${Package}\t${Architecture}\t${Version}\n'"""
-)
+# Each package's relations (why it is there: parity's chains), then apt's auto marks.
+PACKAGES_SCRIPT = r"""
+fmt='${db:Status-Abbrev}\t${Package}\t${Architecture}\t${Version}\t'
+fmt="$fmt"'${Depends}\t${Pre-Depends}\t${Recommends}\t${Provides}\n'
+dpkg-query -W -f="$fmt" || exit $?
+echo '@@extended_states'
+cat /var/lib/apt/extended_states 2>/dev/null
+exit 0
+"""
 
 # Then the system id range (sysids.py): the first free one is what a new system user gets.
 ACCOUNTS_SCRIPT = (r"""getent passwd && echo '@@groups' && getent group || exit $?
@@ -300,34 +326,6 @@ done
 
 
 # --------------------------------------------------------------------------- parsers
-
-
-def parse_packages(output: str) -> dict[str, str]:
-    """Parse PACKAGES_SCRIPT output into package → version.
-
-    Packages dpkg only remembers (removed with config files left, or never installed)
-    are left out; a half-installed or otherwise broken one keeps its state in brackets
-    so that it shows up as a difference.
-
-    Raises:
-        SnapshotError: A line does not have the expected four fields.
-    """
-    packages: dict[str, str] = {}
-    for line in output.splitlines():
-        if not line.strip():
-            continue
-        fields = line.split("\t")
-        if len(fields) != 4:
-            raise SnapshotError("unexpected dpkg-query output", details=line)
-        status, name, arch, version = fields
-        if len(status) < 2 or status[1] in ("n", "c"):
-            continue
-        if status.strip() != "ii":
-            version = f"{version} [{status.strip()}]"
-        # Multi-arch duplicates (libc6:amd64 and libc6:i386) must not overwrite each other.
-        key = f"{name}:{arch}" if name in packages else name
-        packages[key] = version
-    return packages
 
 
 def parse_accounts(output: str) -> tuple[dict[str, User], dict[str, Group]]:
@@ -567,14 +565,16 @@ def take_snapshot(host: Host, managed_paths: Iterable[str] = ()) -> Snapshot:
     relative = [p for p in paths if not p.startswith("/")]
     if relative:
         raise SnapshotError("managed paths must be absolute", details="\n".join(relative))
-    packages = parse_packages(_run(host, "installed packages", PACKAGES_SCRIPT))
+    packages = parse_package_records(_run(host, "installed packages", PACKAGES_SCRIPT))
     accounts = _run(host, "users and groups", ACCOUNTS_SCRIPT)
     users, groups = parse_accounts(accounts)
     services = parse_services(_run(host, "enabled services", SERVICES_SCRIPT))
     facts = parse_facts(_run(host, "facts", FACTS_SCRIPT))
     states = parse_paths(_run(host, "managed paths", PATHS_SCRIPT, *paths), paths) if paths else {}
     return Snapshot(
-        packages=packages,
+        packages=packages.versions,
+        relations=packages.relations,
+        auto_installed=packages.auto_installed,
         users=users,
         groups=groups,
         services=services,

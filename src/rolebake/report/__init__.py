@@ -2,12 +2,14 @@
 
 `progress` shows build events (plain timestamped lines for logs, a live status
 line on a terminal); `tables` renders the build summary, the plan and the
-parity report; `text` holds what both share: redaction, the palette, rendering
-with rich. Nothing here decides where text goes: the CLI does.
+parity report; `html` renders the parity report as a page; `text` holds what
+the tables and progress share: redaction, the palette, rendering with rich.
+Nothing here decides where text goes: the CLI does.
 """
 
 from __future__ import annotations
 
+from rolebake.report.html import parity_html
 from rolebake.report.progress import LiveProgress, PlainProgress, progress_for
 from rolebake.report.tables import build_summary, parity_table, plan_table, tests_side_by_side
 from rolebake.report.text import Redact
@@ -17,6 +19,7 @@ __all__ = [
     "PlainProgress",
     "Redact",
     "build_summary",
+    "parity_html",
     "parity_table",
     "plan_table",
     "progress_for",

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from rich.table import Column, Table
 from rich.text import Text
 
-from rolebake.parity.diff import IDS_SHIFTED_HINT, Status
+from rolebake.parity.diff import IDS_SHIFTED_HINT, RECOMMENDS_HINT, Status
 from rolebake.report.text import (
     DIM,
     LAYER_STYLE,
@@ -147,11 +147,18 @@ def parity_table(report: ParityReport, *, show_equal: bool = False, width: int =
             table.add_row(cell(item.resource, redact), cell(_value(item.container), redact),
                           cell(_value(item.vm), redact), _status_cell(item, redact))
         lines = render_lines(table, color=color, redact=redact)
-    shifted = len(report.ids_shifted)
+    shifted, recommends = len(report.ids_shifted), len(report.recommends)
     summary = (f"{report.equal_count} equal, {len(report.expected)} expected, "
                + (f"{shifted} ids shifted{' (--strict-ids)' if report.strict_ids else ''}, "
                   if shifted else "")
+               + (f"{recommends} recommends"
+                  f"{' (accepted: --accept-recommends)' if report.accept_recommends else ''}, "
+                  if recommends else "")
                + f"{len(report.differences)} different")
+    if recommends:
+        lines += render_lines(styled([("recommends: ", style_of("recommends")),
+                                      (RECOMMENDS_HINT, "")], redact),
+                              color=color, redact=redact)
     if shifted:
         # Said once under the table, not on every row: what the class means, what to do.
         lines += render_lines(styled([("ids-shifted: ", style_of("ids-shifted")),

@@ -35,6 +35,7 @@ STYLES: Mapping[str, str] = {
     "changed": "yellow",
     "expected": "yellow",
     "ids-shifted": "yellow",
+    "recommends": "magenta",
     "MISS": "yellow",
     "FAILED": "bold red",
     "failed": "bold red",

@@ -246,6 +246,7 @@ def test_to_dict_is_json_and_complete(container_snapshot: Snapshot, vm_snapshot:
         "equal": report.equal_count,
         "expected": len(report.expected),
         "ids_shifted": 0,
+        "recommends": 0,
         "different": len(report.differences),
     }
     assert {i["status"] for i in data["items"]} <= {"equal", "expected", "different"}

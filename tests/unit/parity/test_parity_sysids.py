@@ -155,7 +155,8 @@ def test_cli_passes_without_strict_ids_and_exits_5_with_it(
     container, vm = _sysusers("container"), _sysusers("vm")
 
     def fake_parity(engine: Any, project: Any, image: str, vm_url: str, *, events: Any,
-                    secrets: Any, strict_ids: bool = False) -> parity_run.ParityResult:
+                    secrets: Any, strict_ids: bool = False,
+                    accept_recommends: bool = False) -> parity_run.ParityResult:
         report = diff_snapshots(container, vm, strict_ids=strict_ids,
                                 vm_only_users=set(vm.users) - set(container.users),
                                 vm_only_groups=set(vm.groups) - set(container.groups))
