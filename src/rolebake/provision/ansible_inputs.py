@@ -1,22 +1,18 @@
 """What Ansible reads for a layer, followed statically: roles, includes, vars, playbooks.
 
-The cache key must change whenever anything Ansible applies changes, so this
-walks what a layer pulls in the way Ansible would find it: each role's whole
-folder (links inside the project followed), its meta dependencies,
-`include_role`/`import_role` (with `tasks_from`, `vars_from`,
-`defaults_from`, `handlers_from`), `include_tasks`/`import_tasks`,
-`include_vars`, a playbook's `vars_files`, `import_playbook`, the
-`group_vars`/`host_vars`, plugin and content folders beside each playbook
-(`files/`, `templates/`, `with_fileglob`: ansible_playfiles.py), the
-project's `ansible.cfg` and what it points at, and the collections named by
-FQCN or `collections:`.
+What `plan` can key before a build (a build's observed reads check it: observed.py),
+found as Ansible would: each role's whole folder (links inside the project
+followed), its meta dependencies, `include_role`/`import_role` (with their
+`*_from`), `include_tasks`/`import_tasks`, `include_vars`, `vars_files`,
+`import_playbook`, `group_vars`/`host_vars`, plugin and content folders beside
+each playbook (ansible_playfiles.py), the project's `ansible.cfg` and what it
+points at, and the collections named by FQCN or `collections:`.
 
-A name written with `{{ ... }}` is resolved from the layer's vars when it is
-just that var (they are extra vars: nothing overrides them); otherwise the
-layer is keyed on the whole roles/ tree (or the playbook's folder) and a note
-says which file and line made it so. Any path or link that leaves the
-project is refused with its file and line, and so is what Ansible would stop
-at: a task file that is not a list, an import_playbook or meta dependency cycle.
+A `{{ var }}` name is resolved from the layer's (extra) vars; any other
+templated name keys the whole roles/ tree (or the playbook's folder), with a
+note naming its file and line. A path or link out of the project is refused
+at its file and line, and so is what Ansible would stop at: a task file that
+is not a list, an import_playbook or meta dependency cycle.
 """
 
 from __future__ import annotations
@@ -36,7 +32,7 @@ from rolebake.provision.ansible_config import (
     roles_path,
 )
 from rolebake.provision.ansible_inventory import Membership
-from rolebake.provision.ansible_playfiles import CONTENT_DIRS, fileglob_matches, special_vars
+from rolebake.provision.ansible_playfiles import fileglob_matches, keyed_folders, special_vars
 from rolebake.provision.base import check_inside, tree_files
 from rolebake.provision.collection_versions import (
     ALWAYS_USED,
@@ -55,13 +51,6 @@ TASK_INCLUDES = frozenset({"include_tasks", "import_tasks", "include"})
 ROLE_INCLUDES = frozenset({"include_role", "import_role"})
 BLOCK_KEYS = ("block", "rescue", "always")
 PLAY_TASKS = ("pre_tasks", "tasks", "post_tasks", "handlers")
-# Folders beside a playbook whose plugins Ansible loads by itself.
-PLAYBOOK_PLUGIN_DIRS = (
-    "library", "module_utils", "action_plugins", "become_plugins", "cache_plugins",
-    "callback_plugins", "cliconf_plugins", "connection_plugins", "filter_plugins",
-    "httpapi_plugins", "inventory_plugins", "lookup_plugins", "netconf_plugins",
-    "strategy_plugins", "terminal_plugins", "test_plugins", "vars_plugins",
-)
 VARS_SUFFIXES = ("", ".yml", ".yaml", ".json")  # how Ansible finds group_vars/<name>
 
 _TEMPLATED = re.compile(r"\{\{|\{%")
@@ -484,9 +473,8 @@ class _Walker:
         self.add(path)
         folder = path.parent
         self.vars_dirs(folder)
-        for sub in (*PLAYBOOK_PLUGIN_DIRS, *CONTENT_DIRS):
-            if (folder / sub).is_dir():
-                self.add_tree(folder / sub)
+        for tree in keyed_folders(folder):
+            self.add_tree(tree)
         if (folder / "collections").is_dir():
             self.collection_roots.insert(0, folder / "collections")
         if (folder / "roles").is_dir():

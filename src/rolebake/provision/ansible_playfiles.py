@@ -16,6 +16,19 @@ from typing import Any
 
 # Folders beside a playbook whose files play-level tasks read by a relative name.
 CONTENT_DIRS = ("files", "templates")
+# Folders beside a playbook whose plugins Ansible loads by itself.
+PLUGIN_DIRS = (
+    "library", "module_utils", "action_plugins", "become_plugins", "cache_plugins",
+    "callback_plugins", "cliconf_plugins", "connection_plugins", "filter_plugins",
+    "httpapi_plugins", "inventory_plugins", "lookup_plugins", "netconf_plugins",
+    "strategy_plugins", "terminal_plugins", "test_plugins", "vars_plugins",
+)
+
+
+def keyed_folders(folder: Path) -> list[Path]:
+    """The folders beside a playbook that Ansible reads by itself or by a relative name."""
+    return [folder / sub for sub in (*PLUGIN_DIRS, *CONTENT_DIRS) if (folder / sub).is_dir()]
+
 
 _MAGIC = re.compile(r"\{\{\s*(role_path|playbook_dir)\s*\}\}")
 
