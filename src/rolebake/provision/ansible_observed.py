@@ -42,7 +42,12 @@ def environment(project: Project, data_dir: Path, python_path: str = "") -> dict
 
     import rolebake
 
-    skip = [data_dir, project.state_dir, Path(rolebake.__file__).parent,
+    package = Path(rolebake.__file__).parent
+    # rolebake's distribution metadata beside its package (an editable install keeps
+    # it outside the venv): `rolebake.__version__` reads it wherever rolebake loads.
+    metadata = [*package.parent.glob("rolebake.egg-info"),
+                *package.parent.glob("rolebake-*.dist-info")]
+    skip = [data_dir, project.state_dir, package, *metadata,
             Path(ansible.__file__).parent, Path(ansible_runner.__file__).parent]
     return {
         "PYTHONPATH": os.pathsep.join(filter(None, [str(PLUGINS / "observe"), python_path])),
