@@ -122,8 +122,8 @@ class Runner(Steps):
             return self.options.idempotence or run.layer.spec.idempotence
         if step == Step.SCAN:
             return self.options.secrets is not None and bool(self.options.secrets.values())
-        if step == Step.VERIFY:
-            return self.options.verify
+        if step in (Step.VERIFY, Step.ATTEST):
+            return self.options.verify  # only verified images get an SBOM and provenance
         if step == Step.PUSH:
             # Only verified images leave the engine: never a --no-verify build's.
             return self.options.verify and (self.cache.repo is not None or (
