@@ -438,9 +438,12 @@ class FakeEngine:
             committed["Labels"] = {**made.labels, **(config.get("Labels") or {})}
             if self.commit_config_edit is not None:
                 self.commit_config_edit(committed)
+            parent = self.images_by_id.get(made.image)
             image = FakeImage(id=self._new_id("image"), tags=[],
                               labels=dict(committed["Labels"]), config=committed,
-                              created=self._created(), parent=made.image)
+                              created=self._created(), parent=made.image,
+                              # an image holds its parent's files, as a real layer does
+                              files=dict(parent.files) if parent is not None else {})
             self.images_by_id[image.id] = image
         self._leave("commit", container.name, config)
         return image.id

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +86,7 @@ class Store:
         # Redacted before serialising (DESIGN.md invariant 6): JSON escaping would hide a
         # value from a redactor run over the text.
         text = json.dumps(redact.data(document), indent=2, sort_keys=True) + "\n"
-        scratch = folder / f".{name}.{os.getpid()}"
+        # One scratch name per writer: two layers of one build may write their base's part.
+        scratch = folder / f".{name}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
         write_private(scratch, text)
         os.replace(scratch, folder / name)  # a reader never sees half a document
