@@ -207,3 +207,19 @@ def test_a_healthcheck_on_podman_is_bad_input_before_any_container(tmp_path: Pat
     with pytest.raises(InputError, match=r"base.yml:\d+: config.healthcheck: Podman's commit"):
         run_build(engine, checked, ["base"])
     assert engine.called("container") == []
+
+
+def test_push_puts_the_sbom_and_attestation_next_to_each_tag(
+        engine: FakeEngine, project: Project, fake_registry: type[FakeRegistryClient]) -> None:
+    report, _, _ = run_build(engine, project, ["web"], push=True)
+    assert report.error is None
+    web = report.results["web"]
+    assert web.image_id is not None
+    digest = web.image_id.split(":")[1]  # what the fake engine's push answers
+    wanted = {f"registry-1.docker.io/rolebake/web:sha256-{digest}.{suffix}"
+              for suffix in ("sbom", "att")}
+    assert set(fake_registry.pushed) == wanted
+    att = fake_registry.pushed[f"registry-1.docker.io/rolebake/web:sha256-{digest}.att"]
+    assert att.media_type == "application/vnd.dsse.envelope.v1+json"
+    assert json.loads(att.data)["signatures"] == []
+    assert f"rolebake/web:sha256-{digest}.sbom" in web.attested
