@@ -2,7 +2,7 @@
 
 The pipeline is data (`events.PIPELINE`); the runner walks it, reports the
 status of every step it runs and decides which steps apply (a cache hit runs
-only `cache`, `tag` and `push`). When a step fails it says plainly whether the
+only `cache`, `attest`, `tag` and `push`). When a step fails it says plainly whether the
 engine or the build container died under it, and keeps or drops the image.
 """
 
