@@ -192,3 +192,35 @@ def test_push_puts_both_next_to_the_image_in_the_registry(
                 if name.startswith(f"{registry}/{repo}"):
                     with contextlib.suppress(docker.errors.APIError):
                         engine.images.remove(name, force=True)
+
+
+def test_a_sensitive_var_is_in_neither_document(tmp_path: Path,
+                                                engine: docker.DockerClient) -> None:
+    """Its value appears nowhere: stdout of `sbom`/`provenance`, the store, --attest files."""
+    import uuid
+
+    from tests.integration.tinyproject import new_project, set_vars, tiny_spec
+
+    project = new_project(tmp_path / "project", engine)
+    secret = f"s3cr3t-{uuid.uuid4().hex}"
+    try:
+        spec = tiny_spec(project, "a", sensitive_vars=["api_token"])
+        set_vars(project, spec, api_token=secret)
+        out = tmp_path / "out"
+        built = run_cli("build", spec, "--attest", str(out), cwd=project.root)
+        assert built.rc == 0, built.output
+        texts = [run_cli(kind, spec, cwd=project.root) for kind in ("sbom", "provenance")]
+        assert all(t.rc == 0 for t in texts), [t.output for t in texts]
+        statement = json.loads(texts[1].stdout)
+        spec_vars = statement["predicate"]["buildDefinition"]["externalParameters"]["spec"][
+            "content"]["vars"]
+        assert spec_vars["api_token"] == "<sensitive>" and "tiny_nonce" in spec_vars
+        deps = {d["name"]: d for d in
+                statement["predicate"]["buildDefinition"]["resolvedDependencies"]}
+        assert "blake2b-128-keyed" in deps["var api_token"]["digest"]
+        files = [*out.glob("*.json"), *(project.root / ".rolebake" / "attest").rglob("*.json")]
+        assert len(files) >= 4
+        for text in [*(t.output for t in texts), *(p.read_text() for p in files)]:
+            assert secret not in text
+    finally:
+        remove_project_images(engine, project)
