@@ -347,8 +347,8 @@ class FakeEngine:
             self.containers_by_id[made.id] = made
             return made.id
 
-    def read_files(self, image_id: str, paths: Sequence[str], *,
-                   name: str) -> dict[str, bytes | None]:
+    def read_files(self, image_id: str, paths: Sequence[str], *, name: str,
+                   labels: Mapping[str, str] | None = None) -> dict[str, bytes | None]:
         """The files a test put on the image (FakeImage.files); nothing else exists."""
         self._enter("read_files", image_id, tuple(paths))
         with self._lock:

@@ -59,11 +59,16 @@ class Published:
 class Attestor:
     """Makes, keeps and publishes the SBOM and provenance of the images of one project."""
 
-    def __init__(self, engine: Engine, project: Project) -> None:
-        """Read images from `engine`; keep what is made in `project`'s private state."""
+    def __init__(self, engine: Engine, project: Project, *, build_id: str | None = None) -> None:
+        """Read images from `engine`; keep what is made in `project`'s private state.
+
+        `build_id` labels the containers that read images (an interrupted build kills
+        and `rolebake clean` finds its containers by it).
+        """
         self.engine = engine
         self.project = project
         self.store = Store(project)
+        self._labels = {BUILD_ID_LABEL: build_id} if build_id else {}
 
     # Making -------------------------------------------------------------------------
 
@@ -79,7 +84,7 @@ class Attestor:
         while current is not None and len(parts) < _MAX_CHAIN:
             part = self.store.part(current.id)
             if part is None:
-                part = read_part(self.engine, current, refs=(
+                part = read_part(self.engine, current, labels=self._labels, refs=(
                     [base_ref] if base_ref and not current.labels.get(LAYER_LABEL) else []))
                 self.store.save_part(part)
             parts.append(part)

@@ -164,24 +164,28 @@ class LayerPart:
             return None
 
 
-def read_part(engine: Engine, image: ImageInfo, *, refs: Iterable[str] = ()) -> LayerPart:
+def read_part(engine: Engine, image: ImageInfo, *, refs: Iterable[str] = (),
+              labels: Mapping[str, str] | None = None) -> LayerPart:
     """Make an image's part from the image: its dpkg database and its labels.
 
     Args:
         engine: the engine holding the image.
         image: the image (a layer rolebake committed, or a base).
         refs: names to record besides the image's tags (the `from:` reference of a base).
+        labels: for the container that reads the dpkg database (the build's id).
 
     The dpkg database is read through a created, never started container,
     removed right after; an image without one (not Debian) has no packages.
     """
+    container_labels = labels
     labels = image.labels
     inputs = LayerInputs.from_label(labels.get(INPUTS_LABEL))
     release = Release.from_label(labels.get(RELEASE_LABEL)) or release_of(
         engine, image, cache_dir() / "releases")
     short = image.id.rsplit(":", 1)[-1][:12]
     status = engine.read_files(image.id, [DPKG_STATUS],
-                               name=f"rolebake-sbom-{short}-{uuid.uuid4().hex[:8]}")[DPKG_STATUS]
+                               name=f"rolebake-sbom-{short}-{uuid.uuid4().hex[:8]}",
+                               labels=container_labels)[DPKG_STATUS]
     packages = parse_dpkg_status(status.decode("utf-8", "replace")) if status else ()
     names = tuple(dict.fromkeys([*refs, *image.tags]))
     common: dict[str, Any] = {"image_id": image.id, "refs": names, "created": image.created,

@@ -258,7 +258,7 @@ class Steps:
             options={"noCache": self.options.no_cache, "push": self.options.push,
                      "idempotence": self.options.idempotence or run.layer.spec.idempotence,
                      "cacheRepo": str(self.options.cache_repo or "") or None})
-        Attestor(self.engine, self.project).layer(
+        Attestor(self.engine, self.project, build_id=self.build_id).layer(
             image, run.layer, record=record, attest_dir=self.options.attest_dir,
             base_ref=None if run.layer.parent_is_layer else run.layer.parent)
         run.result.attested = (f".rolebake/attest/{image.id.split(':')[-1][:12]}",)
