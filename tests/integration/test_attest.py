@@ -152,6 +152,12 @@ def test_a_cache_hit_rebuild_gives_the_same_sbom(built: Built) -> None:
     layers = {r["layer"]: r for r in json.loads(again.stdout)["layers"]}
     assert layers["web"]["cached"] and layers["web"]["steps"]["attest"] == "ok"
     assert _cli_json(built, "sbom", "web") == before
+    # Made again from the images alone (nothing kept): the same document.
+    import shutil
+    shutil.rmtree(built.project.root / ".rolebake" / "attest")
+    third = run_cli("build", "web", "--json", cwd=built.project.root)
+    assert third.rc == 0, third.output
+    assert _cli_json(built, "sbom", "web") == before
 
 
 def test_nothing_recorded_is_exit_2(built: Built) -> None:
