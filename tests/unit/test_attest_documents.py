@@ -251,6 +251,18 @@ def test_a_build_records_each_layer_and_a_hit_reuses_it(engine: FakeEngine,
     again, _, _ = run_build(engine, project, ["web"])
     assert again.results["web"].cached and store.sbom(web_id) == sbom
     assert len(engine.called("read_files")) == reads  # a hit reads nothing from the image
+    # Nothing kept (a layer from the cache repo): the SBOM is made again from the images,
+    # the same; the provenance from the image's labels, which say which build made it.
+    import shutil
+    shutil.rmtree(project.root / ".rolebake" / "attest")
+    third, _, _ = run_build(engine, project, ["web"])
+    assert third.results["web"].cached and store.sbom(web_id) == sbom
+    remade = store.provenance(web_id)
+    assert remade is not None
+    assert remade["predicate"]["runDetails"]["metadata"]["invocationId"] == \
+        provenance["predicate"]["runDetails"]["metadata"]["invocationId"]
+    assert "made from its labels" in remade["predicate"]["buildDefinition"][
+        "externalParameters"]["options"]["note"]
 
 
 @pytest.mark.usefixtures("fake_provisioner")
