@@ -271,3 +271,21 @@ def test_no_verify_records_nothing(engine: FakeEngine, tmp_path: Path) -> None:
     report, _, _ = run_build(engine, project, ["web"], verify=False)
     assert report.error is None and report.results["web"].steps["attest"] == "skipped"
     assert Store(project).ids() == []
+
+
+def test_the_cli_prints_what_is_recorded_and_exit_2_when_nothing_is(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from rolebake.cli import main
+
+    (tmp_path / "images").mkdir()
+    image_id = "sha256:" + "c" * 64
+    Store(Project(tmp_path)).save_sbom(image_id, {"bomFormat": "CycloneDX"})
+    runner = CliRunner()
+    shown = runner.invoke(main, ["--project", str(tmp_path), "sbom", "cccccc"])
+    assert shown.exit_code == 0, shown.output
+    assert json.loads(shown.stdout) == {"bomFormat": "CycloneDX"}
+    none = runner.invoke(main, ["--project", str(tmp_path), "provenance", image_id])
+    assert none.exit_code == 2 and "no provenance is recorded" in none.output
+    missing = runner.invoke(main, ["--project", str(tmp_path), "sbom", "sha256:" + "0" * 64])
+    assert missing.exit_code == 2 and "no SBOM or provenance is recorded" in missing.output

@@ -205,11 +205,14 @@ def recorded(store: Store, name: str, *, refs: Sequence[str] = (),
     """
     hexes = [i.split(":", 1)[1] for i in store.ids()]
     wanted = name.removeprefix("sha256:")
+    name_is_ref = True
     if len(wanted) >= 6 and all(c in "0123456789abcdef" for c in wanted):
         found = [h for h in hexes if h.startswith(wanted)]
         if len(found) == 1:
             return f"sha256:{found[0]}"
-    for ref in [*refs, name] if refs else [name]:
+        if len(wanted) == 64:  # a whole id: no tag can name another image
+            refs, name_is_ref = (), False
+    for ref in [*refs, *([name] if name_is_ref else [])]:
         image_id = image_id_of(ref)
         if image_id is not None and image_id.split(":", 1)[-1] in hexes:
             return image_id
