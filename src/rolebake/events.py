@@ -25,14 +25,16 @@ class Step(StrEnum):
     COMMIT = "commit"
     SCAN = "scan"
     VERIFY = "verify"
+    ATTEST = "attest"
     TAG = "tag"
     PUSH = "push"
 
 
 PIPELINE: tuple[Step, ...] = tuple(Step)
 
-# A cache hit is reused as it is: it gets its tags, and is pushed where asked.
-HIT_STEPS: tuple[Step, ...] = (Step.CACHE, Step.TAG, Step.PUSH)
+# A cache hit is reused as it is: its SBOM and provenance (kept by image id), its
+# tags, and a push where asked.
+HIT_STEPS: tuple[Step, ...] = (Step.CACHE, Step.ATTEST, Step.TAG, Step.PUSH)
 
 # The steps that run inside the build container, from its creation to its commit.
 CONTAINER_STEPS: tuple[Step, ...] = PIPELINE[PIPELINE.index(Step.CREATE):

@@ -17,13 +17,15 @@ import base64
 import contextlib
 import hashlib
 import ipaddress
+import json
 import platform
 import re
 import threading
 import warnings
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlencode, urljoin
 
 import requests
 import urllib3
@@ -76,6 +78,35 @@ def parse_repository(text: str, *, source: str = "--cache-repo") -> Repository:
                          "registry.example.com/team/rolebake-cache, with no tag",
                          hint="the registry part needs a dot or a port (localhost:5000/cache)")
     return Repository(host=host, path=match.group("path"))
+
+
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_EMPTY = "application/vnd.oci.empty.v1+json"
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """A document put next to an image in a registry (an SBOM, an attestation)."""
+
+    media_type: str  # of the one layer, and the manifest's artifactType
+    data: bytes
+    layer_annotations: Mapping[str, str] = field(default_factory=dict)
+    annotations: Mapping[str, str] = field(default_factory=dict)
+
+
+def artifact_tag(digest: str, suffix: str) -> str:
+    """The tag tools look for next to an image: `sha256-<hex>.sbom` (cosign's scheme)."""
+    algorithm, _, hexdigest = digest.partition(":")
+    return f"{algorithm}-{hexdigest}.{suffix}"
+
+
+def split_registry(repository: str) -> tuple[str, str]:
+    """`host:5000/team/web` -> (`host:5000`, `team/web`); Docker Hub's for a bare name."""
+    first, sep, rest = repository.partition("/")
+    if sep and ("." in first or ":" in first or first == "localhost"):
+        return first, rest
+    path = repository if sep else f"library/{repository}"
+    return "registry-1.docker.io", path
 
 
 @dataclass(frozen=True)
@@ -132,6 +163,70 @@ class RegistryClient:
         return RemoteImage(ref=f"{self.host}/{path}:{tag}", image_id=digest,
                            labels={str(k): str(v) for k, v in labels.items()})
 
+    def push_artifact(self, path: str, tag: str, artifact: Artifact) -> str:
+        """Put `artifact` at `path:tag` as an OCI artifact (a blob and a manifest); its digest.
+
+        No engine is involved: the config (OCI's empty one) and the one layer are
+        uploaded as blobs, then the manifest is put under the tag.
+
+        Raises:
+            RegistryError: the registry does not answer or refuses.
+        """
+        scope = f"repository:{path}:pull,push"
+        config = b"{}"
+        for blob in (config, artifact.data):
+            self._upload(path, blob, scope)
+        manifest = {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "artifactType": artifact.media_type,
+            "config": {"mediaType": OCI_EMPTY, "digest": _digest(config),
+                       "size": len(config)},
+            "layers": [{"mediaType": artifact.media_type, "digest": _digest(artifact.data),
+                        "size": len(artifact.data),
+                        "annotations": dict(artifact.layer_annotations)}],
+            "annotations": dict(artifact.annotations),
+        }
+        body = json.dumps(manifest, separators=(",", ":")).encode()
+        response = self._request("PUT", f"{self._root()}/v2/{path}/manifests/{tag}", scope,
+                                 headers={"Content-Type": OCI_MANIFEST}, data=body)
+        if response.status_code >= 300:
+            raise RegistryError(f"{self.host} refused the manifest of {path}:{tag}: "
+                                f"{response.status_code} {_message(response)}")
+        return _digest(body)
+
+    def _upload(self, path: str, blob: bytes, scope: str) -> None:
+        """Upload one blob (monolithic: POST for a session, PUT with the digest)."""
+        digest = _digest(blob)
+        there = self._request("HEAD", f"{self._root()}/v2/{path}/blobs/{digest}", scope)
+        if there.status_code == 200:
+            return
+        started = self._request("POST", f"{self._root()}/v2/{path}/blobs/uploads/", scope)
+        location = started.headers.get("Location", "")
+        if started.status_code != 202 or not location:
+            raise RegistryError(f"{self.host} refused an upload to {path}: "
+                                f"{started.status_code} {_message(started)}")
+        url = urljoin(f"{self._root()}/", location)
+        url += ("&" if "?" in url else "?") + urlencode({"digest": digest})
+        done = self._request("PUT", url, scope, data=blob,
+                             headers={"Content-Type": "application/octet-stream"})
+        if done.status_code != 201:
+            raise RegistryError(f"{self.host} refused a blob of {path}: "
+                                f"{done.status_code} {_message(done)}")
+
+    def _request(self, method: str, url: str, scope: str, *,
+                 headers: Mapping[str, str] | None = None,
+                 data: bytes | None = None) -> requests.Response:
+        response = self._send(url, headers or {}, self._auth.get(scope), method=method,
+                              data=data)
+        if response.status_code == 401:
+            response = self._send(url, headers or {}, self._authorize(response, scope),
+                                  method=method, data=data)
+        if response.status_code == 401:
+            raise RegistryError(f"{self.host} refused the docker client's credentials: "
+                                f"{_message(response)}", hint=f"docker login {self.host}")
+        return response
+
     # HTTP ------------------------------------------------------------------------------
 
     def _get(self, path: str, scope: str, *, accept: str | None = None) -> requests.Response:
@@ -145,11 +240,13 @@ class RegistryClient:
                                 f"{_message(response)}", hint=f"docker login {self.host}")
         return response
 
-    def _send(self, url: str, headers: Mapping[str, str], auth: str | None) -> requests.Response:
+    def _send(self, url: str, headers: Mapping[str, str], auth: str | None, *,
+              method: str = "GET", data: bytes | None = None) -> requests.Response:
         try:
             with _quiet_tls():
-                return self._session.get(url, headers={**headers, **(
-                    {"Authorization": auth} if auth else {})}, timeout=self.timeout)
+                return self._session.request(method, url, headers={**headers, **(
+                    {"Authorization": auth} if auth else {})}, data=data,
+                    timeout=self.timeout, allow_redirects=method in ("GET", "HEAD"))
         except requests.exceptions.RequestException as exc:
             raise RegistryError(f"the registry {self.host} does not answer: "
                                 f"{type(exc).__name__}") from None
@@ -265,6 +362,10 @@ def _platform_entry(entries: list[dict[str, Any]]) -> dict[str, Any] | None:
         if wanted.get("os") == "linux" and wanted.get("architecture") == arch:
             return entry
     return None
+
+
+def _digest(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 def _message(response: requests.Response) -> str:

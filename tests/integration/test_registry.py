@@ -74,7 +74,10 @@ def pushed(tmp_path_factory: pytest.TempPathFactory, engine: docker.DockerClient
 
 
 def test_a_verified_build_pushes_every_tag(pushed: Pushed) -> None:
-    assert registry_tags(pushed.repo) == ["1.0", "latest"]
+    tags = registry_tags(pushed.repo) or []
+    # Each tag, and the image's SBOM and attestation beside it under cosign's tags.
+    assert [t for t in tags if not t.startswith("sha256-")] == ["1.0", "latest"]
+    assert sorted(t.rsplit(".", 1)[1] for t in tags if t.startswith("sha256-")) == ["att", "sbom"]
     local = pushed.project.image_id(pushed.tags[0])
     assert local is not None and local == pushed.project.image_id(pushed.tags[1])
     # The registry holds the very image the engine verified: its config digest is the id.
@@ -82,8 +85,8 @@ def test_a_verified_build_pushes_every_tag(pushed: Pushed) -> None:
     assert registry_config_digest(pushed.repo, "latest") == local
     (layer,) = [x for x in pushed.report["layers"] if x["layer"] == pushed.spec]
     assert layer["pushed"] == pushed.tags
-    # Pushed last, after verification and the tag step.
-    assert list(layer["steps"])[-3:] == ["verify", "tag", "push"], layer["steps"]
+    # Pushed last, after verification, the SBOM and provenance, and the tag step.
+    assert list(layer["steps"])[-4:] == ["verify", "attest", "tag", "push"], layer["steps"]
     assert layer["steps"]["verify"] == "ok" and layer["steps"]["push"] == "ok"
 
 

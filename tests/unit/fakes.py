@@ -347,8 +347,8 @@ class FakeEngine:
             self.containers_by_id[made.id] = made
             return made.id
 
-    def read_files(self, image_id: str, paths: Sequence[str], *,
-                   name: str) -> dict[str, bytes | None]:
+    def read_files(self, image_id: str, paths: Sequence[str], *, name: str,
+                   labels: Mapping[str, str] | None = None) -> dict[str, bytes | None]:
         """The files a test put on the image (FakeImage.files); nothing else exists."""
         self._enter("read_files", image_id, tuple(paths))
         with self._lock:
@@ -438,9 +438,12 @@ class FakeEngine:
             committed["Labels"] = {**made.labels, **(config.get("Labels") or {})}
             if self.commit_config_edit is not None:
                 self.commit_config_edit(committed)
+            parent = self.images_by_id.get(made.image)
             image = FakeImage(id=self._new_id("image"), tags=[],
                               labels=dict(committed["Labels"]), config=committed,
-                              created=self._created(), parent=made.image)
+                              created=self._created(), parent=made.image,
+                              # an image holds its parent's files, as a real layer does
+                              files=dict(parent.files) if parent is not None else {})
             self.images_by_id[image.id] = image
         self._leave("commit", container.name, config)
         return image.id

@@ -145,6 +145,7 @@ FRESH = [
     ("commit", "running"), ("commit", "ok"),
     ("scan", "skipped"),
     ("verify", "running"), ("verify", "ok"),
+    ("attest", "running"), ("attest", "ok"),
     ("tag", "running"), ("tag", "ok"),
     ("push", "skipped"),
 ]
@@ -229,7 +230,10 @@ def test_clean_build_runs_the_pipeline_in_order_and_tags_last(
         assert result.image_id == report.results[layer].image_id
         assert result.cache_key == report.results[layer].cache_key
         assert recorder2.steps(layer) == [("cache", "running"), ("cache", "cached"),
+                                          ("attest", "running"), ("attest", "ok"),
                                           ("tag", "running"), ("tag", "ok")]
+        assert recorder2.step_event(layer, "attest", "ok").message == \
+            "SBOM and provenance reused"
         assert recorder2.step_event(layer, "cache", "cached").message == "HIT"
         assert fake_provisioner.steps_of(layer) == ["preflight", "bootstrap", "provision",
                                                     "clean", "preflight"]

@@ -21,10 +21,19 @@ from rolebake.load import plan_build
 from rolebake.makefile import render_makefile
 from rolebake.registry import CacheRepo, parse_repository, plain_http
 from rolebake.spec import Project
+from tests.unit.fake_registry import FakeRegistryClient
 from tests.unit.fakes import FakeEngine
 from tests.unit.test_builder import BASE, WEB, make_project, run_build, spec_from
 
-pytestmark = pytest.mark.usefixtures("fake_provisioner")
+pytestmark = pytest.mark.usefixtures("fake_provisioner", "fake_registry")
+
+
+@pytest.fixture
+def fake_registry(monkeypatch: pytest.MonkeyPatch) -> type[FakeRegistryClient]:
+    """Attestations pushed next to the images land in memory, not on a registry."""
+    FakeRegistryClient.pushed = {}
+    monkeypatch.setattr("rolebake.attest.RegistryClient", FakeRegistryClient)
+    return FakeRegistryClient
 
 
 @pytest.fixture
@@ -34,7 +43,8 @@ def project(tmp_path: Path) -> Project:
 
 def test_push_comes_last_in_the_pipeline_and_a_hit_goes_through_it() -> None:
     assert PIPELINE[-2:] == (Step.TAG, Step.PUSH)
-    assert HIT_STEPS == (Step.CACHE, Step.TAG, Step.PUSH)
+    # A hit's SBOM and provenance are reused (kept by image id) before its tags move.
+    assert HIT_STEPS == (Step.CACHE, Step.ATTEST, Step.TAG, Step.PUSH)
 
 
 def test_push_sends_the_named_images_tags_after_they_moved(engine: FakeEngine,
@@ -64,6 +74,7 @@ def test_a_cache_hit_is_pushed_too(engine: FakeEngine, project: Project) -> None
     again, recorder, _ = run_build(engine, project, ["web"], push=True)
     assert again.results["web"].cached
     assert recorder.steps("web") == [("cache", "running"), ("cache", "cached"),
+                                     ("attest", "running"), ("attest", "ok"),
                                      ("tag", "running"), ("tag", "ok"),
                                      ("push", "running"), ("push", "ok")]
     assert set(engine.pushed) == {"rolebake/web:latest", "rolebake/web:1.0"}
@@ -196,3 +207,19 @@ def test_a_healthcheck_on_podman_is_bad_input_before_any_container(tmp_path: Pat
     with pytest.raises(InputError, match=r"base.yml:\d+: config.healthcheck: Podman's commit"):
         run_build(engine, checked, ["base"])
     assert engine.called("container") == []
+
+
+def test_push_puts_the_sbom_and_attestation_next_to_each_tag(
+        engine: FakeEngine, project: Project, fake_registry: type[FakeRegistryClient]) -> None:
+    report, _, _ = run_build(engine, project, ["web"], push=True)
+    assert report.error is None
+    web = report.results["web"]
+    assert web.image_id is not None
+    digest = web.image_id.split(":")[1]  # what the fake engine's push answers
+    wanted = {f"registry-1.docker.io/rolebake/web:sha256-{digest}.{suffix}"
+              for suffix in ("sbom", "att")}
+    assert set(fake_registry.pushed) == wanted
+    att = fake_registry.pushed[f"registry-1.docker.io/rolebake/web:sha256-{digest}.att"]
+    assert att.media_type == "application/vnd.dsse.envelope.v1+json"
+    assert json.loads(att.data)["signatures"] == []
+    assert f"rolebake/web:sha256-{digest}.sbom" in web.attested

@@ -2,7 +2,7 @@
 
 A step is a method named after it (`_cache`, `_create`, … `_tag`); the runner
 walks the pipeline as data, reports the status of every step it runs and decides
-which steps apply (a cache hit runs only `cache`, `tag` and `push`). Tags move only
+which steps apply (a cache hit runs only `cache`, `attest`, `tag` and `push`). Tags move only
 in the tag step, and only for a layer whose every step passed; the push step after it
 publishes only what was tagged (DESIGN.md invariants 1, 2, 5).
 

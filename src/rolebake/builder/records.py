@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from rolebake.errors import RolebakeError
@@ -26,6 +27,7 @@ class BuildOptions:
     push: bool = False  # push every tag of each verified image the user named
     cache_repo: Repository | None = None  # share verified layers through this repository
     record_inputs: bool = False  # key what Ansible read but the key missed, instead of failing
+    attest_dir: Path | None = None  # --attest: each layer's SBOM and provenance also go here
 
 
 @dataclass
@@ -41,6 +43,7 @@ class LayerResult:
     tags: tuple[str, ...] = ()
     source: str | None = None  # of a cached layer: "local" or "cache repo"
     pushed: tuple[str, ...] = ()
+    attested: tuple[str, ...] = ()  # where its SBOM and provenance went (store, registry)
     failed_tag: str | None = None
     seconds: float = 0.0
     log_path: str | None = None
@@ -62,6 +65,7 @@ class LayerResult:
             "tags": list(self.tags),
             "source": self.source,
             "pushed": list(self.pushed),
+            "attested": list(self.attested),
             "failed_tag": self.failed_tag,
             "seconds": round(self.seconds, 2),
             "log": self.log_path,

@@ -2,7 +2,7 @@
 
 The pipeline is data (`events.PIPELINE`); the runner walks it, reports the
 status of every step it runs and decides which steps apply (a cache hit runs
-only `cache`, `tag` and `push`). When a step fails it says plainly whether the
+only `cache`, `attest`, `tag` and `push`). When a step fails it says plainly whether the
 engine or the build container died under it, and keeps or drops the image.
 """
 
@@ -122,8 +122,8 @@ class Runner(Steps):
             return self.options.idempotence or run.layer.spec.idempotence
         if step == Step.SCAN:
             return self.options.secrets is not None and bool(self.options.secrets.values())
-        if step == Step.VERIFY:
-            return self.options.verify
+        if step in (Step.VERIFY, Step.ATTEST):
+            return self.options.verify  # only verified images get an SBOM and provenance
         if step == Step.PUSH:
             # Only verified images leave the engine: never a --no-verify build's.
             return self.options.verify and (self.cache.repo is not None or (

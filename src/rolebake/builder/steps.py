@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from rolebake import aptcache
 from rolebake.aptcache import AptCache
+from rolebake.attest import Attestor, build_record
 from rolebake.builder.records import BuildOptions, LayerResult
 from rolebake.cache import FROM_REPO, Cache, CacheDecision, LayerInputs, with_recorded
 from rolebake.engine import BUILD_ID_LABEL, ROLE_LABEL, ContainerHandle, Engine, ImageInfo
@@ -62,6 +64,7 @@ class LayerRun:
     source: str | None = None  # of a hit
     ctx: ProvisionContext | None = None
     image_id: str | None = None
+    started: float = field(default_factory=time.time)  # wall clock, for the provenance
 
     @property
     def container(self) -> ContainerHandle:
@@ -242,6 +245,27 @@ class Steps:
             raise error
         return f"{len(verified.cases)} checks passed"
 
+    def _attest(self, run: LayerRun) -> str:
+        """The verified image's SBOM and provenance, kept by image id (a hit reuses them)."""
+        assert run.image_id is not None
+        image = self.engine.image(run.image_id)
+        assert image is not None
+        record = None if run.cached else build_record(
+            self.project, run.layer, image_id=image.id, inputs=run.inputs.values,
+            cache_key=run.inputs.key, revision=self._revision, build_id=self.build_id,
+            started=run.started, provisioner=run.provisioner.version(),
+            verify=run.result.verify.to_dict() if run.result.verify else None,
+            options={"noCache": self.options.no_cache, "push": self.options.push,
+                     "idempotence": self.options.idempotence or run.layer.spec.idempotence,
+                     "cacheRepo": str(self.options.cache_repo or "") or None})
+        Attestor(self.engine, self.project, build_id=self.build_id).layer(
+            image, run.layer, record=record, attest_dir=self.options.attest_dir,
+            base_ref=None if run.layer.parent_is_layer else run.layer.parent)
+        run.result.attested = (f".rolebake/attest/{image.id.split(':')[-1][:12]}",)
+        if self.options.attest_dir is not None:
+            run.result.attested += (str(self.options.attest_dir / run.layer.file_stem),)
+        return "SBOM and provenance " + ("reused" if run.cached else "recorded")
+
     def _tag(self, run: LayerRun) -> None:
         assert run.image_id is not None
         refs = list(run.layer.tags)
@@ -273,6 +297,10 @@ class Steps:
                 digest = self.engine.push(tag, progress, self._check_cancel)
                 run.result.pushed = (*run.result.pushed, tag)
                 done.append(f"pushed {tag}" + (f" ({digest})" if digest else ""))
+                if digest:  # the SBOM and attestation go next to it, under cosign's tags
+                    put = Attestor(self.engine, self.project).publish(run.image_id, tag, digest)
+                    run.result.attested = (*run.result.attested, put.sbom, put.attestation)
+                    done.append("SBOM and attestation pushed")
         return "; ".join(done) or "came from the cache repo; nothing to put there"
 
     # Helpers --------------------------------------------------------------------------

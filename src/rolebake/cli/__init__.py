@@ -74,12 +74,15 @@ def main(project: Path | None, debug: bool, quiet: bool) -> None:
 @click.option("--record-inputs", is_flag=True,
               help="Key project files Ansible read that the cache key missed (a cache hole), "
                    "instead of failing.")
+@click.option("--attest", "attest_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Also write each verified image's SBOM and provenance to this folder.")
 @click.pass_context
 @handled
 def build(ctx: click.Context, images: tuple[str, ...], no_cache: bool, jobs: int,
           keep_failed: bool, idempotence: bool, no_verify: bool, secrets: tuple[str, ...],
           vault_password_file: Path | None, allow_insecure_engine: bool, as_json: bool,
-          junit: Path | None, push: bool, cache_repo: str | None, record_inputs: bool) -> None:
+          junit: Path | None, push: bool, cache_repo: str | None, record_inputs: bool,
+          attest_dir: Path | None) -> None:
     """Build IMAGES (spec names, or name:variant; none means all) and tag them when verified."""
     from rolebake.builder import Builder, BuildOptions
     from rolebake.load import install_requirements, plan_build
@@ -88,6 +91,8 @@ def build(ctx: click.Context, images: tuple[str, ...], no_cache: bool, jobs: int
 
     if push and no_verify:
         raise InputError("--push publishes verified images only; drop --no-verify")
+    if attest_dir is not None and no_verify:
+        raise InputError("--attest records verified images only; drop --no-verify")
     repository = cache_repo_of(cache_repo)
     project = project_of(ctx)
     plan = plan_build(project, images, progress_of(ctx))
@@ -97,7 +102,8 @@ def build(ctx: click.Context, images: tuple[str, ...], no_cache: bool, jobs: int
     install_requirements(project, progress_of(ctx))
     options = BuildOptions(no_cache=no_cache, jobs=jobs, keep_failed=keep_failed,
                            idempotence=idempotence, verify=not no_verify, secrets=secret_set,
-                           push=push, cache_repo=repository, record_inputs=record_inputs)
+                           push=push, cache_repo=repository, record_inputs=record_inputs,
+                           attest_dir=attest_dir)
     builder = Builder(engine, project, progress_of(ctx), options)
     try:
         report = builder.build(plan)
@@ -198,6 +204,49 @@ def base(ctx: click.Context, name: str, mirror: str | None, rebuild: bool,
     notes = [n for n in (result.source if result.reused else "", result.shared) if n]
     click.echo(f"{result.ref} {result.image_id.split(':')[-1][:12]}"
                + (f" ({'; '.join(notes)})" if notes else ""))
+
+
+@main.command()
+@click.argument("image")
+@click.pass_context
+@handled
+def sbom(ctx: click.Context, image: str) -> None:
+    """Print the CycloneDX SBOM recorded for IMAGE (a spec, a tag or an image id)."""
+    echo_json(_recorded(ctx, image, "sbom"))
+
+
+@main.command()
+@click.argument("image")
+@click.pass_context
+@handled
+def provenance(ctx: click.Context, image: str) -> None:
+    """Print the provenance (in-toto statement, SLSA v1) recorded for IMAGE."""
+    echo_json(_recorded(ctx, image, "provenance"))
+
+
+def _recorded(ctx: click.Context, image: str, kind: str) -> Any:
+    """What is recorded of `kind` for `image`; exit 2 when nothing is."""
+    from rolebake.attest import Store, recorded
+    from rolebake.load import plan_build
+
+    project = project_of(ctx)
+    store = Store(project)
+    refs: tuple[str, ...] = ()
+    if project.has_spec(image.split(":", maxsplit=1)[0]):
+        refs = plan_build(project, [image], progress_of(ctx)).layer(image).tags
+    engines: list[Any] = []
+
+    def image_id_of(ref: str) -> str | None:
+        if not engines:
+            engines.append(engine_for(ctx))
+        found = engines[0].image(ref)
+        return found.id if found is not None else None
+
+    image_id = recorded(store, image, refs=refs, image_id_of=image_id_of)
+    found = store.sbom(image_id) if kind == "sbom" else store.provenance(image_id)
+    if found is None:
+        raise InputError(f"no {kind} is recorded for {image} ({image_id[:19]})")
+    return found
 
 
 @main.command("test")

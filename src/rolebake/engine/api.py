@@ -167,9 +167,12 @@ class Engine(Protocol):
         """Write one file into a container."""
         ...
 
-    def read_files(self, image_id: str, paths: Sequence[str], *,
-                   name: str) -> dict[str, bytes | None]:
-        """Read small files from an image without running it (None: not there, or not a file)."""
+    def read_files(self, image_id: str, paths: Sequence[str], *, name: str,
+                   labels: Mapping[str, str] | None = None) -> dict[str, bytes | None]:
+        """Read small files from an image without running it (None: not there, or not a file).
+
+        `labels` go on the created, never started container (a build's id).
+        """
         ...
 
     def registry_config(self) -> Mapping[str, Any]:

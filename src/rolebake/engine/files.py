@@ -6,7 +6,7 @@ import io
 import os
 import tarfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,15 +33,17 @@ class Files(Containers):
             tar.addfile(info, io.BytesIO(data))
         self.client.api.put_archive(container.id, directory or "/", buffer.getvalue())
 
-    def read_files(self, image_id: str, paths: Sequence[str], *,
-                   name: str) -> dict[str, bytes | None]:
+    def read_files(self, image_id: str, paths: Sequence[str], *, name: str,
+                   labels: Mapping[str, str] | None = None) -> dict[str, bytes | None]:
         """Read small files from an image without running it (None: not there, or not a file).
 
         A container is created, never started, read from and removed. A symlink
         is followed inside the image (/etc/os-release -> ../usr/lib/os-release).
+        `labels` go on it besides `rolebake.role=scan` (a build's id).
         """
         found: dict[str, bytes | None] = {}
-        container = self.create_stopped(image_id, name=name, labels={ROLE_LABEL: "scan"})
+        container = self.create_stopped(image_id, name=name,
+                                        labels={**(labels or {}), ROLE_LABEL: "scan"})
         try:
             for path in paths:
                 found[path] = self._read_in(container, path)
