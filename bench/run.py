@@ -174,6 +174,9 @@ class Bench(BenderMixin):
             raise SystemExit(f"bench: {BASE_IMAGE} is missing; run `make base` first")
         project = self.work / "project"
         copy_project(REPO, project)
+        # A project of its own: its cache tags, locks and miss explanations stay apart
+        # from the repository's builds on the same engine.
+        (project / "rolebake.yml").write_text(f"project: {NS}\n", encoding="utf-8")
         for name in ("base", "web", "app"):
             self.write_spec(project, name, {})
         # Users keep their roles in git; rolebake reads the revision for its labels.
