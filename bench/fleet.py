@@ -41,6 +41,7 @@ from bench.engines import (  # noqa: E402 (needs the repo on the path)
     empty_dockerd,
     registry_answers,
 )
+from bench.projectcopy import copy_project  # noqa: E402 (needs the repo on the path)
 
 ROLEBAKE = [sys.executable, "-m", "rolebake"]
 BASE_IMAGE = "rolebake/debian:bookworm"
@@ -55,12 +56,9 @@ def note(text: str) -> None:
 
 def make_project(work: Path, run_id: str) -> Path:
     project = work / "project"
-    (project / "images").mkdir(parents=True)
-    shutil.copytree(REPO / "roles", project / "roles")
-    (project / "tests" / "images").mkdir(parents=True)
-    shutil.copy(REPO / "tests" / "images" / "conftest.py", project / "tests" / "images")
+    copy_project(REPO, project)  # what git holds: the playbooks and inventory the specs name
+    (project / "rolebake.yml").write_text(f"project: {NS}\n", encoding="utf-8")
     for name in ("base", "web"):
-        shutil.copytree(REPO / "tests" / "images" / name, project / "tests" / "images" / name)
         spec = yaml.safe_load((REPO / "images" / f"{name}.yml").read_text(encoding="utf-8"))
         spec.pop("variants", None)
         spec["tags"] = [f"{NS}/{name}:{run_id}"]
