@@ -28,7 +28,7 @@ from rolebake.engine import ContainerHandle, Engine
 from rolebake.errors import BuildFailed, InputError
 from rolebake.redact import MIN_LENGTH, Redactor
 from rolebake.state import write_private
-from rolebake.yamlfile import Vaulted
+from rolebake.yamlfile import Vaulted, leaves
 
 SECRETS_DIR = "/run/rolebake-secrets"
 SECRET_ID_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
@@ -276,29 +276,17 @@ def _decrypt(vaulted: str, password: str | None, path: Path, line: int) -> str:
 
 
 def _vaulted_in(value: Any) -> Iterable[Vaulted]:
-    if isinstance(value, Vaulted):
-        yield value
-    elif isinstance(value, Mapping):
-        for item in value.values():
-            yield from _vaulted_in(item)
-    elif isinstance(value, list | tuple):
-        for item in value:
-            yield from _vaulted_in(item)
+    return (leaf for leaf in leaves(value) if isinstance(leaf, Vaulted))
 
 
 def _strings(value: Any, *, numbers: bool = True) -> Iterable[str]:
-    if isinstance(value, Vaulted):
-        return  # ciphertext: its plain value comes from vault_values
-    if isinstance(value, str):
-        yield value
-    elif isinstance(value, Mapping):
-        for item in value.values():
-            yield from _strings(item, numbers=numbers)
-    elif isinstance(value, list | tuple):
-        for item in value:
-            yield from _strings(item, numbers=numbers)
-    elif numbers and value is not None and not isinstance(value, bool):
-        yield str(value)
+    for leaf in leaves(value):
+        if isinstance(leaf, Vaulted):
+            continue  # ciphertext: its plain value comes from vault_values
+        if isinstance(leaf, str):
+            yield leaf
+        elif numbers and leaf is not None and not isinstance(leaf, bool):
+            yield str(leaf)
 
 
 def scan_image(engine: Engine, image_id: str, secrets: SecretSet) -> None:

@@ -19,7 +19,7 @@ import datetime as dt
 import difflib
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -308,6 +308,22 @@ def plain(value: Any) -> Any:
     if isinstance(value, list):
         return [plain(v) for v in value]
     return value
+
+
+def leaves(value: Any) -> Iterator[Any]:
+    """Every value below `value` that is neither a mapping nor a list, depth first.
+
+    Mapping keys are not leaves: the callers look for text a role wrote
+    (host-bound markers, secrets, vaulted values), which lives in values.
+    """
+    if isinstance(value, Mapping):
+        for item in value.values():
+            yield from leaves(item)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            yield from leaves(item)
+    else:
+        yield value
 
 
 class Fields:

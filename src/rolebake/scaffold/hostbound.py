@@ -27,7 +27,7 @@ from jinja2 import nodes
 
 from rolebake.provision.base import TaskResult
 from rolebake.scaffold.facts import short_action, task_items
-from rolebake.yamlfile import YamlList, YamlMap, read_ansible_yaml
+from rolebake.yamlfile import YamlList, YamlMap, leaves, read_ansible_yaml
 
 # The arguments whose text becomes a file's content, by module; `copy` replaces the
 # content, the others edit what is there.
@@ -143,14 +143,7 @@ def _templated(value: Any) -> bool:
 
 
 def _strings(value: Any) -> Iterator[str]:
-    if isinstance(value, str):
-        yield value
-    elif isinstance(value, Mapping):
-        for item in value.values():
-            yield from _strings(item)
-    elif isinstance(value, list | tuple):
-        for item in value:
-            yield from _strings(item)
+    return (leaf for leaf in leaves(value) if isinstance(leaf, str))
 
 
 class _TaskReader:
