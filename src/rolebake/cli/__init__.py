@@ -495,6 +495,7 @@ _AGE = re.compile(r"^(\d+)([smhd])$")
 def clean(ctx: click.Context, older_than: str, dry_run: bool, labels: tuple[str, ...]) -> None:
     """Remove leftovers with rolebake's labels: build/verify containers, failed images."""
     from rolebake.cleanup import find_leftovers, remove_leftovers, sweep_scratch
+    from rolebake.provision import ansible_facts
     from rolebake.spec import Project
 
     match = _AGE.match(older_than)
@@ -520,7 +521,14 @@ def clean(ctx: click.Context, older_than: str, dry_run: bool, labels: tuple[str,
     for folder in scratch:
         click.echo(f"{'would remove' if dry_run else 'removing'} scratch folder "
                    f"{project.relative(folder)} (its process is gone)")
-    click.echo(f"{len(leftovers) + len(scratch)} leftover(s)"
+    # Fact caches of parent images the engine no longer has (provision/ansible_facts.py).
+    facts = ansible_facts.stale(project, lambda image_id: engine.image(image_id) is not None)
+    for folder in facts:
+        click.echo(f"{'would remove' if dry_run else 'removing'} fact cache "
+                   f"{project.relative(folder)} (its image is gone)")
+    if not dry_run:
+        ansible_facts.remove(facts)
+    click.echo(f"{len(leftovers) + len(scratch) + len(facts)} leftover(s)"
                f"{' found' if dry_run else ' removed'}")
 
 

@@ -26,6 +26,7 @@ from rolebake.errors import BuildFailed, InputError
 from rolebake.events import EventSink, LogEvent, discard
 from rolebake.provision import (
     agent,
+    ansible_facts,
     ansible_failure,
     ansible_inventory,
     ansible_observed,
@@ -304,6 +305,7 @@ class AnsibleProvisioner(Provisioner):
             playbook = self._write_run_files(ctx, data_dir, host_vars)
             watcher = EventWatcher(ctx)
             envvars = self._envvars(ctx, data_dir)
+            facts = self._facts(ctx, data_dir, envvars, idempotence=idempotence)
             run = self._run
             assert run is not None
             thread, runner = _runner_async(
@@ -320,6 +322,8 @@ class AnsibleProvisioner(Provisioner):
                 ident="idempotence" if idempotence else "provision",
                 skip_tags=IDEMPOTENCE_SKIP_TAGS if idempotence else None,
                 settings={"suppress_ansible_output": True},
+                # ansible-runner's own jsonfile fact cache, in the folder ansible_facts seeded.
+                fact_cache=str(facts.scratch) if facts is not None else None,
             )
             while thread.is_alive():
                 thread.join(0.2)
@@ -327,6 +331,10 @@ class AnsibleProvisioner(Provisioner):
             append_log(ctx.log_path, "idempotence check" if idempotence else "provision",
                        stdout)
             status = runner.status
+            if facts is not None:
+                said = ansible_facts.finish(self.project, facts, succeeded=status == "successful")
+                if said:
+                    ctx.events(LogEvent(ctx.layer.id, said))
             if not idempotence and isinstance(ctx.target, ContainerTarget):
                 self.observed = ansible_observed.observe(
                     self.project, data_dir, self._loaded_only(), settings_of(self.layer))
@@ -354,6 +362,21 @@ class AnsibleProvisioner(Provisioner):
             if result.rc != 0:
                 raise BuildFailed("could not remove the bootstrap python", details=result.tail())
             ctx.events(LogEvent(ctx.layer.id, result.output.strip()))
+
+    def _facts(self, ctx: ProvisionContext, data_dir: Path, env: dict[str, str], *,
+               idempotence: bool) -> ansible_facts.FactsRun | None:
+        """The parent image's fact cache for this run (ansible_facts.py); None when unused."""
+        config, run, parent = read_config(self.project), self._run, self._parent
+        off = ansible_facts.off_reason(config)
+        if idempotence or off or parent is None or run is None \
+                or not isinstance(ctx.target, ContainerTarget):
+            if off and not idempotence and parent is not None:
+                ctx.events(LogEvent(ctx.layer.id, f"facts: gathered (parent "
+                                    f"{ansible_facts.short_id(parent.id)}): {off}, no cache"))
+            return None
+        facts = ansible_facts.prepare(self.project, config, parent.id, run.host, data_dir)
+        env.update(ansible_facts.environment(facts))
+        return facts
 
     # ----------------------------------------------------------------------------------
 

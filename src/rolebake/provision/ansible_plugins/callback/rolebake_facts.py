@@ -1,0 +1,179 @@
+"""Ansible callback plugin: the parent image's facts answer a layer's first gather, once.
+
+Loaded by the ansible-playbook rolebake starts (ANSIBLE_CALLBACK_PLUGINS), inert
+unless ROLEBAKE_FACTS_HOST is set (see rolebake/provision/ansible_facts.py).
+The run's fact cache (jsonfile, `gathering = smart`) starts as a copy of what
+was gathered in a container of the parent image. Ansible's smart gathering
+then skips the gather while the cache holds facts; this plugin only decides,
+at each play's start, whether the cached facts may answer it:
+
+- the first gather of the run, when no task ran before it and the cache holds
+  the play's `gather_subset` (as Ansible's own collectors resolve it);
+- never after a task ran (the container is no longer the parent image), and
+  never for the later plays of a project that gathers every play (Ansible's
+  default `implicit`): each of those gathers, as it would without a cache.
+
+A gather it lets happen is told to Ansible by setting the `_ansible_facts_gathered`
+flag false (VariableManager.set_host_facts, as a meta task would), so smart
+gathering gathers and merges as usual. The run's first gather, when it ran
+before any other task, is written by Ansible's jsonfile cache plugin into a
+staging folder: rolebake stores it for the parent image after the run. What
+happened is written, one JSON object a line, to ROLEBAKE_FACTS_REPORT.
+It has no use outside a rolebake build.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from ansible.plugins.callback import CallbackBase
+
+DOCUMENTATION = """
+name: rolebake_facts
+type: aggregate
+short_description: serve a layer's first fact gather from its parent image's cache
+description:
+  - Decides per play whether rolebake's cache of the parent image's facts may answer it.
+author: rolebake
+"""
+
+GATHER_ACTIONS = frozenset({"gather_facts", "ansible.builtin.gather_facts",
+                            "ansible.legacy.gather_facts"})
+FLAG = "_ansible_facts_gathered"
+# ansible.builtin.setup's own (modules/setup.py, kept in its main()): what `min` means.
+MINIMAL_GATHER_SUBSET = frozenset(["apparmor", "caps", "cmdline", "date_time", "distribution",
+                                   "dns", "env", "fips", "local", "lsb", "pkg_mgr", "platform",
+                                   "python", "selinux", "service_mgr", "ssh_pub_keys", "user"])
+
+
+def collectors(subset: list[str]) -> frozenset[str] | None:
+    """The fact collectors Ansible runs for `subset`; None when Ansible refuses it."""
+    from ansible.module_utils.facts import collector, default_collectors
+
+    try:
+        found = collector.collector_classes_from_gather_subset(
+            all_collector_classes=default_collectors.collectors,
+            minimal_gather_subset=MINIMAL_GATHER_SUBSET, gather_subset=list(subset),
+            platform_info={"system": "Linux"})
+    except Exception:  # an unknown subset: the module says so when it gathers
+        return None
+    return frozenset(c.name for c in found)
+
+
+def covers(cached: Any, wanted: list[str]) -> bool:
+    """Whether facts gathered with subset `cached` hold all that subset `wanted` gathers."""
+    if not isinstance(cached, list):
+        return False
+    have, need = collectors([str(s) for s in cached]), collectors(wanted)
+    return have is not None and need is not None and need <= have
+
+
+def _subset(facts: dict[str, Any]) -> Any:
+    """The gather_subset the facts were gathered with (the cache holds them unprefixed)."""
+    return facts.get("gather_subset", facts.get("ansible_gather_subset"))
+
+
+class CallbackModule(CallbackBase):
+    """Lets the cached facts of the parent image answer a layer's first gather only."""
+
+    CALLBACK_VERSION = 2.0
+    CALLBACK_TYPE = "aggregate"
+    CALLBACK_NAME = "rolebake_facts"
+    CALLBACK_NEEDS_ENABLED = False  # always on when its folder is on the callback path
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._host = os.environ.get("ROLEBAKE_FACTS_HOST")
+        self._report = os.environ.get("ROLEBAKE_FACTS_REPORT")
+        self._staging = os.environ.get("ROLEBAKE_FACTS_STAGING")
+        self._every_play = os.environ.get("ROLEBAKE_FACTS_EVERY_PLAY") == "1"
+        self._answered = False  # the run's first gather was answered (cache or gathered)
+        self._touched = False  # a task other than a gather started: not the parent any more
+        self._store = False  # the next gather of our host is the parent's: keep it
+
+    # -- plays -------------------------------------------------------------------------
+
+    def v2_playbook_on_play_start(self, play: Any) -> None:
+        """Before the play gathers: may the cached facts answer it?"""
+        if not self._host:
+            return
+        gather = play.gather_facts
+        if gather is not None and str(gather).lower() not in ("1", "true", "yes", "on"):
+            return  # this play gathers nothing, whatever the cache holds
+        wanted = [str(s) for s in (play.gather_subset or ["all"])]
+        manager = play.get_variable_manager()
+        facts = self._facts()
+        if self._answered:
+            if self._every_play or not covers(_subset(facts), wanted):
+                self._gather(manager)
+            return
+        self._answered = True
+        if self._touched:
+            self._gather(manager)
+            self._write({"facts": "gathered", "why": "tasks ran before the first gather"})
+            return
+        if facts.get(FLAG) and covers(_subset(facts), wanted):
+            self._write({"facts": "cache", "subset": wanted})
+            return
+        why = (f"gather_subset {','.join(wanted)} is not in the cache" if facts.get(FLAG)
+               else "")
+        if facts:
+            self._gather(manager)
+        self._store = bool(self._staging)
+        self._write({"facts": "gathered", "why": why, "subset": wanted})
+
+    def _gather(self, manager: Any) -> None:
+        # Smart gathering asks only this flag: false, the play gathers and merges.
+        if manager is not None:
+            manager.set_host_facts(self._host, {FLAG: False})
+
+    def _facts(self) -> dict[str, Any]:
+        """The host's facts in the run's cache, as Ansible's configured cache plugin reads them."""
+        from ansible import constants as C
+        from ansible.plugins.loader import cache_loader
+
+        try:
+            found = cache_loader.get(C.CACHE_PLUGIN).get(self._host)
+        except KeyError:
+            return {}
+        return dict(found) if isinstance(found, dict) else {}
+
+    # -- tasks -------------------------------------------------------------------------
+
+    def v2_playbook_on_task_start(self, task: Any, is_conditional: bool) -> None:
+        """A task other than a gather: the container is no longer the parent image."""
+        del is_conditional
+        if task.action not in GATHER_ACTIONS:
+            self._touched = True
+            self._store = False
+
+    def v2_playbook_on_handler_task_start(self, task: Any) -> None:
+        """A handler changes the container too."""
+        del task
+        self._touched = True
+        self._store = False
+
+    def v2_runner_on_ok(self, result: Any) -> None:
+        """The run's first gather, before any task: written for the parent's cache."""
+        if not self._store or result._task.action not in GATHER_ACTIONS \
+                or result._host.get_name() != self._host:
+            return
+        self._store = False
+        facts = result._result.get("ansible_facts")
+        if not isinstance(facts, dict) or not self._staging:
+            return
+        from ansible.plugins.loader import cache_loader
+
+        # Ansible's own jsonfile plugin writes the file, in the folder rolebake reads back.
+        cache = cache_loader.get("ansible.builtin.jsonfile", _uri=self._staging, _timeout=0,
+                                 _prefix=os.environ.get("ANSIBLE_CACHE_PLUGIN_PREFIX", ""))
+        # As Ansible's cache holds them: the flag is in there, callbacks get results without it.
+        cache.set(self._host, {**facts, FLAG: True})
+        self._write({"facts": "stored"})
+
+    def _write(self, record: dict[str, Any]) -> None:
+        if self._report:
+            with open(self._report, "a", encoding="utf-8") as handle:
+                handle.write(json.dumps(record) + "\n")
