@@ -114,7 +114,7 @@ def test_the_first_layer_gathers_and_the_next_takes_the_parents_facts(tmp_path: 
 def test_a_subset_the_cache_lacks_is_gathered(tmp_path: Path) -> None:
     project = project_at(tmp_path)
     run(project, tmp_path, subset="min")
-    line, out, stdout = run(project, tmp_path, subset="min,network")
+    line, out, _ = run(project, tmp_path, subset="min,network")
     assert line.startswith("facts: gathered (parent abababababab): gather_subset min,network "
                            "is not in the cache; cached"), line
     assert "network" in out
