@@ -47,8 +47,33 @@ def project_at(tmp_path: Path, cfg: str | None = None) -> Project:
     return Project(root)
 
 
+# A layer of a playbook, as rolebake's wrapper runs it: the play a parent layer applied
+# is skipped (its gather and tasks too), the layer's own play applies.
+LAYERED = """\
+- name: base
+  hosts: all
+  gather_subset: [min]
+  tasks:
+    - ansible.builtin.file:
+        path: "{{ out }}.base"
+        state: touch
+- name: web
+  hosts: all
+  gather_subset: [min]
+  tasks:
+    - ansible.builtin.copy:
+        dest: "{{ out }}"
+        content: "{{ ansible_facts['system'] }}"
+"""
+WRAPPER = """\
+- import_playbook: site.yml
+  when: ansible_play_name not in ['base']
+"""
+
+
 def run(project: Project, tmp_path: Path, *, subset: str = "min", parent: str = PARENT,
-        extra_env: dict[str, str] | None = None) -> tuple[str, str, str]:
+        extra_env: dict[str, str] | None = None,
+        layered: bool = False) -> tuple[str, str, str]:
     """One layer's run on `parent`: (the progress line, the probe's output, Ansible's stdout)."""
     data = tmp_path / "data"
     if data.exists():
@@ -57,7 +82,9 @@ def run(project: Project, tmp_path: Path, *, subset: str = "min", parent: str = 
         shutil.rmtree(data)
     (data / "project").mkdir(parents=True)
     (data / "tmp").mkdir()
-    (data / "project" / "play.yml").write_text(PLAYS.format(subset=subset))
+    (data / "project" / "play.yml").write_text(WRAPPER if layered else
+                                               PLAYS.format(subset=subset))
+    (data / "project" / "site.yml").write_text(LAYERED)
     (data / "hosts.yml").write_text(
         f"all:\n  hosts:\n    {HOST}:\n      ansible_connection: local\n"
         f"      ansible_python_interpreter: {sys.executable}\n")
@@ -120,6 +147,17 @@ def test_a_subset_the_cache_lacks_is_gathered(tmp_path: Path) -> None:
     assert "network" in out
     line, _, _ = run(project, tmp_path, subset="min")  # min is in min,network
     assert line == "facts: from the cache of parent abababababab"
+
+
+def test_a_play_the_wrapper_skips_leaves_the_parents_facts_in_place(tmp_path: Path) -> None:
+    project = project_at(tmp_path)
+    line, _, _ = run(project, tmp_path, layered=True)
+    assert line == "facts: gathered (parent abababababab); cached for the next layers on it"
+    line, out, stdout = run(project, tmp_path, layered=True)
+    assert line == "facts: from the cache of parent abababababab"
+    assert out == "Linux"
+    assert "TASK [Gathering Facts]" not in stdout
+    assert not (tmp_path / "out.txt.base").exists()  # the skipped play ran nothing
 
 
 def test_facts_holding_a_secret_are_not_cached(tmp_path: Path) -> None:

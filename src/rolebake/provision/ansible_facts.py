@@ -167,7 +167,10 @@ def finish(project: Project, run: FactsRun, *, succeeded: bool) -> str | None:
         None when no play gathered facts.
     """
     records = _report(run.report)
-    first = next((r for r in records if r.get("facts") in ("cache", "gathered")), None)
+    # One gather in the run is enough to say "gathered" (a play skipped by rolebake's
+    # wrapper may have been answered from the cache before it).
+    first = next((r for r in records if r.get("facts") == "gathered"), None) \
+        or next((r for r in records if r.get("facts") == "cache"), None)
     if first is None:
         return None
     if first["facts"] == "cache":

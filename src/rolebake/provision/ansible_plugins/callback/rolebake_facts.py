@@ -7,11 +7,12 @@ was gathered in a container of the parent image. Ansible's smart gathering
 then skips the gather while the cache holds facts; this plugin only decides,
 at each play's start, whether the cached facts may answer it:
 
-- the first gather of the run, when no task ran before it and the cache holds
-  the play's `gather_subset` (as Ansible's own collectors resolve it);
-- never after a task ran (the container is no longer the parent image), and
-  never for the later plays of a project that gathers every play (Ansible's
-  default `implicit`): each of those gathers, as it would without a cache.
+- any gather while no task has run on the host yet (skipped tasks do not
+  count: rolebake's wrapper skips the plays a parent layer applied), when the
+  cache holds the play's `gather_subset` (as Ansible's own collectors resolve it);
+- never after a task ran (the container is no longer the parent image): a play
+  gathers then as Ansible says without a cache (`implicit`, the default: every
+  play; `smart`: when the facts lack the play's subset).
 
 A gather it lets happen is told to Ansible by setting the `_ansible_facts_gathered`
 flag false (VariableManager.set_host_facts, as a meta task would), so smart
@@ -89,8 +90,8 @@ class CallbackModule(CallbackBase):
         self._report = os.environ.get("ROLEBAKE_FACTS_REPORT")
         self._staging = os.environ.get("ROLEBAKE_FACTS_STAGING")
         self._every_play = os.environ.get("ROLEBAKE_FACTS_EVERY_PLAY") == "1"
-        self._answered = False  # the run's first gather was answered (cache or gathered)
-        self._touched = False  # a task other than a gather started: not the parent any more
+        self._touched = False  # a task other than a gather ran: not the parent image any more
+        self._said = False  # the line about the run's first gather is written
         self._store = False  # the next gather of our host is the parent's: keep it
 
     # -- plays -------------------------------------------------------------------------
@@ -105,23 +106,23 @@ class CallbackModule(CallbackBase):
         wanted = [str(s) for s in (play.gather_subset or ["all"])]
         manager = play.get_variable_manager()
         facts = self._facts()
-        if self._answered:
-            if self._every_play or not covers(_subset(facts), wanted):
-                self._gather(manager)
-            return
-        self._answered = True
+        held = bool(facts.get(FLAG)) and covers(_subset(facts), wanted)
         if self._touched:
-            self._gather(manager)
-            self._write({"facts": "gathered", "why": "tasks ran before the first gather"})
+            # Tasks ran: gather as Ansible would without a cache (implicit: every play).
+            if self._every_play or not held:
+                self._gather(manager)
+            if not self._said:
+                self._write({"facts": "gathered", "why": "tasks ran before the first gather"})
             return
-        if facts.get(FLAG) and covers(_subset(facts), wanted):
+        # Nothing ran yet (a play skipped by rolebake's wrapper runs nothing either):
+        # the container is still the parent image, and so are the facts in the cache.
+        if held:
             self._write({"facts": "cache", "subset": wanted})
             return
-        why = (f"gather_subset {','.join(wanted)} is not in the cache" if facts.get(FLAG)
-               else "")
         if facts:
             self._gather(manager)
         self._store = bool(self._staging)
+        why = f"gather_subset {','.join(wanted)} is not in the cache" if facts.get(FLAG) else ""
         self._write({"facts": "gathered", "why": why, "subset": wanted})
 
     def _gather(self, manager: Any) -> None:
@@ -142,21 +143,24 @@ class CallbackModule(CallbackBase):
 
     # -- tasks -------------------------------------------------------------------------
 
-    def v2_playbook_on_task_start(self, task: Any, is_conditional: bool) -> None:
-        """A task other than a gather: the container is no longer the parent image."""
-        del is_conditional
-        if task.action not in GATHER_ACTIONS:
+    def _ran(self, result: Any) -> None:
+        """A result of our host: any task but a gather means the container changed."""
+        if result._host.get_name() == self._host and result._task.action not in GATHER_ACTIONS:
             self._touched = True
             self._store = False
 
-    def v2_playbook_on_handler_task_start(self, task: Any) -> None:
-        """A handler changes the container too."""
-        del task
-        self._touched = True
-        self._store = False
+    def v2_runner_on_failed(self, result: Any, ignore_errors: bool = False) -> None:
+        """A failed task (ignored or not) ran too."""
+        del ignore_errors
+        self._ran(result)
+
+    def v2_runner_on_unreachable(self, result: Any) -> None:
+        """Counted as run: what it did before is not known."""
+        self._ran(result)
 
     def v2_runner_on_ok(self, result: Any) -> None:
         """The run's first gather, before any task: written for the parent's cache."""
+        self._ran(result)
         if not self._store or result._task.action not in GATHER_ACTIONS \
                 or result._host.get_name() != self._host:
             return
@@ -174,6 +178,7 @@ class CallbackModule(CallbackBase):
         self._write({"facts": "stored"})
 
     def _write(self, record: dict[str, Any]) -> None:
+        self._said = True
         if self._report:
             with open(self._report, "a", encoding="utf-8") as handle:
                 handle.write(json.dumps(record) + "\n")
