@@ -374,7 +374,10 @@ class AnsibleProvisioner(Provisioner):
                 ctx.events(LogEvent(ctx.layer.id, f"facts: gathered (parent "
                                     f"{ansible_facts.short_id(parent.id)}): {off}, no cache"))
             return None
-        facts = ansible_facts.prepare(self.project, config, parent.id, run.host, data_dir)
+        try:
+            facts = ansible_facts.prepare(self.project, config, parent.id, run.host, data_dir)
+        except ValueError:  # not an image id or a host name that can name a folder
+            return None
         env.update(ansible_facts.environment(facts))
         return facts
 
