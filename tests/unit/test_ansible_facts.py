@@ -243,3 +243,23 @@ def test_a_report_says_what_happened(tmp_path: Path) -> None:
     assert ansible_facts.finish(project, facts, succeeded=True) == \
         "facts: gathered (parent abababababab)"
     assert not (project.state_dir / "facts").exists()
+
+
+def test_which_runs_use_the_cache(tmp_path: Path) -> None:
+    project = project_at(tmp_path)
+    data = tmp_path / "data"
+    data.mkdir()
+    config = read_config(project)
+    facts, said = ansible_facts.for_run(project, config, PARENT, HOST, data, applies=True)
+    assert facts is not None and said is None
+    # The idempotence pass, a VM over SSH (no parent image): as before, nothing said.
+    assert ansible_facts.for_run(project, config, PARENT, HOST, data, applies=False) == \
+        (None, None)
+    assert ansible_facts.for_run(project, config, None, HOST, data, applies=True) == (None, None)
+    # A host name that cannot name a folder: no cache, the build goes on.
+    assert ansible_facts.for_run(project, config, PARENT, "../up", data, applies=True) == \
+        (None, None)
+    off = read_config(project_at(tmp_path / "off", "[defaults]\ngathering = explicit\n"))
+    assert ansible_facts.for_run(project, off, PARENT, HOST, data, applies=True) == (
+        None, "facts: gathered (parent abababababab): ansible.cfg: gathering = explicit, "
+              "no cache")

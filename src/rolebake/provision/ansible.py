@@ -366,19 +366,14 @@ class AnsibleProvisioner(Provisioner):
     def _facts(self, ctx: ProvisionContext, data_dir: Path, env: dict[str, str], *,
                idempotence: bool) -> ansible_facts.FactsRun | None:
         """The parent image's fact cache for this run (ansible_facts.py); None when unused."""
-        config, run, parent = read_config(self.project), self._run, self._parent
-        off = ansible_facts.off_reason(config)
-        if idempotence or off or parent is None or run is None \
-                or not isinstance(ctx.target, ContainerTarget):
-            if off and not idempotence and parent is not None:
-                ctx.events(LogEvent(ctx.layer.id, f"facts: gathered (parent "
-                                    f"{ansible_facts.short_id(parent.id)}): {off}, no cache"))
-            return None
-        try:
-            facts = ansible_facts.prepare(self.project, config, parent.id, run.host, data_dir)
-        except ValueError:  # not an image id or a host name that can name a folder
-            return None
-        env.update(ansible_facts.environment(facts))
+        facts, said = ansible_facts.for_run(
+            self.project, read_config(self.project), self._parent.id if self._parent else None,
+            self._run.host if self._run else None, data_dir,
+            applies=not idempotence and isinstance(ctx.target, ContainerTarget))
+        if said:
+            ctx.events(LogEvent(ctx.layer.id, said))
+        if facts is not None:
+            env.update(ansible_facts.environment(facts))
         return facts
 
     # ----------------------------------------------------------------------------------

@@ -98,6 +98,30 @@ def off_reason(config: AnsibleConfig) -> str | None:
     return None
 
 
+def for_run(project: Project, config: AnsibleConfig, parent: str | None, host: str | None,
+            data_dir: Path, *, applies: bool) -> tuple[FactsRun | None, str | None]:
+    """The run's share of the parent's cache, or None; and a line to show when it is off.
+
+    Args:
+        project: the project, whose `.rolebake/facts` holds the caches.
+        config: the project's ansible.cfg (its `gathering`).
+        parent: the parent image id; None for a target that is not a container of one.
+        host: the inventory host name of the run's target.
+        data_dir: the run's private folder.
+        applies: a first pass on a build container (the idempotence pass and a VM
+            over SSH gather as before).
+    """
+    if not applies or parent is None or host is None:
+        return None, None
+    off = off_reason(config)
+    if off is not None:
+        return None, f"facts: gathered (parent {short_id(parent)}): {off}, no cache"
+    try:
+        return prepare(project, config, parent, host, data_dir), None
+    except ValueError:  # not an image id, or a host name that cannot name a folder
+        return None, None
+
+
 def prepare(project: Project, config: AnsibleConfig, parent: str, host: str,
             data_dir: Path) -> FactsRun:
     """The run's scratch cache, seeded with the parent's facts of `host` when there are some.
