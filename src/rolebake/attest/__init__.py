@@ -28,7 +28,6 @@ from rolebake.attest.provenance import (
     statement,
     with_repo_digests,
 )
-from rolebake.attest.sbom import deb_purl, sbom_document
 from rolebake.attest.store import Store
 from rolebake.engine import BUILD_ID_LABEL, Engine, ImageInfo
 from rolebake.errors import InputError
@@ -42,6 +41,20 @@ from rolebake.yamlfile import Vaulted, load_yaml, plain
 __all__ = ["Attestor", "BuildRecord", "DebPackage", "LayerPart", "Published", "Store",
            "build_record", "deb_purl", "envelope", "parse_dpkg_status", "recorded",
            "sbom_document", "spec_content", "statement"]
+
+# cyclonedx takes a tenth of a second to import, and a build whose layers are all
+# cached (or whose SBOMs are stored) never makes an SBOM: `sbom` is imported when
+# one is made (docs/architecture.md, "The no-op path imports only what it runs").
+_LAZY = {"deb_purl", "sbom_document"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        from rolebake.attest import sbom
+
+        return getattr(sbom, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 SBOM_MEDIA_TYPE = "application/vnd.cyclonedx+json"
 DSSE_MEDIA_TYPE = "application/vnd.dsse.envelope.v1+json"
@@ -99,6 +112,8 @@ class Attestor:
         if found is not None:
             return found
         chain = self.chain(image, base_ref=base_ref)
+        from rolebake.attest.sbom import sbom_document  # cyclonedx: see __getattr__
+
         document = sbom_document(chain, chain[0].layer or (image.tags or (image.id,))[0])
         self.store.save_sbom(image.id, document)
         return self.store.sbom(image.id) or document

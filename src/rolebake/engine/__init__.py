@@ -28,6 +28,8 @@ own `APIClient` is):
 
 from __future__ import annotations
 
+# First: the docker SDK without its ssh transport (sdk.py).
+from rolebake.engine import sdk  # noqa: F401
 from rolebake.engine.api import Engine
 from rolebake.engine.commands import Commands, ExecStream
 from rolebake.engine.connection import Connection, EngineAddress, engine_address

@@ -26,6 +26,7 @@ import docker
 import docker.errors
 import requests.exceptions
 
+from rolebake.engine.sdk import ssh_transport
 from rolebake.errors import EngineUnavailable
 
 DEFAULT_HOST = "unix:///var/run/docker.sock"
@@ -108,6 +109,7 @@ class Connection:
         """Wrap a docker SDK client (a fake one in unit tests)."""
         self.client = client
         self._went_away = threading.Event()
+        self._identity: str | None = None
         self.address = EngineAddress(DEFAULT_HOST, "unix")
 
     @functools.cached_property
@@ -132,8 +134,9 @@ class Connection:
         try:
             # ssh:// goes through the ssh client, as the docker CLI does: the user's
             # ssh config, keys and agent apply.
+            # No ping after: the SDK asks the engine its API version as it connects
+            # (GET /version), an answer as good as a ping's, one round trip fewer.
             client = docker.from_env(timeout=timeout, use_ssh_client=over_ssh)
-            client.ping()
         except (docker.errors.DockerException, requests.exceptions.RequestException,
                 ValueError, OSError) as exc:  # the SDK's own URL parsing raises ValueError
             raise EngineUnavailable(
@@ -157,10 +160,17 @@ class Connection:
         name and data root go in too. DOCKER_HOST does not: two ways to reach one
         engine (a socket, tcp://localhost) must share its locks.
         """
+        if self._identity is not None:
+            return self._identity
         info = self.client.info()
         parts = (str(info.get("ID", "")), str(info.get("Name", "")),
                  str(info.get("DockerRootDir", "")))
-        return hashlib.sha256("\0".join(parts).encode("utf-8")).hexdigest()[:32]
+        # Kept for the process: GET /info is the engine's slowest lookup (tens of ms,
+        # it counts every container and image) and the locks and the tag journal
+        # ask for it per layer; none of its parts changes while the engine runs, and
+        # an engine that restarted is noticed by `watch`, not by this.
+        self._identity = hashlib.sha256("\0".join(parts).encode("utf-8")).hexdigest()[:32]
+        return self._identity
 
     # The engine going away -------------------------------------------------------------
 
@@ -228,6 +238,7 @@ def _tolerate_ssh_exit() -> None:
     """
     from docker.transport import sshconn
 
+    ssh_transport()
     original = sshconn.SSHSocket.close
     if getattr(original, "rolebake_tolerant", False):
         return

@@ -9,10 +9,14 @@ Nothing here decides where text goes: the CLI does.
 
 from __future__ import annotations
 
-from rolebake.report.html import parity_html
+from typing import TYPE_CHECKING, Any
+
 from rolebake.report.progress import LiveProgress, PlainProgress, progress_for
 from rolebake.report.tables import build_summary, parity_table, plan_table, tests_side_by_side
 from rolebake.report.text import Redact
+
+if TYPE_CHECKING:
+    from rolebake.report.html import parity_html
 
 __all__ = [
     "LiveProgress",
@@ -25,3 +29,12 @@ __all__ = [
     "progress_for",
     "tests_side_by_side",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # jinja2 is for `parity --html` only: a build does not import it.
+    if name == "parity_html":
+        from rolebake.report.html import parity_html
+
+        return parity_html
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
