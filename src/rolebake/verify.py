@@ -9,6 +9,7 @@ process each. The container is removed afterwards, whatever happens.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import socket
@@ -168,20 +169,27 @@ def run_suite(
     # gets one exec per command (verify_session.py).
     mounts = [found] if image is not None and (found := pytoolchain.lent_mount(
         engine, release_of(engine, image, cache_dir() / "releases"), labels)) else []
-    if ready is not None or image is None or not _exits_at_once(image.config):
-        with engine.container(image_id, name=f"rolebake-verify-{name}-{run_id}", labels=labels,
-                              keep_alive=False, mounts=mounts) as container:
-            if wait_ready(engine, container, ready):
-                return _pytest(tests, session_url(container.id), project_root, SESSION_ARGS)
-    # The image's command finished on its own (a shell, a one-shot tool): such an
-    # image has nothing to wait for, so its files are tested in an idle container.
-    with engine.container(image_id, name=f"rolebake-verify-{name}-{run_id}-idle",
-                          labels=labels, keep_alive=True, mounts=mounts) as container:
-        return _pytest(tests, session_url(container.id), project_root, SESSION_ARGS)
+    # pytest starts now, with a pending host: its imports and the suite's collection
+    # overlap the container's creation and start (verify_session.py, PENDING).
+    with _Suite(tests, session_url(PENDING), project_root, SESSION_ARGS) as suite:
+        if ready is not None or image is None or not _exits_at_once(image.config):
+            with engine.container(image_id, name=f"rolebake-verify-{name}-{run_id}",
+                                  labels=labels, keep_alive=False, mounts=mounts) as container:
+                if wait_ready(engine, container, ready):
+                    return suite.results(container.id)
+        # The image's command finished on its own (a shell, a one-shot tool): such an
+        # image has nothing to wait for, so its files are tested in an idle container.
+        with engine.container(image_id, name=f"rolebake-verify-{name}-{run_id}-idle",
+                              labels=labels, keep_alive=True, mounts=mounts) as container:
+            return suite.results(container.id)
 
 
 SESSION_SCHEME = "rolebake"
 SESSION_ARGS = ("-p", "rolebake.verify_session")
+# verify_session's PENDING and HOST_FD_ENV (a test holds them equal): importing that
+# module here would import testinfra into every build.
+PENDING = "pending"
+HOST_FD_ENV = "ROLEBAKE_VERIFY_HOST_FD"
 
 
 def session_url(container_id: str) -> str:
@@ -213,6 +221,10 @@ def suite_for_host(tests: Path, host_url: str, project_root: Path,
 FIRST_LOOK_S = 1.0
 LOOK_EVERY_S = 2.0
 LOOPBACK_CONFIRM_S = 2.0
+# Between looks at a starting container: short at first (a service up in a few tens
+# of ms was waited for a quarter second, on every verified layer), then every 0.25 s.
+POLL_FIRST_S = 0.02
+POLL_MAX_S = 0.25
 
 
 def wait_ready(engine: Engine, container: ContainerHandle, ready: ReadyCheck | None) -> bool:
@@ -228,6 +240,7 @@ def wait_ready(engine: Engine, container: ContainerHandle, ready: ReadyCheck | N
     settle_until = time.monotonic() + 1.0
     next_look = time.monotonic() + FIRST_LOOK_S
     loopback_since: float | None = None
+    pause = POLL_FIRST_S
     while True:
         state = engine.container_state(container)
         if not state.get("Running"):
@@ -268,7 +281,8 @@ def wait_ready(engine: Engine, container: ContainerHandle, ready: ReadyCheck | N
             if ready is not None and ready.port is not None:
                 message, hint = _port_never_opened(engine, container, ready.port, message)
             raise TestsFailed(message, details=engine.logs(container), hint=hint)
-        time.sleep(0.25)
+        time.sleep(pause)
+        pause = min(pause * 2, POLL_MAX_S)
 
 
 def _port_never_opened(engine: Engine, container: ContainerHandle, port: int,
@@ -344,10 +358,26 @@ def _port_open(address: str | None, port: int) -> bool:
 
 def _pytest(tests: Path, host_url: str, project_root: Path,
             extra_args: tuple[str, ...] = (), *, side: str = "container") -> list[TestCase]:
-    with tempfile.TemporaryDirectory(prefix="rolebake-verify-") as tmp:
-        junit = Path(tmp) / "junit.xml"
+    with _Suite(tests, host_url, project_root, extra_args, side=side) as suite:
+        return suite.results()
+
+
+class _Suite:
+    """One pytest run of a suite, started at once; with a pending host, told it later.
+
+    With the host `rolebake://pending`, the process imports pytest and testinfra and
+    collects the suite while the caller makes the container, and waits for its id
+    (`results(container_id)`, through a pipe: verify_session.pending_container).
+    Leaving the block without results stops the process.
+    """
+
+    def __init__(self, tests: Path, host_url: str, project_root: Path,
+                 extra_args: tuple[str, ...] = (), *, side: str = "container") -> None:
+        self.tests, self.host_url = tests, host_url
+        self._tmp = tempfile.TemporaryDirectory(prefix="rolebake-verify-")
+        self.junit = Path(self._tmp.name) / "junit.xml"
         argv = [sys.executable, "-m", "pytest", str(tests), f"--hosts={host_url}",
-                f"--junitxml={junit}", "-p", "no:cacheprovider", "-q", "--tb=short",
+                f"--junitxml={self.junit}", "-p", "no:cacheprovider", "-q", "--tb=short",
                 # The project's conftest.py files (tests/images/conftest.py) apply;
                 # its own pytest addopts do not.
                 "-o", "addopts=", "--rootdir", str(project_root),
@@ -356,19 +386,56 @@ def _pytest(tests: Path, host_url: str, project_root: Path,
                 "-p", suite_sides.__name__, f"--rolebake-side={side}", *extra_args]
         env = dict(os.environ)
         env.pop("PYTEST_ADDOPTS", None)
-        proc = subprocess.run(argv, cwd=project_root, capture_output=True, text=True,
-                              env=env, check=False)
-        if not junit.exists():
-            return [TestCase(suite=str(tests), name="pytest", outcome="error",
-                             message=(proc.stdout + proc.stderr)[-2000:])]
+        read_end, self._host_pipe = os.pipe()
+        env[HOST_FD_ENV] = str(read_end)
+        try:
+            self.proc = subprocess.Popen(argv, cwd=project_root, stdin=subprocess.DEVNULL,
+                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                         text=True, env=env, pass_fds=(read_end,))
+        except BaseException:
+            os.close(self._host_pipe)
+            self._tmp.cleanup()
+            raise
+        finally:
+            os.close(read_end)
+
+    def __enter__(self) -> _Suite:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._tell("")
+        if self.proc.poll() is None:  # left early: the container never became ready
+            self.proc.kill()
+            self.proc.communicate()
+        self._tmp.cleanup()
+
+    def _tell(self, container_id: str) -> None:
+        if self._host_pipe < 0:
+            return
+        # The suite may have ended without asking (no test needs the host).
+        with contextlib.suppress(OSError):
+            if container_id:
+                os.write(self._host_pipe, f"{container_id}\n".encode("ascii"))
+        os.close(self._host_pipe)
+        self._host_pipe = -1
+
+    def results(self, container_id: str = "") -> list[TestCase]:
+        """Give the pending host its container (if it is pending), wait, read the results."""
+        self._tell(container_id)
+        stdout, stderr = self.proc.communicate()
+        if not self.junit.exists():
+            return [TestCase(suite=str(self.tests), name="pytest", outcome="error",
+                             message=(stdout + stderr)[-2000:])]
         # testinfra names a test after the backend (docker), not the scheme it was given.
-        cases = parse_junit(junit, host_url.replace(f"{SESSION_SCHEME}://", "docker://"))
-    if proc.returncode == 5 or not cases:
-        # Nothing ran: nothing collected (5), or pytest refused the suite (a usage error).
-        message = (f"no tests collected in {tests}" if proc.returncode in (0, 5)
-                   else (proc.stdout + proc.stderr).strip()[-2000:])
-        return [TestCase(suite=str(tests), name="pytest", outcome="error", message=message)]
-    return cases
+        cases = parse_junit(self.junit,
+                            self.host_url.replace(f"{SESSION_SCHEME}://", "docker://"))
+        if self.proc.returncode == 5 or not cases:
+            # Nothing ran: nothing collected (5), or pytest refused the suite (a usage error).
+            message = (f"no tests collected in {self.tests}" if self.proc.returncode in (0, 5)
+                       else (stdout + stderr).strip()[-2000:])
+            return [TestCase(suite=str(self.tests), name="pytest", outcome="error",
+                             message=message)]
+        return cases
 
 
 def parse_junit(path: Path, host_url: str | None = None) -> list[TestCase]:

@@ -13,6 +13,7 @@ and exactly, binary output included.
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 from typing import TYPE_CHECKING, Any
 
@@ -29,11 +30,42 @@ SCHEME = "rolebake"
 _FIND_PYTHON = ('for p in /mnt/rolebake-python/bin/python3 "$(command -v python3)"; do '
                 '[ -x "$p" ] && { echo "$p"; exit 0; }; done; exit 1')
 
+# Verification starts pytest while the container is still being made (verify.py): its
+# imports and collection overlap the engine's work. It is then given the host
+# `rolebake://pending`, and the container's id comes later, on the pipe whose
+# descriptor this variable names, once the container is ready; an empty read (the
+# pipe closed) means there will be none.
+PENDING = "pending"
+HOST_FD_ENV = "ROLEBAKE_VERIFY_HOST_FD"
+_pending: dict[str, str] = {}
+_pending_lock = threading.Lock()
+
+
+def pending_container() -> str:
+    """The container id verify.py sends once the container is ready (waits for it).
+
+    Raises:
+        RuntimeError: the pipe closed without an id (verification called off).
+    """
+    with _pending_lock:
+        if "id" not in _pending:
+            fd, data = int(os.environ[HOST_FD_ENV]), b""
+            while not data.endswith(b"\n"):
+                chunk = os.read(fd, 256)
+                if not chunk:
+                    break
+                data += chunk
+            _pending["id"] = data.decode("ascii", "replace").strip()
+        if not _pending["id"]:
+            raise RuntimeError("no container to verify: its start was called off")
+        return _pending["id"]
+
 
 class SessionBackend(DockerBackend):
     """testinfra's docker backend, with its commands run through the container's session."""
 
     NAME = "docker"  # suites that ask which backend they run on see no difference
+    name: str  # the container (DockerBackend's)
 
     def __init__(self, name: str, *args: Any, **kwargs: Any) -> None:
         """Bind to the container `name` (an id), as the docker backend does."""
@@ -47,6 +79,7 @@ class SessionBackend(DockerBackend):
     def run(self, command: str, *args: str, **kwargs: Any) -> base.CommandResult:
         """Run one command in the container; as the docker backend for users other than root."""
         if self.user not in (None, "root"):
+            self._resolve()
             return super().run(command, *args, **kwargs)
         cmd = self.get_command(command, *args)
         done = self._run(["/bin/sh", "-c", cmd])
@@ -74,7 +107,9 @@ class SessionBackend(DockerBackend):
             from rolebake.engine import ContainerHandle, DockerEngine, SessionError
 
             self._opened = True
+            # Connected first: with a pending host, that happens while the container starts.
             self._engine = engine = DockerEngine.connect(timeout=60)
+            self._resolve()
             container = ContainerHandle(self.name, self.name)
             found = engine.exec_demuxed(container, ["/bin/sh", "-c", _FIND_PYTHON])
             python = found.stdout.decode("utf-8", "replace").strip()
@@ -82,6 +117,11 @@ class SessionBackend(DockerBackend):
                 with contextlib.suppress(SessionError):
                     self._session = self._stack.enter_context(engine.session(container, python))
             return self._session
+
+    def _resolve(self) -> None:
+        """The pending host becomes the container verify.py sends (see `pending_container`)."""
+        if self.name == PENDING and os.environ.get(HOST_FD_ENV):
+            self.name = pending_container()
 
     def _close(self) -> None:
         self._session = None

@@ -34,7 +34,7 @@ def ssh_transport() -> None:
 
     for module in (docker.transport, docker.api.client):
         if not hasattr(module, "SSHHTTPAdapter"):
-            module.SSHHTTPAdapter = sshconn.SSHHTTPAdapter  # type: ignore[attr-defined]
+            module.SSHHTTPAdapter = sshconn.SSHHTTPAdapter
 
 
 _import_without_ssh()
