@@ -201,6 +201,8 @@ class TagJournal:
         try:
             for ref in refs:
                 move = TagMove(layer, ref, _image_id(self.engine, ref), image_id)
+                if move.before == image_id:
+                    continue  # there already (a no-op rebuild): nothing to move or put back
                 # Written ahead: a kill between the two leaves a move the disk knows of.
                 self._write({"op": "move", **vars(move), "lock": str(lock.path or ""),
                              "record": record})

@@ -176,12 +176,14 @@ def run_suite(
             with engine.container(image_id, name=f"rolebake-verify-{name}-{run_id}",
                                   labels=labels, keep_alive=False, mounts=mounts) as container:
                 if wait_ready(engine, container, ready):
-                    return suite.results(container.id)
+                    return _pytest(tests, session_url(container.id), project_root,
+                                   SESSION_ARGS, started=suite)
         # The image's command finished on its own (a shell, a one-shot tool): such an
         # image has nothing to wait for, so its files are tested in an idle container.
         with engine.container(image_id, name=f"rolebake-verify-{name}-{run_id}-idle",
                               labels=labels, keep_alive=True, mounts=mounts) as container:
-            return suite.results(container.id)
+            return _pytest(tests, session_url(container.id), project_root, SESSION_ARGS,
+                           started=suite)
 
 
 SESSION_SCHEME = "rolebake"
@@ -357,7 +359,11 @@ def _port_open(address: str | None, port: int) -> bool:
 
 
 def _pytest(tests: Path, host_url: str, project_root: Path,
-            extra_args: tuple[str, ...] = (), *, side: str = "container") -> list[TestCase]:
+            extra_args: tuple[str, ...] = (), *, side: str = "container",
+            started: _Suite | None = None) -> list[TestCase]:
+    """The suite's results on `host_url`; `started`: the run begun with a pending host."""
+    if started is not None:
+        return started.results(host_url.removeprefix(f"{SESSION_SCHEME}://"))
     with _Suite(tests, host_url, project_root, extra_args, side=side) as suite:
         return suite.results()
 

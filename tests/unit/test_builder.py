@@ -242,6 +242,24 @@ def test_clean_build_runs_the_pipeline_in_order_and_tags_last(
     assert engine.tagged("rolebake/web:latest") == web.image_id
 
 
+def test_a_hit_moves_only_the_tags_that_are_elsewhere(engine: FakeEngine,
+                                                      project: Project) -> None:
+    first, _, _ = run_build(engine, project, ["web"])
+    web = first.results["web"].image_id
+    # Every tag in place: a no-op rebuild moves none (no engine call, no journal entry).
+    calls_before = len(engine.calls)
+    run_build(engine, project, ["web"])
+    assert "tag" not in [c.method for c in engine.calls[calls_before:]]
+    # A tag pointed elsewhere since is put back on the layer's image, the others stay.
+    engine.tag(first.results["base"].image_id, "rolebake/web:1.0")
+    calls_before = len(engine.calls)
+    again, _, _ = run_build(engine, project, ["web"])
+    assert again.results["web"].cached
+    assert [c.args for c in engine.calls[calls_before:] if c.method == "tag"] == [
+        (web, "rolebake/web:1.0")]
+    assert engine.tagged("rolebake/web:1.0") == engine.tagged("rolebake/web:latest") == web
+
+
 def test_a_changed_input_misses_and_says_which(engine: FakeEngine, project: Project) -> None:
     first, _, _ = run_build(engine, project, ["web"])
     (project.roles_dir / "web" / "tasks" / "main.yml").write_text("- name: changed\n")
