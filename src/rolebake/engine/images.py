@@ -107,12 +107,41 @@ class Images(Connection):
                 result = self.client.api.commit(container.id, changes=commit_changes(config),
                                                 pause=True)
             else:
-                result = self.client.api.commit(container.id, conf=dict(config), pause=True)
+                result = self.client.api.commit(container.id, conf=dict(config),
+                                                pause=not self._idle(container))
         except docker.errors.APIError as exc:
             raise engine_failure("commit failed", exc) from None
         image_id = str(result["Id"])
         # Podman answers with the bare hex digits; everywhere else an id is `sha256:<hex>`.
         return image_id if ":" in image_id else f"sha256:{image_id}"
+
+    def _idle(self, container: ContainerHandle) -> bool:
+        """Whether only the engine's init and the keep-alive `sleep infinity` run in it.
+
+        Then nothing can write during the commit, and it need not freeze the
+        container (pausing and resuming a cgroup: a tenth of a second of a commit
+        measured at 0.2-0.3 s); anything else running (the build was not
+        cleaned) keeps the pause. One `top` call decides.
+        """
+        try:
+            top = self.client.api.top(container.id)
+            column = list(top.get("Titles") or []).index("CMD")
+            commands = [str(row[column]) for row in top.get("Processes") or []]
+        except (docker.errors.APIError, ValueError, IndexError, TypeError):
+            return False
+        return bool(commands) and all(_keep_alive(command) for command in commands)
+
+
+def _keep_alive(command: str) -> bool:
+    # `sleep infinity`, under the engine's init (docker-init, tini or catatonit) or not.
+    init, sep, rest = command.partition(" -- ")
+    if sep:
+        return Path(init.split()[0]).name in _INITS and rest == KEEP_ALIVE
+    return command == KEEP_ALIVE
+
+
+KEEP_ALIVE = "sleep infinity"  # the build container's entrypoint (containers.py)
+_INITS = {"docker-init", "tini", "catatonit"}
 
 
 def commit_changes(config: Mapping[str, Any]) -> list[str]:

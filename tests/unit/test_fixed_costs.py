@@ -1,4 +1,4 @@
-"""What a build's start imports: the heavy libraries only where they are used.
+"""Fixed costs cut: what a build's start imports, what it asks the engine, how it commits.
 
 Each check runs a fresh interpreter (this one has imported everything already).
 The speed is bench/'s to measure; this keeps the imports from creeping back.
@@ -78,3 +78,33 @@ def test_the_engine_identity_is_asked_once_per_connection() -> None:
     first = connection.identity()
     assert connection.identity() == first and len(first) == 32
     assert client.calls == 1
+
+
+class TopClient:
+    """What `_idle` asks: the engine's `top` of a container."""
+
+    def __init__(self, commands: list[str]) -> None:
+        self.api = self
+        self.commands = commands
+
+    def top(self, _container: str) -> dict[str, object]:
+        return {"Titles": ["UID", "PID", "CMD"],
+                "Processes": [["root", str(n), c] for n, c in enumerate(self.commands)]}
+
+
+@pytest.mark.parametrize(("commands", "idle"), [
+    (["/sbin/docker-init -- sleep infinity", "sleep infinity"], True),
+    (["/usr/libexec/podman/catatonit -- sleep infinity", "sleep infinity"], True),
+    (["sleep infinity"], True),
+    # anything else may write while the layer is read: the commit pauses the container
+    (["/sbin/docker-init -- sleep infinity", "sleep infinity", "nginx: master process"], False),
+    (["/sbin/docker-init -- sh -c sleep infinity"], False),
+    (["/bin/evil -- sleep infinity"], False),
+    ([], False),
+])
+def test_a_commit_pauses_the_container_unless_only_the_keep_alive_runs(
+        commands: list[str], idle: bool) -> None:
+    from rolebake.engine import ContainerHandle, DockerEngine
+
+    engine = DockerEngine(TopClient(commands))
+    assert engine._idle(ContainerHandle("c", "c")) is idle
