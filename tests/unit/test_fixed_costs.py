@@ -1,6 +1,6 @@
 """Fixed costs cut: what a build's start imports, what it asks the engine, how it commits.
 
-Each check runs a fresh interpreter (this one has imported everything already).
+The import checks run a fresh interpreter (this one has imported everything already).
 The speed is bench/'s to measure; this keeps the imports from creeping back.
 """
 
