@@ -174,14 +174,16 @@ def run_suite(
     with _Suite(tests, session_url(PENDING), project_root, SESSION_ARGS) as suite:
         if ready is not None or image is None or not _exits_at_once(image.config):
             with engine.container(image_id, name=f"rolebake-verify-{name}-{run_id}",
-                                  labels=labels, keep_alive=False, mounts=mounts) as container:
+                                  labels=labels, keep_alive=False, mounts=mounts,
+                                  remove_in_background=True) as container:
                 if wait_ready(engine, container, ready):
                     return _pytest(tests, session_url(container.id), project_root,
                                    SESSION_ARGS, started=suite)
         # The image's command finished on its own (a shell, a one-shot tool): such an
         # image has nothing to wait for, so its files are tested in an idle container.
         with engine.container(image_id, name=f"rolebake-verify-{name}-{run_id}-idle",
-                              labels=labels, keep_alive=True, mounts=mounts) as container:
+                              labels=labels, keep_alive=True, mounts=mounts,
+                              remove_in_background=True) as container:
             return _pytest(tests, session_url(container.id), project_root, SESSION_ARGS,
                            started=suite)
 

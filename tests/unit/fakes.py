@@ -287,8 +287,9 @@ class FakeEngine:
         environment: Mapping[str, str] | None = None,
         init: bool = True,
         hostname: str | None = None,
+        remove_in_background: bool = False,
     ) -> Iterator[ContainerHandle]:
-        """Create and start a container for a `with` block; always remove it."""
+        """Create and start a container for a `with` block; always remove it (at once)."""
         self._enter("container", image_id, name, dict(labels))
         with self._lock:
             image = self._resolve(image_id)
@@ -303,7 +304,8 @@ class FakeEngine:
                                      "keep_alive": keep_alive, "mounts": list(mounts),
                                      "tmpfs": dict(tmpfs or {}),
                                      "volumes_from": list(volumes_from),
-                                     "hostname": hostname})
+                                     "hostname": hostname,
+                                     "remove_in_background": remove_in_background})
             self.containers_by_id[made.id] = made
         try:
             yield ContainerHandle(id=made.id, name=name)
@@ -314,6 +316,11 @@ class FakeEngine:
                 self.remove_container(made.id)
             raise
         self.remove_container(made.id)
+
+    def settle(self) -> list[str]:
+        """Nothing to wait for: the fake removes every container at the end of its block."""
+        self._enter("settle")
+        return []
 
     def remove_container(self, ref: str) -> None:
         """Force-remove a container by id or name; one already gone is fine."""

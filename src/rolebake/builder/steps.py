@@ -125,7 +125,8 @@ class Steps:
             run.parent.id, name=f"rolebake-build-{layer.file_stem}-{self.build_id}",
             labels={ROLE_LABEL: "build", BUILD_ID_LABEL: self.build_id, LAYER_LABEL: layer.id},
             mounts=mounts, volumes_from=options.volumes_from,
-            tmpfs=secrets.tmpfs() if secrets else None, hostname=options.hostname))
+            tmpfs=secrets.tmpfs() if secrets else None, hostname=options.hostname,
+            remove_in_background=True))
         run.ctx = ProvisionContext(project=self.project, layer=layer,
                                    target=ContainerTarget(self.engine, container),
                                    events=self.events, cancel=self.cancel, log_path=log_path,

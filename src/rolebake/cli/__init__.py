@@ -121,6 +121,8 @@ def build(ctx: click.Context, images: tuple[str, ...], no_cache: bool, jobs: int
         # that no tag moved, or names those that stayed.
         builder.roll_back(exc)
         raise
+    for line in engine.settle():  # the containers removed in the background (engine/)
+        err(f"warning: {line}")
     if report.error is not None:
         raise report.error
 

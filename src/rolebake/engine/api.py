@@ -53,8 +53,13 @@ class Engine(Protocol):
         environment: Mapping[str, str] | None = None,
         init: bool = True,
         hostname: str | None = None,
+        remove_in_background: bool = False,
     ) -> contextlib.AbstractContextManager[ContainerHandle]:
         """Run a container for the length of a `with` block and always remove it."""
+        ...
+
+    def settle(self) -> list[str]:
+        """Wait for container removals left to the background; the failures, said."""
         ...
 
     def container_ip(self, container: ContainerHandle) -> str | None:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import re
+import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
@@ -39,6 +41,7 @@ class Containers(Connection):
         environment: Mapping[str, str] | None = None,
         init: bool = True,
         hostname: str | None = None,
+        remove_in_background: bool = False,
     ) -> Iterator[ContainerHandle]:
         """Run a container for the length of a `with` block and always remove it.
 
@@ -49,6 +52,11 @@ class Containers(Connection):
         server, instead of a zombie its restart waits for.
         `hostname` (default: the engine's, the container's short id) is what
         the container's processes see as their host's name.
+        With `remove_in_background`, a block that ends without an error leaves
+        the removal to a thread (see `settle`): the engine deletes the
+        container's whole writable layer, seconds for a layer that installed
+        packages, and nothing after the block needs it gone. A block that
+        ends in an error removes it before the error goes on, as always.
         """
         kwargs: dict[str, Any] = {
             "name": name,
@@ -95,7 +103,21 @@ class Containers(Connection):
             self._remove_after_error(handle.id if handle else name)
             raise
         else:
-            self.remove_container(handle.id)
+            if remove_in_background:
+                self._removals.start(self, handle.id)
+            else:
+                self.remove_container(handle.id)
+
+    @functools.cached_property
+    def _removals(self) -> _Removals:
+        return _Removals()
+
+    def settle(self) -> list[str]:
+        """Wait for the removals left to the background; what could not be removed, said.
+
+        The threads are not daemons either: the process does not end before they do.
+        """
+        return self._removals.wait()
 
     def _remove_after_error(self, ref: str) -> None:
         # Created may have failed half-way; the container is found by name then. A
@@ -192,3 +214,34 @@ class Containers(Connection):
             raw = self.client.api.logs(container.id, tail=tail)
             return bytes(raw).decode("utf-8", "replace")
         return ""
+
+
+class _Removals:
+    """Container removals running on threads of their own, and what failed among them."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+        self._failed: list[str] = []
+
+    def start(self, containers: Containers, ref: str) -> None:
+        def remove() -> None:
+            try:
+                containers.remove_container(ref)
+            except (BuildFailed, EngineUnavailable) as exc:
+                with self._lock:
+                    self._failed.append(f"{exc.message} (`rolebake clean` removes it)")
+
+        thread = threading.Thread(target=remove, name=f"rolebake-remove-{ref[:12]}")
+        with self._lock:
+            self._threads.append(thread)
+        thread.start()
+
+    def wait(self) -> list[str]:
+        with self._lock:
+            threads, self._threads = self._threads, []
+        for thread in threads:
+            thread.join()
+        with self._lock:
+            failed, self._failed = self._failed, []
+        return failed
