@@ -49,6 +49,7 @@ class LayerResult:
     log_path: str | None = None
     steps: dict[str, str] = field(default_factory=dict)
     step_seconds: dict[str, float] = field(default_factory=dict)
+    step_started: dict[str, float] = field(default_factory=dict)  # from the build's start
     verify: VerifyResult | None = None
     provision: ProvisionResult | None = None
     error: RolebakeError | None = None
@@ -71,6 +72,7 @@ class LayerResult:
             "log": self.log_path,
             "steps": dict(self.steps),
             "step_seconds": {k: round(v, 2) for k, v in self.step_seconds.items()},
+            "step_started": {k: round(v, 2) for k, v in self.step_started.items()},
             "tests": self.verify.to_dict() if self.verify else None,
             "tasks": self.provision.counts() if self.provision else None,
             "error": ({"message": self.error.message, "exit_code": self.error.exit_code,

@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from rolebake.builder.records import LayerResult
+from rolebake.builder.stages import Stage
 from rolebake.builder.steps import LayerRun, Steps
 from rolebake.cache import provisioner_and_inputs
-from rolebake.engine import ContainerHandle, ImageInfo, as_error, disk_full_hint
+from rolebake.engine import BUILD_ID_LABEL, ContainerHandle, ImageInfo, as_error, disk_full_hint
 from rolebake.errors import BuildFailed, EngineUnavailable, InputError, Interrupted, RolebakeError
 from rolebake.events import (
     CONTAINER_STEPS,
@@ -28,7 +29,7 @@ from rolebake.events import (
     StepEvent,
     StepStatus,
 )
-from rolebake.image import keep_failed
+from rolebake.image import LAYER_LABEL, keep_failed
 from rolebake.locks import exclusive, host_lock
 from rolebake.plan import Layer
 from rolebake.release import release_of
@@ -45,18 +46,24 @@ class Runner(Steps):
     _locks: dict[str, Path]  # layer id -> its host-wide lock file
     _engine_identity: str | None
     _steps: dict[Step, Callable[[LayerRun], Any]]
+    _clock: float  # when the build started (monotonic): steps' start times are from here
 
     def _build_layer(self, layer: Layer, parent: ImageInfo | None,
                      result: LayerResult) -> ImageInfo:
+        """Build `layer` on `parent` (None: its base image); its parent may still be verifying."""
         started = time.monotonic()
+        stage = self._stage(layer.id)
         try:
+            if layer.parent_is_layer:
+                self._stage(layer.parent).adopt(stage)  # raises once the parent failed
             parent = parent or self._base_image(layer)
             provisioner, inputs = provisioner_and_inputs(self.engine, self.project, layer, parent)
             result.cache_key = inputs.key
             lock = self._locks[layer.id] = self._lock_for(layer)
             with exclusive(lock, on_busy=lambda: self.events(LogEvent(
                                layer.id, "another build of this layer is running; waiting")),
-                           check=self._check_cancel) as held, contextlib.ExitStack() as stack:
+                           check=lambda: self._check_cancel(layer.id)) as held, \
+                    contextlib.ExitStack() as stack:
                 run = LayerRun(layer=layer, result=result, parent=parent,
                                provisioner=provisioner, inputs=inputs, stack=stack, lock=held,
                                release=release_of(self.engine, parent, cache_dir() / "releases"))
@@ -65,13 +72,40 @@ class Runner(Steps):
             assert run.image_id is not None
             found = self.engine.image(run.image_id)
             assert found is not None
+            stage.finish(found)
             return found
-        except Exception as exc:  # whatever it was fails this layer only, as a RolebakeError
-            if isinstance(exc, RolebakeError):
+        except BaseException as exc:
+            self._fail_stage(layer.id, exc)  # a no-op once the pipeline did it
+            if isinstance(exc, RolebakeError) or not isinstance(exc, Exception):
                 raise
+            # Whatever it was fails this layer only, as a RolebakeError.
             raise as_error(exc) from exc
         finally:
+            stage.ended.set()
             result.seconds = time.monotonic() - started
+
+    def _stage(self, layer: str) -> Stage:
+        return self._stages.setdefault(layer, Stage(layer, self.cancel))
+
+    def _fail_stage(self, layer: str, exc: BaseException) -> None:
+        """Stop the children already building on `layer`'s image, and wait until they are gone.
+
+        Only then may the layer remove its own image: the engine refuses to remove
+        an image a container or another image stands on.
+        """
+        for child in self._stage(layer).fail(exc):
+            if child.ended.is_set():
+                continue
+            if not child.cancel.own():
+                child.cancel.set()
+                self.events(LogEvent(child.layer, f"cancelled: parent {layer} failed"))
+            # A long exec (a task) returns only when its container dies.
+            with contextlib.suppress(Exception):  # no engine: the child finds out itself
+                for container in self.engine.containers({BUILD_ID_LABEL: self.build_id,
+                                                         LAYER_LABEL: child.layer}):
+                    self.engine.kill(container.id)
+        for child in self._stage(layer).children():
+            child.ended.wait()
 
     def _base_image(self, layer: Layer) -> ImageInfo:
         found = self.engine.image(layer.parent)
@@ -103,6 +137,12 @@ class Runner(Steps):
 
     def _run_pipeline(self, run: LayerRun) -> None:
         for step in PIPELINE:
+            try:
+                self._pass_gate(run, step)
+            except BaseException as exc:
+                self._fail_stage(run.layer.id, exc)
+                self._on_failure(run, step, exc)
+                raise
             if run.cached and step not in HIT_STEPS:
                 continue  # a hit is reused as it is: only its tags move, then it is pushed
             if not self._applies(run, step):
@@ -114,8 +154,33 @@ class Runner(Steps):
             try:
                 self._step(run, step)
             except BaseException as exc:
+                self._fail_stage(run.layer.id, exc)
                 self._on_failure(run, step, exc)
                 raise
+
+    def _pass_gate(self, run: LayerRun, step: Step) -> None:
+        """Pipelined layers: tell the children how far this layer got; wait for the parent.
+
+        Before verify, the image is committed and scanned: children may start on it,
+        and this layer waits until its parent passed verification. Before attest,
+        this layer passed its own. Before tag, it waits until its parent finished.
+        """
+        stage = self._stage(run.layer.id)
+        if step == Step.VERIFY:
+            assert run.image_id is not None
+            image = self.engine.image(run.image_id)
+            assert image is not None
+            stage.reach_built(image)
+        elif step == Step.ATTEST:
+            stage.reach_verified()
+        if not run.layer.parent_is_layer or step not in (Step.VERIFY, Step.TAG):
+            return
+        parent = self._stage(run.layer.parent)
+        future, what = ((parent.verified, "pass verification") if step == Step.VERIFY
+                        else (parent.done, "be tagged"))
+        if parent.pending(future, stage):
+            self.events(LogEvent(run.layer.id, f"waiting for {parent.layer} to {what}"))
+            parent.wait(future, stage)
 
     def _applies(self, run: LayerRun, step: Step) -> bool:
         if step == Step.IDEMPOTENCE:
@@ -131,11 +196,13 @@ class Runner(Steps):
         return True
 
     def _step(self, run: LayerRun, step: Step) -> None:
-        self.events(StepEvent(run.layer.id, step, StepStatus.RUNNING))
-        run.result.steps[step.value] = StepStatus.RUNNING.value
+        # The step starts when it is announced: its time and its event's agree.
         began = time.monotonic()
+        run.result.step_started[step.value] = began - self._clock
+        self.events(StepEvent(run.layer.id, step, StepStatus.RUNNING, at=began))
+        run.result.steps[step.value] = StepStatus.RUNNING.value
         try:
-            self._check_cancel()
+            self._check_cancel(run.layer.id)
             message = self._steps[step](run) or ""
         except BaseException as exc:
             run.result.steps[step.value] = StepStatus.FAILED.value
@@ -151,7 +218,7 @@ class Runner(Steps):
 
     def _on_failure(self, run: LayerRun, step: Step, exc: BaseException) -> None:
         """Say plainly when the engine or the container died under a step; keep or drop an image."""
-        cancelled = (self.cancel.is_set() or isinstance(exc, Interrupted)
+        cancelled = (self._layer_cancel(run.layer.id).is_set() or isinstance(exc, Interrupted)
                      or not isinstance(exc, Exception))
         plainly: RolebakeError | None = None
         if isinstance(exc, RolebakeError) and (full := disk_full_hint(str(exc))) not in exc.hint:

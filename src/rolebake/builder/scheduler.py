@@ -1,4 +1,13 @@
-"""The `--jobs` scheduler: parents first, independent layers side by side; stop and roll back."""
+"""The `--jobs` scheduler: parents first, independent layers side by side; stop and roll back.
+
+Layers are pipelined: a child starts on its parent's committed image while the
+parent is still verified (see `stages`). `--jobs` counts job slots; a layer holds
+one from its start to its end, except that a parent lends its slot to one child
+started on its image before it finished (the pair is one job: the parent only
+verifies, attests and tags meanwhile). So `--jobs 1` builds one chain of layers at
+a time, overlapping each layer's verification with its child's build, and
+independent layers wait for a free slot as before.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +21,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 
 from rolebake.builder.records import BuildOptions, BuildReport, LayerResult
 from rolebake.builder.runner import Runner
+from rolebake.builder.stages import Stage
 from rolebake.cache import Cache
 from rolebake.engine import BUILD_ID_LABEL, Engine, ImageInfo, as_error
 from rolebake.errors import InputError, Interrupted
@@ -43,6 +53,8 @@ class Builder(Runner):
         self._targets = frozenset()
         self._revision = git_revision(project.root)
         self._steps = {step: getattr(self, f"_{step.value}") for step in PIPELINE}
+        self._stages = {}
+        self._clock = time.monotonic()
 
     # Scheduling -----------------------------------------------------------------------
 
@@ -57,7 +69,7 @@ class Builder(Runner):
                 flight are cancelled and cleaned up, and every tag this run moved
                 is put back, before it propagates.
         """
-        started = time.monotonic()
+        started = self._clock = time.monotonic()
         self._targets = frozenset(plan.targets)
         for layer in plan.layers:
             # Missing toolchains are bad input: say so before any container exists.
@@ -82,36 +94,66 @@ class Builder(Runner):
                            build_id=self.build_id)
 
     def _schedule(self, plan: BuildPlan, results: dict[str, LayerResult]) -> None:
-        images: dict[str, ImageInfo] = {}
+        images: dict[str, ImageInfo] = {}  # layers that finished well
+        built: dict[str, ImageInfo] = {}  # layers still going whose image children may use
+        released: set[str] = set()  # handed to the sorter: their children are ready
+        self._stages = {layer.id: Stage(layer.id, self.cancel) for layer in plan.layers}
         sorter = plan.sorter()
         ready: list[Layer] = []
         running: dict[Future[ImageInfo], Layer] = {}
+        lent: dict[str, str] = {}  # child -> the running parent whose job slot it uses
         jobs = max(1, self.options.jobs)
-        with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="rolebake-build") as pool:
+        # A lent slot runs two layers at once: as many threads as layers, at most.
+        with ThreadPoolExecutor(max_workers=max(1, len(plan.layers)),
+                                thread_name_prefix="rolebake-build") as pool:
             try:
-                while sorter.is_active():
+                while sorter.is_active() or running:
                     ready.extend(plan.layer(i) for i in sorter.get_ready())
-                    while ready and len(running) < jobs:
-                        layer = ready.pop(0)
-                        if layer.parent_is_layer and layer.parent not in images:
-                            self._skip_layer(layer, results[layer.id], results[layer.parent])
+                    waiting: list[Layer] = []
+                    for layer in ready:
+                        parent_id = layer.parent if layer.parent_is_layer else None
+                        if parent_id is not None and parent_id not in images \
+                                and parent_id not in built:
+                            self._skip_layer(layer, results[layer.id], results[parent_id])
                             sorter.done(layer.id)
+                            released.add(layer.id)
                             continue
-                        parent = images.get(layer.parent) if layer.parent_is_layer else None
+                        lends = parent_id in built and parent_id not in lent.values()
+                        if not lends and len(running) - len(lent) >= jobs:
+                            waiting.append(layer)
+                            continue
+                        parent = (images.get(parent_id) or built.get(parent_id)
+                                  if parent_id is not None else None)
                         with _signals_deferred():
                             running[pool.submit(self._build_layer, layer, parent,
                                                 results[layer.id])] = layer
+                        if lends and parent_id is not None:
+                            lent[layer.id] = parent_id
+                    ready = waiting
                     if not running:
                         continue
-                    done, _ = wait(list(running), timeout=0.2, return_when=FIRST_COMPLETED)
+                    # A layer's committed image lets its children start: wait on that too.
+                    watched: list[Future[ImageInfo]] = [*running]
+                    watched += [self._stages[r.id].built for r in running.values()
+                                if r.id not in released]
+                    done, _ = wait(watched, timeout=0.2, return_when=FIRST_COMPLETED)
+                    for layer in list(running.values()):
+                        stage = self._stages[layer.id].built
+                        if layer.id not in released and stage.done() and not stage.exception():
+                            built[layer.id] = stage.result()
+                            sorter.done(layer.id)
+                            released.add(layer.id)
                     for future in done:
+                        if future not in running:
+                            continue
                         layer = running.pop(future)
-                        try:
-                            images[layer.id] = future.result()
-                        except Exception as exc:  # _build_layer gives RolebakeErrors only
-                            results[layer.id].status = StepStatus.FAILED
-                            results[layer.id].error = as_error(exc)
-                        sorter.done(layer.id)
+                        self._ended(layer, future, results, images)
+                        built.pop(layer.id, None)
+                        # Its borrower now holds a slot of its own (the count stays the same).
+                        lent = {c: p for c, p in lent.items() if layer.id not in (c, p)}
+                        if layer.id not in released:
+                            sorter.done(layer.id)
+                            released.add(layer.id)
             except BaseException:
                 # SIGINT/SIGTERM land here, in the main thread: stop the workers and
                 # let each one remove its container before the interrupt goes on.
@@ -122,6 +164,22 @@ class Builder(Runner):
                     with contextlib.suppress(BaseException):
                         future.result()
                 raise
+
+    def _ended(self, layer: Layer, future: Future[ImageInfo], results: dict[str, LayerResult],
+               images: dict[str, ImageInfo]) -> None:
+        """Record how a layer's build ended; a child cancelled by its failed parent is skipped."""
+        result = results[layer.id]
+        try:
+            images[layer.id] = future.result()
+        except Exception as exc:  # _build_layer gives RolebakeErrors only
+            if layer.parent_is_layer and layer.parent not in images \
+                    and self._stages[layer.id].cancel.own():
+                # The parent's error is the build's; this layer just did not get to finish.
+                result.status = StepStatus.SKIPPED
+                result.reasons = (f"parent {layer.parent} failed",)
+                return
+            result.status = StepStatus.FAILED
+            result.error = as_error(exc)
 
     def roll_back(self, reason: BaseException | None = None) -> None:
         """Put back every tag this run moved, layers that finished included (safe to repeat).

@@ -19,6 +19,7 @@ from rolebake import aptcache
 from rolebake.aptcache import AptCache
 from rolebake.attest import Attestor, build_record
 from rolebake.builder.records import BuildOptions, LayerResult
+from rolebake.builder.stages import Stage
 from rolebake.cache import FROM_REPO, Cache, CacheDecision, LayerInputs, with_recorded
 from rolebake.engine import BUILD_ID_LABEL, ROLE_LABEL, ContainerHandle, Engine, ImageInfo
 from rolebake.errors import BuildFailed, InputError, TestsFailed
@@ -86,6 +87,7 @@ class Steps:
     tags: TagJournal
     _targets: frozenset[str]
     _revision: str | None
+    _stages: dict[str, Stage]  # layer id -> how far it got, for its children
 
     def _cache(self, run: LayerRun) -> str:
         decision: CacheDecision = self.cache.decide(
@@ -129,8 +131,8 @@ class Steps:
             remove_in_background=True))
         run.ctx = ProvisionContext(project=self.project, layer=layer,
                                    target=ContainerTarget(self.engine, container),
-                                   events=self.events, cancel=self.cancel, log_path=log_path,
-                                   secrets=secrets)
+                                   events=self.events, cancel=self._layer_cancel(layer.id),
+                                   log_path=log_path, secrets=secrets)
         return container.name
 
     def _bootstrap(self, run: LayerRun) -> None:
@@ -314,9 +316,14 @@ class Steps:
         """Called after each tag moved: a cancel then puts back those already moved."""
         self._check_cancel()
 
-    def _check_cancel(self) -> None:
-        if self.cancel.is_set():
+    def _check_cancel(self, layer: str | None = None) -> None:
+        if self._layer_cancel(layer).is_set():
             raise BuildFailed("cancelled")
+
+    def _layer_cancel(self, layer: str | None) -> threading.Event:
+        """What stops `layer` (its parent failed, or the whole build stopped); else the build's."""
+        stage = self._stages.get(layer) if layer is not None else None
+        return stage.cancel if stage is not None else self.cancel
 
 
 def mount_residue(changes: list[tuple[str, str]], targets: tuple[str, ...]) -> list[str]:
