@@ -243,3 +243,25 @@ def test_two_jobs_build_both_children_of_a_verifying_parent(
     assert report.error is None
     assert {k: r.status.value for k, r in report.results.items()} == {
         "base": "ok", "one": "ok", "two": "ok"}
+
+
+def test_cancel_while_a_child_builds_on_a_verifying_parent_leaves_nothing(
+        engine: FakeEngine, project: Project, fake_provisioner: ProvisionerControl) -> None:
+    gate = fake_provisioner.block("web", "provision", timeout=HOLD_S)
+    recorder = HeldRecorder()
+    inside = recorder.hold("base", "verify", "running")
+    builder = Builder(engine, project, recorder, BuildOptions())
+
+    def stop_when_both_busy() -> None:
+        if gate.entered.wait(HOLD_S):
+            builder.stop()
+        inside.set()
+
+    threading.Thread(target=stop_when_both_busy, daemon=True).start()
+    report = builder.build(plan_build(project, ["web"]))
+
+    assert gate.entered.is_set()
+    assert {k: r.status.value for k, r in report.results.items()} == {
+        "base": "failed", "web": "failed"}
+    assert engine.container_names() == [] and engine.called("tag") == []
+    assert layer_images(engine, "base") == [] and layer_images(engine, "web") == []

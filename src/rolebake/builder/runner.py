@@ -96,7 +96,7 @@ class Runner(Steps):
         for child in self._stage(layer).fail(exc):
             if child.ended.is_set():
                 continue
-            if not child.cancel.own():
+            if not child.cancel.is_set():  # a cancelled build says so itself
                 child.cancel.set()
                 self.events(LogEvent(child.layer, f"cancelled: parent {layer} failed"))
             # A long exec (a task) returns only when its container dies.

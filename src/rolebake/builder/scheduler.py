@@ -108,6 +108,12 @@ class Builder(Runner):
                                 thread_name_prefix="rolebake-build") as pool:
             try:
                 while sorter.is_active() or running:
+                    for layer in list(running.values()):
+                        stage = self._stages[layer.id].built
+                        if layer.id not in released and stage.done() and not stage.exception():
+                            built[layer.id] = stage.result()  # its children may start
+                            sorter.done(layer.id)
+                            released.add(layer.id)
                     ready.extend(plan.layer(i) for i in sorter.get_ready())
                     waiting: list[Layer] = []
                     for layer in ready:
@@ -132,17 +138,12 @@ class Builder(Runner):
                     ready = waiting
                     if not running:
                         continue
-                    # A layer's committed image lets its children start: wait on that too.
+                    # A layer's committed image lets its children start: wait on that too
+                    # (not once settled: a failed one would wake this loop at once, again).
                     watched: list[Future[ImageInfo]] = [*running]
                     watched += [self._stages[r.id].built for r in running.values()
-                                if r.id not in released]
+                                if not self._stages[r.id].built.done()]
                     done, _ = wait(watched, timeout=0.2, return_when=FIRST_COMPLETED)
-                    for layer in list(running.values()):
-                        stage = self._stages[layer.id].built
-                        if layer.id not in released and stage.done() and not stage.exception():
-                            built[layer.id] = stage.result()
-                            sorter.done(layer.id)
-                            released.add(layer.id)
                     for future in done:
                         if future not in running:
                             continue
