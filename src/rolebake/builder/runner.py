@@ -76,6 +76,7 @@ class Runner(Steps):
             return found
         except BaseException as exc:
             self._fail_stage(layer.id, exc)  # a no-op once the pipeline did it
+            self._release_children(layer.id)
             if isinstance(exc, RolebakeError) or not isinstance(exc, Exception):
                 raise
             # Whatever it was fails this layer only, as a RolebakeError.
@@ -88,11 +89,7 @@ class Runner(Steps):
         return self._stages.setdefault(layer, Stage(layer, self.cancel))
 
     def _fail_stage(self, layer: str, exc: BaseException) -> None:
-        """Stop the children already building on `layer`'s image, and wait until they are gone.
-
-        Only then may the layer remove its own image: the engine refuses to remove
-        an image a container or another image stands on.
-        """
+        """Stop the children already building on `layer`'s image (`_release_children` waits)."""
         for child in self._stage(layer).fail(exc):
             if child.ended.is_set():
                 continue
@@ -104,7 +101,17 @@ class Runner(Steps):
                 for container in self.engine.containers({BUILD_ID_LABEL: self.build_id,
                                                          LAYER_LABEL: child.layer}):
                     self.engine.kill(container.id)
-        for child in self._stage(layer).children():
+
+    def _release_children(self, layer: str) -> None:
+        """Let the children of a failed layer remove their images, and wait until they are gone.
+
+        Called once the layer's image is kept (tagged) or about to be dropped: an
+        engine removing a child's image takes its untagged parent with it, and
+        refuses to remove an image a container or another image stands on.
+        """
+        stage = self._stage(layer)
+        stage.settled.set()
+        for child in stage.children():
             child.ended.wait()
 
     def _base_image(self, layer: Layer) -> ImageInfo:
@@ -141,7 +148,10 @@ class Runner(Steps):
                 self._pass_gate(run, step)
             except BaseException as exc:
                 self._fail_stage(run.layer.id, exc)
-                self._on_failure(run, step, exc)
+                try:
+                    self._on_failure(run, step, exc)
+                finally:
+                    self._release_children(run.layer.id)
                 raise
             if run.cached and step not in HIT_STEPS:
                 continue  # a hit is reused as it is: only its tags move, then it is pushed
@@ -155,7 +165,10 @@ class Runner(Steps):
                 self._step(run, step)
             except BaseException as exc:
                 self._fail_stage(run.layer.id, exc)
-                self._on_failure(run, step, exc)
+                try:
+                    self._on_failure(run, step, exc)
+                finally:
+                    self._release_children(run.layer.id)
                 raise
 
     def _pass_gate(self, run: LayerRun, step: Step) -> None:
@@ -280,7 +293,13 @@ class Runner(Steps):
             else:
                 self.events(LogEvent(run.layer.id,
                                      f"kept for inspection as {run.result.failed_tag}"))
+            self._release_children(run.layer.id)
         else:
+            self._release_children(run.layer.id)  # their images first: they stand on this one
+            if run.layer.parent_is_layer:
+                # Removing this image takes an untagged parent with it: wait until the
+                # parent is tagged, kept, or going anyway.
+                self._stage(run.layer.parent).settled.wait()
             self.engine.remove_image(run.image_id, force=True)
 
     def _running(self, container: ContainerHandle) -> bool:

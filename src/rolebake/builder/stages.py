@@ -64,6 +64,9 @@ class Stage:
         self.verified: Future[None] = Future()
         self.done: Future[None] = Future()
         self.ended = threading.Event()  # its thread has removed what it had to
+        # Its image is tagged, kept or going anyway: a child may remove its own image
+        # (an engine removing an image takes its untagged parent with it).
+        self.settled = threading.Event()
         self._lock = threading.Lock()
         self._children: list[Stage] = []
         self._failed = False
@@ -83,6 +86,7 @@ class Stage:
         _settle(self.built, image)
         _settle(self.verified, None)
         _settle(self.done, None)
+        self.settled.set()
 
     def fail(self, error: BaseException) -> list[Stage]:
         """The layer failed: no child may start on it from now on; the children already on it.
