@@ -2,19 +2,23 @@
 
 On the engine: build, verify and scan containers, `:failed-` images, dangling
 layers. In the project: scratch folders below `.rolebake/tmp` (ansible-runner's
-private data and artifacts) whose process died before removing them.
+private data and artifacts) whose process died before removing them, and the VM
+layer snapshots of `rolebake parity` that no run can use any more (or, when
+asked, those not used for a while).
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping
+import time
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from rolebake.engine import LEFTOVER_ROLES, ROLE_LABEL, Engine
 from rolebake.spec import Project
 from rolebake.state import sweep
+from rolebake.vmlayers import STORE_DIR, SnapshotStore
 
 
 @dataclass(frozen=True)
@@ -100,3 +104,47 @@ def _age(delta: dt.timedelta) -> str:
         if seconds >= size:
             return f"{seconds // size}{unit} old"
     return f"{seconds}s old"
+
+
+def vm_layers(project: Project, *, bases: Collection[str] | None, unused_for: dt.timedelta | None,
+              dry_run: bool = False) -> list[tuple[str, str]]:
+    """Remove (or with `dry_run` list) VM layer snapshots: the broken, and the long unused.
+
+    Broken: no record (an interrupted run), a file that is not what its record says, the
+    snapshot below it gone, or made on a VM base disk that is no more. With `unused_for`,
+    also every snapshot no parity booted from for that long (a snapshot above it goes too:
+    it cannot be used without it).
+
+    Args:
+        project: the project whose `.rolebake/vm-layers` is cleaned.
+        bases: identities of the VM base disks there are now (None: do not judge).
+        unused_for: also remove snapshots unused this long; None: only the broken.
+        dry_run: only list them.
+
+    Returns:
+        (file name, why) for each snapshot removed (or that would be).
+    """
+    # Not store_for(): `clean` in a folder that is no project must not make .rolebake/ there.
+    store = SnapshotStore(project.state_dir / STORE_DIR)
+    found = dict(store.broken(bases))
+    entries = store.entries()
+    if unused_for is not None:
+        now = time.time()
+        for entry in entries:
+            if now - entry.used >= unused_for.total_seconds():
+                age = _age(dt.timedelta(seconds=now - entry.used)).replace(" old", "")
+                found.setdefault(entry.path, f"last used {age} ago")
+    # What sits on a snapshot that goes cannot be used without it: it goes too.
+    gone = {path.name.split(".", 1)[0] for path in found}
+    changed = True
+    while changed:
+        changed = False
+        for entry in entries:
+            if entry.parent in gone and entry.id not in gone:
+                gone.add(entry.id)
+                found.setdefault(entry.path, "the snapshot below it is removed")
+                changed = True
+    if not dry_run:
+        for path in found:
+            store.remove(path)
+    return [(path.name, why) for path, why in found.items()]

@@ -492,12 +492,17 @@ _AGE = re.compile(r"^(\d+)([smhd])$")
 @click.option("--label", "labels", multiple=True, metavar="KEY=VALUE",
               help="Only leftovers carrying this label too (e.g. rolebake.build-id=ID); "
                    "on a shared engine, keeps `clean` to your own builds.")
+@click.option("--vm-layers", is_flag=True, help="Also remove the VM layer snapshots of "
+              "`parity` that no run booted from for --older-than (broken ones always go).")
 @click.pass_context
 @handled
-def clean(ctx: click.Context, older_than: str, dry_run: bool, labels: tuple[str, ...]) -> None:
+def clean(ctx: click.Context, older_than: str, dry_run: bool, labels: tuple[str, ...],
+          vm_layers: bool) -> None:
     """Remove leftovers with rolebake's labels: build/verify containers, failed images."""
     from rolebake.cleanup import find_leftovers, remove_leftovers, sweep_scratch
+    from rolebake.cleanup import vm_layers as clean_vm_layers
     from rolebake.provision import ansible_facts
+    from rolebake.rootfs import cache_dir, vm_disk_identities
     from rolebake.spec import Project
 
     match = _AGE.match(older_than)
@@ -530,7 +535,12 @@ def clean(ctx: click.Context, older_than: str, dry_run: bool, labels: tuple[str,
                    f"{project.relative(folder)} (its image is gone)")
     if not dry_run:
         ansible_facts.remove(facts)
-    click.echo(f"{len(leftovers) + len(scratch) + len(facts)} leftover(s)"
+    snapshots = clean_vm_layers(project, bases=vm_disk_identities(cache_dir() / "vm"),
+                                unused_for=dt.timedelta(seconds=seconds) if vm_layers else None,
+                                dry_run=dry_run)
+    for name, why in snapshots:
+        click.echo(f"{'would remove' if dry_run else 'removing'} VM layer {name} ({why})")
+    click.echo(f"{len(leftovers) + len(scratch) + len(facts) + len(snapshots)} leftover(s)"
                f"{' found' if dry_run else ' removed'}")
 
 

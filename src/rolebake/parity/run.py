@@ -31,6 +31,7 @@ from rolebake.parity import aptproxy
 from rolebake.parity.diff import ParityReport, diff_snapshots
 from rolebake.parity.qemu import QemuVM
 from rolebake.parity.snapshot import take_snapshot
+from rolebake.parity.vmlayers_run import LayerOnVM, VMLayers, chain_keys
 from rolebake.parity.why import requested_from_tasks
 from rolebake.plan import BuildPlan, Layer
 from rolebake.provision import provisioner_class
@@ -49,7 +50,9 @@ from rolebake.rootfs import (
 )
 from rolebake.secrets import SecretSet
 from rolebake.spec import Project
+from rolebake.state import scratch_dir
 from rolebake.verify import SESSION_ARGS, TestCase, session_url, suite_for_host, wait_ready
+from rolebake.vmlayers import store_for
 
 _ALWAYS_DIFFERENT = {"/etc/passwd", "/etc/group", "/etc/shadow", "/etc/gshadow"}
 _T = TypeVar("_T")
@@ -67,6 +70,8 @@ class ParityResult:
     vm_tests: list[TestCase]
     timings: dict[str, float] = field(default_factory=dict)
     steps: dict[str, tuple[float, float]] = field(default_factory=dict)  # start, end
+    #: Per layer, bottom up: whether the VM had it from a kept snapshot or applied it.
+    vm_layers: list[LayerOnVM] = field(default_factory=list)
 
     @property
     def tests_differ(self) -> list[str]:
@@ -119,6 +124,7 @@ class ParityResult:
             },
             "seconds": {k: round(v, 1) for k, v in self.timings.items()},
             "steps": {k: {"start": s, "end": e} for k, (s, e) in self.steps.items()},
+            "vm_layers": [row.to_dict() for row in self.vm_layers],
         }
 
 
@@ -156,19 +162,36 @@ def run_parity(engine: Engine, project: Project, image: str, vm: str, *,
                              f"uses {layer.provisioner}", path=layer.spec.path)
     final = plan.layer(image)
     builder = Builder(engine, project, events, BuildOptions(secrets=secrets))
-    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="rolebake-parity") as pool:
+    layers: VMLayers | None = None
+    scratch, chain = project.state_dir, []
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="rolebake-parity") as pool, \
+            contextlib.ExitStack() as scratch_stack:
         build = pool.submit(clock.timed, "build", builder.build, plan)
         try:
-            with _vm(plan, target, events, clock) as (ssh, vm_image, machine):
-                with clock.step("provision_vm"), _apt_proxy(engine, plan, machine, events):
+            if target is None:
+                scratch = scratch_stack.enter_context(
+                    scratch_dir(project.private_dir("tmp"), "vm-layers-"))
+                with clock.step("vm_layers_lookup"):
+                    chain = chain_keys(engine, project, plan)
+            with _vm(plan, target, events, clock,
+                     lambda image: VMLayers.plan(store_for(project), image.identity, scratch,
+                                                 chain, events)) \
+                    as (ssh, vm_image, machine, layers):
+                with clock.step("provision_vm"), \
+                        _apt_proxy(engine, plan, machine, events) as apt_conf:
                     tasks = _apply_to_vm(project, plan, ssh, events, secrets,
-                                         check=lambda: _raise_if_failed(build))
+                                         check=lambda: _raise_if_failed(build),
+                                         layers=layers, machine=machine, apt_conf=apt_conf,
+                                         clock=clock)
                 report = build.result()
+                if layers is not None:
+                    layers.publish(report)
                 if report.error is not None:
                     raise report.error
                 image_id = report.results[image].image_id
                 assert image_id is not None
-                managed = _managed(engine, plan, report, tasks, events)
+                managed = _managed(engine, plan, report,
+                                   tasks, events, layers.managed() if layers else [])
                 container = pool.submit(clock.timed, "container_checks", _container_side,
                                         engine, project, final, image_id, managed,
                                         builder.build_id)
@@ -189,12 +212,14 @@ def run_parity(engine: Engine, project: Project, image: str, vm: str, *,
         strict_ids=strict_ids,
         accept_recommends=accept_recommends,
         # The same roles ran on both sides: the VM's apt tasks name what they asked for.
-        requested_packages=requested_from_tasks(tasks),
+        requested_packages=requested_from_tasks(tasks)
+        | (layers.requested() if layers else frozenset()),
     )
     return ParityResult(image=image, image_id=image_id, vm=vm, report=diff,
                         container_tests=container_tests, vm_tests=vm_tests,
                         timings={k: e - s for k, (s, e) in clock.steps.items()},
-                        steps=dict(clock.steps))
+                        steps=dict(clock.steps),
+                        vm_layers=layers.rows if layers else [])
 
 
 class _Clock:
@@ -227,27 +252,37 @@ def _raise_if_failed(build: Future[BuildReport]) -> None:
 
 @contextlib.contextmanager
 def _apt_proxy(engine: Engine, plan: BuildPlan, machine: QemuVM | None,
-               events: EventSink) -> Iterator[None]:
-    """Point a local VM's apt at the build's shared apt cache while the roles run on it."""
+               events: EventSink) -> Iterator[Callable[[bool], None]]:
+    """Serve the build's shared apt cache to a local VM; yields a switch for its apt conf.
+
+    The conf is on while a layer's roles run and off before the disk is frozen, so a kept
+    VM layer never points apt at a proxy that is gone.
+    """
     base = engine.image(plan.layers[0].parent)
     release = (release_of(engine, base, cache_dir() / "releases")
                if base is not None and machine is not None else None)
     if machine is None or base is None or release is None:
-        yield
+        yield lambda _on: None
         return
     with aptproxy.serve(engine, release.key, base.id) as proxy:
         if proxy is None:
-            yield
+            yield lambda _on: None
             return
-        machine.run(["sh", "-c", 'printf "%s" "$1" > "$2"', "rolebake", proxy.apt_conf(),
-                     aptproxy.CONF])
+
+        def switch(on: bool) -> None:
+            if on:
+                machine.run(["sh", "-c", 'printf "%s" "$1" > "$2"', "rolebake",
+                             proxy.apt_conf(), aptproxy.CONF])
+            else:
+                machine.run(["rm", "-f", aptproxy.CONF])
+
         events(LogEvent("vm", f"apt goes through {proxy.guest_url} (the shared apt cache of "
                               f"{release}, then the mirror)"))
         try:
-            yield
+            yield switch
         finally:
             with contextlib.suppress(VMError):
-                machine.run(["rm", "-f", aptproxy.CONF])
+                switch(False)
             events(LogEvent("vm", f"apt: {proxy.stats.summary()}"))
 
 
@@ -266,7 +301,7 @@ def _vm_side(project: Project, final: Layer, ssh: SSHTarget,
 
 
 def _managed(engine: Engine, plan: BuildPlan, report: BuildReport, vm_tasks: list[TaskResult],
-             events: EventSink) -> list[str]:
+             events: EventSink, kept: list[str]) -> list[str]:
     """What the roles managed on either side, the paths both snapshots compare.
 
     The container's side comes from each layer's image label, which its build
@@ -283,7 +318,8 @@ def _managed(engine: Engine, plan: BuildPlan, report: BuildReport, vm_tasks: lis
                                       "rolebake): only the VM's tasks name the paths compared"))
             continue
         paths += recorded
-    paths += managed_paths(vm_tasks)
+    # Layers the VM took from a kept snapshot: what their tasks named when they ran.
+    paths += kept + managed_paths(vm_tasks)
     return [p for p in dict.fromkeys(paths) if p not in _ALWAYS_DIFFERENT]
 
 
@@ -296,20 +332,27 @@ def _parse_vm(vm: str) -> SSHTarget:
 
 
 @contextlib.contextmanager
-def _vm(plan: BuildPlan, target: SSHTarget | None, events: EventSink,
-        clock: _Clock) -> Iterator[tuple[SSHTarget, VMImage | None, QemuVM | None]]:
+def _vm(plan: BuildPlan, target: SSHTarget | None, events: EventSink, clock: _Clock,
+        plan_layers: Callable[[VMImage], VMLayers],
+        ) -> Iterator[tuple[SSHTarget, VMImage | None, QemuVM | None, VMLayers | None]]:
     if target is not None:
-        yield target, None, None
+        yield target, None, None, None
         return
     base = plan.layers[0]
+    layers: VMLayers | None = None
     try:
         with contextlib.ExitStack() as stack:
             with clock.step("vm_boot"):
                 image = _prepare_local_vm(base, events)
+                layers = plan_layers(image)
+                stack.callback(layers.cleanup)
                 machine = stack.enter_context(
-                    QemuVM(image, log=lambda line: events(LogEvent("vm", line))))
-            events(LogEvent("vm", f"up ({machine.accel}) at {machine.ssh_target.url}"))
-            yield machine.ssh_target, image, machine
+                    QemuVM(image, log=lambda line: events(LogEvent("vm", line)),
+                           boot_from=layers.boot_from, overlay=layers.first_overlay()))
+            events(LogEvent("vm", f"up ({machine.accel}) at {machine.ssh_target.url}"
+                                  + (f", from VM layer {layers.found[-1].layer}"
+                                     if layers.found else "")))
+            yield machine.ssh_target, image, machine, layers
     except VMError as exc:
         raise BuildFailed(f"the parity VM failed: {exc.message}", details=exc.details) from None
 
@@ -339,18 +382,34 @@ def _prepare_local_vm(base: Layer, events: EventSink) -> VMImage:
 
 def _apply_to_vm(project: Project, plan: BuildPlan, ssh: SSHTarget, events: EventSink,
                  secrets: SecretSet | None = None,
-                 check: Callable[[], None] = lambda: None) -> list[TaskResult]:
-    """Every layer's roles, parents first, with the same vars, over SSH (`check` between)."""
+                 check: Callable[[], None] = lambda: None, *,
+                 layers: VMLayers | None = None, machine: QemuVM | None = None,
+                 apt_conf: Callable[[bool], None] = lambda _on: None,
+                 clock: _Clock | None = None) -> list[TaskResult]:
+    """Every layer's roles, parents first, with the same vars, over SSH (`check` between).
+
+    One layer at a time: on a local VM, the layers its kept snapshot holds are skipped and
+    the disk is frozen after each layer applied (`VMLayers.checkpoint`).
+    """
     tasks: list[TaskResult] = []
     run_id = uuid.uuid4().hex[:12]
+    skip = layers.skip if layers is not None else set()
     for layer in plan.layers:
+        if layer.id in skip:
+            continue
         check()
         ctx = ProvisionContext(project=project, layer=layer, target=ssh, events=events,
                                cancel=threading.Event(), log_path=project.private_dir("logs") /
                                f"parity-{layer.file_stem}-{run_id}.log", secrets=secrets)
         events(LogEvent(layer.id, f"applying to the VM (log: {ctx.log_path})"))
-        result = provisioner_class(layer.provisioner)(project, layer).provision(ctx)
+        started = time.monotonic()
+        with clock.step(f"vm_layer:{layer.id}") if clock else contextlib.nullcontext():
+            apt_conf(True)
+            result = provisioner_class(layer.provisioner)(project, layer).provision(ctx)
+            apt_conf(False)
         tasks.extend(result.tasks)
+        if layers is not None and machine is not None:
+            layers.checkpoint(machine, layer, time.monotonic() - started, list(result.tasks))
     return tasks
 
 

@@ -17,7 +17,13 @@ from rolebake.rootfs.debootstrap import (
     parse_base_name,
     rootfs_dir,
 )
-from rolebake.rootfs.vm_disk import BOOT_PACKAGES, VM_HOSTNAME, VMImage, prepare_vm_image
+from rolebake.rootfs.vm_disk import (
+    BOOT_PACKAGES,
+    VM_HOSTNAME,
+    VMImage,
+    prepare_vm_image,
+    vm_disk_identities,
+)
 
 __all__ = [
     "BASE_REPOSITORY",
@@ -34,4 +40,5 @@ __all__ = [
     "parse_base_name",
     "prepare_vm_image",
     "rootfs_dir",
+    "vm_disk_identities",
 ]

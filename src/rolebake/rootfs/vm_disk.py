@@ -31,6 +31,7 @@ __all__ = [
     "VM_HOSTNAME",
     "VMImage",
     "prepare_vm_image",
+    "vm_disk_identities",
 ]
 
 #: What a container never needs but a VM cannot boot or be reached without. Their
@@ -113,6 +114,32 @@ class VMImage:
         except (OSError, ValueError, KeyError, TypeError):
             return None
         return image
+
+    @property
+    def identity(self) -> str:
+        """Which disk this is, for VM layer snapshots on top of it.
+
+        A qcow2 snapshot is only valid on the very bytes it was made on: the inputs key of
+        the manifest says what the disk was made from, the disk file's inode, size and
+        modification time say which making of it this is (a rebuilt disk with the same
+        inputs differs: a new ssh key, new timestamps).
+        """
+        st = self.disk.stat()
+        inputs = _manifest_key(self.disk.parent) or ""
+        return hashlib.sha256(
+            f"{inputs}\0{st.st_ino}\0{st.st_size}\0{st.st_mtime_ns}".encode()
+        ).hexdigest()[:32]
+
+
+def vm_disk_identities(root: Path) -> set[str]:
+    """The identities of the complete VM images below `root` (one folder per suite)."""
+    found: set[str] = set()
+    if root.is_dir():
+        for folder in root.iterdir():
+            image = VMImage.load(folder) if folder.is_dir() else None
+            if image is not None:
+                found.add(image.identity)
+    return found
 
 
 def prepare_vm_image(
