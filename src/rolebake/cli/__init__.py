@@ -436,7 +436,7 @@ def parity(ctx: click.Context, image: str, vm: str, as_json: bool, show_equal: b
     from rolebake.errors import ParityDifferent
     from rolebake.load import plan_build
     from rolebake.parity.run import run_parity
-    from rolebake.report import parity_html, parity_table, tests_side_by_side
+    from rolebake.report import parity_html, parity_table, tests_side_by_side, vm_layer_lines
 
     project = project_of(ctx)
     if html_file is not None and not html_file.parent.is_dir():
@@ -469,6 +469,8 @@ def parity(ctx: click.Context, image: str, vm: str, as_json: bool, show_equal: b
                    f"{len(result.report.ids_shifted)} ids shifted, "
                    f"{len(result.report.recommends)} recommends, "
                    f"{result.report.equal_count} equal; {timing}")
+        for line in vm_layer_lines(row.to_dict() for row in result.vm_layers):
+            click.echo(line)
     if not result.ok:
         names = [item.resource for item in result.report.differences][:10]
         only_recommends = result.status == "recommends"

@@ -12,7 +12,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from rolebake.report.progress import LiveProgress, PlainProgress, progress_for
-from rolebake.report.tables import build_summary, parity_table, plan_table, tests_side_by_side
+from rolebake.report.tables import (
+    build_summary,
+    parity_table,
+    plan_table,
+    tests_side_by_side,
+    vm_layer_lines,
+)
 from rolebake.report.text import Redact
 
 if TYPE_CHECKING:
@@ -28,6 +34,7 @@ __all__ = [
     "plan_table",
     "progress_for",
     "tests_side_by_side",
+    "vm_layer_lines",
 ]
 
 

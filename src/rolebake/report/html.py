@@ -16,6 +16,7 @@ import jinja2
 import markupsafe
 
 from rolebake import redact
+from rolebake.report.tables import vm_layer_line
 
 __all__ = ["parity_html"]
 
@@ -32,6 +33,7 @@ _STEP_NAMES = {
     "provision_vm": "provisioning the VM",
     "container_checks": "checks: container",
     "vm_checks": "checks: VM",
+    "vm_layers_lookup": "VM layers: lookup",
 }
 
 
@@ -68,6 +70,7 @@ def parity_html(result: Mapping[str, Any], *,
         hints=state.get("hints", {}),
         tests=_tests(data.get("tests", {})),
         timeline=_timeline(data.get("steps", {})),
+        vm_layers=[vm_layer_line(row) for row in data.get("vm_layers") or ()],
     )
 
 
@@ -107,7 +110,9 @@ def _timeline(steps: Mapping[str, Mapping[str, float]]) -> list[dict[str, Any]]:
     rows = []
     for name, step in sorted(steps.items(), key=lambda kv: (kv[1]["start"], kv[1]["end"])):
         start, end = float(step["start"]), float(step["end"])
-        rows.append({"name": _STEP_NAMES.get(name, name.replace("_", " ")), "start": start,
+        label = (f"VM: {name.partition(':')[2]}" if name.startswith("vm_layer:")
+                 else _STEP_NAMES.get(name, name.replace("_", " ")))
+        rows.append({"name": label, "start": start,
                      "end": end, "seconds": end - start,
                      "left": round(100 * start / total, 2),
                      "width": max(round(100 * (end - start) / total, 2), 0.5)})

@@ -225,3 +225,19 @@ def _table(*columns: Column, show_header: bool) -> Table:
         column.overflow = "ellipsis"
     return Table(*columns, box=None, pad_edge=False, show_edge=False,
                  show_header=show_header, header_style="bold", highlight=False)
+
+
+def vm_layer_line(row: Mapping[str, Any]) -> str:
+    """One layer of the parity VM: taken from a kept snapshot, or applied (and kept or not)."""
+    layer, snapshot, note = row["layer"], row.get("snapshot"), row.get("note") or ""
+    if row["source"] == "snapshot":
+        return f"{layer}: from snapshot {snapshot}" + (f" ({note})" if note else "")
+    seconds = f"{float(row.get('seconds') or 0):.0f} s"
+    if row.get("kept"):
+        return f"{layer}: applied, kept as {snapshot} ({seconds})"
+    return f"{layer}: applied ({seconds}" + (f"; {note})" if note else ")")
+
+
+def vm_layer_lines(rows: Iterable[Mapping[str, Any]]) -> list[str]:
+    """The VM layers of a parity run, bottom up, as `VM layers:` lines (redacted)."""
+    return [installed("VM layer " + vm_layer_line(row)) for row in rows]

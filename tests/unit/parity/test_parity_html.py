@@ -137,3 +137,21 @@ def test_hints_mark_code_after_escaping() -> None:
     state["hints"] = {**state["hints"], "recommends": "set `a<b>` or <i>x</i>"}
     page = parity_html(data)
     assert "set <code>a&lt;b&gt;</code> or &lt;i&gt;x&lt;/i&gt;" in page
+
+
+def test_timeline_says_per_vm_layer_snapshot_or_applied() -> None:
+    data = _recorded()
+    data["steps"] = {**data["steps"], "vm_layer:web": {"start": 30.0, "end": 52.0}}  # type: ignore[dict-item]
+    data["vm_layers"] = [
+        {"layer": "base", "source": "snapshot", "snapshot": "1f2e3d4c5b6a7980", "kept": False,
+         "seconds": 0.0, "key": "sha256:aa", "note": "applied 121 s by the run that kept it"},
+        {"layer": "web", "source": "applied", "snapshot": "0a1b2c3d4e5f6071", "kept": True,
+         "seconds": 22.4, "key": "sha256:bb", "note": ""},
+    ]
+    text = " ".join("".join(_parse(parity_html(data)).text).split())
+    assert "VM: web" in text and "30\u201352 s" in text
+    assert ("base: from snapshot 1f2e3d4c5b6a7980 (applied 121 s by the run that kept it)"
+            in text)
+    assert "web: applied, kept as 0a1b2c3d4e5f6071 (22 s)" in text
+    # A recorded report without VM layers (an older rolebake, or --vm ssh://) has no section.
+    assert "VM layers" not in " ".join("".join(_parse(parity_html(_recorded())).text).split())

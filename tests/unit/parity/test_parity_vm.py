@@ -259,3 +259,12 @@ def test_vm_error_carries_details() -> None:
     err = VMError("qemu exited", details="console tail")
     assert err.message == "qemu exited" and err.details == "console tail"
     assert str(err) == "qemu exited\nconsole tail"
+
+
+def test_qemu_argv_has_qmp_and_a_named_drive_for_checkpoints(tmp_path: Path) -> None:
+    argv = qemu_argv(_fake_image(tmp_path), overlay=tmp_path / "o.qcow2",
+                     console_log=tmp_path / "c.log", ssh_port=1, qmp_socket=tmp_path / "q,s")
+    assert argv[argv.index("-qmp") + 1] == f"unix:{tmp_path}/q,,s,server=on,wait=off"
+    assert argv[argv.index("-drive") + 1].endswith(",id=root")
+    assert "-qmp" not in qemu_argv(_fake_image(tmp_path), overlay=tmp_path / "o.qcow2",
+                                   console_log=tmp_path / "c.log", ssh_port=1)
