@@ -38,6 +38,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 from bender import BENDER_VENV, BenderMixin  # noqa: E402 - beside this file
+from parity import ParityMixin  # noqa: E402 - beside this file
 from projectcopy import copy_project  # noqa: E402 - beside this file
 from tables import FIXED_REPS, NOOP_REPS, table, targets, uptime, versions  # noqa: E402
 
@@ -72,7 +73,7 @@ echo "mnt=$(ls -A /mnt 2>/dev/null | tr '\n' ' ')"
 """
 
 
-class Bench(BenderMixin):
+class Bench(BenderMixin, ParityMixin):
     """One benchmark run: its work dir, its log, what it created."""
 
     def __init__(self, keep: bool, smoke: bool = False) -> None:
@@ -293,25 +294,6 @@ class Bench(BenderMixin):
         res["median_steps"] = {k: statistics.median(r["step_seconds"].get(k, 0.0)
                                                     for r in res["runs"]) for k in steps}
         self.results["fixed"] = res
-
-    def bench_parity(self) -> None:
-        """`rolebake parity web --vm qemu` once the image is built (the cache is warm)."""
-        self.note("rolebake: parity web --vm qemu")
-        res: dict[str, Any] = {"load_before": self.load()}
-        seconds, out, err = self.run("rolebake-parity", [
-            *ROLEBAKE, "--project", str(self.work / "project"), "parity", "web", "--vm", "qemu",
-            "--json"], check=False, env=self.apt_env)
-        res["wall_s"] = seconds
-        report = json.loads(out) if out.strip().startswith("{") else {}
-        res["ok"] = report.get("ok")
-        res["steps"] = report.get("steps")
-        res["accel"] = "kvm" if " up (kvm)" in err else "tcg" if " up (tcg)" in err else None
-        res["notices"] = [ln.split("] ", 1)[-1] for ln in err.splitlines() if "notice:" in ln]
-        res["apt"] = next((ln.split("apt: ", 1)[1] for ln in err.splitlines()
-                           if "[vm] apt: " in ln), None)
-        if not report:
-            raise RuntimeError("parity: no report; " + "\n".join(err.splitlines()[-10:]))
-        self.results["parity"] = res
 
     def bench_jobs(self) -> None:
         """web and app, both on a cached base, --jobs 1 vs --jobs 2 (new keys each time).
