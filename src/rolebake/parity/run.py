@@ -164,6 +164,11 @@ def run_parity(engine: Engine, project: Project, image: str, vm: str, *,
     builder = Builder(engine, project, events, BuildOptions(secrets=secrets))
     layers: VMLayers | None = None
     scratch, chain = project.state_dir, []
+    if target is None:
+        # Before the build starts: working out the keys asks ansible-core in this process,
+        # which the build's thread does too (its globals are not for two threads at once).
+        with clock.step("vm_layers_lookup"):
+            chain = chain_keys(engine, project, plan)
     with ThreadPoolExecutor(max_workers=2, thread_name_prefix="rolebake-parity") as pool, \
             contextlib.ExitStack() as scratch_stack:
         build = pool.submit(clock.timed, "build", builder.build, plan)
@@ -171,8 +176,6 @@ def run_parity(engine: Engine, project: Project, image: str, vm: str, *,
             if target is None:
                 scratch = scratch_stack.enter_context(
                     scratch_dir(project.private_dir("tmp"), "vm-layers-"))
-                with clock.step("vm_layers_lookup"):
-                    chain = chain_keys(engine, project, plan)
             with _vm(plan, target, events, clock,
                      lambda image: VMLayers.plan(store_for(project), image.identity, scratch,
                                                  chain, events)) \
