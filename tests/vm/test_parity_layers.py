@@ -10,6 +10,7 @@ role (minutes). The invalidation is shown through the lookup every run makes (th
 from __future__ import annotations
 
 import json
+import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,9 +27,14 @@ from rolebake.spec import Project
 from rolebake.vmlayers import store_for
 from tests.conftest import run_cli
 from tests.integration.conftest import BASE_IMAGE, TestProject, copy_project
-from tests.vm.test_parity import qemu_processes
 
 pytestmark = [pytest.mark.vm, pytest.mark.integration]
+
+
+def qemu_processes() -> list[str]:
+    out = subprocess.run(["pgrep", "-af", "qemu-system"], capture_output=True, text=True,
+                         check=False).stdout
+    return [line for line in out.splitlines() if "pgrep" not in line]
 
 
 @pytest.fixture

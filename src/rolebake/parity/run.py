@@ -304,7 +304,7 @@ def _vm_side(project: Project, final: Layer, ssh: SSHTarget,
 
 
 def _managed(engine: Engine, plan: BuildPlan, report: BuildReport, vm_tasks: list[TaskResult],
-             events: EventSink, kept: list[str]) -> list[str]:
+             events: EventSink, kept: list[str] | None = None) -> list[str]:
     """What the roles managed on either side, the paths both snapshots compare.
 
     The container's side comes from each layer's image label, which its build
@@ -322,7 +322,7 @@ def _managed(engine: Engine, plan: BuildPlan, report: BuildReport, vm_tasks: lis
             continue
         paths += recorded
     # Layers the VM took from a kept snapshot: what their tasks named when they ran.
-    paths += kept + managed_paths(vm_tasks)
+    paths += (kept or []) + managed_paths(vm_tasks)
     return [p for p in dict.fromkeys(paths) if p not in _ALWAYS_DIFFERENT]
 
 
