@@ -135,6 +135,10 @@ class SnapshotStore:
                 with contextlib.suppress(FileNotFoundError):
                     if now - disk.stat().st_mtime > _UNRECORDED_GRACE_S:
                         out.append((disk, "no record (its run was interrupted)"))
+        for tmp in sorted(self.root.glob(f".*{_RECORD}.tmp")):
+            with contextlib.suppress(FileNotFoundError):
+                if now - tmp.stat().st_mtime > _UNRECORDED_GRACE_S:
+                    out.append((tmp, "a record its run did not finish"))
         for entry in entries.values():
             why = self._why_invalid(entry, entries, None)
             if not why and bases is not None and entry.base not in bases:
@@ -237,7 +241,7 @@ class SnapshotStore:
 
     def remove(self, path: Path) -> None:
         """Remove a snapshot (record first, so it stops being found at once) and its file."""
-        stem = path.name.split(".", 1)[0]
+        stem = path.name.lstrip(".").split(".", 1)[0]
         self._record_path(stem).unlink(missing_ok=True)
         path.unlink(missing_ok=True)
 

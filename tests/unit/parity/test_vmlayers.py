@@ -79,6 +79,12 @@ def test_a_damaged_or_unrecorded_file_is_not_used(tmp_path: Path) -> None:
     old = time.time() - 3600
     os.utime(orphan, (old, old))
     assert (orphan, "no record (its run was interrupted)") in store.broken()
+    unfinished = store.root / ".s-dead.json.tmp"
+    unfinished.write_text("{")
+    os.utime(unfinished, (old, old))
+    assert (unfinished, "a record its run did not finish") in store.broken()
+    store.remove(unfinished)
+    assert not unfinished.exists()
 
 
 def test_publish_is_read_only_atomic_and_once_per_key(tmp_path: Path) -> None:
