@@ -265,6 +265,10 @@ class FakeEngine:
         self._enter("save", image_id)
         yield b""
 
+    def load(self, archive: Path) -> None:
+        """Nothing to load into."""
+        self._enter("load", str(archive))
+
     def history(self, image_id: str) -> list[dict[str, Any]]:
         """One history entry, the image itself."""
         self._enter("history", image_id)

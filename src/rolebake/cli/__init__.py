@@ -76,16 +76,22 @@ def main(project: Path | None, debug: bool, quiet: bool) -> None:
                    "instead of failing.")
 @click.option("--attest", "attest_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Also write each verified image's SBOM and provenance to this folder.")
+@click.option("--source-date-epoch", metavar="SECONDS", help="Clamp layer times to this "
+              "(default: $SOURCE_DATE_EPOCH, else the commit time of HEAD).")
+@click.option("--check-reproducible", is_flag=True, help="Build twice from scratch into "
+              "throwaway tags; list the files that differ (exit 5 if any).")
 @click.pass_context
 @handled
 def build(ctx: click.Context, images: tuple[str, ...], no_cache: bool, jobs: int,
           keep_failed: bool, idempotence: bool, no_verify: bool, secrets: tuple[str, ...],
           vault_password_file: Path | None, allow_insecure_engine: bool, as_json: bool,
           junit: Path | None, push: bool, cache_repo: str | None, record_inputs: bool,
-          attest_dir: Path | None) -> None:
+          attest_dir: Path | None, source_date_epoch: str | None,
+          check_reproducible: bool) -> None:
     """Build IMAGES (spec names, or name:variant; none means all) and tag them when verified."""
     from rolebake.builder import Builder, BuildOptions
     from rolebake.load import install_requirements, plan_build
+    from rolebake.normalise import source_date_epoch as epoch_of
     from rolebake.report import build_summary
     from rolebake.verify import write_junit
 
@@ -95,6 +101,7 @@ def build(ctx: click.Context, images: tuple[str, ...], no_cache: bool, jobs: int
         raise InputError("--attest records verified images only; drop --no-verify")
     repository = cache_repo_of(cache_repo)
     project = project_of(ctx)
+    epoch = epoch_of(project.root, source_date_epoch)
     plan = plan_build(project, images, progress_of(ctx))
     secret_set = secrets_for(ctx, project, plan, secrets, vault_password_file)
     engine = engine_for(ctx, project, secret_set, allow_insecure=allow_insecure_engine)
@@ -103,7 +110,18 @@ def build(ctx: click.Context, images: tuple[str, ...], no_cache: bool, jobs: int
     options = BuildOptions(no_cache=no_cache, jobs=jobs, keep_failed=keep_failed,
                            idempotence=idempotence, verify=not no_verify, secrets=secret_set,
                            push=push, cache_repo=repository, record_inputs=record_inputs,
-                           attest_dir=attest_dir)
+                           attest_dir=attest_dir, source_date_epoch=epoch)
+    if check_reproducible:
+        from rolebake import reproducible
+
+        checked = reproducible.check(engine, project, plan, options, progress_of(ctx))
+        for line in [] if as_json else checked.lines():
+            click.echo(line)
+        if as_json:
+            echo_json(checked.to_dict())
+        if not checked.reproducible:
+            raise reproducible.NotReproducible("two builds of the same inputs differ")
+        return
     builder = Builder(engine, project, progress_of(ctx), options)
     try:
         report = builder.build(plan)
