@@ -287,6 +287,7 @@ class Steps:
             cache_key=run.inputs.key, revision=self._revision, build_id=self.build_id,
             started=run.started, provisioner=run.provisioner.version(),
             verify=run.result.verify.to_dict() if run.result.verify else None,
+            observed=run.inputs.recorded,
             options={"noCache": self.options.no_cache, "push": self.options.push,
                      "idempotence": self.options.idempotence or run.layer.spec.idempotence,
                      "cacheRepo": str(self.options.cache_repo or "") or None})
