@@ -66,6 +66,7 @@ class FakeEngine:
     def __init__(self) -> None:
         self._went_away = threading.Event()
         self.images_by_id: dict[str, FakeImage] = {}
+        self._saved: dict[int, str] = {}  # thread -> the image it saved last (see `load`)
         self.containers_by_id: dict[str, FakeContainer] = {}
         self.calls: list[Call] = []
         self.pullable: dict[str, dict[str, Any]] = {}  # ref -> config, for pull()
@@ -264,21 +265,23 @@ class FakeEngine:
         return True
 
     def save(self, image_id: str) -> Iterator[bytes]:
-        """A `docker save` archive of one empty layer, whose config names the image saved.
+        """A `docker save` archive of one empty layer: its config has the image's labels.
 
-        Normalising (normalise.py) rewrites the config and loads it back: `load` then
-        makes an image with the saved one's files and the new config's labels.
+        Normalising (normalise.py) rewrites the config and loads it back in the same
+        thread: `load` then makes an image with the saved one's files and the new
+        config's labels (the same labels give the same id, as on a real engine).
         """
         self._enter("save", image_id)
         with self._lock:
             image = self._resolve(image_id)
             assert image is not None, f"no image {image_id}"
             labels = dict(image.labels)
+            self._saved[threading.get_ident()] = image.id  # what this thread's load rewrites
         empty = io.BytesIO()
         tarfile.open(fileobj=empty, mode="w").close()
         layer = empty.getvalue()
         config = json.dumps({"config": {"Labels": labels}, "created": image.created,
-                             "history": [{"created": image.created}], "fake_source": image.id,
+                             "history": [{"created": image.created}],
                              "rootfs": {"type": "layers", "diff_ids": [
                                  "sha256:" + hashlib.sha256(layer).hexdigest()]}}).encode()
         name = hashlib.sha256(config).hexdigest() + ".json"
@@ -301,7 +304,7 @@ class FakeEngine:
         body = json.loads(config)
         image_id = "sha256:" + hashlib.sha256(config).hexdigest()
         with self._lock:
-            source = self.images_by_id[body["fake_source"]]
+            source = self.images_by_id[self._saved[threading.get_ident()]]
             labels = dict(body["config"].get("Labels") or {})
             self.images_by_id.setdefault(image_id, FakeImage(
                 id=image_id, tags=[], labels=labels,
