@@ -216,3 +216,20 @@ def test_the_check_names_what_differs_and_who_owns_it() -> None:
     assert "random key" in snake.line() and "make-ssl-cert" in snake.line()
     gone = owners.explain("/etc/gone", ("only in the first build",))
     assert gone.package == "foo" and gone.made_by == "foo.postinst (maintainer script)"
+
+
+def test_bad_epochs_and_flags_are_input_errors_before_any_container(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from rolebake.cli import main
+
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "web.yml").write_text("from: debian:bookworm\nroles: []\n")
+    runner = CliRunner()
+    bad = runner.invoke(main, ["--project", str(tmp_path), "build", "web",
+                               "--source-date-epoch", "soon"])
+    assert bad.exit_code == 2 and "--source-date-epoch: 'soon' is not a whole number" in (
+        bad.output), bad.output
+    both = runner.invoke(main, ["--project", str(tmp_path), "build", "web",
+                                "--check-reproducible", "--push"])
+    assert both.exit_code == 2 and "--check-reproducible" in both.output, both.output

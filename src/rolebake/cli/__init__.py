@@ -99,6 +99,9 @@ def build(ctx: click.Context, images: tuple[str, ...], no_cache: bool, jobs: int
         raise InputError("--push publishes verified images only; drop --no-verify")
     if attest_dir is not None and no_verify:
         raise InputError("--attest records verified images only; drop --no-verify")
+    if check_reproducible and (push or attest_dir or junit):
+        raise InputError("--check-reproducible builds into throwaway tags only; drop --push, "
+                         "--attest and --junit")
     repository = cache_repo_of(cache_repo)
     project = project_of(ctx)
     epoch = epoch_of(project.root, source_date_epoch)
