@@ -10,7 +10,8 @@ config, and loads the result back:
   already leaves atime and ctime out of layer tars), owners numeric with empty
   names, only xattrs kept as PAX records, and the per-build noise (`NOISE`:
   dpkg and apt logs, ldconfig's aux-cache, dpkg's and debconf's `-old` files,
-  apt's binary caches) dropped, so that the parent's copy shows through;
+  apt's binary caches) dropped, so that the parent's copy shows through, and
+  the machine id a package's postinst made at random emptied (`EMPTIED`);
 - the config: `created` and the layer's history entry at the epoch, no
   container id, hostname or engine version, no build id label, the new
   layer's diff id last.
@@ -56,6 +57,9 @@ NOISE = (
     "var/lib/dpkg/*-old",
     "var/cache/apt/*.bin",
 )
+# Random per install, kept as empty files (what Debian's own images ship: systemd
+# makes an id when a system boots with an empty one; a container never needs one).
+EMPTIED = ("etc/machine-id", "var/lib/dbus/machine-id")
 CREATED_LABEL = "org.opencontainers.image.created"
 _CHUNK = 1 << 20
 
@@ -123,7 +127,8 @@ def normalise_layer(source: BinaryIO, dest: BinaryIO, epoch: int) -> tuple[str, 
     """Write the normalised form of the layer tar `source` (seekable) to `dest`.
 
     Returns:
-        The new layer's diff id (`sha256:` of the tar written) and the noise dropped.
+        The new layer's diff id (`sha256:` of the tar written) and the noise dropped
+        (or emptied: `EMPTIED`).
     """
     dropped: list[str] = []
     with tarfile.open(fileobj=source, mode="r:") as tar:
@@ -144,7 +149,11 @@ def normalise_layer(source: BinaryIO, dest: BinaryIO, epoch: int) -> tuple[str, 
                     data_from = members[member.linkname]
                 head = _header(name, data_from, epoch)
                 canonical = first.get(name, name)
-                if canonical != name:
+                if name in EMPTIED and data_from.isreg() and data_from.size:
+                    dropped.append(f"/{name} (emptied)")
+                    head.type, head.size = tarfile.REGTYPE, 0
+                    out.addfile(head)
+                elif canonical != name:
                     head.type, head.linkname, head.size = tarfile.LNKTYPE, canonical, 0
                     out.addfile(head)
                 elif data_from.isreg() or (member.islnk() and data_from is not member):

@@ -233,3 +233,12 @@ def test_bad_epochs_and_flags_are_input_errors_before_any_container(tmp_path: Pa
     both = runner.invoke(main, ["--project", str(tmp_path), "build", "web",
                                 "--check-reproducible", "--push"])
     assert both.exit_code == 2 and "--check-reproducible" in both.output, both.output
+
+
+def test_a_machine_id_made_at_install_is_emptied() -> None:
+    one = layer([("etc/machine-id", "f", "0f1e2d3c4b5a69788796a5b4c3d2e1f0\n", EPOCH + 9)])
+    two = layer([("etc/machine-id", "f", "aaaabbbbccccddddeeeeffff00001111\n", EPOCH + 3)])
+    first, digest, dropped = normalised(one)
+    assert normalised(two)[1] == digest and dropped == ["/etc/machine-id (emptied)"]
+    (entry,) = members(first)
+    assert entry.isreg() and entry.size == 0 and entry.mode == 0o644

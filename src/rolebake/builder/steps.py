@@ -250,7 +250,7 @@ class Steps:
         run.result.step_seconds["normalise"] = time.monotonic() - began
         if done.dropped:
             self.events(LogEvent(run.layer.id, f"normalised: dropped {len(done.dropped)} "
-                                               "per-build files (logs, caches, -old)"))
+                                               "per-build files (logs, caches, -old, machine id)"))
         return done.image_id
 
     def _scan(self, run: LayerRun) -> None:
