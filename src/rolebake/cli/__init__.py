@@ -23,6 +23,7 @@ from rolebake import __version__
 from rolebake.cli.running import (
     CACHE_REPO_HELP,
     cache_repo_of,
+    check_and_show,
     echo_json,
     engine_for,
     err,
@@ -115,16 +116,7 @@ def build(ctx: click.Context, images: tuple[str, ...], no_cache: bool, jobs: int
                            push=push, cache_repo=repository, record_inputs=record_inputs,
                            attest_dir=attest_dir, source_date_epoch=epoch)
     if check_reproducible:
-        from rolebake import reproducible
-
-        checked = reproducible.check(engine, project, plan, options, progress_of(ctx))
-        for line in [] if as_json else checked.lines():
-            click.echo(line)
-        if as_json:
-            echo_json(checked.to_dict())
-        if not checked.reproducible:
-            raise reproducible.NotReproducible("two builds of the same inputs differ")
-        return
+        return check_and_show(engine, project, plan, options, progress_of(ctx), as_json)
     builder = Builder(engine, project, progress_of(ctx), options)
     try:
         report = builder.build(plan)

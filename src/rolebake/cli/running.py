@@ -222,3 +222,22 @@ insecure_engine_option = click.option(
 vault_option = click.option(
     "--vault-password-file", type=click.Path(path_type=Path),
     help="Ansible Vault password (or set ROLEBAKE_VAULT_PASSWORD).")
+
+
+def check_and_show(engine: Engine, project: Project, plan: BuildPlan, options: Any,
+                   events: Any, as_json: bool) -> None:
+    """`build --check-reproducible`: build twice, print what differs (reproducible.py).
+
+    Raises:
+        NotReproducible: the two builds differ (exit 5).
+    """
+    from rolebake import reproducible
+
+    checked = reproducible.check(engine, project, plan, options, events)
+    if as_json:
+        echo_json(checked.to_dict())
+    else:
+        for line in checked.lines():
+            click.echo(line)
+    if not checked.reproducible:
+        raise reproducible.NotReproducible("two builds of the same inputs differ")
