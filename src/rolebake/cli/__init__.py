@@ -31,6 +31,7 @@ from rolebake.cli.running import (
     insecure_engine_option,
     progress_of,
     project_of,
+    reproducible_options,
     secret_files_option,
     secrets_for,
     vault_option,
@@ -77,10 +78,7 @@ def main(project: Path | None, debug: bool, quiet: bool) -> None:
                    "instead of failing.")
 @click.option("--attest", "attest_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Also write each verified image's SBOM and provenance to this folder.")
-@click.option("--source-date-epoch", metavar="SECONDS", help="Clamp layer times to this "
-              "(default: $SOURCE_DATE_EPOCH, else the commit time of HEAD).")
-@click.option("--check-reproducible", is_flag=True, help="Build twice from scratch into "
-              "throwaway tags; list the files that differ (exit 5 if any).")
+@reproducible_options
 @click.pass_context
 @handled
 def build(ctx: click.Context, images: tuple[str, ...], no_cache: bool, jobs: int,
@@ -101,8 +99,7 @@ def build(ctx: click.Context, images: tuple[str, ...], no_cache: bool, jobs: int
     if attest_dir is not None and no_verify:
         raise InputError("--attest records verified images only; drop --no-verify")
     if check_reproducible and (push or attest_dir or junit):
-        raise InputError("--check-reproducible builds into throwaway tags only; drop --push, "
-                         "--attest and --junit")
+        raise InputError("--check-reproducible builds throwaway tags: drop --push/--attest/--junit")
     repository = cache_repo_of(cache_repo)
     project = project_of(ctx)
     epoch = epoch_of(project.root, source_date_epoch)
