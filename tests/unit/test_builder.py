@@ -962,6 +962,7 @@ def test_a_normalised_rebuild_that_fails_keeps_the_image_it_reproduced(
     good = first.results["web"].image_id
     assert first.error is None and good is not None
     assert BUILD_ID_LABEL not in (engine.image(good) or pytest.fail("gone")).labels
+    engine.remove_image("rolebake/web:1.0")  # so the rebuild moves it, and is refused
     engine.refuse_tag("rolebake/web:1.0")
     again, _, _ = run_build(engine, project, ["web"], no_cache=True,
                             source_date_epoch=1_700_000_000)
