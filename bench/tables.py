@@ -96,6 +96,29 @@ def table(results: dict[str, Any]) -> list[str]:
     return rows
 
 
+def _attest_rows(rb: dict[str, Any] | None) -> list[str]:
+    """Per built layer: the SBOM and provenance (attest step) and the normalisation (commit).
+
+    From `build --json`'s step timings of the rolebake section's builds; normalising
+    (normalise.py) runs inside the commit step and is timed on its own as `normalise`.
+    """
+    built = [(f"{build}: {name}", layer) for build, key in (("fresh", "fresh_layers"),
+                                                            ("after the change", "change_layers"))
+             for name, layer in ((rb or {}).get(key) or {}).items() if not layer["cached"]]
+    if not built:
+        return []
+    rows = ["", "| rolebake, per built layer | layer (s) | attest: SBOM + provenance (s) | "
+                "normalise (s) | commit incl. normalise (s) | attest + normalise share |",
+            "|---|---|---|---|---|---|"]
+    for label, layer in built:
+        steps = layer.get("step_seconds") or {}
+        extra = (steps.get("attest") or 0) + (steps.get("normalise") or 0)
+        share = f"{extra / layer['seconds'] * 100:.0f}%" if layer.get("seconds") else "-"
+        rows.append(f"| {label} | {_s(layer.get('seconds'))} | {_s(steps.get('attest'))} | "
+                    f"{_s(steps.get('normalise'))} | {_s(steps.get('commit'))} | {share} |")
+    return rows
+
+
 def _rolebake_rows(results: dict[str, Any]) -> list[str]:
     rows: list[str] = []
     fixed, parity, jobs = (results.get(k) for k in ("fixed", "parity", "jobs"))
@@ -124,6 +147,7 @@ def _rolebake_rows(results: dict[str, Any]) -> list[str]:
         if parity.get("ratio") is not None:
             rows.append(f"| parity web, base's VM layer kept vs cold | | "
                         f"{parity['ratio']:.2f}x | |")
+    rows += _attest_rows(results.get("rolebake"))
     if jobs:
         runs = {j: ", ".join(_s(r["seconds"]) for r in jobs["runs"] if r["jobs"] == j)
                 for j in (1, 2)}

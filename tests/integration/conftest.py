@@ -57,8 +57,11 @@ def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[docker.DockerCl
     had_bridge = _DOCKER0.exists()
     yield client
     ours = _session_build_ids(tmp_path_factory.getbasetemp())
-    for tag, build_id in sorted(_cache_tags(client).items()):
-        if tag not in before and build_id in ours:
+    attested = _session_attested(tmp_path_factory.getbasetemp())
+    for tag, (build_id, image_id) in sorted(_cache_tags(client).items()):
+        # A normalised image carries no build id (normalise.py): its attest folder says
+        # that this session built it.
+        if tag not in before and (build_id in ours or image_id in attested):
             with contextlib.suppress(docker.errors.APIError):
                 client.images.remove(tag, force=True)
     if had_bridge and not _DOCKER0.exists():
@@ -68,11 +71,16 @@ def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[docker.DockerCl
 _DOCKER0 = Path("/sys/class/net/docker0")
 
 
-def _cache_tags(client: docker.DockerClient) -> dict[str, str]:
-    """Every `rolebake-cache/*` tag on the engine, with the build id of its image."""
-    return {tag: (image.labels or {}).get(BUILD_ID_LABEL, "")
+def _cache_tags(client: docker.DockerClient) -> dict[str, tuple[str, str]]:
+    """Every `rolebake-cache/*` tag on the engine, with the build id and the id of its image."""
+    return {tag: ((image.labels or {}).get(BUILD_ID_LABEL, ""), str(image.id))
             for image in client.images.list() for tag in image.tags
             if tag.startswith("rolebake-cache/")}
+
+
+def _session_attested(basetemp: Path) -> set[str]:
+    """Image ids this session's builds attested (`.rolebake/attest/<hex>`)."""
+    return {f"sha256:{folder.name}" for folder in basetemp.glob("**/.rolebake/attest/*")}
 
 
 def _session_build_ids(basetemp: Path) -> set[str]:

@@ -19,7 +19,10 @@ from __future__ import annotations
 import contextlib
 import copy
 import hashlib
+import io
 import itertools
+import json
+import tarfile
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from importlib import resources
@@ -63,6 +66,7 @@ class FakeEngine:
     def __init__(self) -> None:
         self._went_away = threading.Event()
         self.images_by_id: dict[str, FakeImage] = {}
+        self._saved: dict[int, str] = {}  # thread -> the image it saved last (see `load`)
         self.containers_by_id: dict[str, FakeContainer] = {}
         self.calls: list[Call] = []
         self.pullable: dict[str, dict[str, Any]] = {}  # ref -> config, for pull()
@@ -261,9 +265,51 @@ class FakeEngine:
         return True
 
     def save(self, image_id: str) -> Iterator[bytes]:
-        """No layers to scan."""
+        """A `docker save` archive of one empty layer: its config has the image's labels.
+
+        Normalising (normalise.py) rewrites the config and loads it back in the same
+        thread: `load` then makes an image with the saved one's files and the new
+        config's labels (the same labels give the same id, as on a real engine).
+        """
         self._enter("save", image_id)
-        yield b""
+        with self._lock:
+            image = self._resolve(image_id)
+            assert image is not None, f"no image {image_id}"
+            labels = dict(image.labels)
+            self._saved[threading.get_ident()] = image.id  # what this thread's load rewrites
+        empty = io.BytesIO()
+        tarfile.open(fileobj=empty, mode="w").close()
+        layer = empty.getvalue()
+        config = json.dumps({"config": {"Labels": labels}, "created": image.created,
+                             "history": [{"created": image.created}],
+                             "rootfs": {"type": "layers", "diff_ids": [
+                                 "sha256:" + hashlib.sha256(layer).hexdigest()]}}).encode()
+        name = hashlib.sha256(config).hexdigest() + ".json"
+        manifest = json.dumps([{"Config": name, "Layers": ["l1/layer.tar"]}]).encode()
+        out = io.BytesIO()
+        with tarfile.open(fileobj=out, mode="w") as tar:
+            for entry, data in (("l1/json", b'{"config": {}}'), ("l1/layer.tar", layer),
+                                (name, config), ("manifest.json", manifest)):
+                info = tarfile.TarInfo(entry)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+        yield out.getvalue()
+
+    def load(self, archive: Path) -> None:
+        """Make the image of a saved-and-rewritten archive (see `save`)."""
+        self._enter("load", str(archive))
+        with tarfile.open(archive) as tar:
+            manifest = json.loads(_member(tar, "manifest.json"))
+            config = _member(tar, manifest[0]["Config"])
+        body = json.loads(config)
+        image_id = "sha256:" + hashlib.sha256(config).hexdigest()
+        with self._lock:
+            source = self.images_by_id[self._saved[threading.get_ident()]]
+            labels = dict(body["config"].get("Labels") or {})
+            self.images_by_id.setdefault(image_id, FakeImage(
+                id=image_id, tags=[], labels=labels,
+                config={**copy.deepcopy(source.config), "Labels": labels},
+                created=body["created"], parent=source.parent, files=dict(source.files)))
 
     def history(self, image_id: str) -> list[dict[str, Any]]:
         """One history entry, the image itself."""
@@ -583,3 +629,9 @@ __all__ = [
     "ProvisionerControl",
     "normalize",
 ]
+
+
+def _member(tar: tarfile.TarFile, name: str) -> bytes:
+    extracted = tar.extractfile(name)
+    assert extracted is not None
+    return extracted.read()

@@ -289,3 +289,22 @@ def test_the_cli_prints_what_is_recorded_and_exit_2_when_nothing_is(tmp_path: Pa
     assert none.exit_code == 2 and "no provenance is recorded" in none.output
     missing = runner.invoke(main, ["--project", str(tmp_path), "sbom", "sha256:" + "0" * 64])
     assert missing.exit_code == 2 and "no SBOM or provenance is recorded" in missing.output
+
+
+def test_the_provenance_lists_what_ansible_read() -> None:
+    inputs = {**INPUTS, "observed": {"files/extra.txt": "0640:" + "9" * 32,
+                                     "files/drop.d/": "list:" + "a" * 32,
+                                     "files/gone.txt": "missing:" + "b" * 32}}
+    deps = statement(record(inputs=inputs, observed=(
+        "roles/web/tasks/main.yml", "files/extra.txt", "files/drop.d/")))[
+        "predicate"]["buildDefinition"]["resolvedDependencies"]
+    found = {d["name"]: d for d in deps}
+    assert found["roles/web/tasks/main.yml"]["annotations"]["observed"] is True
+    assert found["playbooks/site.yml"]["annotations"]["observed"] is False
+    assert found["files/extra.txt"]["annotations"] == {"kind": "observed file", "mode": "0640"}
+    assert found["files/extra.txt"]["digest"] == {"sha256-128": "9" * 32}
+    assert found["files/drop.d/"]["annotations"] == {"kind": "observed listing"}
+    assert found["files/gone.txt"]["annotations"]["missing"] is True
+    # Without a record of reads (a hit pulled from elsewhere), keyed files say nothing.
+    plain = statement(record())["predicate"]["buildDefinition"]["resolvedDependencies"]
+    assert all("observed" not in d.get("annotations", {}) for d in plain)

@@ -953,3 +953,20 @@ def test_a_slow_task_is_named_with_ansibles_own_duration(project: Project) -> No
     _, seen = watch(project, [ok("Restart apache2", 61.2), ok("Reload nginx", 2.5)])
     slow = [e.message for e in seen if isinstance(e, LogEvent)]
     assert slow == ["slow task: 'Restart apache2' took 61 s"]
+
+
+def test_a_normalised_rebuild_that_fails_keeps_the_image_it_reproduced(
+        engine: FakeEngine, project: Project) -> None:
+    """The same inputs give the same id: a failed rebuild must not remove the good image."""
+    first, _, _ = run_build(engine, project, ["web"], source_date_epoch=1_700_000_000)
+    good = first.results["web"].image_id
+    assert first.error is None and good is not None
+    assert BUILD_ID_LABEL not in (engine.image(good) or pytest.fail("gone")).labels
+    engine.remove_image("rolebake/web:1.0")  # so the rebuild moves it, and is refused
+    engine.refuse_tag("rolebake/web:1.0")
+    again, _, _ = run_build(engine, project, ["web"], no_cache=True,
+                            source_date_epoch=1_700_000_000)
+    assert again.results["web"].image_id == good  # reproduced
+    assert isinstance(again.error, InputError)  # the refused tag failed it
+    assert good in engine.image_ids()
+    assert engine.tagged("rolebake/web:latest") == good

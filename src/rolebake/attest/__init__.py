@@ -258,14 +258,15 @@ def spec_content(project: Project, layer: Layer) -> dict[str, Any]:
 def build_record(project: Project, layer: Layer, *, image_id: str, inputs: Mapping[str, Any],
                  cache_key: str, revision: str | None, build_id: str, started: float,
                  provisioner: str, options: Mapping[str, Any],
-                 verify: Mapping[str, Any] | None) -> BuildRecord:
+                 verify: Mapping[str, Any] | None,
+                 observed: Sequence[str] = ()) -> BuildRecord:
     """What a build knew about a verified layer (the base is filled in from its chain)."""
     return BuildRecord(
         image_id=image_id, name=layer.id, spec=spec_content(project, layer),
         spec_path=project.relative(layer.spec.path), variant=layer.variant, inputs=inputs,
         cache_key=cache_key, base=("", ""), revision=revision, build_id=build_id,
         started=started, finished=time.time(), provisioner=provisioner, options=options,
-        verify=verify)
+        verify=verify, observed=tuple(observed))
 
 
 def _text(document: Mapping[str, Any] | None) -> str:

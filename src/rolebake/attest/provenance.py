@@ -50,6 +50,9 @@ class BuildRecord:
     options: Mapping[str, Any] = field(default_factory=dict)
     verify: Mapping[str, Any] | None = None  # VerifyResult.to_dict()
     repo_digests: Sequence[str] = ()  # `repo@sha256:...` once pushed
+    # What Ansible's own process read in the project during the build (observed.py):
+    # files, and folders (ending in /) it listed.
+    observed: Sequence[str] = ()
 
 
 def statement(record: BuildRecord) -> dict[str, Any]:
@@ -125,10 +128,22 @@ def resolved_dependencies(record: BuildRecord) -> list[dict[str, Any]]:
         commit = record.revision.removesuffix("-dirty")
         deps.append({"name": "project", "digest": {"gitCommit": commit},
                      "annotations": {"clean": not record.revision.endswith("-dirty")}})
+    seen = set(record.observed)
     for path, value in sorted((inputs.get("files") or {}).items()):
         mode, _, digest = str(value).partition(":")
         deps.append({"name": path, "uri": f"file:{path}", "digest": _key_digest(digest),
-                     "annotations": {"kind": "file", "mode": mode}})
+                     "annotations": {"kind": "file", "mode": mode,
+                                     **({"observed": path in seen} if seen else {})}})
+    # Read by Ansible during the build but not found by the static walk: keyed since.
+    for path, value in sorted((inputs.get("observed") or {}).items()):
+        kind, _, digest = str(value).partition(":")
+        listing = kind == "list"
+        deps.append({"name": path, "uri": f"file:{path}",
+                     "digest": _key_digest("" if digest == "missing" else digest),
+                     "annotations": {"kind": "observed listing" if listing else "observed file",
+                                     **({"missing": True} if digest == "missing" or
+                                        kind == "missing" else {}),
+                                     **({} if listing or kind == "missing" else {"mode": kind})}})
     for section, kind in (("vars", "var"), ("config", "config"), ("settings", "setting")):
         for name, digest in sorted((inputs.get(section) or {}).items()):
             deps.append({"name": f"{kind} {name}", "digest": _key_digest(str(digest)),

@@ -28,6 +28,8 @@ class BuildOptions:
     cache_repo: Repository | None = None  # share verified layers through this repository
     record_inputs: bool = False  # key what Ansible read but the key missed, instead of failing
     attest_dir: Path | None = None  # --attest: each layer's SBOM and provenance also go here
+    # SOURCE_DATE_EPOCH: each committed layer is normalised to it (normalise.py); None: not
+    source_date_epoch: int | None = None
 
 
 @dataclass

@@ -296,6 +296,8 @@ class Runner(Steps):
             self._release_children(run.layer.id)
         else:
             self._release_children(run.layer.id)  # their images first: they stand on this one
+            if run.existed:  # the same id as an image built before: that one stays
+                return
             if run.layer.parent_is_layer:
                 # Removing this image takes an untagged parent with it: wait until the
                 # parent is tagged, kept, or going anyway.

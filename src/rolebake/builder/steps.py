@@ -35,6 +35,7 @@ from rolebake.image import (
     provenance_labels,
 )
 from rolebake.locks import Held
+from rolebake.normalise import normalise_image, stable_labels
 from rolebake.plan import Layer
 from rolebake.provision import observed
 from rolebake.provision.base import ProvisionContext, Provisioner
@@ -65,6 +66,7 @@ class LayerRun:
     source: str | None = None  # of a hit
     ctx: ProvisionContext | None = None
     image_id: str | None = None
+    existed: bool = False  # the normalised image was there before this build made it
     started: float = field(default_factory=time.time)  # wall clock, for the provenance
 
     @property
@@ -218,11 +220,38 @@ class Steps:
         image_id = run.result.image_id = self.engine.commit(run.container, run.config)
         try:
             run.stack.close()  # the build container goes as soon as its layer is committed
+            normalised = self._normalise(run, image_id)
         except BaseException:
             self.engine.remove_image(image_id, force=True)
             raise
-        run.image_id = image_id
+        image_id = run.image_id = run.result.image_id = normalised
         return image_id.split(":")[-1][:12]
+
+    def _normalise(self, run: LayerRun, committed: str) -> str:
+        """The reproducible form of the committed image (normalise.py); its id.
+
+        The same inputs give the same id, which may name an image that exists
+        already (tagged by an earlier build): `run.existed` keeps a failure of
+        this build from removing it.
+        """
+        epoch = self.options.source_date_epoch
+        if epoch is None:
+            return committed
+        if self.engine.kind == "podman":
+            self.events(LogEvent(run.layer.id, "notice: layers are not normalised on Podman "
+                                               "(its load differs): not reproducible"))
+            return committed
+        began = time.monotonic()
+        done = normalise_image(self.engine, committed, epoch=epoch,
+                               created_by=f"rolebake {run.layer.id}",
+                               scratch=self.project.private_dir("tmp"))
+        run.existed = done.existed
+        run.config["Labels"] = stable_labels(run.config["Labels"], epoch)  # what verify expects
+        run.result.step_seconds["normalise"] = time.monotonic() - began
+        if done.dropped:
+            self.events(LogEvent(run.layer.id, f"normalised: dropped {len(done.dropped)} "
+                                               "per-build files (logs, caches, -old, machine id)"))
+        return done.image_id
 
     def _scan(self, run: LayerRun) -> None:
         assert run.image_id is not None and self.options.secrets is not None
@@ -258,6 +287,7 @@ class Steps:
             cache_key=run.inputs.key, revision=self._revision, build_id=self.build_id,
             started=run.started, provisioner=run.provisioner.version(),
             verify=run.result.verify.to_dict() if run.result.verify else None,
+            observed=run.inputs.recorded,
             options={"noCache": self.options.no_cache, "push": self.options.push,
                      "idempotence": self.options.idempotence or run.layer.spec.idempotence,
                      "cacheRepo": str(self.options.cache_repo or "") or None})

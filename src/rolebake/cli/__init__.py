@@ -10,8 +10,6 @@ signals, shared options) is `running.py`.
 
 from __future__ import annotations
 
-import datetime as dt
-import re
 import sys
 import uuid
 from pathlib import Path
@@ -23,6 +21,7 @@ from rolebake import __version__
 from rolebake.cli.running import (
     CACHE_REPO_HELP,
     cache_repo_of,
+    check_and_show,
     echo_json,
     engine_for,
     err,
@@ -30,6 +29,7 @@ from rolebake.cli.running import (
     insecure_engine_option,
     progress_of,
     project_of,
+    reproducible_options,
     secret_files_option,
     secrets_for,
     vault_option,
@@ -76,16 +76,19 @@ def main(project: Path | None, debug: bool, quiet: bool) -> None:
                    "instead of failing.")
 @click.option("--attest", "attest_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Also write each verified image's SBOM and provenance to this folder.")
+@reproducible_options
 @click.pass_context
 @handled
 def build(ctx: click.Context, images: tuple[str, ...], no_cache: bool, jobs: int,
           keep_failed: bool, idempotence: bool, no_verify: bool, secrets: tuple[str, ...],
           vault_password_file: Path | None, allow_insecure_engine: bool, as_json: bool,
           junit: Path | None, push: bool, cache_repo: str | None, record_inputs: bool,
-          attest_dir: Path | None) -> None:
+          attest_dir: Path | None, source_date_epoch: str | None,
+          check_reproducible: bool) -> None:
     """Build IMAGES (spec names, or name:variant; none means all) and tag them when verified."""
     from rolebake.builder import Builder, BuildOptions
     from rolebake.load import install_requirements, plan_build
+    from rolebake.normalise import source_date_epoch as epoch_of
     from rolebake.report import build_summary
     from rolebake.verify import write_junit
 
@@ -93,8 +96,11 @@ def build(ctx: click.Context, images: tuple[str, ...], no_cache: bool, jobs: int
         raise InputError("--push publishes verified images only; drop --no-verify")
     if attest_dir is not None and no_verify:
         raise InputError("--attest records verified images only; drop --no-verify")
+    if check_reproducible and (push or attest_dir or junit):
+        raise InputError("--check-reproducible builds throwaway tags: drop --push/--attest/--junit")
     repository = cache_repo_of(cache_repo)
     project = project_of(ctx)
+    epoch = epoch_of(project.root, source_date_epoch)
     plan = plan_build(project, images, progress_of(ctx))
     secret_set = secrets_for(ctx, project, plan, secrets, vault_password_file)
     engine = engine_for(ctx, project, secret_set, allow_insecure=allow_insecure_engine)
@@ -103,7 +109,9 @@ def build(ctx: click.Context, images: tuple[str, ...], no_cache: bool, jobs: int
     options = BuildOptions(no_cache=no_cache, jobs=jobs, keep_failed=keep_failed,
                            idempotence=idempotence, verify=not no_verify, secrets=secret_set,
                            push=push, cache_repo=repository, record_inputs=record_inputs,
-                           attest_dir=attest_dir)
+                           attest_dir=attest_dir, source_date_epoch=epoch)
+    if check_reproducible:
+        return check_and_show(engine, project, plan, options, progress_of(ctx), as_json)
     builder = Builder(engine, project, progress_of(ctx), options)
     try:
         report = builder.build(plan)
@@ -484,9 +492,6 @@ def parity(ctx: click.Context, image: str, vm: str, as_json: bool, show_equal: b
                   "--accept-recommends accepts them" if only_recommends else ""))
 
 
-_AGE = re.compile(r"^(\d+)([smhd])$")
-
-
 @main.command()
 @click.option("--older-than", default="1h", show_default=True,
               help="Only leftovers at least this old (30m, 2h, 1d).")
@@ -501,49 +506,9 @@ _AGE = re.compile(r"^(\d+)([smhd])$")
 def clean(ctx: click.Context, older_than: str, dry_run: bool, labels: tuple[str, ...],
           vm_layers: bool) -> None:
     """Remove leftovers with rolebake's labels: build/verify containers, failed images."""
-    from rolebake.cleanup import find_leftovers, remove_leftovers, sweep_scratch
-    from rolebake.cleanup import vm_layers as clean_vm_layers
-    from rolebake.provision import ansible_facts
-    from rolebake.rootfs import cache_dir, vm_disk_identities
-    from rolebake.spec import Project
+    from rolebake.cli.clean import clean_leftovers
 
-    match = _AGE.match(older_than)
-    if not match:
-        raise InputError(f"--older-than {older_than!r}: expected a number and s, m, h or d")
-    seconds = int(match.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
-    wanted: dict[str, str] = {}
-    for label in labels:
-        key, sep, value = label.partition("=")
-        if not sep or not key or not value:
-            raise InputError(f"--label {label!r}: expected KEY=VALUE")
-        wanted[key] = value
-    engine = engine_for(ctx)
-    leftovers = find_leftovers(engine, dt.timedelta(seconds=seconds), wanted)
-    for item in leftovers:
-        click.echo(f"{'would remove' if dry_run else 'removing'} {item.kind} {item.name}"
-                   f" ({item.age})")
-    if not dry_run:
-        remove_leftovers(engine, leftovers)
-    # Scratch folders of runs that died, in the project `clean` runs in (if it is one).
-    project = Project(Path(ctx.find_root().params.get("project") or ".").resolve())
-    scratch = sweep_scratch(project, dry_run=dry_run)
-    for folder in scratch:
-        click.echo(f"{'would remove' if dry_run else 'removing'} scratch folder "
-                   f"{project.relative(folder)} (its process is gone)")
-    # Fact caches of parent images the engine no longer has (provision/ansible_facts.py).
-    facts = ansible_facts.stale(project, lambda image_id: engine.image(image_id) is not None)
-    for folder in facts:
-        click.echo(f"{'would remove' if dry_run else 'removing'} fact cache "
-                   f"{project.relative(folder)} (its image is gone)")
-    if not dry_run:
-        ansible_facts.remove(facts)
-    snapshots = clean_vm_layers(project, bases=vm_disk_identities(cache_dir() / "vm"),
-                                unused_for=dt.timedelta(seconds=seconds) if vm_layers else None,
-                                dry_run=dry_run)
-    for name, why in snapshots:
-        click.echo(f"{'would remove' if dry_run else 'removing'} VM layer {name} ({why})")
-    click.echo(f"{len(leftovers) + len(scratch) + len(facts) + len(snapshots)} leftover(s)"
-               f"{' found' if dry_run else ' removed'}")
+    clean_leftovers(ctx, older_than, dry_run, labels, vm_layers)
 
 
 @main.command()

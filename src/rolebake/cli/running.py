@@ -219,6 +219,37 @@ secret_files_option = click.option(
 insecure_engine_option = click.option(
     "--allow-insecure-engine", is_flag=True,
     help="Send secrets to a tcp:// engine without TLS (in clear over the network).")
+
+
+def reproducible_options(func: F) -> F:
+    """`--source-date-epoch` and `--check-reproducible` (normalise.py, reproducible.py)."""
+    func = click.option("--check-reproducible", is_flag=True, help=(
+        "Build twice from scratch into throwaway tags; list the files that differ "
+        "(exit 5 if any)."))(func)
+    return click.option("--source-date-epoch", metavar="SECONDS", help=(
+        "Clamp layer times to this (default: $SOURCE_DATE_EPOCH, else the commit time "
+        "of HEAD)."))(func)
+
+
 vault_option = click.option(
     "--vault-password-file", type=click.Path(path_type=Path),
     help="Ansible Vault password (or set ROLEBAKE_VAULT_PASSWORD).")
+
+
+def check_and_show(engine: Engine, project: Project, plan: BuildPlan, options: Any,
+                   events: Any, as_json: bool) -> None:
+    """`build --check-reproducible`: build twice, print what differs (reproducible.py).
+
+    Raises:
+        NotReproducible: the two builds differ (exit 5).
+    """
+    from rolebake import reproducible
+
+    checked = reproducible.check(engine, project, plan, options, events)
+    if as_json:
+        echo_json(checked.to_dict())
+    else:
+        for line in checked.lines():
+            click.echo(line)
+    if not checked.reproducible:
+        raise reproducible.NotReproducible("two builds of the same inputs differ")

@@ -125,6 +125,10 @@ class Engine(Protocol):
         """`docker history` of an image."""
         ...
 
+    def load(self, archive: Path) -> None:
+        """`docker load` an image archive from a file (layers the engine has are skipped)."""
+        ...
+
     def identity(self) -> str:
         """A digest naming this engine's image store, the same from any checkout on the host."""
         ...

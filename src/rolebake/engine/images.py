@@ -91,6 +91,21 @@ class Images(Connection):
         """`docker history` of an image."""
         return list(self.client.api.history(image_id))
 
+    def load(self, archive: Path) -> None:
+        """`docker load` an image archive (a `docker save` layout) from a file.
+
+        Layers whose chain the engine has already are not read: an archive may
+        hold only the layers the engine lacks (see normalise.py).
+        """
+        try:
+            with archive.open("rb") as data:
+                for answer in self.client.api.load_image(data):
+                    if isinstance(answer, dict) and answer.get("error"):
+                        raise BuildFailed("loading the normalised image failed",
+                                          details=str(answer["error"]))
+        except docker.errors.APIError as exc:
+            raise engine_failure("loading the normalised image failed", exc) from None
+
     def commit(
         self,
         container: ContainerHandle,
