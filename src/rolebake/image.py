@@ -219,6 +219,16 @@ class TagJournal:
             self._moves.extend(moved)
         lock.write(" ".join([self.build_id, *record.split()[:1]]))
 
+    def made(self, layer: str, image_id: str) -> None:
+        """Record an image this run made, before any tag names it.
+
+        A normalised image carries no build id (it would break reproducibility),
+        so a run killed between its commit and its tags leaves an untagged image
+        that `clean --label rolebake.build-id=...` cannot find: the next command
+        that recovers this journal removes it, unless something tagged it since.
+        """
+        self._write({"op": "made", "layer": layer, "image": image_id})
+
     def roll_back(self, locks: Mapping[str, Path]) -> dict[str, str]:
         """Put back every move of the run, by layer, the last one moved first.
 
@@ -382,7 +392,8 @@ def recover_journals(engine: Engine, project: Project) -> list[str]:
             left = False
             for line in _recover_run(engine, build_id, entries):
                 left = left or line.startswith("left ")
-                said.append(f"build {build_id}, killed while moving tags: {line}")
+                what = "killed" if " its untagged image " in line else "killed while moving tags"
+                said.append(f"build {build_id}, {what}: {line}")
             if not left:
                 os.unlink(path)
         finally:
@@ -437,6 +448,19 @@ def _recover_run(engine: Engine, build_id: str, entries: list[dict[str, Any]]) -
             said.append(f"put back {', '.join(back)} ({layer})")
         for ref, why in stayed.items():
             said.append(f"kept {ref} ({layer}): {why}")
+    for entry in entries[1:]:
+        if entry.get("op") != "made":
+            continue
+        image = engine.image(str(entry.get("image", "")))
+        # Tagged since (the same inputs reproduce the same id): another build's now.
+        if image is None or image.tags:
+            continue
+        short, layer = image.id.split(":")[-1][:12], entry.get("layer", "")
+        if engine.remove_image(image.id):
+            said.append(f"removed its untagged image {short} ({layer})")
+        else:  # a container of the dead run still uses it: the journal stays for `clean`
+            said.append(f"left its untagged image {short} ({layer}) for now: a container "
+                        "uses it (rolebake clean removes both)")
     return said
 
 

@@ -634,3 +634,24 @@ def test_a_finished_or_interrupted_run_leaves_no_journal(
     assert report.error is None
     folder = project.state_dir / "journal"
     assert folder.is_dir() and list(folder.iterdir()) == []
+
+
+def test_an_image_a_killed_run_made_goes_unless_something_tagged_it_since(
+        engine: FakeEngine, project: Project) -> None:
+    """A normalised image has no build id: the journal names it for the next command."""
+    orphan = engine.add_image()  # committed and normalised; killed before its tags
+    shared = engine.add_image()  # the same inputs reproduced it, and another build tagged it
+    journal = TagJournal(engine, "killedrun0001", project)
+    journal.made("web", orphan.id)
+    journal.made("base", shared.id)
+    engine.tag(shared.id, "rolebake/base:latest")
+    assert journal._fd is not None
+    os.close(journal._fd)  # SIGKILL: the kernel drops the journal's lock
+    journal._fd = None
+
+    said = recover_journals(engine, project)
+    assert said == [f"build killedrun0001, killed: removed its untagged image "
+                    f"{orphan.id.split(':')[-1][:12]} (web)"], said
+    assert orphan.id not in engine.image_ids()
+    assert engine.tagged("rolebake/base:latest") == shared.id
+    assert list((project.state_dir / "journal").glob("*.jsonl")) == []

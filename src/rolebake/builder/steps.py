@@ -246,6 +246,8 @@ class Steps:
                                created_by=f"rolebake {run.layer.id}",
                                scratch=self.project.private_dir("tmp"))
         run.existed = done.existed
+        if not done.existed:
+            self.tags.made(run.layer.id, done.image_id)
         run.config["Labels"] = stable_labels(run.config["Labels"], epoch)  # what verify expects
         run.result.step_seconds["normalise"] = time.monotonic() - began
         if done.dropped:

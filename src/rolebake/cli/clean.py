@@ -28,6 +28,7 @@ def clean_leftovers(ctx: click.Context, older_than: str, dry_run: bool,
     """
     from rolebake.cleanup import find_leftovers, remove_leftovers, sweep_scratch
     from rolebake.cleanup import vm_layers as clean_vm_layers
+    from rolebake.image import recover_journals
     from rolebake.provision import ansible_facts
     from rolebake.rootfs import cache_dir, vm_disk_identities
     from rolebake.spec import Project
@@ -42,15 +43,21 @@ def clean_leftovers(ctx: click.Context, older_than: str, dry_run: bool,
         if not sep or not key or not value:
             raise InputError(f"--label {label!r}: expected KEY=VALUE")
         wanted[key] = value
+    project = Project(Path(ctx.find_root().params.get("project") or ".").resolve())
     engine = engine_for(ctx)
     leftovers = find_leftovers(engine, dt.timedelta(seconds=seconds), wanted)
     for item in leftovers:
         click.echo(f"{'would remove' if dry_run else 'removing'} {item.kind} {item.name}"
                    f" ({item.age})")
+    recovered: list[str] = []
     if not dry_run:
         remove_leftovers(engine, leftovers)
-    # Scratch folders of runs that died, in the project `clean` runs in (if it is one).
-    project = Project(Path(ctx.find_root().params.get("project") or ".").resolve())
+        # The journals of runs killed outright in this project, finished once their
+        # containers are gone: tags put back, their untagged images removed (image.py).
+        recovered = recover_journals(engine, project)
+        for line in recovered:
+            click.echo(f"note: {line}")
+    # Scratch folders of runs that died.
     scratch = sweep_scratch(project, dry_run=dry_run)
     for folder in scratch:
         click.echo(f"{'would remove' if dry_run else 'removing'} scratch folder "
