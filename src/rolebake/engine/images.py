@@ -55,7 +55,11 @@ class Images(Connection):
     def remove_image(self, ref: str, *, force: bool = False) -> bool:
         """Remove an image or one tag of it; False when it was not there or is in use."""
         try:
-            self.client.images.remove(ref, force=force, noprune=False)
+            # noprune: only this image goes. The engine would otherwise also delete
+            # its untagged parents, and a layer's parent is untagged while it is being
+            # verified (pipelined layers) or kept by id (a child's normalised image
+            # was loaded, so the engine does not see it as the parent's child).
+            self.client.images.remove(ref, force=force, noprune=True)
         except docker.errors.ImageNotFound:
             return False
         except docker.errors.APIError as exc:
