@@ -147,11 +147,7 @@ class Runner(Steps):
             try:
                 self._pass_gate(run, step)
             except BaseException as exc:
-                self._fail_stage(run.layer.id, exc)
-                try:
-                    self._on_failure(run, step, exc)
-                finally:
-                    self._release_children(run.layer.id)
+                self._stop_at(run, step, exc)
                 raise
             if run.cached and step not in HIT_STEPS:
                 continue  # a hit is reused as it is: only its tags move, then it is pushed
@@ -164,12 +160,16 @@ class Runner(Steps):
             try:
                 self._step(run, step)
             except BaseException as exc:
-                self._fail_stage(run.layer.id, exc)
-                try:
-                    self._on_failure(run, step, exc)
-                finally:
-                    self._release_children(run.layer.id)
+                self._stop_at(run, step, exc)
                 raise
+
+    def _stop_at(self, run: LayerRun, step: Step, exc: BaseException) -> None:
+        """A layer failed at `step`: its children hear of it, its own failure is handled."""
+        self._fail_stage(run.layer.id, exc)
+        try:
+            self._on_failure(run, step, exc)
+        finally:
+            self._release_children(run.layer.id)
 
     def _pass_gate(self, run: LayerRun, step: Step) -> None:
         """Pipelined layers: tell the children how far this layer got; wait for the parent.
