@@ -8,25 +8,18 @@ left afterwards.
 from __future__ import annotations
 
 import json
-import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import docker
 import pytest
-from vm_support import require_tools
+from vm_support import qemu_processes, require_tools
 
 from tests.conftest import run_cli
 from tests.integration.conftest import BASE_IMAGE, TestProject, copy_project
 
 pytestmark = [pytest.mark.vm, pytest.mark.integration]
-
-
-def qemu_processes() -> list[str]:
-    out = subprocess.run(["pgrep", "-af", "qemu-system"], capture_output=True, text=True,
-                         check=False).stdout
-    return [line for line in out.splitlines() if "pgrep" not in line]
 
 
 @pytest.fixture

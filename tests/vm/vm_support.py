@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -29,3 +30,10 @@ def require_tools(*tools: str) -> None:
     absent = [t for t in tools if shutil.which(t) is None]
     if absent:
         missing(", ".join(absent))
+
+
+def qemu_processes() -> list[str]:
+    """Every qemu-system process on the machine, as `pgrep -af` lists it."""
+    out = subprocess.run(["pgrep", "-af", "qemu-system"], capture_output=True, text=True,
+                         check=False).stdout
+    return [line for line in out.splitlines() if "pgrep" not in line]
