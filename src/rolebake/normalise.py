@@ -30,16 +30,18 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import errno
 import fnmatch
 import hashlib
 import io
 import json
 import os
+import stat
 import subprocess
 import tarfile
 import tempfile
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -73,6 +75,7 @@ class Normalised:
     dropped: tuple[str, ...] = ()
     seconds: float = 0.0
     existed: bool = False  # an image of that id was there already (an earlier build's)
+    read_from: str = "save"  # where the committed layer was read (TopLayer.read_from)
 
 
 @dataclass
@@ -123,6 +126,11 @@ def is_noise(name: str) -> bool:
     return any(fnmatch.fnmatchcase(path, pattern) for pattern in NOISE)
 
 
+# One layer entry: its header and, for a regular file, how to open its data.
+Entry = tuple[tarfile.TarInfo, Callable[[], BinaryIO] | None]
+WHITEOUT = ".wh."
+
+
 def normalise_layer(source: BinaryIO, dest: BinaryIO, epoch: int) -> tuple[str, list[str]]:
     """Write the normalised form of the layer tar `source` (seekable) to `dest`.
 
@@ -130,38 +138,148 @@ def normalise_layer(source: BinaryIO, dest: BinaryIO, epoch: int) -> tuple[str, 
         The new layer's diff id (`sha256:` of the tar written) and the noise dropped
         (or emptied: `EMPTIED`).
     """
-    dropped: list[str] = []
     with tarfile.open(fileobj=source, mode="r:") as tar:
-        members: dict[str, tarfile.TarInfo] = {}
-        for member in tar.getmembers():
-            if is_noise(member.name):
-                dropped.append("/" + member.name)
-                continue
-            members[member.name] = member  # a later entry of the same name wins, as on apply
-        first = _link_groups(members)
-        hashing = _Hashing(dest)
-        with tarfile.open(fileobj=hashing, mode="w|", format=tarfile.PAX_FORMAT,
-                          encoding="utf-8") as out:
-            for name in sorted(members):
-                member = members[name]
-                data_from = member
-                if member.islnk() and member.linkname in members:
-                    data_from = members[member.linkname]
-                head = _header(name, data_from, epoch)
-                canonical = first.get(name, name)
-                if name in EMPTIED and data_from.isreg() and data_from.size:
-                    dropped.append(f"/{name} (emptied)")
-                    head.type, head.size = tarfile.REGTYPE, 0
-                    out.addfile(head)
-                elif canonical != name:
-                    head.type, head.linkname, head.size = tarfile.LNKTYPE, canonical, 0
-                    out.addfile(head)
-                elif data_from.isreg() or (member.islnk() and data_from is not member):
-                    head.type = tarfile.REGTYPE
-                    out.addfile(head, tar.extractfile(data_from))
-                else:
-                    out.addfile(head)
+        def opener(member: tarfile.TarInfo) -> Callable[[], BinaryIO]:
+            return lambda: _extracted(tar, member)
+        return normalise_entries(((m, opener(m)) for m in tar.getmembers()), dest, epoch)
+
+
+def normalise_entries(entries: Iterable[Entry], dest: BinaryIO,
+                      epoch: int) -> tuple[str, list[str]]:
+    """Write the normalised layer tar of `entries` (a tar's, or a layer folder's) to `dest`.
+
+    Returns:
+        The new layer's diff id and the noise dropped (or emptied: `EMPTIED`).
+    """
+    dropped: list[str] = []
+    members: dict[str, Entry] = {}
+    for member, data in entries:
+        if is_noise(member.name):
+            dropped.append("/" + member.name)
+            continue
+        members[member.name] = (member, data)  # a later entry of the same name wins, as on apply
+    first = _link_groups({name: member for name, (member, _) in members.items()})
+    hashing = _Hashing(dest)
+    with tarfile.open(fileobj=hashing, mode="w|", format=tarfile.PAX_FORMAT,
+                      encoding="utf-8") as out:
+        for name in sorted(members):
+            member, data = members[name]
+            if member.islnk() and member.linkname in members:
+                member, data = members[member.linkname][0], members[member.linkname][1]
+                linked = True
+            else:
+                linked = False
+            head = _header(name, member, epoch)
+            canonical = first.get(name, name)
+            if name in EMPTIED and member.isreg() and member.size:
+                dropped.append(f"/{name} (emptied)")
+                head.type, head.size = tarfile.REGTYPE, 0
+                out.addfile(head)
+            elif canonical != name:
+                head.type, head.linkname, head.size = tarfile.LNKTYPE, canonical, 0
+                out.addfile(head)
+            elif (member.isreg() or linked) and data is not None:
+                head.type = tarfile.REGTYPE
+                with data() as stream:
+                    out.addfile(head, stream)
+            else:
+                out.addfile(head)
     return "sha256:" + hashing.digest.hexdigest(), dropped
+
+
+def folder_entries(folder: Path) -> Iterator[Entry]:
+    """The entries of an overlay2 layer folder, as the engine's own tar of it has them.
+
+    What moby's overlay2 `Diff` writes: names relative to the folder, children in
+    name order; whiteouts (character devices 0:0) as empty `.wh.<name>` files and
+    an opaque folder (`trusted.overlay.opaque=y`) as a `.wh..wh..opq` file in it;
+    hard links to the first name seen; only `security.capability` as an xattr;
+    sockets left out; times to the second.
+
+    Raises:
+        UnknownOverlay: the folder holds what a layer the engine applied never does
+            (overlay redirects or metacopy): the caller reads the layer through `save`.
+    """
+    seen: dict[tuple[int, int], str] = {}
+
+    def walk(path: Path, prefix: str) -> Iterator[Entry]:
+        with os.scandir(path) as scan:
+            children = sorted(scan, key=lambda e: e.name)
+        for child in children:
+            name = prefix + child.name
+            st = child.stat(follow_symlinks=False)
+            if stat.S_ISSOCK(st.st_mode):
+                continue
+            if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
+                yield _whiteout(prefix + WHITEOUT + child.name), None
+                continue
+            head = tarfile.TarInfo(name)
+            head.mode = stat.S_IMODE(st.st_mode)
+            head.uid, head.gid, head.mtime = st.st_uid, st.st_gid, int(st.st_mtime)
+            capability = _xattr(child.path, "security.capability")
+            if capability is not None:
+                head.pax_headers = {"SCHILY.xattr.security.capability":
+                                    capability.decode("utf-8", "surrogateescape")}
+            if stat.S_ISDIR(st.st_mode):
+                head.type = tarfile.DIRTYPE
+                yield head, None
+                overlay = [x for x in os.listxattr(child.path, follow_symlinks=False)
+                           if x.startswith("trusted.overlay.")]
+                if any(x != "trusted.overlay.opaque" for x in overlay):
+                    raise UnknownOverlay(f"{name}: {', '.join(overlay)}")
+                if _xattr(child.path, "trusted.overlay.opaque") == b"y":
+                    yield _whiteout(f"{name}/{WHITEOUT}{WHITEOUT}.opq"), None
+                yield from walk(Path(child.path), name + "/")
+            elif stat.S_ISLNK(st.st_mode):
+                head.type, head.linkname = tarfile.SYMTYPE, os.readlink(child.path)
+                yield head, None
+            elif stat.S_ISREG(st.st_mode):
+                key = (st.st_dev, st.st_ino)
+                if st.st_nlink > 1 and key in seen:
+                    head.type, head.linkname = tarfile.LNKTYPE, seen[key]
+                    yield head, None
+                    continue
+                if st.st_nlink > 1:
+                    seen[key] = name
+                head.type, head.size = tarfile.REGTYPE, st.st_size
+                yield head, _opener(child.path)
+            else:
+                head.type = (tarfile.CHRTYPE if stat.S_ISCHR(st.st_mode) else
+                             tarfile.BLKTYPE if stat.S_ISBLK(st.st_mode) else tarfile.FIFOTYPE)
+                if head.type != tarfile.FIFOTYPE:
+                    head.devmajor, head.devminor = os.major(st.st_rdev), os.minor(st.st_rdev)
+                yield head, None
+
+    yield from walk(folder, "")
+
+
+class UnknownOverlay(Exception):
+    """A layer folder holds overlay metadata a tar cannot carry."""
+
+
+def _whiteout(name: str) -> tarfile.TarInfo:
+    head = tarfile.TarInfo(name)
+    head.type, head.mode = tarfile.REGTYPE, 0o600
+    return head
+
+
+def _opener(path: str) -> Callable[[], BinaryIO]:
+    return lambda: open(path, "rb")
+
+
+def _xattr(path: str, name: str) -> bytes | None:
+    try:
+        return os.getxattr(path, name, follow_symlinks=False)
+    except OSError as exc:
+        if exc.errno in (errno.ENODATA, errno.ENOTSUP, errno.EPERM):
+            return None
+        raise
+
+
+def _extracted(tar: tarfile.TarFile, member: tarfile.TarInfo) -> BinaryIO:
+    stream = tar.extractfile(member)
+    assert stream is not None
+    return stream  # type: ignore[return-value]
 
 
 def _link_groups(members: Mapping[str, tarfile.TarInfo]) -> dict[str, str]:
@@ -183,6 +301,11 @@ def _link_groups(members: Mapping[str, tarfile.TarInfo]) -> dict[str, str]:
 
 def _header(name: str, member: tarfile.TarInfo, epoch: int) -> tarfile.TarInfo:
     head = tarfile.TarInfo(name)
+    if name.rpartition("/")[2].startswith(WHITEOUT):
+        # A whiteout is a marker: how the engine made it (a delete's time and mode
+        # through one diff, 0600 and the parent's owner through another) is noise.
+        head.type, head.mode = tarfile.REGTYPE, 0o600
+        return head
     head.type = member.type
     head.mode = member.mode
     head.uid, head.gid = member.uid, member.gid
@@ -337,18 +460,14 @@ def normalise_image(engine: Engine, image_id: str, *, epoch: int, created_by: st
     scratch.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=scratch, prefix="normalise-") as tmp:
         work = Path(tmp)
-        saved = read_save(engine.save(image_id), work)
-        assert saved.top_file is not None
-        layer = work / "layer.tar"
-        with saved.top_file.open("rb") as source, layer.open("wb") as dest:
-            diff_id, dropped = normalise_layer(source, dest, epoch)
-        saved.top_file.unlink()
-        config = new_config(saved.config, diff_id=diff_id, epoch=epoch, created_by=created_by)
+        top = top_layer(engine, image_id, work, epoch)
+        config = new_config(top.config, diff_id=top.diff_id, epoch=epoch,
+                            created_by=created_by)
         new_id = "sha256:" + hashlib.sha256(config).hexdigest()
         archive = work / "image.tar"
-        write_archive(archive, config=config, layers=saved.manifest[0]["Layers"],
-                      top=saved.top_path, layer=layer)
-        layer.unlink()
+        write_archive(archive, config=config, layers=top.names, top=top.names[-1],
+                      layer=top.layer)
+        top.layer.unlink()
         existed = engine.image(new_id) is not None
         if not existed:
             engine.load(archive)
@@ -357,7 +476,48 @@ def normalise_image(engine: Engine, image_id: str, *, epoch: int, created_by: st
     if new_id != image_id:
         with contextlib.suppress(Exception):  # untagged: `rolebake clean` finds it otherwise
             engine.remove_image(image_id)
-    return Normalised(new_id, diff_id, tuple(dropped), time.monotonic() - started, existed)
+    return Normalised(new_id, top.diff_id, tuple(top.dropped), time.monotonic() - started,
+                      existed, top.read_from)
+
+
+@dataclass(frozen=True)
+class TopLayer:
+    """A committed image's top layer, normalised into a file, and what loading it needs."""
+
+    config: bytes  # the committed image's config
+    names: list[str]  # a name in the load archive for each layer; the last is `layer`'s
+    layer: Path
+    diff_id: str
+    dropped: list[str]
+    read_from: str  # "store": the engine's layer folder on this host; "save": `docker save`
+
+
+def top_layer(engine: Engine, image_id: str, work: Path, epoch: int, *,
+              store: bool = True) -> TopLayer:
+    """Normalise the top layer of `image_id` into `work`/layer.tar.
+
+    From the engine's store on this host when it has one (engine/store.py: no
+    parent layer is read), else from `docker save` (every layer streams past).
+    Both give the same bytes (tests/integration/test_normalise_store.py).
+    """
+    layer = work / "layer.tar"
+    local = engine.local_layer(image_id) if store else None
+    if local is not None:
+        try:
+            with layer.open("wb") as dest:
+                diff_id, dropped = normalise_entries(folder_entries(local.folder), dest, epoch)
+        except (UnknownOverlay, OSError):
+            pass  # `save` below knows the layer as the engine writes it
+        else:
+            names = [f"{n}/layer.tar" for n in range(len(local.diff_ids))]
+            return TopLayer(local.config, names, layer, diff_id, dropped, "store")
+    saved = read_save(engine.save(image_id), work)
+    assert saved.top_file is not None
+    with saved.top_file.open("rb") as source, layer.open("wb") as dest:
+        diff_id, dropped = normalise_layer(source, dest, epoch)
+    saved.top_file.unlink()
+    return TopLayer(saved.config, list(saved.manifest[0]["Layers"]), layer, diff_id, dropped,
+                    "save")
 
 
 def write_archive(path: Path, *, config: bytes, layers: list[str], top: str,

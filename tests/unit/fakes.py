@@ -295,6 +295,10 @@ class FakeEngine:
                 tar.addfile(info, io.BytesIO(data))
         yield out.getvalue()
 
+    def local_layer(self, image_id: str) -> None:
+        """No store on disk: normalising reads the layer through `save`."""
+        return None
+
     def load(self, archive: Path) -> None:
         """Make the image of a saved-and-rewritten archive (see `save`)."""
         self._enter("load", str(archive))

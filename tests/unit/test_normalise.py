@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
+import stat
 import subprocess
 import tarfile
 from pathlib import Path
@@ -14,9 +16,12 @@ import pytest
 from rolebake.errors import InputError
 from rolebake.normalise import (
     CREATED_LABEL,
+    UnknownOverlay,
+    folder_entries,
     is_noise,
     iso,
     new_config,
+    normalise_entries,
     normalise_layer,
     read_save,
     source_date_epoch,
@@ -242,3 +247,55 @@ def test_a_machine_id_made_at_install_is_emptied() -> None:
     assert normalised(two)[1] == digest and dropped == ["/etc/machine-id (emptied)"]
     (entry,) = members(first)
     assert entry.isreg() and entry.size == 0 and entry.mode == 0o644
+
+
+def test_whiteouts_are_the_same_whichever_diff_made_them() -> None:
+    # The engine's native overlay diff writes 0600 whiteouts with the deleted file's
+    # time; its naive diff writes mode 0 and the time of the diff.
+    def whiteouts(mode: int, mtime: int, uid: int) -> bytes:
+        out = io.BytesIO()
+        with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
+            for name in ("etc/.wh.issue", "opt/app/.wh..wh..opq"):
+                info = tarfile.TarInfo(name)
+                info.mode, info.mtime, info.uid = mode, mtime, uid
+                tar.addfile(info)
+        return out.getvalue()
+
+    native, native_id, _ = normalised(whiteouts(0o600, EPOCH - 500, 0))
+    naive, naive_id, _ = normalised(whiteouts(0, EPOCH + 500, 33))
+    assert native == naive and native_id == naive_id
+    assert [(m.mode, m.mtime, m.uid) for m in members(native)] == [(0o600, 0, 0)] * 2
+
+
+def test_a_layer_folder_reads_as_the_engine_tars_it(tmp_path: Path) -> None:
+    folder = tmp_path / "diff"
+    (folder / "etc" / "app").mkdir(parents=True)
+    (folder / "etc" / "app" / "a.conf").write_text("a")
+    os.link(folder / "etc" / "app" / "a.conf", folder / "etc" / "b.conf")
+    (folder / "etc" / "link").symlink_to("app/a.conf")
+    os.mknod(folder / "etc" / "gone", 0o600 | stat.S_IFCHR, 0)  # overlay's whiteout
+    os.mkfifo(folder / "etc" / "fifo")
+    for path in folder.rglob("*"):
+        os.utime(path, (EPOCH + 9, EPOCH + 9), follow_symlinks=False)
+    from_folder = io.BytesIO()
+    folder_id, _ = normalise_entries(folder_entries(folder), from_folder, EPOCH)
+    names = [m.name for m in members(from_folder.getvalue())]
+    assert names == ["etc", "etc/.wh.gone", "etc/app", "etc/app/a.conf", "etc/b.conf",
+                     "etc/fifo", "etc/link"]
+    by_name = {m.name: m for m in members(from_folder.getvalue())}
+    assert by_name["etc/b.conf"].islnk() and by_name["etc/b.conf"].linkname == "etc/app/a.conf"
+    assert by_name["etc/fifo"].isfifo() and by_name["etc/link"].issym()
+    assert by_name["etc/app/a.conf"].size == 1 and by_name["etc/app"].mtime == EPOCH
+    # The same bytes as `docker save`'s tar of it: tests/integration/test_normalise_store.py.
+    assert folder_id == "sha256:" + hashlib.sha256(from_folder.getvalue()).hexdigest()
+
+
+def test_a_folder_with_overlay_redirects_is_left_to_save(tmp_path: Path) -> None:
+    folder = tmp_path / "diff"
+    (folder / "moved").mkdir(parents=True)
+    try:
+        os.setxattr(folder / "moved", "trusted.overlay.redirect", b"/old")
+    except OSError as exc:
+        pytest.skip(f"this filesystem takes no trusted xattrs: {exc}")
+    with pytest.raises(UnknownOverlay, match="trusted.overlay.redirect"):
+        normalise_entries(folder_entries(folder), io.BytesIO(), EPOCH)

@@ -21,6 +21,8 @@ own `APIClient` is):
   (chunked files, a timeout per command that kills its process group,
   commands side by side);
 - `files`: files into and out of containers, and read from images;
+- `store`: the engine's overlay2 store read from this host's disk, when it is
+  local and checks out (an image's config and top layer without `save`);
 - `volumes`: named volumes, and which one a container has mounted where;
 - `records` (what callers hold) and `failures` (the SDK's exceptions as
   rolebake errors).
@@ -55,6 +57,7 @@ from rolebake.engine.session import (
     SessionResult,
     Stream,
 )
+from rolebake.engine.store import LocalLayer, Store
 from rolebake.engine.transfer import Transfers
 from rolebake.engine.volumes import Volumes
 
@@ -73,6 +76,7 @@ __all__ = [
     "ExecResult",
     "ExecStream",
     "ImageInfo",
+    "LocalLayer",
     "Progress",
     "SessionError",
     "SessionResult",
@@ -86,5 +90,6 @@ __all__ = [
 ]
 
 
-class DockerEngine(Transfers, Images, Files, Containers, Commands, Volumes, Connection):
+class DockerEngine(Transfers, Images, Store, Files, Containers, Commands, Volumes,
+                   Connection):
     """rolebake's view of a Docker (or Podman) engine: the `Engine` protocol over the SDK."""

@@ -22,6 +22,7 @@ from rolebake.engine.records import (
     Progress,
 )
 from rolebake.engine.session import ContainerSession, SessionResult
+from rolebake.engine.store import LocalLayer
 
 
 class Engine(Protocol):
@@ -127,6 +128,10 @@ class Engine(Protocol):
 
     def load(self, archive: Path) -> None:
         """`docker load` an image archive from a file (layers the engine has are skipped)."""
+        ...
+
+    def local_layer(self, image_id: str) -> LocalLayer | None:
+        """An image's config and top layer folder from the engine's store on this host, or None."""
         ...
 
     def identity(self) -> str:
