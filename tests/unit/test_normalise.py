@@ -297,5 +297,5 @@ def test_a_folder_with_overlay_redirects_is_left_to_save(tmp_path: Path) -> None
         os.setxattr(folder / "moved", "trusted.overlay.redirect", b"/old")
     except OSError as exc:
         pytest.skip(f"this filesystem takes no trusted xattrs: {exc}")
-    with pytest.raises(UnknownOverlay, match="trusted.overlay.redirect"):
+    with pytest.raises(UnknownOverlay, match=r"trusted\.overlay\.redirect"):
         normalise_entries(folder_entries(folder), io.BytesIO(), EPOCH)
