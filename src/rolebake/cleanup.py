@@ -32,11 +32,14 @@ class Leftover:
 
 
 def find_leftovers(engine: Engine, older_than: dt.timedelta,
-                   labels: Mapping[str, str] | None = None) -> list[Leftover]:
+                   labels: Mapping[str, str] | None = None,
+                   in_flight: Collection[str] = ()) -> list[Leftover]:
     """Build/verify containers, `:failed-` images, untagged layers (by age), orphan volumes.
 
     With `labels`, only those that also carry every one of them (a shared
     engine: one CI job cleans up after its own builds, not its neighbours').
+    Untagged images in `in_flight` (image.images_in_flight: made by live runs,
+    not tagged yet) are never leftovers, whatever the date they carry.
     """
     now = dt.datetime.now(dt.UTC)
     extra = dict(labels or {})
@@ -53,7 +56,7 @@ def find_leftovers(engine: Engine, older_than: dt.timedelta,
             found.extend(Leftover("failed image", t, t, _age(age)) for t in failed)
     for image in engine.dangling_images({ROLE_LABEL: "image", **extra}):
         age = now - _parse(image.created)
-        if age >= older_than:
+        if age >= older_than and image.id not in in_flight:
             found.append(Leftover("dangling image", image.id, image.short_id, _age(age)))
     if not extra:
         # A lent toolchain's filled volume outlives its image (made again for a new

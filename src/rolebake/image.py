@@ -401,6 +401,33 @@ def recover_journals(engine: Engine, project: Project) -> list[str]:
     return said
 
 
+def images_in_flight(project: Project) -> set[str]:
+    """The images live runs of this project made and have not tagged yet (their journals).
+
+    A normalised image is dated SOURCE_DATE_EPOCH, so `clean --older-than`
+    cannot tell by its age that a run is verifying it: `clean` spares these.
+    """
+    folder = project.state_dir / JOURNAL_DIR
+    found: set[str] = set()
+    for path in sorted(folder.glob("*.jsonl")) if folder.is_dir() else []:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except OSError as exc:
+                if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):  # its run is alive
+                    found.update(str(e.get("image", "")) for e in _entries(path)
+                                 if e.get("op") == "made")
+                    continue
+                raise
+        finally:
+            os.close(fd)
+    return found
+
+
 def _entries(path: Path) -> list[dict[str, Any]]:
     found: list[dict[str, Any]] = []
     for line in path.read_text(encoding="utf-8", errors="replace").splitlines():

@@ -32,7 +32,7 @@ from rolebake.cleanup import find_leftovers, remove_leftovers
 from rolebake.cli import main
 from rolebake.engine import BUILD_ID_LABEL, ROLE_LABEL, DockerEngine
 from rolebake.errors import BuildFailed, EngineUnavailable, InternalError, Interrupted
-from rolebake.image import TagJournal, recover_journals
+from rolebake.image import TagJournal, images_in_flight, recover_journals
 from rolebake.load import plan_build
 from rolebake.parity import run as parity_run
 from rolebake.provision.base import ProvisionContext
@@ -655,3 +655,23 @@ def test_an_image_a_killed_run_made_goes_unless_something_tagged_it_since(
     assert orphan.id not in engine.image_ids()
     assert engine.tagged("rolebake/base:latest") == shared.id
     assert list((project.state_dir / "journal").glob("*.jsonl")) == []
+
+
+def test_clean_spares_the_untagged_images_a_live_run_made(engine: FakeEngine,
+                                                          project: Project) -> None:
+    """A normalised image is dated SOURCE_DATE_EPOCH: by age alone it is always old."""
+    verifying = engine.add_image(labels={ROLE_LABEL: "image"})  # normalised, being verified
+    dead = engine.add_image(labels={ROLE_LABEL: "image"})  # a killed run's
+    live = TagJournal(engine, "liverun00001", project)
+    live.made("web", verifying.id)
+    killed = TagJournal(engine, "killedrun0002", project)
+    killed.made("web", dead.id)
+    assert killed._fd is not None
+    os.close(killed._fd)  # SIGKILL: the kernel drops the journal's lock
+    killed._fd = None
+
+    assert images_in_flight(project) == {verifying.id}
+    found = find_leftovers(engine, dt.timedelta(0), in_flight=images_in_flight(project))
+    assert {item.id for item in found if item.kind == "dangling image"} == {dead.id}
+    live.settle()
+    assert images_in_flight(project) == set()

@@ -28,7 +28,7 @@ def clean_leftovers(ctx: click.Context, older_than: str, dry_run: bool,
     """
     from rolebake.cleanup import find_leftovers, remove_leftovers, sweep_scratch
     from rolebake.cleanup import vm_layers as clean_vm_layers
-    from rolebake.image import recover_journals
+    from rolebake.image import images_in_flight, recover_journals
     from rolebake.provision import ansible_facts
     from rolebake.rootfs import cache_dir, vm_disk_identities
     from rolebake.spec import Project
@@ -45,7 +45,8 @@ def clean_leftovers(ctx: click.Context, older_than: str, dry_run: bool,
         wanted[key] = value
     project = Project(Path(ctx.find_root().params.get("project") or ".").resolve())
     engine = engine_for(ctx)
-    leftovers = find_leftovers(engine, dt.timedelta(seconds=seconds), wanted)
+    leftovers = find_leftovers(engine, dt.timedelta(seconds=seconds), wanted,
+                               in_flight=images_in_flight(project))
     for item in leftovers:
         click.echo(f"{'would remove' if dry_run else 'removing'} {item.kind} {item.name}"
                    f" ({item.age})")
