@@ -202,10 +202,7 @@ def run_parity(engine: Engine, project: Project, image: str, vm: str, *,
                     vm_tests, vm_snapshot = _vm_side(project, final, ssh, managed)
                 container_tests, container_snapshot = container.result()
         except BaseException:
-            # Ctrl-C, a failed VM: the build thread removes its containers before we go on.
-            builder.stop()
-            with contextlib.suppress(BaseException):
-                build.result()
+            _stop_build(builder, build, layers)
             raise
     diff = diff_snapshots(
         container_snapshot, vm_snapshot,
@@ -223,6 +220,21 @@ def run_parity(engine: Engine, project: Project, image: str, vm: str, *,
                         timings={k: e - s for k, (s, e) in clock.steps.items()},
                         steps=dict(clock.steps),
                         vm_layers=layers.rows if layers else [])
+
+
+def _stop_build(builder: Builder, build: Future[BuildReport], layers: VMLayers | None) -> None:
+    """After a failed VM or Ctrl-C: stop the build, and keep the VM layers both sides finished.
+
+    The build thread removes its containers before this returns. A layer frozen on
+    the VM whose image layer the build finished is as good as on a run that
+    passed (`VMLayers.publish` stops at the first one not finished): a rerun
+    after fixing the top layer's role boots from it instead of applying it again.
+    """
+    builder.stop()
+    with contextlib.suppress(BaseException):
+        report = build.result()
+        if layers is not None:
+            layers.publish(report)
 
 
 class _Clock:

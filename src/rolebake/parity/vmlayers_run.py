@@ -82,6 +82,7 @@ class VMLayers:
     rows: list[LayerOnVM] = field(default_factory=list)
     _frozen: list[_Frozen] = field(default_factory=list)
     _top_id: str = ""
+    _published: bool = False
 
     @classmethod
     def plan(cls, store: SnapshotStore, base: str, scratch: Path,
@@ -133,8 +134,12 @@ class VMLayers:
 
         A layer the build did not finish (failed, stopped) ends the chain: its key is not
         known to be the one a later run computes, and every frozen layer above it is
-        backed by it.
+        backed by it. Once per run: a run that fails after publishing (the build's
+        error is raised after it) publishes nothing twice.
         """
+        if self._published:
+            return
+        self._published = True
         parent = self.found[-1].id if self.found else None
         for frozen in self._frozen:
             row = next(r for r in self.rows if r.layer == frozen.layer.id)

@@ -89,3 +89,27 @@ def test_a_layer_the_build_did_not_finish_ends_what_is_kept(tmp_path: Path) -> N
     run.cleanup()
     # web's frozen overlay was not kept and is gone; only the VM's current top is left.
     assert [p.name for p in scratch.glob("*.qcow2")] == [vm.top.name]
+
+
+def test_a_failed_vm_run_keeps_the_layers_both_sides_finished(tmp_path: Path) -> None:
+    """`web` failed on the VM after `base` was frozen there and built: `base` is kept."""
+    from concurrent.futures import Future
+
+    from rolebake.parity.run import _stop_build
+
+    store = SnapshotStore(tmp_path / "store")
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    run = VMLayers.plan(store, "disk-1", scratch, [("base", "sha256:b"), ("web", "sha256:w")],
+                        lambda _e: None)
+    vm = FakeVM(run.first_overlay())
+    run.checkpoint(vm, layer("base"), 1.0, [])  # type: ignore[arg-type]
+    stopped: list[bool] = []
+    builder = SimpleNamespace(stop=lambda: stopped.append(True))
+    build: Future[BuildReport] = Future()
+    build.set_result(report(base="sha256:b", web=None))  # the stop cancelled web
+    _stop_build(builder, build, run)  # type: ignore[arg-type]
+    assert stopped == [True]
+    assert [(e.layer, e.key) for e in store.entries()] == [("base", "sha256:b")]
+    run.publish(report(base="sha256:b", web=None))  # once per run: nothing happens twice
+    assert len(store.entries()) == 1 and run.rows[0].kept and run.rows[0].note == ""
