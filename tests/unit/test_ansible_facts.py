@@ -73,7 +73,7 @@ WRAPPER = """\
 
 def run(project: Project, tmp_path: Path, *, subset: str = "min", parent: str = PARENT,
         extra_env: dict[str, str] | None = None,
-        layered: bool = False) -> tuple[str, str, str]:
+        layered: bool = False, plays: str | None = None) -> tuple[str, str, str]:
     """One layer's run on `parent`: (the progress line, the probe's output, Ansible's stdout)."""
     data = tmp_path / "data"
     if data.exists():
@@ -83,7 +83,7 @@ def run(project: Project, tmp_path: Path, *, subset: str = "min", parent: str = 
     (data / "project").mkdir(parents=True)
     (data / "tmp").mkdir()
     (data / "project" / "play.yml").write_text(WRAPPER if layered else
-                                               PLAYS.format(subset=subset))
+                                               plays or PLAYS.format(subset=subset))
     (data / "project" / "site.yml").write_text(LAYERED)
     (data / "hosts.yml").write_text(
         f"all:\n  hosts:\n    {HOST}:\n      ansible_connection: local\n"
@@ -147,6 +147,30 @@ def test_a_subset_the_cache_lacks_is_gathered(tmp_path: Path) -> None:
     assert "network" in out
     line, _, _ = run(project, tmp_path, subset="min")  # min is in min,network
     assert line == "facts: from the cache of parent abababababab"
+
+
+# The gather's subset from the play's module_defaults (no gather_subset keyword).
+DEFAULTED = """\
+- hosts: all
+  module_defaults:
+    ansible.builtin.setup:
+      gather_subset: [min, network]
+  tasks:
+    - ansible.builtin.copy:
+        dest: "{{ out }}"
+        content: "{{ ansible_facts['gather_subset'] }}"
+"""
+
+
+def test_a_subset_from_module_defaults_is_gathered_not_guessed(tmp_path: Path) -> None:
+    project = project_at(tmp_path)
+    # The parent's cache holds every fact: it would answer a play without a
+    # gather_subset keyword, with more than the play's defaults ask for.
+    run(project, tmp_path, subset="all")
+    line, out, _ = run(project, tmp_path, plays=DEFAULTED)
+    assert line.startswith("facts: gathered (parent abababababab): its module_defaults may "
+                           "set the gather_subset"), line
+    assert "network" in out and "all" not in out  # what the defaults asked for
 
 
 def test_a_play_the_wrapper_skips_leaves_the_parents_facts_in_place(tmp_path: Path) -> None:

@@ -71,6 +71,25 @@ def covers(cached: Any, wanted: list[str]) -> bool:
     return have is not None and need is not None and need <= have
 
 
+def _may_default_subset(defaults: Any) -> bool:
+    """Whether a play's module_defaults may give its fact gather a gather_subset.
+
+    What Ansible applies (`_apply_action_arg_defaults`) is resolved at gather time:
+    any entry for setup or gather_facts, an action group, or defaults that are
+    still a template counts.
+    """
+    if not defaults:
+        return False
+    for entry in defaults if isinstance(defaults, list) else [defaults]:
+        if not isinstance(entry, dict):
+            return True
+        for key in entry:
+            name = str(key).rsplit(".", 1)[-1]
+            if name in ("setup", "gather_facts") or str(key).startswith("group/"):
+                return True
+    return False
+
+
 def _subset(facts: dict[str, Any]) -> Any:
     """The gather_subset the facts were gathered with (the cache holds them unprefixed)."""
     return facts.get("gather_subset", facts.get("ansible_gather_subset"))
@@ -107,6 +126,11 @@ class CallbackModule(CallbackBase):
         manager = play.get_variable_manager()
         facts = self._facts()
         held = bool(facts.get(FLAG)) and covers(_subset(facts), wanted)
+        defaulted = play.gather_subset is None and _may_default_subset(play.module_defaults)
+        if defaulted:
+            # The gather takes its subset from module_defaults (the play's keyword wins
+            # over them): not known here, so the cache answers nothing.
+            held = False
         if self._touched:
             # Tasks ran: gather as Ansible would without a cache (implicit: every play).
             if self._every_play or not held:
@@ -122,7 +146,8 @@ class CallbackModule(CallbackBase):
         if facts:
             self._gather(manager)
         self._store = bool(self._staging)
-        why = f"gather_subset {','.join(wanted)} is not in the cache" if facts.get(FLAG) else ""
+        why = ("its module_defaults may set the gather_subset" if defaulted else
+               f"gather_subset {','.join(wanted)} is not in the cache") if facts.get(FLAG) else ""
         self._write({"facts": "gathered", "why": why, "subset": wanted})
 
     def _gather(self, manager: Any) -> None:
