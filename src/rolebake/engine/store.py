@@ -8,9 +8,9 @@ dockerd, as in CI), the committed image's config and its top layer's folder
 are right there. `local_layer` hands them out only after checking they are
 that image's: the config file's digest is the image id, and the layer store
 maps the config's chain of diff ids to the very folder the engine's inspect
-names. Anything else (a remote or ssh engine, Docker Desktop's VM, rootless,
-another storage driver, Podman, no permission) answers None and the caller
-uses `save`.
+names. Anything else (a remote or ssh engine, Docker Desktop's VM, rootless
+or userns-remapped, another storage driver, Podman, no permission) answers
+None and the caller uses `save`.
 """
 
 from __future__ import annotations
@@ -60,6 +60,14 @@ class Store(Connection):
             return None
         root = Path(str(info.get("DockerRootDir") or ""))
         if info.get("Driver") != "overlay2" or not root.is_absolute():
+            return None
+        # Rootless and userns-remap engines keep their files under shifted ids (and
+        # rootless overlay marks whiteouts with user.* xattrs): only the engine's own
+        # tar gives the ids the image has.
+        security = " ".join(str(o) for o in info.get("SecurityOptions") or [])
+        status = {str(k): str(v) for k, v in info.get("DriverStatus") or []}
+        if "name=rootless" in security or "name=userns" in security \
+                or status.get("userxattr", "false") != "false":
             return None
         return root if (root / "image" / "overlay2" / "layerdb").is_dir() else None
 
