@@ -69,7 +69,10 @@ def inputs_key(project: Project, sources: Sequence[Path],
     env = {**settings(config, project.root / ".rolebake" / "ansible-home"), **quiet}
     part("env", json.dumps(env, sort_keys=True))
     cfg = config.path
-    part("cfg", cfg, _file_digest(cfg) if cfg is not None else "none")
+    cfg_digest = _file_digest(cfg) if cfg is not None else "none"
+    if cfg_digest is None:
+        return None
+    part("cfg", cfg, cfg_digest)
     part("sources", *sources)
     for source in sources:
         files = _files(project, source)
@@ -118,12 +121,13 @@ def _file_digest(path: Path, *, plain: bool = False) -> str | None:
     """`mode:sha256` of a file; with `plain`, None unless plain, not executable, no script."""
     try:
         info = path.stat()
+        if not stat.S_ISREG(info.st_mode):  # a FIFO would block the read: never opened
+            return None
         with path.open("rb") as handle:
             data = handle.read()
     except OSError:
         return None
-    if plain and (not stat.S_ISREG(info.st_mode) or info.st_mode & 0o111
-                  or data.startswith(b"#!")):
+    if plain and (info.st_mode & 0o111 or data.startswith(b"#!")):
         return None
     return f"{stat.S_IMODE(info.st_mode):o}:{hashlib.sha256(data).hexdigest()}"
 
