@@ -8,6 +8,7 @@ import random
 import re
 import shutil
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,7 @@ from rolebake.load import plan_build
 from rolebake.provision import ansible_inventory as inv
 from rolebake.provision import collection_versions as cv
 from rolebake.provision import inventory_answers as answers
-from rolebake.provision import provisioner_class
+from rolebake.provision import names_kept, provisioner_class
 from rolebake.spec import Project
 from tests.conftest import REPO
 
@@ -105,11 +106,14 @@ def test_the_layer_key_is_the_same_with_kept_answers_as_without(
         project: Project, monkeypatch: pytest.MonkeyPatch) -> None:
     with monkeypatch.context() as never_kept:  # the path before kept answers existed
         never_kept.setattr(answers, "inputs_key", lambda *args: None)
+        never_kept.setattr(names_kept.KeptNames, "names", lambda self, path: cv.named_in_file(path))
         asked = {name: layer_key(project, name) for name in ("base", "web", "app")}
         assert not kept(project)
+    monkeypatch.setattr(names_kept, "RACY_S", -60.0)  # the copied files' names are kept too
     cold = {name: layer_key(project, name) for name in ("base", "web", "app")}
-    assert kept(project)
+    assert kept(project) and (project.root / ".rolebake" / "answers" / names_kept.FILE).is_file()
     ansible_never_asked(monkeypatch)
+    monkeypatch.setattr(names_kept, "named_in_file", lambda path: {"never.scanned"})
     warm = {name: layer_key(project, name) for name in ("base", "web", "app")}
     assert asked == cold == warm
     member = inv.membership(project, spec_of(project, "web"))
@@ -212,3 +216,52 @@ def test_the_cfg_and_the_question_are_part_of_the_key(tmp_path: Path) -> None:
     assert answers.recall(project, second, ["groups", "h", "web"]) == ["all", "web"]
     assert answers.recall(project, second, ["groups", "h", "db"]) is None
     assert answers.recall(project, first, ["groups", "h", "web"]) is None
+
+
+# Collection names per file, kept between runs (provision/names_kept.py) -----------------------
+
+def test_kept_names_see_a_template_edit_at_the_same_size_and_mtime(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(names_kept, "RACY_S", -60.0)  # keep even a file written just now
+    template = tmp_path / "index.html.j2"
+    template.write_text("{{ x | acme.tools.shout }}\n")
+    first = names_kept.KeptNames(Project(tmp_path))
+    assert first.names(template) == {"acme.tools"}
+    first.save()
+    stamp = template.stat()
+    time.sleep(0.05)  # the edit's ctime a clock tick later
+    template.write_text("{{ x | other.ones.shout }}\n")  # same size
+    os.utime(template, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))  # same mtime
+    again = names_kept.KeptNames(Project(tmp_path))
+    assert str(template) in again.entries  # read back from disk
+    assert again.names(template) == {"other.ones"} == cv.named_in_file(template)
+
+
+def test_kept_names_are_used_and_not_kept_while_racy(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    template = tmp_path / "t.j2"
+    template.write_text("{{ lookup('acme.tools.x') }}\n")
+    kept = names_kept.KeptNames(Project(tmp_path))
+    assert kept.names(template) == {"acme.tools"}
+    assert not kept.entries  # written just now: racily clean, scanned again next time
+    monkeypatch.setattr(names_kept, "RACY_S", -60.0)
+    kept.names(template)
+    kept.save()
+    monkeypatch.setattr(names_kept, "named_in_file", lambda path: {"never.asked"})
+    assert names_kept.KeptNames(Project(tmp_path)).names(template) == {"acme.tools"}
+
+
+def test_a_corrupt_names_file_is_ignored_and_rewritten(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(names_kept, "RACY_S", -60.0)
+    template = tmp_path / "t.j2"
+    template.write_text("{{ x | acme.tools.y }}\n")
+    path = tmp_path / ".rolebake" / "answers" / names_kept.FILE
+    path.parent.mkdir(parents=True)
+    for text in ("", '{"format": "rolebake-collection-names/1", "entr', "[]",
+                 json.dumps({"format": names_kept.FORMAT, "entries": {str(template): "x"}})):
+        path.write_text(text)
+        kept = names_kept.KeptNames(Project(tmp_path))
+        assert kept.names(template) == {"acme.tools"}
+        kept.save()
+        assert json.loads(path.read_text())["format"] == names_kept.FORMAT
