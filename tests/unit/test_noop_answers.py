@@ -7,6 +7,7 @@ import os
 import random
 import re
 import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -265,3 +266,26 @@ def test_a_corrupt_names_file_is_ignored_and_rewritten(
         assert kept.names(template) == {"acme.tools"}
         kept.save()
         assert json.loads(path.read_text())["format"] == names_kept.FORMAT
+
+
+def test_a_second_plan_asks_ansible_nothing(project: Project) -> None:
+    # A fresh interpreter each time: this one has imported ansible-core already.
+    code = f"""
+import json, sys
+from pathlib import Path
+from rolebake.load import plan_build
+from rolebake.provision import provisioner_class
+from rolebake.provision import names_kept
+from rolebake.spec import Project
+names_kept.RACY_S = -60.0
+project = Project(Path({str(project.root)!r}))
+layer = plan_build(project, ["web"]).layer("web")
+print(provisioner_class("ansible")(project, layer).inputs(None).tools["inventory host"])
+print(json.dumps(sorted(m for m in sys.modules if m.startswith("ansible."))))
+"""
+    runs = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                           check=True, cwd=REPO).stdout.splitlines() for _ in range(2)]
+    assert runs[0][-2] == runs[1][-2] == "rolebake-web in all, web"
+    assert "ansible.inventory.manager" in json.loads(runs[0][-1])
+    second = set(json.loads(runs[1][-1]))
+    assert not second & {"ansible.inventory.manager", "ansible.constants", "ansible.utils.display"}
