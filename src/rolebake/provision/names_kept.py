@@ -19,6 +19,7 @@ import functools
 import json
 import os
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,7 @@ class KeptNames:
         self.path = project.root / ".rolebake" / "answers" / FILE
         self.entries: dict[str, list[Any]] = {}
         self.dirty = False
+        self._lock = threading.Lock()  # layers of a --jobs build walk their inputs at once
         with contextlib.suppress(OSError, ValueError):
             data = json.loads(self.path.read_text(encoding="utf-8"))
             if isinstance(data, dict) and data.get("format") == FORMAT \
@@ -60,15 +62,18 @@ class KeptNames:
         found = named_in_file(path)
         settled = (time.time() - RACY_S) * 1e9
         if info.st_mtime_ns < settled and info.st_ctime_ns < settled:
-            self.entries[str(path)] = [stamp, sorted(found)]
-            self.dirty = True
+            with self._lock:
+                self.entries[str(path)] = [stamp, sorted(found)]
+                self.dirty = True
         return found
 
     def save(self) -> None:
         """Write the answers back (whole, by rename) when new ones were kept."""
-        if not self.dirty:
-            return
-        text = json.dumps({"format": FORMAT, "entries": self.entries}, sort_keys=True)
+        with self._lock:
+            if not self.dirty:
+                return
+            text = json.dumps({"format": FORMAT, "entries": self.entries}, sort_keys=True)
+            self.dirty = False
         with contextlib.suppress(OSError):  # a read-only checkout: scanned next time too
             folder = private_dir(self.project.root / ".rolebake", "answers")
             fd, temporary = tempfile.mkstemp(dir=folder, prefix=".names-", suffix=".tmp")
@@ -80,7 +85,6 @@ class KeptNames:
                 with contextlib.suppress(OSError):
                     os.unlink(temporary)
                 raise
-        self.dirty = False
 
 
 @functools.lru_cache(maxsize=8)
