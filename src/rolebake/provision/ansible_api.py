@@ -33,6 +33,17 @@ from typing import Any
 # Ansible's globals are one per process; every use of them goes through this lock.
 _LOCK = threading.RLock()
 EMPTY_CFG = Path(__file__).parent / "ansible_plugins" / "empty.cfg"
+# The variables Ansible itself gives every host (not the inventory's).
+MAGIC_VARS = frozenset({"inventory_hostname", "inventory_hostname_short", "group_names", "groups",
+                        "omit", "playbook_dir", "inventory_dir", "inventory_file",
+                        "ansible_playbook_python", "ansible_config_file", "ansible_version",
+                        "ansible_check_mode", "ansible_diff_mode", "ansible_forks",
+                        "ansible_inventory_sources", "ansible_skip_tags", "ansible_run_tags",
+                        "ansible_verbosity", "role_names", "hostvars", "environment",
+                        "ansible_collection_name", "ansible_dependent_role_names",
+                        "ansible_play_role_names", "ansible_role_names", "ansible_play_name",
+                        "ansible_play_hosts", "ansible_play_hosts_all", "ansible_play_batch",
+                        "play_hosts", "ansible_search_path"})
 
 
 def ready() -> None:

@@ -38,10 +38,10 @@ from rolebake.provision.collection_versions import (
     ALWAYS_USED,
     collection_version,
     find_collection,
-    named_in_file,
     named_in_keyword,
     named_in_module,
 )
+from rolebake.provision.names_kept import kept_names
 from rolebake.provision.requirements import Requirements, installed, pending_roles, used
 from rolebake.provision.task_args import task_args
 from rolebake.spec import Project
@@ -121,6 +121,7 @@ def read_inputs(project: Project, *, roles: Sequence[str], playbook: Path | None
                 walker.role(found)
     walker.finish()
     collections = walker.versions()  # keys the files of collections inside the project too
+    kept_names(project).save()
     required = used(walker.required, walker.owners) if walker.required else {}
     for name in walker.pending_used:  # `plan` before the install: the pin as written
         required[f"requirement role {name}"] = \
@@ -173,7 +174,7 @@ class _Walker:
             return
         if path not in self.files:
             self.files[path] = None
-            self.collections.update(named_in_file(path))
+            self.collections.update(kept_names(self.project).names(path))
 
     def add_tree(self, root: Path, *, capped: bool = False) -> None:
         """Key every file below a folder (or the file itself); `capped`: vars, size-capped."""
@@ -184,7 +185,7 @@ class _Walker:
                 check_size(path)
             if path not in self.files:
                 self.files[path] = None
-                self.collections.update(named_in_file(path))
+                self.collections.update(kept_names(self.project).names(path))
 
     def _required(self, path: Path) -> bool:
         """Note an installed requirement's file: its tree is keyed whole, by its digest."""

@@ -36,6 +36,7 @@ from typing import Any
 
 from rolebake.errors import InputError
 from rolebake.provision import ansible_api
+from rolebake.provision import inventory_answers as answers
 from rolebake.provision.ansible_config import inventory_plugins, read_config, settings
 from rolebake.provision.ansible_spec import settings_of
 from rolebake.spec import ImageSpec, Project
@@ -50,16 +51,6 @@ QUIET = {"ANSIBLE_HOST_PATTERN_MISMATCH": "ignore", "ANSIBLE_LOCALHOST_WARNING":
          # Only ansible-core's own vars plugin runs in rolebake's process, and only when
          # vars are asked for: group_vars are not read (nor decrypted) to list groups.
          "ANSIBLE_VARS_ENABLED": "host_group_vars", "ANSIBLE_RUN_VARS_PLUGINS": "demand"}
-_MAGIC = frozenset({"inventory_hostname", "inventory_hostname_short", "group_names", "groups",
-                    "omit", "playbook_dir", "inventory_dir", "inventory_file",
-                    "ansible_playbook_python", "ansible_config_file", "ansible_version",
-                    "ansible_check_mode", "ansible_diff_mode", "ansible_forks",
-                    "ansible_inventory_sources", "ansible_skip_tags", "ansible_run_tags",
-                    "ansible_verbosity", "role_names", "hostvars", "environment",
-                    "ansible_collection_name", "ansible_dependent_role_names",
-                    "ansible_play_role_names", "ansible_role_names", "ansible_play_name",
-                    "ansible_play_hosts", "ansible_play_hosts_all", "ansible_play_batch",
-                    "play_hosts", "ansible_search_path"})
 
 
 def host_name(spec: ImageSpec) -> str:
@@ -234,7 +225,11 @@ def read_inventory(project: Project, path: Path | Sequence[Path] | None) -> Inve
     for source in sources:
         if not project.inside(source):
             raise InputError("the inventory is outside the project", path=source)
-    return _read(project, sources, _stamp(sources, project))
+    # Ansible's answer, kept on disk when the inventory is static (inventory_answers.py).
+    found = answers.answer(project, sources, QUIET, ["inventory"], lambda: answers.inventory_fields(
+        _read(project, sources, _stamp(sources, project))))
+    return Inventory(sources, tuple(map(Path, found["files"])), frozenset(found["groups"]),
+                     frozenset(found["hosts"]))
 
 
 def membership(project: Project, spec: ImageSpec) -> Membership | None:
@@ -253,9 +248,11 @@ def membership(project: Project, spec: ImageSpec) -> Membership | None:
         raise InputError(f"host name {host!r} is also a group of the inventory; Ansible "
                          "would confuse them (give `host:` another name)",
                          path=spec.path, line=spec.line_of("host") or spec.line_of("groups"))
-    groups = _groups(project, inventory, host, tuple(own.groups), _stamp(sources, project))
+    declared = tuple(own.groups)
+    groups = tuple(answers.answer(project, sources, QUIET, ["groups", host, *declared], lambda: (
+        _groups(project, inventory, host, declared, _stamp(sources, project)))))
     return Membership(host=host, groups=groups, inventory=inventory, named=own.host is not None,
-                      declared=tuple(own.groups), project=project)
+                      declared=declared, project=project)
 
 
 @functools.lru_cache(maxsize=256)
@@ -325,7 +322,7 @@ def target_variables(project: Project, member: Membership,
             loader.set_basedir(str(playbook.parent))
         found = VariableManager(loader=loader, inventory=manager).get_vars(
             host=target, include_hostvars=False)
-        return {k: _plain(v) for k, v in found.items() if k not in _MAGIC}
+        return {k: _plain(v) for k, v in found.items() if k not in ansible_api.MAGIC_VARS}
 
 
 def _plain(value: Any) -> Any:
@@ -340,11 +337,16 @@ def split_pattern(hosts: Any) -> list[str] | None:
     ansible_api.ready()
     from ansible.inventory.manager import split_host_pattern
 
-    terms = hosts if isinstance(hosts, list) else [hosts]
-    text = [str(t if t is not None else "") for t in terms]
-    if any("{{" in t or "{%" in t for t in text):
-        return None
-    return [str(t) for t in split_host_pattern(text)]
+    text = _texts(hosts)
+    return None if _templated(text) else [str(t) for t in split_host_pattern(text)]
+
+
+def _texts(hosts: Any) -> list[str]:
+    return ["" if t is None else str(t) for t in (hosts if isinstance(hosts, list) else [hosts])]
+
+
+def _templated(text: list[str]) -> bool:
+    return any("{{" in t or "{%" in t for t in text)
 
 
 def matches(hosts: Any, member: Membership | None) -> bool | None:
@@ -361,12 +363,13 @@ def verdicts(patterns: Sequence[Any], member: Membership | None) -> list[bool | 
     Raises:
         InputError: a pattern Ansible refuses.
     """
-    terms = [split_pattern(p) for p in patterns]
     if member is None or member.project is None:
-        return [None if t is None else True for t in terms]
-    return list(_verdicts(member.project, member, tuple(
-        None if t is None else tuple(t) for t in terms), _stamp(member.inventory.sources,
-                                                                member.project)))
+        return [None if _templated(_texts(p)) else True for p in patterns]
+    project, sources = member.project, member.inventory.sources
+    return list(answers.answer(project, sources, QUIET, [
+        "verdicts", member.host, *member.declared, None, *map(_texts, patterns)],
+        lambda: _verdicts(project, member, tuple(None if t is None else tuple(t) for t in map(
+            split_pattern, patterns)), _stamp(sources, project))))
 
 
 @functools.lru_cache(maxsize=256)

@@ -26,10 +26,14 @@ from rolebake.spec import Project
 ALWAYS_USED = ("community.docker",)
 SCAN_LIMIT = 1 << 20  # bytes of a file searched for collection names
 _MODULE_FQCN = re.compile(r"^([a-z][a-z0-9_]*\.[a-z][a-z0-9_]*)\.[a-z_][a-z0-9_.]*$")
-# A filter or lookup named by FQCN inside a Jinja expression.
+# A filter or lookup named by FQCN inside a Jinja expression. The lookahead names the
+# first character either alternative can start with, so the scanner skips to those
+# (twice as fast over a collection's Python files); it matches exactly what it did without.
 _JINJA_FQCN = re.compile(
-    r"(?:\|\s*|\b(?:lookup|query|q)\(\s*['\"])"
+    r"(?=[|lq])(?:\|\s*|\b(?:lookup|query|q)\(\s*['\"])"
     r"([a-z][a-z0-9_]*\.[a-z][a-z0-9_]*)\.[a-z_][a-z0-9_]*")
+# Text holding none of these cannot match _JINJA_FQCN (most files): no scan at all.
+_NEEDLES = ("|", "lookup(", "query(", "q(")
 _BUILTIN = ("ansible.builtin", "ansible.legacy")
 
 
@@ -51,6 +55,13 @@ def named_in_file(path: Path) -> set[str]:
         with path.open("rb") as stream:
             text = stream.read(SCAN_LIMIT).decode("utf-8", errors="replace")
     except OSError:
+        return set()
+    return named_in_text(text)
+
+
+def named_in_text(text: str) -> set[str]:
+    """Collections whose filters, tests and lookups `text` names by FQCN (not ansible.*)."""
+    if not any(needle in text for needle in _NEEDLES):
         return set()
     return {m.group(1) for m in _JINJA_FQCN.finditer(text) if m.group(1) not in _BUILTIN}
 
