@@ -15,7 +15,11 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $@
 
+# Byte-compiled as a wheel install would be: the checkout is installed editable, and
+# with PYTHONDONTWRITEBYTECODE set every command would compile rolebake's modules again
+# (about 0.14 s a start, measured on a no-op build). Up-to-date files are skipped.
 install: $(VENV)/.installed
+	@$(BIN)/python -m compileall -q src >/dev/null
 
 engine:
 	@scripts/ensure-host.sh engine
