@@ -22,7 +22,7 @@ import json
 import os
 import subprocess
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -362,42 +362,26 @@ def recover_journals(engine: Engine, project: Project) -> list[str]:
     Returns:
         One line per layer handled, for the CLI to print.
     """
-    folder = project.state_dir / JOURNAL_DIR
-    if not folder.is_dir():
-        return []
     said: list[str] = []
     identity: str | None = None
-    for path in sorted(folder.glob("*.jsonl")):
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
-        except OSError:
+    for path, fd, alive in _journal_files(project, shared=False):
+        if alive or os.fstat(fd).st_nlink == 0:
+            continue  # its run lives, or another rolebake finished it meanwhile
+        entries = _entries(path)
+        if not entries or entries[0].get("op") != "begin":
+            os.unlink(path)
             continue
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError as exc:
-                if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-                    continue  # its run is alive
-                raise
-            if os.fstat(fd).st_nlink == 0:
-                continue  # finished by another rolebake meanwhile
-            entries = _entries(path)
-            if not entries or entries[0].get("op") != "begin":
-                os.unlink(path)
-                continue
-            identity = identity or engine.identity()
-            if entries[0].get("engine") != identity:
-                continue
-            build_id = str(entries[0].get("build", ""))
-            left = False
-            for line in _recover_run(engine, build_id, entries):
-                left = left or line.startswith("left ")
-                what = "killed" if " its untagged image " in line else "killed while moving tags"
-                said.append(f"build {build_id}, {what}: {line}")
-            if not left:
-                os.unlink(path)
-        finally:
-            os.close(fd)
+        identity = identity or engine.identity()
+        if entries[0].get("engine") != identity:
+            continue
+        build_id = str(entries[0].get("build", ""))
+        left = False
+        for line in _recover_run(engine, build_id, entries):
+            left = left or line.startswith("left ")
+            what = "killed" if " its untagged image " in line else "killed while moving tags"
+            said.append(f"build {build_id}, {what}: {line}")
+        if not left:
+            os.unlink(path)
     return said
 
 
@@ -407,25 +391,36 @@ def images_in_flight(project: Project) -> set[str]:
     A normalised image is dated SOURCE_DATE_EPOCH, so `clean --older-than`
     cannot tell by its age that a run is verifying it: `clean` spares these.
     """
+    return {str(entry.get("image", "")) for path, _fd, alive in _journal_files(project, shared=True)
+            if alive for entry in _entries(path) if entry.get("op") == "made"}
+
+
+def _journal_files(project: Project, *, shared: bool) -> Iterator[tuple[Path, int, bool]]:
+    """Each tag journal of the project, open: (path, fd, whether its run is alive).
+
+    A live run holds its journal's lock; a dead run's journal comes locked here,
+    exclusively unless `shared` (a reader), until the caller moves to the next.
+    """
     folder = project.state_dir / JOURNAL_DIR
-    found: set[str] = set()
-    for path in sorted(folder.glob("*.jsonl")) if folder.is_dir() else []:
+    if not folder.is_dir():
+        return
+    for path in sorted(folder.glob("*.jsonl")):
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            fd = os.open(path, (os.O_RDONLY if shared else os.O_RDWR)
+                         | os.O_NOFOLLOW | os.O_CLOEXEC)
         except OSError:
             continue
         try:
             try:
-                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+                alive = False
             except OSError as exc:
-                if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):  # its run is alive
-                    found.update(str(e.get("image", "")) for e in _entries(path)
-                                 if e.get("op") == "made")
-                    continue
-                raise
+                if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                    raise
+                alive = True
+            yield path, fd, alive
         finally:
             os.close(fd)
-    return found
 
 
 def _entries(path: Path) -> list[dict[str, Any]]:

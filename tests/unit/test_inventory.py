@@ -16,19 +16,13 @@ from rolebake.provision import ansible_inventory as inv
 from rolebake.provision import provisioner_class
 from rolebake.scaffold import init
 from rolebake.spec import Project
-from tests.conftest import REPO, run_cli
+from tests.conftest import run_cli
+from tests.unit.example_copy import example_copy  # noqa: F401 (the `project` fixture)
 
 CONNECTION = {"ansible_connection": "rolebake_agent", "ansible_host": "cid",
               "ansible_python_interpreter": "/mnt/rolebake-python/bin/python3"}
 
 
-@pytest.fixture
-def project(tmp_path: Path) -> Project:
-    root = tmp_path / "project"
-    for part in ("roles", "images", "playbooks"):
-        shutil.copytree(REPO / part, root / part, symlinks=True)
-    (root / "images" / "web-chef.yml").unlink()
-    return Project(root)
 
 
 def spec(project: Project, name: str, **changes: object):

@@ -6,7 +6,6 @@ import json
 import os
 import random
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ from rolebake.provision import inventory_answers as answers
 from rolebake.provision import names_kept, provisioner_class
 from rolebake.spec import Project
 from tests.conftest import REPO
+from tests.unit.example_copy import example_copy  # noqa: F401 (the `project` fixture)
 
 # The pattern as it was before the lookahead and the prefilter: the reference.
 _REFERENCE = re.compile(
@@ -74,13 +74,6 @@ def test_named_in_file_matches_the_reference_on_installed_files() -> None:
 
 # Ansible's inventory answers kept on disk (provision/inventory_answers.py) -------------------
 
-@pytest.fixture
-def project(tmp_path: Path) -> Project:
-    root = tmp_path / "project"
-    for part in ("roles", "images", "playbooks"):
-        shutil.copytree(REPO / part, root / part, symlinks=True)
-    (root / "images" / "web-chef.yml").unlink()
-    return Project(root)
 
 
 def layer_key(project: Project, layer_id: str) -> str:
