@@ -75,7 +75,6 @@ class Normalised:
     dropped: tuple[str, ...] = ()
     seconds: float = 0.0
     existed: bool = False  # an image of that id was there already (an earlier build's)
-    read_from: str = "save"  # where the committed layer was read (TopLayer.read_from)
 
 
 @dataclass
@@ -164,11 +163,9 @@ def normalise_entries(entries: Iterable[Entry], dest: BinaryIO,
                       encoding="utf-8") as out:
         for name in sorted(members):
             member, data = members[name]
-            if member.islnk() and member.linkname in members:
-                member, data = members[member.linkname][0], members[member.linkname][1]
-                linked = True
-            else:
-                linked = False
+            linked = member.islnk() and member.linkname in members
+            if linked:
+                member, data = members[member.linkname]
             head = _header(name, member, epoch)
             canonical = first.get(name, name)
             if name in EMPTIED and member.isreg() and member.size:
@@ -477,7 +474,7 @@ def normalise_image(engine: Engine, image_id: str, *, epoch: int, created_by: st
         with contextlib.suppress(Exception):  # untagged: `rolebake clean` finds it otherwise
             engine.remove_image(image_id)
     return Normalised(new_id, top.diff_id, tuple(top.dropped), time.monotonic() - started,
-                      existed, top.read_from)
+                      existed)
 
 
 @dataclass(frozen=True)

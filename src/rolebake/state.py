@@ -72,6 +72,23 @@ def write_private(path: Path, text: str) -> None:
         handle.write(text)
 
 
+def replace_private(path: Path, text: str) -> None:
+    """Put `text` at `path` whole: written aside in its folder (0600), then renamed over it.
+
+    A reader beside this (another layer, another build) sees the old file or the
+    new one, never half of it; a write that fails leaves nothing aside.
+    """
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=".new-")  # 0600
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+        raise
+
+
 def append_private(path: Path, text: str) -> None:
     """Append `text` to the 0600 file `path`; its folder is made 0700 when missing."""
     if not path.parent.is_dir():

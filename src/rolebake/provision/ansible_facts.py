@@ -24,15 +24,14 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import shutil
-import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rolebake import redact
+from rolebake.state import replace_private
 
 if TYPE_CHECKING:  # `rolebake clean` imports this module without Ansible
     from rolebake.provision.ansible_config import AnsibleConfig
@@ -214,16 +213,7 @@ def finish(project: Project, run: FactsRun, *, succeeded: bool) -> str | None:
 def _store(project: Project, run: FactsRun, files: dict[str, str]) -> None:
     folder = project.private_dir(STATE, run.folder.parent.name, run.folder.name)
     for name, text in files.items():
-        # Written aside and renamed: a layer building beside this one reads all or nothing.
-        fd, temporary = tempfile.mkstemp(prefix=".new-", dir=folder)  # 0600
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                handle.write(text)
-            os.replace(temporary, folder / name)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(temporary)
-            raise
+        replace_private(folder / name, text)  # a layer building beside this reads all or none
 
 
 def _report(path: Path) -> list[dict[str, str]]:

@@ -31,16 +31,14 @@ import contextlib
 import hashlib
 import importlib.util
 import json
-import os
 import stat
-import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 from rolebake.provision.ansible_config import inventory_plugins, read_config, settings
 from rolebake.spec import Project
-from rolebake.state import private_dir
+from rolebake.state import private_dir, replace_private
 
 FORMAT = "rolebake-inventory-answers/1"
 STATIC_PLUGINS = frozenset({"ini", "yaml", "toml", "ansible.builtin.ini", "ansible.builtin.yaml",
@@ -160,16 +158,8 @@ def keep(project: Project, key: str | None, question: Iterable[Any], answer: Any
     path, asked = _path(project, key, question)
     text = json.dumps({"key": key, "question": asked, "answer": answer}, sort_keys=True)
     with contextlib.suppress(OSError):  # a read-only checkout: Ansible is asked next time too
-        folder = private_dir(project.root / ".rolebake", FOLDER)
-        fd, temporary = tempfile.mkstemp(dir=folder, prefix=".answer-", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                handle.write(text)
-            os.replace(temporary, path)  # a reader sees the old file or the whole new one
-        except OSError:
-            with contextlib.suppress(OSError):
-                os.unlink(temporary)
-            raise
+        private_dir(project.root / ".rolebake", FOLDER)
+        replace_private(path, text)
 
 
 def answer(project: Project, sources: Sequence[Path], quiet: dict[str, str],

@@ -18,7 +18,6 @@ import contextlib
 import functools
 import json
 import os
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -26,7 +25,7 @@ from typing import Any
 
 from rolebake.provision.collection_versions import named_in_file
 from rolebake.spec import Project
-from rolebake.state import private_dir
+from rolebake.state import private_dir, replace_private
 
 FORMAT = "rolebake-collection-names/1"
 FILE = "collection-names.json"
@@ -75,16 +74,8 @@ class KeptNames:
             text = json.dumps({"format": FORMAT, "entries": self.entries}, sort_keys=True)
             self.dirty = False
         with contextlib.suppress(OSError):  # a read-only checkout: scanned next time too
-            folder = private_dir(self.project.root / ".rolebake", "answers")
-            fd, temporary = tempfile.mkstemp(dir=folder, prefix=".names-", suffix=".tmp")
-            try:
-                with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                    handle.write(text)
-                os.replace(temporary, self.path)
-            except OSError:
-                with contextlib.suppress(OSError):
-                    os.unlink(temporary)
-                raise
+            private_dir(self.project.root / ".rolebake", "answers")
+            replace_private(self.path, text)
 
 
 @functools.lru_cache(maxsize=8)
